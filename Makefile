@@ -1,0 +1,72 @@
+# marfleet — every target installs what it needs and skips what is already there.
+#   make demo      the quickstart (see README)
+#   make test      setup, lint, type check, all tests (FAST=1 skips the slow end-to-end ones)
+#   make cluster-up / cluster-down   the local Kubernetes control plane (CLUSTER=name)
+
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_PACKAGES := etcd-server openssl openjdk-17-jre-headless git curl ca-certificates
+DEPS_HASH := $(shell cat pyproject.toml setup.py | sha1sum | cut -c1-12)
+DEPS_STAMP := $(VENV)/.deps-$(DEPS_HASH)
+APT_STAMP := $(VENV)/.apt-$(shell echo $(APT_PACKAGES) | sha1sum | cut -c1-12)
+CLUSTER ?= dev
+PYTEST_ARGS ?=
+ifdef FAST
+PYTEST_ARGS += -m "not slow"
+endif
+
+.PHONY: setup apt venv toolchain test lint format typecheck unit cluster-up cluster-down bench clean
+
+setup: apt venv toolchain
+
+apt: $(APT_STAMP)
+$(APT_STAMP):
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	command -v go >/dev/null || missing="$$missing golang-go"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
+	fi
+	@mkdir -p $(VENV) && touch $@
+
+venv: $(DEPS_STAMP)
+$(DEPS_STAMP): pyproject.toml setup.py
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@mkdir -p $(VENV)/typecheck/marfleet
+	@ln -sfn ../../../operator $(VENV)/typecheck/marfleet/operator
+	@ln -sfn ../../../runtime $(VENV)/typecheck/marfleet/runtime
+	@rm -f $(VENV)/.deps-* && touch $@
+
+toolchain: venv
+	GOTOOLCHAIN=auto $(PY) -m e2e.localcluster build
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: venv
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+typecheck: venv
+	MYPYPATH=$(VENV)/typecheck $(VENV)/bin/mypy -p marfleet -p e2e -p tests
+
+test: setup lint typecheck
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+unit: venv
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+cluster-up: setup
+	@$(PY) -m e2e.localcluster up --name $(CLUSTER)
+
+cluster-down: venv
+	@$(PY) -m e2e.localcluster down --name $(CLUSTER)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

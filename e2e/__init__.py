@@ -1,0 +1,1 @@
+"""marfleet's local control plane, end-to-end scenarios and benchmarks."""

@@ -1,0 +1,120 @@
+"""Where the local control plane's binaries come from.
+
+The Go modules under e2e/toolchain/ are the only place the Kubernetes and KWOK versions are
+written; this module reads them from there, so the cache directory is keyed by exactly the
+version that would be built. Binaries are built once into a cache outside the clone and
+reused by every clone and every cluster on the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+TOOLCHAIN_DIR = Path(__file__).resolve().parent.parent / "toolchain"
+CACHE_ROOT = Path(os.environ.get("MARFLEET_CACHE", Path.home() / ".cache" / "marfleet"))
+
+
+@dataclass(frozen=True)
+class GoTool:
+    """A set of commands built from one pinned Go module of ours."""
+
+    module_dir: Path
+    pinned_module: str
+    packages: tuple[str, ...]
+    cache_prefix: str
+
+    @property
+    def version(self) -> str:
+        text = (self.module_dir / "go.mod").read_text()
+        match = re.search(
+            rf"^\s*(?:require\s+)?{re.escape(self.pinned_module)}\s+(v\S+)", text, re.M
+        )
+        if not match:
+            raise RuntimeError(f"{self.module_dir}/go.mod does not pin {self.pinned_module}")
+        return match.group(1)
+
+    @property
+    def bin_dir(self) -> Path:
+        return CACHE_ROOT / f"{self.cache_prefix}-{self.version}"
+
+    def path(self, command: str) -> Path:
+        return self.bin_dir / command
+
+    def missing(self) -> list[str]:
+        return [
+            p.rsplit("/", 1)[-1]
+            for p in self.packages
+            if not self.path(p.rsplit("/", 1)[-1]).exists()
+        ]
+
+    def build(self) -> bool:
+        """Build the commands that are not cached yet; return whether anything was built."""
+        if not self.missing():
+            return False
+        if shutil.which("go") is None:
+            raise RuntimeError("Go is needed to build the local control plane: install Go 1.24+")
+        staging = self.bin_dir.with_name(self.bin_dir.name + ".partial")
+        staging.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "GOSUMDB": "off", "GOFLAGS": "-mod=mod -buildvcs=false"}
+        started = time.monotonic()
+        print(
+            f"building {', '.join(self.missing())} {self.version} (once per version)",
+            file=sys.stderr,
+        )
+        subprocess.run(
+            ["go", "build", "-trimpath", "-ldflags=-s -w", "-o", str(staging), *self.packages],
+            cwd=self.module_dir,
+            env=env,
+            check=True,
+        )
+        self.bin_dir.mkdir(parents=True, exist_ok=True)
+        for item in staging.iterdir():
+            item.replace(self.bin_dir / item.name)
+        staging.rmdir()
+        print(f"built in {time.monotonic() - started:.0f}s into {self.bin_dir}", file=sys.stderr)
+        return True
+
+
+KUBERNETES = GoTool(
+    module_dir=TOOLCHAIN_DIR / "controlplane",
+    pinned_module="k8s.io/kubernetes",
+    packages=(
+        "k8s.io/kubernetes/cmd/kube-apiserver",
+        "k8s.io/kubernetes/cmd/kube-controller-manager",
+        "k8s.io/kubernetes/cmd/kube-scheduler",
+        "k8s.io/kubernetes/cmd/kubectl",
+    ),
+    cache_prefix="k8s",
+)
+KWOK = GoTool(
+    module_dir=TOOLCHAIN_DIR / "kwok",
+    pinned_module="sigs.k8s.io/kwok",
+    packages=("sigs.k8s.io/kwok/cmd/kwok",),
+    cache_prefix="kwok",
+)
+TOOLS = (KUBERNETES, KWOK)
+
+
+def etcd_binary() -> Path:
+    """Debian's etcd-server (3.4) works with the pinned apiserver; setup installs it."""
+    found = shutil.which("etcd") or ("/usr/bin/etcd" if Path("/usr/bin/etcd").exists() else None)
+    if not found:
+        raise RuntimeError("etcd not found: run `make setup` (installs Debian's etcd-server)")
+    return Path(found)
+
+
+def require_built() -> None:
+    missing = [f"{tool.bin_dir}/{cmd}" for tool in TOOLS for cmd in tool.missing()]
+    if missing:
+        raise RuntimeError(
+            "the local control plane is not built: missing "
+            + ", ".join(missing)
+            + ". Run `make setup` (builds it once into the cache)."
+        )

@@ -1,0 +1,2 @@
+"""marfleet's Kubernetes operator: reconciles InferenceService objects into Deployments,
+Services, autoscalers and traffic objects."""

@@ -1,0 +1,18 @@
+"""Maps the top-level folders operator/ and runtime/ onto the import packages
+marfleet.operator and marfleet.runtime (the layout DESIGN.md fixes)."""
+
+from setuptools import find_packages, setup
+
+ROOTS = {"operator": "marfleet.operator", "runtime": "marfleet.runtime"}
+DATA = ["*.j2", "*.yaml", "*.json", "templates/*", "static/*"]
+
+packages: list[str] = []
+for folder, name in ROOTS.items():
+    packages.append(name)
+    packages += [f"{name}.{sub}" for sub in find_packages(folder)]
+
+setup(
+    packages=packages,
+    package_dir=dict(zip(ROOTS.values(), ROOTS.keys(), strict=True)),
+    package_data={name: DATA for name in packages},
+)
