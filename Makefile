@@ -8,7 +8,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := etcd-server openssl openjdk-17-jre-headless git curl ca-certificates
+APT_PACKAGES := etcd-server openssl openjdk-17-jre-headless git curl ca-certificates prometheus
 DEPS_HASH := $(shell cat pyproject.toml setup.py | sha1sum | cut -c1-12)
 DEPS_STAMP := $(VENV)/.deps-$(DEPS_HASH)
 APT_STAMP := $(VENV)/.apt-$(shell echo $(APT_PACKAGES) | sha1sum | cut -c1-12)

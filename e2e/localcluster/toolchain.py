@@ -99,7 +99,13 @@ KWOK = GoTool(
     packages=("sigs.k8s.io/kwok/cmd/kwok",),
     cache_prefix="kwok",
 )
-TOOLS = (KUBERNETES, KWOK)
+HELM = GoTool(
+    module_dir=TOOLCHAIN_DIR / "helm",
+    pinned_module="helm.sh/helm/v4",
+    packages=("helm.sh/helm/v4/cmd/helm",),
+    cache_prefix="helm",
+)
+TOOLS = (KUBERNETES, KWOK, HELM)
 
 
 def etcd_binary() -> Path:
