@@ -1,0 +1,122 @@
+"""Closed-loop HTTP load generator, run as its own process so it never shares the server's loop.
+
+`concurrency` keep-alive connections each send the same request back to back for `duration`
+seconds (after `warmup` seconds that are not counted) and the run prints one JSON line:
+requests, errors by status, req/s, p50/p99 latency in ms. It is deliberately small (asyncio
+streams + uvloop, no HTTP library) so that it costs the 2-core machine as little CPU as possible:
+both servers under test pay the same load-generator tax.
+
+    python -m e2e.bench.loadgen --url http://127.0.0.1:8080/predictions/mlp \
+        --body-file x.json --content-type application/json --concurrency 16 --duration 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import uvloop
+
+
+@dataclass
+class Tally:
+    latencies: list[float] = field(default_factory=list)
+    errors: dict[int, int] = field(default_factory=dict)
+    counting: bool = False
+
+
+async def _one_connection(
+    host: str, port: int, request: bytes, tally: Tally, stop_at: float
+) -> None:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        while time.perf_counter() < stop_at:
+            started = time.perf_counter()
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            if length:
+                await reader.readexactly(length)
+            if tally.counting:
+                tally.latencies.append(time.perf_counter() - started)
+                if status != 200:
+                    tally.errors[status] = tally.errors.get(status, 0) + 1
+    finally:
+        writer.close()
+
+
+def build_request(url: str, body: bytes, content_type: str, headers: list[str]) -> bytes:
+    parts = urlsplit(url)
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    lines = [
+        f"POST {target} HTTP/1.1",
+        f"Host: {parts.netloc}",
+        f"Content-Type: {content_type}",
+        f"Content-Length: {len(body)}",
+        *headers,
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+async def run(
+    url: str, request: bytes, concurrency: int, duration: float, warmup: float
+) -> dict[str, object]:
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    tally = Tally()
+    begin = time.perf_counter()
+    stop_at = begin + warmup + duration
+    tasks = [
+        asyncio.create_task(_one_connection(host, port, request, tally, stop_at))
+        for _ in range(concurrency)
+    ]
+    await asyncio.sleep(warmup)
+    tally.counting = True
+    counted_from = time.perf_counter()
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - counted_from
+    latencies = sorted(tally.latencies)
+    count = len(latencies)
+
+    def percentile(p: float) -> float:
+        return round(latencies[min(count - 1, int(p * count))] * 1000, 3) if count else 0.0
+
+    return {
+        "requests": count,
+        "errors": tally.errors,
+        "rps": round(count / elapsed, 1),
+        "p50_ms": percentile(0.50),
+        "p99_ms": percentile(0.99),
+        "concurrency": concurrency,
+        "seconds": round(elapsed, 2),
+    }
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="loadgen", description=__doc__.splitlines()[0])
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--body-file", type=Path, required=True)
+    parser.add_argument("--content-type", default="application/json")
+    parser.add_argument("--header", action="append", default=[], help="extra 'Name: value'")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--warmup", type=float, default=2.0)
+    args = parser.parse_args(argv)
+    request = build_request(args.url, args.body_file.read_bytes(), args.content_type, args.header)
+    result = uvloop.run(run(args.url, request, args.concurrency, args.duration, args.warmup))
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

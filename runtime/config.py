@@ -1,0 +1,338 @@
+"""Server and per-model settings: TorchServe's config.properties, TS_* variables, model-config.yaml.
+
+TorchServe users carry a config.properties and per-archive model-config.yaml files; marfleet
+reads both with the same keys. Everything here is pure (text and mappings in, frozen
+dataclasses out) so that precedence can be tested without a server:
+
+    API parameters > the MAR's model-config.yaml > config.properties (incl. its `models` JSON)
+    > defaults
+
+and, for server keys, `TS_<KEY>` environment variables override the file when
+`enable_envvars_config=true`, as in TorchServe. Keys marfleet does not use are collected in
+`ServerConfig.ignored_keys` so the caller can report them; they never stop the server.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A setting has a value marfleet cannot use; the message names the key and the fix."""
+
+
+@dataclass(frozen=True)
+class Address:
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, key: str, value: str) -> Address:
+        match = re.fullmatch(r"(?:(https?)://)?(\[[^\]]+\]|[^:/]+):(\d+)/?", value.strip())
+        if match is None:
+            raise ConfigError(
+                f"{key}={value!r}: expected http://HOST:PORT, e.g. http://0.0.0.0:8080"
+            )
+        if match.group(1) == "https":
+            raise ConfigError(
+                f"{key}={value!r}: marfleet serves plain HTTP; terminate TLS in front of it "
+                "(ingress or service mesh) and use an http:// address"
+            )
+        return cls(match.group(2).strip("[]"), int(match.group(3)))
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """One entry of load_models / --models: an archive in the store or a URL, maybe renamed."""
+
+    url: str
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    inference_address: Address = Address("127.0.0.1", 8080)
+    management_address: Address = Address("127.0.0.1", 8081)
+    metrics_address: Address = Address("127.0.0.1", 8082)
+    model_store: Path | None = None
+    load_models: tuple[ModelSource, ...] = ()
+    load_all_models: bool = False
+    models: Mapping[str, Mapping[str, Mapping[str, Any]]] = field(default_factory=dict)
+    job_queue_size: int = 100
+    default_workers_per_model: int | None = None
+    number_of_gpu: int | None = None
+    batch_size: int = 1
+    max_batch_delay: int = 100
+    max_request_size: int = 6553500
+    max_response_size: int = 6553500
+    default_response_timeout: int = 120
+    allowed_urls: tuple[str, ...] = (r"file://.*|http(s)?://.*",)
+    disable_token_authorization: bool = False
+    enable_model_api: bool = False
+    enable_envvars_config: bool = False
+    # marfleet's own keys
+    workers_per_device: int = 1
+    worker_threads: int = 1
+    shutdown_grace_seconds: float = 30.0
+    ignored_keys: tuple[str, ...] = ()
+
+
+_INT_KEYS = {
+    "job_queue_size",
+    "batch_size",
+    "max_batch_delay",
+    "max_request_size",
+    "max_response_size",
+    "default_response_timeout",
+    "workers_per_device",
+    "worker_threads",
+}
+_OPTIONAL_INT_KEYS = {"default_workers_per_model", "number_of_gpu"}
+_BOOL_KEYS = {"disable_token_authorization", "enable_model_api", "enable_envvars_config"}
+_ADDRESS_KEYS = {"inference_address", "management_address", "metrics_address"}
+_KNOWN_KEYS = (
+    _INT_KEYS
+    | _OPTIONAL_INT_KEYS
+    | _BOOL_KEYS
+    | _ADDRESS_KEYS
+    | {"model_store", "load_models", "models", "allowed_urls", "shutdown_grace_seconds"}
+)
+
+
+def parse_properties(text: str) -> dict[str, str]:
+    """Parse Java .properties text (comments, `=`/`:`/space separators, `\\` continuations)."""
+    result: dict[str, str] = {}
+    logical = ""
+    for raw in text.splitlines():
+        line = raw.strip() if not logical else raw.lstrip()
+        if not logical and (not line or line[0] in "#!"):
+            continue
+        if _ends_with_continuation(line):
+            logical += line[:-1]
+            continue
+        logical += line
+        match = re.match(r"((?:\\.|[^=:\s\\])+)\s*[=:\s]?\s*(.*)", logical)
+        if match:
+            result[_unescape(match.group(1))] = _unescape(match.group(2))
+        logical = ""
+    return result
+
+
+def _ends_with_continuation(line: str) -> bool:
+    backslashes = len(line) - len(line.rstrip("\\"))
+    return backslashes % 2 == 1
+
+
+def _unescape(value: str) -> str:
+    escapes = {"t": "\t", "n": "\n", "r": "\r", "f": "\f"}
+
+    def one(match: re.Match[str]) -> str:
+        char = match.group(1)
+        if char.startswith("u"):
+            return chr(int(char[1:], 16))
+        return escapes.get(char, char)
+
+    return re.sub(r"\\(u[0-9a-fA-F]{4}|.)", one, value)
+
+
+def load_server_config(
+    properties: Mapping[str, str],
+    env: Mapping[str, str],
+    *,
+    model_store: str | None = None,
+    models: list[str] | None = None,
+) -> ServerConfig:
+    """Build the server config; command-line values (model_store, models) win over everything."""
+    values = dict(properties)
+    if _as_bool("enable_envvars_config", values.get("enable_envvars_config", "false")):
+        for key in _KNOWN_KEYS:
+            env_value = env.get(f"TS_{key.upper()}")
+            if env_value is not None:
+                values[key] = env_value
+    if model_store is not None:
+        values["model_store"] = model_store
+    if models is not None:
+        values["load_models"] = ",".join(models)
+    return _build(values)
+
+
+def _build(values: Mapping[str, str]) -> ServerConfig:
+    settings: dict[str, Any] = {}
+    ignored = sorted(key for key in values if key not in _KNOWN_KEYS)
+    for key, value in values.items():
+        if key in _INT_KEYS:
+            settings[key] = _as_int(key, value)
+        elif key in _OPTIONAL_INT_KEYS:
+            settings[key] = _as_int(key, value) if value.strip() else None
+        elif key in _BOOL_KEYS:
+            settings[key] = _as_bool(key, value)
+        elif key in _ADDRESS_KEYS:
+            settings[key] = Address.parse(key, value)
+        elif key == "shutdown_grace_seconds":
+            settings[key] = _as_float(key, value)
+        elif key == "model_store":
+            settings[key] = Path(value) if value else None
+        elif key == "allowed_urls":
+            settings[key] = tuple(part.strip() for part in value.split(",") if part.strip())
+        elif key == "models":
+            settings[key] = _parse_models_json(value)
+        elif key == "load_models":
+            sources, load_all = parse_load_models(value)
+            settings["load_models"], settings["load_all_models"] = sources, load_all
+    config = replace(ServerConfig(), ignored_keys=tuple(ignored), **settings)
+    if config.job_queue_size < 1:
+        raise ConfigError(f"job_queue_size={config.job_queue_size}: must be at least 1")
+    return config
+
+
+def parse_load_models(value: str) -> tuple[tuple[ModelSource, ...], bool]:
+    """`all`, or a comma list of `file.mar`, `name=file.mar` or URLs; returns (sources, all)."""
+    sources: list[ModelSource] = []
+    load_all = False
+    for item in (part.strip() for part in value.split(",")):
+        if not item or item == "standalone":
+            continue
+        if item == "all":
+            load_all = True
+            continue
+        name, sep, url = item.partition("=")
+        sources.append(ModelSource(url=url, name=name) if sep else ModelSource(url=item))
+    return tuple(sources), load_all
+
+
+def _parse_models_json(value: str) -> dict[str, dict[str, dict[str, Any]]]:
+    try:
+        parsed = json.loads(value) if value.strip() else {}
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"models: not valid JSON ({exc}); expected {{name: {{version: {{...}}}}}}"
+        ) from None
+    if not isinstance(parsed, dict) or not all(
+        isinstance(versions, dict) and all(isinstance(v, dict) for v in versions.values())
+        for versions in parsed.values()
+    ):
+        raise ConfigError('models: expected {"name": {"1.0": {"batchSize": 4, ...}}}')
+    return parsed
+
+
+def _as_int(key: str, value: object) -> int:
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise ConfigError(f"{key}={value!r}: expected a whole number") from None
+
+
+def _as_float(key: str, value: str) -> float:
+    try:
+        return float(value.strip())
+    except ValueError:
+        raise ConfigError(f"{key}={value!r}: expected a number") from None
+
+
+def _as_bool(key: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    raise ConfigError(f"{key}={value!r}: expected true or false")
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """What the server does for one model version, after every layer was applied."""
+
+    batch_size: int
+    max_batch_delay_ms: int
+    min_workers: int
+    max_workers: int
+    response_timeout_s: int
+    job_queue_size: int
+    device_type: str  # "gpu", "cpu", or "" for "GPU when there is one"
+    device_ids: tuple[int, ...] | None
+
+
+# model-config.yaml / `models` JSON key -> ModelSettings field
+_MODEL_KEYS = {
+    "batchSize": "batch_size",
+    "maxBatchDelay": "max_batch_delay_ms",
+    "minWorkers": "min_workers",
+    "maxWorkers": "max_workers",
+    "responseTimeout": "response_timeout_s",
+    "jobQueueSize": "job_queue_size",
+}
+# registration API parameter -> model-config key
+_API_KEYS = {
+    "batch_size": "batchSize",
+    "max_batch_delay": "maxBatchDelay",
+    "response_timeout": "responseTimeout",
+}
+
+
+def resolve_model_settings(
+    server: ServerConfig,
+    *,
+    default_workers: int,
+    properties_model: Mapping[str, Any],
+    model_yaml: Mapping[str, Any],
+    api: Mapping[str, str],
+) -> ModelSettings:
+    """Apply defaults < config.properties < model-config.yaml < API parameters."""
+    base = ModelSettings(
+        batch_size=server.batch_size,
+        max_batch_delay_ms=server.max_batch_delay,
+        min_workers=default_workers,
+        max_workers=default_workers,
+        response_timeout_s=server.default_response_timeout,
+        job_queue_size=server.job_queue_size,
+        device_type="",
+        device_ids=None,
+    )
+    api_layer: dict[str, Any] = {_API_KEYS[k]: v for k, v in api.items() if k in _API_KEYS}
+    if "initial_workers" in api:
+        api_layer["minWorkers"] = api_layer["maxWorkers"] = api["initial_workers"]
+    settings = base
+    for source, layer in (
+        ("config.properties models", properties_model),
+        ("model-config.yaml", model_yaml),
+        ("API", api_layer),
+    ):
+        settings = _apply_layer(settings, layer, source)
+    if settings.max_workers < settings.min_workers:
+        settings = replace(settings, max_workers=settings.min_workers)
+    _check_model_settings(settings)
+    return settings
+
+
+def _apply_layer(settings: ModelSettings, layer: Mapping[str, Any], source: str) -> ModelSettings:
+    changes: dict[str, Any] = {}
+    for key, field_name in _MODEL_KEYS.items():
+        if key in layer and layer[key] is not None:
+            changes[field_name] = _as_int(f"{source} {key}", layer[key])
+    device_type = layer.get("deviceType")
+    if device_type is not None:
+        if str(device_type).lower() not in ("cpu", "gpu"):
+            raise ConfigError(f"{source} deviceType={device_type!r}: expected cpu or gpu")
+        changes["device_type"] = str(device_type).lower()
+    device_ids = layer.get("deviceIds")
+    if device_ids is not None:
+        if not isinstance(device_ids, list):
+            raise ConfigError(f"{source} deviceIds={device_ids!r}: expected a list like [0, 1]")
+        changes["device_ids"] = tuple(_as_int(f"{source} deviceIds", i) for i in device_ids)
+    return replace(settings, **changes)
+
+
+def _check_model_settings(settings: ModelSettings) -> None:
+    minimums = {
+        "batchSize": (settings.batch_size, 1),
+        "maxBatchDelay": (settings.max_batch_delay_ms, 0),
+        "minWorkers": (settings.min_workers, 0),
+        "responseTimeout": (settings.response_timeout_s, 1),
+        "jobQueueSize": (settings.job_queue_size, 1),
+    }
+    for key, (value, minimum) in minimums.items():
+        if value < minimum:
+            raise ConfigError(f"{key}={value}: must be at least {minimum}")
