@@ -12,7 +12,10 @@ import sys
 from collections.abc import Sequence
 
 # name -> (module exposing main(argv) -> int, one-line summary)
-SUBCOMMANDS: dict[str, tuple[str, str]] = {}
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "fetch": ("marfleet.runtime.storage.cli", "fetch a model archive into a directory"),
+    "operator": ("marfleet.operator.cli", "run the InferenceService operator"),
+}
 
 
 def usage() -> str:
