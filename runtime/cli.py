@@ -13,6 +13,10 @@ from collections.abc import Sequence
 
 # name -> (module exposing main(argv) -> int, one-line summary)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "archive": (
+        "marfleet.runtime.archive.cli",
+        "pack a model archive (torch-model-archiver flags)",
+    ),
     "fetch": ("marfleet.runtime.storage.cli", "fetch a model archive into a directory"),
     "operator": ("marfleet.operator.cli", "run the InferenceService operator"),
 }
