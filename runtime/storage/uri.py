@@ -1,0 +1,88 @@
+"""Model URIs: which schemes exist, which can be fetched, and where a fetched archive lands.
+
+Pure and dependency-free on purpose: the operator's renderers import it to name the archive
+the server loads and to refuse unsupported schemes in status, and `marfleet fetch` uses the
+same functions, so the two can never disagree about a file name or a scheme.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+SUPPORTED_SCHEMES: tuple[str, ...] = ("http", "https", "file", "pvc")
+"""Schemes `marfleet fetch` can read today."""
+
+DEFAULT_ARCHIVE_NAME = "model.mar"
+
+
+class ModelURIError(ValueError):
+    """The URI cannot be fetched; the message says what is wrong and what to do instead."""
+
+
+@dataclass(frozen=True)
+class ModelURI:
+    """A parsed model URI. For pvc:// URIs `location` is the claim name."""
+
+    raw: str
+    scheme: str
+    location: str
+    path: str
+
+    @property
+    def redacted(self) -> str:
+        """The URI without user info or query string, safe to log (presigned URLs carry keys)."""
+        parts = urlsplit(self.raw)
+        host = parts.hostname or ""
+        if parts.port is not None:
+            host = f"{host}:{parts.port}"
+        return f"{parts.scheme}://{host}{parts.path}"
+
+
+def parse(uri: str) -> ModelURI:
+    """Parse and check a model URI; raise ModelURIError for a scheme that cannot be fetched."""
+    parts = urlsplit(uri.strip())
+    scheme = parts.scheme.lower()
+    if not scheme or "://" not in uri:
+        raise ModelURIError(
+            f"model URI {uri!r} has no scheme: write it as https://host/model.mar, "
+            "pvc://<claim>/<path> or file:///<path>"
+        )
+    if scheme not in SUPPORTED_SCHEMES:
+        raise ModelURIError(
+            f"model URI scheme {scheme!r} is not supported yet (supported: "
+            f"{', '.join(SUPPORTED_SCHEMES)}); serve the archive over HTTP(S) or put it on a "
+            "PersistentVolumeClaim and use pvc://<claim>/<path>"
+        )
+    path = unquote(parts.path)
+    if scheme in ("http", "https") and not parts.hostname:
+        raise ModelURIError(f"model URI {uri!r} has no host")
+    if scheme == "file" and (parts.netloc or not path.startswith("/")):
+        raise ModelURIError(f"model URI {uri!r}: file URIs are absolute, e.g. file:///models/x.mar")
+    if scheme == "pvc":
+        if not parts.netloc:
+            raise ModelURIError(f"model URI {uri!r}: expected pvc://<claim>/<path>")
+        if ".." in path.split("/") or posixpath.normpath(path or "/") in ("/", "."):
+            raise ModelURIError(
+                f"model URI {uri!r}: the path inside the claim must name a file and may not "
+                "contain '..'"
+            )
+    return ModelURI(raw=uri, scheme=scheme, location=parts.netloc, path=path)
+
+
+def archive_filename(uri: str) -> str:
+    """The file name a fetched archive gets in the model store: the URI path's last segment."""
+    name = posixpath.basename(unquote(urlsplit(uri.strip()).path))
+    if not name or name in (".", "..") or name.startswith("."):
+        return DEFAULT_ARCHIVE_NAME
+    return name
+
+
+def scheme_error(uri: str) -> str | None:
+    """The reason `uri` cannot be fetched, or None when it can (for status conditions)."""
+    try:
+        parse(uri)
+    except ModelURIError as error:
+        return str(error)
+    return None
