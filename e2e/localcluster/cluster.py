@@ -9,6 +9,7 @@ that directory, so `make cluster-down` in another process tears down exactly wha
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -350,3 +351,5 @@ def _stop(pid: int, binary: str, grace: float = 10) -> None:
         os.kill(pid, signal.SIGKILL)
     while _alive(pid, binary):
         time.sleep(0.05)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # reap it when this process is its parent

@@ -8,6 +8,7 @@ reused by every clone and every cluster on the machine.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -29,6 +30,8 @@ class GoTool:
     pinned_module: str
     packages: tuple[str, ...]
     cache_prefix: str
+    # Go variables that carry the release version (set with -X so `version` reports it).
+    version_vars: tuple[str, ...] = ()
 
     @property
     def version(self) -> str:
@@ -47,29 +50,54 @@ class GoTool:
     def path(self, command: str) -> Path:
         return self.bin_dir / command
 
+    def ldflags(self) -> str:
+        version = self.version
+        major, minor = version.lstrip("v").split(".")[:2]
+        values = {
+            "gitVersion": version,
+            "gitMajor": major,
+            "gitMinor": minor,
+            "gitTreeState": "clean",
+        }
+        flags = ["-s", "-w"]
+        flags += [f"-X {var}={values[var.rsplit('.', 1)[1]]}" for var in self.version_vars]
+        return " ".join(flags)
+
+    @property
+    def recipe(self) -> str:
+        """Identifies how the binaries were built: a changed recipe rebuilds them."""
+        return hashlib.sha256(f"{self.packages}{self.ldflags()}".encode()).hexdigest()[:16]
+
     def missing(self) -> list[str]:
-        return [
-            p.rsplit("/", 1)[-1]
-            for p in self.packages
-            if not self.path(p.rsplit("/", 1)[-1]).exists()
-        ]
+        commands = [p.rsplit("/", 1)[-1] for p in self.packages]
+        stamp = self.bin_dir / ".recipe"
+        if not stamp.exists() or stamp.read_text() != self.recipe:
+            return commands
+        return [c for c in commands if not self.path(c).exists()]
 
     def build(self) -> bool:
         """Build the commands that are not cached yet; return whether anything was built."""
-        if not self.missing():
+        missing = self.missing()
+        if not missing:
             return False
         if shutil.which("go") is None:
             raise RuntimeError("Go is needed to build the local control plane: install Go 1.24+")
+        packages = [p for p in self.packages if p.rsplit("/", 1)[-1] in missing]
         staging = self.bin_dir.with_name(self.bin_dir.name + ".partial")
         staging.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "GOSUMDB": "off", "GOFLAGS": "-mod=mod -buildvcs=false"}
         started = time.monotonic()
-        print(
-            f"building {', '.join(self.missing())} {self.version} (once per version)",
-            file=sys.stderr,
-        )
+        print(f"building {', '.join(missing)} {self.version} (once per version)", file=sys.stderr)
         subprocess.run(
-            ["go", "build", "-trimpath", "-ldflags=-s -w", "-o", str(staging), *self.packages],
+            [
+                "go",
+                "build",
+                "-trimpath",
+                f"-ldflags={self.ldflags()}",
+                "-o",
+                str(staging),
+                *packages,
+            ],
             cwd=self.module_dir,
             env=env,
             check=True,
@@ -78,6 +106,7 @@ class GoTool:
         for item in staging.iterdir():
             item.replace(self.bin_dir / item.name)
         staging.rmdir()
+        (self.bin_dir / ".recipe").write_text(self.recipe)
         print(f"built in {time.monotonic() - started:.0f}s into {self.bin_dir}", file=sys.stderr)
         return True
 
@@ -92,6 +121,11 @@ KUBERNETES = GoTool(
         "k8s.io/kubernetes/cmd/kubectl",
     ),
     cache_prefix="k8s",
+    version_vars=tuple(
+        f"{package}.{var}"
+        for package in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version")
+        for var in ("gitVersion", "gitMajor", "gitMinor", "gitTreeState")
+    ),
 )
 KWOK = GoTool(
     module_dir=TOOLCHAIN_DIR / "kwok",
