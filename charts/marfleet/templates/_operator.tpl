@@ -1,0 +1,23 @@
+{{/* The operator's settings, passed as environment variables (names read by marfleet.operator). */}}
+{{- define "marfleet.operatorEnv" -}}
+- name: MARFLEET_OPERATOR_NAMESPACE
+  valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
+- name: MARFLEET_OPERATOR_POD_NAME
+  valueFrom: {fieldRef: {fieldPath: metadata.name}}
+- name: MARFLEET_WATCH_NAMESPACES
+  value: {{ join "," .Values.operator.watchNamespaces | quote }}
+- name: MARFLEET_LOG_LEVEL
+  value: {{ .Values.operator.logLevel | quote }}
+- name: MARFLEET_METRICS_PORT
+  value: {{ .Values.operator.metricsPort | quote }}
+- name: MARFLEET_RUNTIME_IMAGE
+  value: {{ include "marfleet.image" (dict "image" .Values.runtime.image "default" .Chart.AppVersion) | quote }}
+- name: MARFLEET_RUNTIME_CUDA_IMAGE
+  value: {{ include "marfleet.image" (dict "image" .Values.runtime.cudaImage "default" (printf "%s-cuda" .Chart.AppVersion)) | quote }}
+- name: MARFLEET_ROUTER_IMAGE
+  value: {{ include "marfleet.image" (dict "image" .Values.router.image "default" .Chart.AppVersion) | quote }}
+- name: MARFLEET_KEDA_PROMETHEUS_ADDRESS
+  value: {{ .Values.autoscaling.keda.prometheusAddress | quote }}
+- name: MARFLEET_KEDA_AUTHENTICATION_REF
+  value: {{ .Values.autoscaling.keda.authenticationRef | quote }}
+{{- end }}

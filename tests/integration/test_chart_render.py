@@ -1,0 +1,154 @@
+"""`helm lint --strict` and `helm template` with the chart's own values files, bad values refused
+by the schema with a message that says what to fix, and the monitoring objects checked against
+the metric contract in docs/metrics.md."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from e2e.prometheus import chart, contract, promql
+
+VALUES_FILES = sorted((chart.CHART_DIR / "ci").glob("*-values.yaml"))
+CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
+
+
+@pytest.mark.parametrize("values", VALUES_FILES, ids=lambda p: p.stem)
+def test_lint_strict_passes(values: Path) -> None:
+    out = chart.helm("lint", "--strict", str(chart.CHART_DIR), "-f", str(values))
+    assert "1 chart(s) linted, 0 chart(s) failed" in out
+
+
+@pytest.mark.parametrize("values", VALUES_FILES, ids=lambda p: p.stem)
+def test_template_renders_namespaced_objects_with_two_operator_replicas_by_default(
+    values: Path,
+) -> None:
+    objects = chart.template([values], namespace="ml-serving")
+    for obj in objects:
+        if obj["kind"] not in CLUSTER_SCOPED:
+            assert obj["metadata"].get("namespace"), f"{obj['kind']} {obj['metadata']['name']}"
+    (deployment,) = chart.objects_of_kind(objects, "Deployment")
+    set_replicas = yaml.safe_load(values.read_text()).get("operator", {}).get("replicas")
+    assert deployment["spec"]["replicas"] == (set_replicas or 2)
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"] == ["operator"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+BAD_VALUES: list[tuple[str, dict[str, Any], list[str]]] = [
+    ("no replicas", {"operator": {"replicas": 0}}, ["/operator/replicas", "minimum"]),
+    ("typo in a key", {"operator": {"replica": 2}}, ["/operator", "'replica' not allowed"]),
+    (
+        "objective as a percentage",
+        {"monitoring": {"prometheusRule": {"slo": {"availability": 99.9}}}},
+        ["/monitoring/prometheusRule/slo/availability", "got 99.9, want 1"],
+    ),
+    (
+        "namespace that is not a DNS label",
+        {"operator": {"watchNamespaces": ["ML_Serving"]}},
+        ["/operator/watchNamespaces/0", "does not match pattern"],
+    ),
+    (
+        "bad log level",
+        {"operator": {"logLevel": "verbose"}},
+        ["/operator/logLevel", "must be one of 'debug', 'info'"],
+    ),
+    (
+        "interval without a unit",
+        {"monitoring": {"interval": 30}},
+        ["/monitoring/interval", "got number, want string"],
+    ),
+    (
+        "image with whitespace",
+        {"runtime": {"image": {"repository": "my registry/runtime"}}},
+        ["/runtime/image/repository", "does not match pattern"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("values", "fragments"), [c[1:] for c in BAD_VALUES], ids=[c[0] for c in BAD_VALUES]
+)
+def test_bad_values_are_refused_with_the_path_and_the_rule(
+    tmp_path: Path, values: dict[str, Any], fragments: list[str]
+) -> None:
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    with pytest.raises(chart.HelmError) as refused:
+        chart.template([path])
+    message = str(refused.value)
+    assert "values don't meet the specifications of the schema" in message
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def test_an_existing_service_account_must_be_named(tmp_path: Path) -> None:
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump({"serviceAccount": {"create": False}}))
+    with pytest.raises(chart.HelmError, match=r"serviceAccount\.name must name an existing"):
+        chart.template([path])
+
+
+@pytest.fixture(scope="module")
+def monitoring_objects() -> list[dict[str, Any]]:
+    return chart.template(set_values=chart.MONITORING_ON)
+
+
+def test_monitoring_objects_are_each_optional(monitoring_objects: list[dict[str, Any]]) -> None:
+    kinds = {o["kind"] for o in monitoring_objects}
+    assert {"ServiceMonitor", "PodMonitor", "PrometheusRule"} <= kinds
+    default_kinds = {o["kind"] for o in chart.template()}
+    assert not default_kinds & {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+    assert len(chart.dashboards(monitoring_objects)) == 3
+    assert chart.dashboards(chart.template()) == {}
+
+
+def test_every_name_in_rules_and_dashboards_is_promised_or_recorded(
+    monitoring_objects: list[dict[str, Any]],
+) -> None:
+    groups = chart.rule_groups(monitoring_objects)
+    recorded = {r["record"] for g in groups for r in g["rules"] if "record" in r}
+    promised = contract.documented_samples()
+    boards = chart.dashboards(monitoring_objects)
+    queries = (
+        chart.rule_queries(groups)
+        + chart.dashboard_queries(boards)
+        + chart.dashboard_variable_queries(boards)
+    )
+    unknown = sorted(
+        f"{q.source}: {name}"
+        for q in queries
+        for name in promql.metric_names(q.expr.replace("label_values(", "("))
+        if name not in promised | recorded
+    )
+    assert not unknown, f"names neither in docs/metrics.md nor recorded by the chart: {unknown}"
+
+
+def test_adapter_serves_the_documented_hpa_metrics(
+    monitoring_objects: list[dict[str, Any]],
+) -> None:
+    served = {}
+    for rule in chart.adapter_rules(monitoring_objects):
+        series = promql.metric_names(rule["seriesQuery"]).pop()
+        assert re.fullmatch(rule["name"]["matches"], series)
+        query = rule["metricsQuery"].replace("{<<.LabelMatchers>>}", "")
+        query = query.replace("<<.Series>>", series).replace("<<.GroupBy>>", "namespace, pod")
+        served[rule["name"]["as"]] = query
+    assert served == contract.documented_adapter_queries()
+
+
+def test_dashboards_carry_the_grafana_sidecar_label(
+    monitoring_objects: list[dict[str, Any]],
+) -> None:
+    maps = [
+        o
+        for o in chart.objects_of_kind(monitoring_objects, "ConfigMap")
+        if o["metadata"]["name"].split("-dashboard-")[-1] in {"executive", "oncall", "debug"}
+    ]
+    assert len(maps) == 3
+    for config_map in maps:
+        assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
