@@ -138,7 +138,7 @@ class _Budget:
 
 def _zip_member_kind(info: zipfile.ZipInfo) -> str:
     mode = info.external_attr >> 16
-    if info.create_system == 3 and mode:  # made on Unix: the high bits are st_mode
+    if info.create_system == 3 and stat.S_IFMT(mode):  # made on Unix: high bits are st_mode
         if stat.S_ISLNK(mode):
             return "symlink"
         if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):

@@ -1,0 +1,1 @@
+"""The built-in handlers, one handler class per module (TorchServe's rule for handler modules)."""

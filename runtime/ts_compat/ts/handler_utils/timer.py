@@ -1,0 +1,3 @@
+"""TorchServe's `ts.handler_utils.timer`."""
+
+from marfleet.runtime.handlers.timer import timed as timed

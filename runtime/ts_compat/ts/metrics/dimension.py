@@ -1,0 +1,3 @@
+"""TorchServe's `ts.metrics.dimension`."""
+
+from marfleet.runtime.handlers.metrics import Dimension as Dimension

@@ -1,0 +1,1 @@
+"""TorchServe's `ts.torch_handler`: the default handlers."""

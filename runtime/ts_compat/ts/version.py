@@ -1,0 +1,3 @@
+"""TorchServe's `ts.version`."""
+
+from . import __version__ as __version__
