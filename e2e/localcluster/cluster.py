@@ -341,15 +341,14 @@ def _alive(pid: int, binary: str) -> bool:
 
 
 def _stop(pid: int, binary: str, grace: float = 10) -> None:
-    if not _alive(pid, binary):
-        return
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and _alive(pid, binary):
-        time.sleep(0.05)
     if _alive(pid, binary):
-        os.kill(pid, signal.SIGKILL)
-    while _alive(pid, binary):
-        time.sleep(0.05)
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and _alive(pid, binary):
+            time.sleep(0.05)
+        if _alive(pid, binary):
+            os.kill(pid, signal.SIGKILL)
+        while _alive(pid, binary):
+            time.sleep(0.05)
     with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)  # reap it when this process is its parent
+        os.waitpid(pid, 0)  # it is exiting: reap it when this process is its parent
