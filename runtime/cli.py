@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "pack a model archive (torch-model-archiver flags)",
     ),
     "fetch": ("marfleet.runtime.storage.cli", "fetch a model archive into a directory"),
+    "serve": ("marfleet.runtime.serve_cli", "run the model server (TorchServe and KServe APIs)"),
     "operator": ("marfleet.operator.cli", "run the InferenceService operator"),
 }
 

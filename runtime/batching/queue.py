@@ -51,6 +51,12 @@ class BatchQueue(Generic[T]):
         self._items.append(item)
         self._wake_one()
 
+    def requeue(self, items: list[T]) -> None:
+        """Put items taken by a consumer that cannot run them back at the head, in order."""
+        self._items.extendleft(reversed(items))
+        for _ in items:
+            self._wake_one()
+
     def take_all(self) -> list[T]:
         """Remove and return everything queued (for shutdown and unregistration)."""
         items = list(self._items)

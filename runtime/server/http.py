@@ -26,9 +26,9 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import cast
 from email.utils import formatdate
 from http import HTTPStatus
+from typing import cast
 from urllib.parse import parse_qsl, unquote
 
 import httptools

@@ -30,15 +30,19 @@ class _Route:
 class Router:
     def __init__(self, error_response: ErrorRenderer) -> None:
         self._groups: dict[str, list[_Route]] = {}
+        self.documented: list[tuple[str, frozenset[str], str]] = []  # for the OpenAPI description
         self._error_response = error_response
 
-    def add(self, methods: str | Iterable[str], pattern: str, handler: Handler) -> None:
+    def add(
+        self, methods: str | Iterable[str], pattern: str, handler: Handler, summary: str = ""
+    ) -> None:
         names = frozenset([methods] if isinstance(methods, str) else methods)
         if _first_segment(pattern).startswith("{"):
             raise ValueError(f"route {pattern!r} must start with a literal path segment")
         escaped = re.escape(pattern).replace(r"\{", "{").replace(r"\}", "}")
         regex = re.compile("^" + _PARAM.sub(r"(?P<\1>[^/]+?)", escaped) + "/?$")
         self._groups.setdefault(_first_segment(pattern), []).append(_Route(names, regex, handler))
+        self.documented.append((pattern, names, summary))
 
     async def __call__(self, request: Request) -> Response:
         allowed_elsewhere = False

@@ -1,0 +1,400 @@
+"""The runtime's Prometheus metrics (names are the contract in docs/metrics.md).
+
+A small registry of its own rather than prometheus_client, for two reasons: TorchServe's names
+must be exported exactly (`ts_inference_latency_microseconds` and `Requests2XX` are counters
+without a `_total` suffix, which prometheus_client always appends), and the frontend updates
+several series per request on a single event loop, where plain attribute arithmetic on
+pre-bound children is several times cheaper than prometheus_client's locked label lookups.
+Rendering follows the Prometheus text format 0.0.4.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import math
+from collections.abc import Callable, Iterable, Sequence
+
+from marfleet.runtime.workers.pool import Job
+from marfleet.runtime.workers.process import MetricRecord
+
+log = logging.getLogger("marfleet.metrics")
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+LOAD_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+class Value:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+    def set(self, value: float) -> None:
+        self.value = value
+
+    def samples(self, name: str, labels: str) -> Iterable[str]:
+        yield f"{name}{labels} {_number(self.value)}"
+
+
+class Histogram:
+    __slots__ = ("buckets", "count", "counts", "sum")
+
+    def __init__(self, buckets: Sequence[float]) -> None:
+        self.buckets = tuple(buckets)
+        self.counts = [0] * (len(self.buckets) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def samples(self, name: str, labels: str) -> Iterable[str]:
+        prefix = labels[:-1] + "," if labels else "{"
+        running = 0
+        for bound, count in zip((*self.buckets, math.inf), self.counts, strict=True):
+            running += count
+            yield f'{name}_bucket{prefix}le="{_number(bound)}"}} {running}'
+        yield f"{name}_sum{labels} {_number(self.sum)}"
+        yield f"{name}_count{labels} {self.count}"
+
+
+class Family:
+    """One metric name with its label names; `labels(...)` returns a cached child."""
+
+    def __init__(
+        self,
+        name: str,
+        help_text: str,
+        kind: str,
+        labelnames: Sequence[str],
+        buckets: Sequence[float] = (),
+    ) -> None:
+        self.name = name
+        self.help = help_text
+        self.kind = kind
+        self.labelnames = tuple(labelnames)
+        self._buckets = buckets
+        self._children: dict[tuple[str, ...], Value | Histogram] = {}
+
+    def labels(self, *values: str) -> Value:
+        child = self._child(values)
+        assert isinstance(child, Value)
+        return child
+
+    def histogram(self, *values: str) -> Histogram:
+        child = self._child(values)
+        assert isinstance(child, Histogram)
+        return child
+
+    def remove(self, predicate: Callable[[dict[str, str]], bool]) -> None:
+        for key in [
+            k for k in self._children if predicate(dict(zip(self.labelnames, k, strict=True)))
+        ]:
+            del self._children[key]
+
+    def _child(self, values: tuple[str, ...]) -> Value | Histogram:
+        child = self._children.get(values)
+        if child is None:
+            if len(values) != len(self.labelnames):
+                raise ValueError(f"{self.name} takes labels {self.labelnames}, got {values}")
+            child = Histogram(self._buckets) if self.kind == "histogram" else Value()
+            self._children[values] = child
+        return child
+
+    def render(self) -> Iterable[str]:
+        yield f"# HELP {self.name} {self.help}"
+        yield f"# TYPE {self.name} {self.kind}"
+        for values, child in self._children.items():
+            labels = ",".join(
+                f'{n}="{_escape(v)}"' for n, v in zip(self.labelnames, values, strict=True)
+            )
+            yield from child.samples(self.name, "{" + labels + "}" if labels else "")
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._families: dict[str, Family] = {}
+        self._refreshers: list[Callable[[], None]] = []
+
+    def add(self, family: Family) -> Family:
+        existing = self._families.get(family.name)
+        if existing is not None:
+            if (existing.kind, existing.labelnames) != (family.kind, family.labelnames):
+                raise ValueError(
+                    f"metric {family.name} is already registered as {existing.kind} "
+                    f"with labels {existing.labelnames}"
+                )
+            return existing
+        self._families[family.name] = family
+        return family
+
+    def on_render(self, refresh: Callable[[], None]) -> None:
+        self._refreshers.append(refresh)
+
+    def families(self) -> list[Family]:
+        return list(self._families.values())
+
+    def render(self) -> bytes:
+        for refresh in self._refreshers:
+            refresh()
+        lines: list[str] = []
+        for family in self._families.values():
+            lines.extend(family.render())
+        return ("\n".join(lines) + "\n").encode()
+
+
+def _number(value: float) -> str:
+    if value == math.inf:
+        return "+Inf"
+    return repr(float(value)) if value != int(value) else f"{int(value)}.0"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+MODEL_LABELS = ("model", "version", "variant")
+TS_LABELS = ("model_name", "model_version", "Hostname")
+
+
+class RuntimeMetrics:
+    """Every series `marfleet serve` exports; per-model views come from `for_model`."""
+
+    def __init__(self, *, variant: str, hostname: str) -> None:
+        self.variant = variant
+        self.hostname = hostname
+        self.registry = registry = Registry()
+        self._queue_depths: dict[tuple[str, str], tuple[Value, Callable[[], int]]] = {}
+        registry.on_render(self._refresh_queue_depths)
+
+        def family(
+            name: str,
+            help_text: str,
+            kind: str,
+            labels: Sequence[str],
+            buckets: Sequence[float] = (),
+        ) -> Family:
+            return registry.add(Family(name, help_text, kind, labels, buckets))
+
+        self.ts_requests = family(
+            "ts_inference_requests_total", "Inference requests received.", "counter", TS_LABELS
+        )
+        self.ts_latency = family(
+            "ts_inference_latency_microseconds",
+            "Total inference latency in microseconds.",
+            "counter",
+            TS_LABELS,
+        )
+        self.ts_queue = family(
+            "ts_queue_latency_microseconds",
+            "Total time requests spent queued, in microseconds.",
+            "counter",
+            TS_LABELS,
+        )
+        status_labels = ("Level", "Hostname")
+        self.by_class = {
+            cls: family(
+                f"Requests{cls}XX", f"Responses with a {cls}xx status.", "counter", status_labels
+            ).labels("Host", hostname)
+            for cls in (2, 4, 5)
+        }
+        self.requests = family(
+            "marfleet_requests_total",
+            "Inference requests answered.",
+            "counter",
+            (*MODEL_LABELS, "code"),
+        )
+        self.duration = family(
+            "marfleet_request_duration_seconds",
+            "Time from request received to response sent.",
+            "histogram",
+            MODEL_LABELS,
+            LATENCY_BUCKETS,
+        )
+        self.queue_time = family(
+            "marfleet_queue_duration_seconds",
+            "Time a request waited for a worker.",
+            "histogram",
+            MODEL_LABELS,
+            LATENCY_BUCKETS,
+        )
+        self.batch_size = family(
+            "marfleet_batch_size",
+            "Size of the batches handed to workers.",
+            "histogram",
+            MODEL_LABELS,
+            BATCH_BUCKETS,
+        )
+        self.inflight = family(
+            "marfleet_inflight_requests",
+            "Requests received and not yet answered.",
+            "gauge",
+            MODEL_LABELS,
+        )
+        self.queue_depth = family(
+            "marfleet_queue_depth", "Requests queued for a worker.", "gauge", MODEL_LABELS
+        )
+        self.rejections = family(
+            "marfleet_queue_rejections_total",
+            "Requests refused with 503 because the queue was full.",
+            "counter",
+            MODEL_LABELS,
+        )
+        self.workers = family(
+            "marfleet_workers",
+            "Worker processes by device and state.",
+            "gauge",
+            (*MODEL_LABELS, "device", "state"),
+        )
+        self.restarts = family(
+            "marfleet_worker_restarts_total",
+            "Worker processes restarted.",
+            "counter",
+            (*MODEL_LABELS, "reason"),
+        )
+        self.handler_errors = family(
+            "marfleet_handler_errors_total",
+            "Batches the handler failed.",
+            "counter",
+            (*MODEL_LABELS, "code"),
+        )
+        self.load_time = family(
+            "marfleet_model_load_seconds",
+            "Time to load a model into a worker.",
+            "histogram",
+            MODEL_LABELS,
+            LOAD_BUCKETS,
+        )
+        self.load_failures = family(
+            "marfleet_model_load_failures_total",
+            "Models or workers that failed to load.",
+            "counter",
+            MODEL_LABELS,
+        )
+
+    def count_status(self, status: int) -> None:
+        child = self.by_class.get(status // 100)
+        if child is not None:
+            child.inc()
+
+    def for_model(self, name: str, version: str, queue_depth: Callable[[], int]) -> ModelMetrics:
+        metrics = ModelMetrics(self, name, version)
+        self._queue_depths[(name, version)] = (metrics.queue_depth, queue_depth)
+        return metrics
+
+    def forget_model(self, name: str, version: str) -> None:
+        """Drop every series of an unregistered model version."""
+        self._queue_depths.pop((name, version), None)
+
+        def belongs(labels: dict[str, str]) -> bool:
+            return (
+                labels.get("model", labels.get("model_name")),
+                labels.get("version", labels.get("model_version")),
+            ) == (name, version)
+
+        for family in self.registry.families():
+            family.remove(belongs)
+
+    def _refresh_queue_depths(self) -> None:
+        for gauge, depth in self._queue_depths.values():
+            gauge.set(depth())
+
+    def model_load_failed(self, name: str, version: str) -> None:
+        self.load_failures.labels(name, version, self.variant).inc()
+
+    def handler_family(self, name: str, kind: str, labelnames: Sequence[str]) -> Family:
+        metric_name = "ts_custom_" + "".join(c if c.isalnum() or c == "_" else "_" for c in name)
+        buckets = LATENCY_BUCKETS if kind == "histogram" else ()
+        return self.registry.add(
+            Family(metric_name, f"Handler metric {name}.", kind, labelnames, buckets)
+        )
+
+
+class ModelMetrics:
+    """The series of one model version, bound once; also the worker pool's observer."""
+
+    def __init__(self, parent: RuntimeMetrics, name: str, version: str) -> None:
+        self._parent = parent
+        self.name = name
+        labels = (name, version, parent.variant)
+        self._labels = labels
+        ts = (name, version, parent.hostname)
+        self.ts_requests = parent.ts_requests.labels(*ts)
+        self.ts_latency = parent.ts_latency.labels(*ts)
+        self.ts_queue = parent.ts_queue.labels(*ts)
+        self.duration = parent.duration.histogram(*labels)
+        self.queue_time = parent.queue_time.histogram(*labels)
+        self.batch_size = parent.batch_size.histogram(*labels)
+        self.inflight = parent.inflight.labels(*labels)
+        self.queue_depth = parent.queue_depth.labels(*labels)
+        self.rejections = parent.rejections.labels(*labels)
+        self.load_time = parent.load_time.histogram(*labels)
+        self._by_code: dict[int, Value] = {}
+
+    def request_received(self) -> None:
+        self.ts_requests.inc()
+        self.inflight.inc()
+
+    def request_answered(self, status: int, seconds: float) -> None:
+        self.inflight.inc(-1)
+        child = self._by_code.get(status)
+        if child is None:
+            child = self._by_code[status] = self._parent.requests.labels(*self._labels, str(status))
+        child.inc()
+        self.duration.observe(seconds)
+        self.ts_latency.inc(seconds * 1e6)
+
+    # PoolObserver
+
+    def worker_state(self, device: str, before: str | None, after: str | None) -> None:
+        workers = self._parent.workers
+        if before is not None:
+            workers.labels(*self._labels, device, before).inc(-1)
+        if after is not None:
+            workers.labels(*self._labels, device, after).inc()
+
+    def worker_restarted(self, reason: str) -> None:
+        self._parent.restarts.labels(*self._labels, reason).inc()
+
+    def model_loaded(self, seconds: float) -> None:
+        self.load_time.observe(seconds)
+
+    def model_load_failed(self) -> None:
+        self._parent.load_failures.labels(*self._labels).inc()
+
+    def batch_started(self, jobs: Sequence[Job], now: float) -> None:
+        self.batch_size.observe(len(jobs))
+        for job in jobs:
+            waited = now - job.enqueued_at
+            self.queue_time.observe(waited)
+            self.ts_queue.inc(waited * 1e6)
+
+    def handler_failed(self, code: int) -> None:
+        self._parent.handler_errors.labels(*self._labels, str(code)).inc()
+
+    def handler_metrics(self, records: list[MetricRecord]) -> None:
+        for name, value, _unit, dimensions, kind in records:
+            dims = dict(dimensions) if isinstance(dimensions, dict) else {}
+            labelnames = ("model", *sorted(dims))
+            try:
+                family = self._parent.handler_family(str(name), str(kind), labelnames)
+            except ValueError as error:
+                log.warning("handler metric dropped", extra={"reason": str(error)})
+                continue
+            values = (self.name, *(str(dims[k]) for k in sorted(dims)))
+            number = float(str(value))
+            if kind == "histogram":
+                family.histogram(*values).observe(number)
+            elif kind == "gauge":
+                family.labels(*values).set(number)
+            else:
+                family.labels(*values).inc(number)

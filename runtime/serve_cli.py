@@ -1,0 +1,158 @@
+"""`marfleet serve`: TorchServe's `torchserve --start` for marfleet's model server.
+
+    marfleet serve --model-store DIR [--models name=x.mar ...] [--ts-config config.properties]
+                   [--foreground] [--disable-token-auth] [--enable-model-api]
+    marfleet serve --stop
+
+As with torchserve, the server runs in the background unless `--foreground` is given (pods
+and tests use `--foreground`); the background server writes `marfleet.pid` and `marfleet.log`
+in the working directory and `--stop` ends it gracefully. SIGTERM or SIGINT: report unhealthy,
+stop accepting, finish in-flight requests within `shutdown_grace_seconds`, exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import uvloop
+from marfleet.runtime.config import ConfigError, ServerConfig, load_server_config, parse_properties
+from marfleet.runtime.server.app import ModelServer
+from marfleet.runtime.server.logs import configure_logging
+
+log = logging.getLogger("marfleet.serve")
+
+PID_FILE = Path("marfleet.pid")
+LOG_FILE = Path("marfleet.log")
+KEY_FILE = Path("key_file.json")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="marfleet serve", description=__doc__.splitlines()[0])
+    parser.add_argument("--model-store", help="directory of model archives (model_store)")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        metavar="MODEL",
+        help="models to load at start: name=file.mar, file.mar, a URL, or all (load_models)",
+    )
+    parser.add_argument(
+        "--ts-config", type=Path, help="a TorchServe config.properties (default: $TS_CONFIG_FILE)"
+    )
+    parser.add_argument("--foreground", action="store_true", help="run in this process")
+    parser.add_argument("--stop", action="store_true", help="stop the background server")
+    parser.add_argument("--disable-token-auth", action="store_true", help="no management token")
+    parser.add_argument(
+        "--enable-model-api", action="store_true", help="allow registering/unregistering models"
+    )
+    parser.add_argument("--ncs", action="store_true", help="accepted for torchserve parity")
+    return parser
+
+
+def load_config(args: argparse.Namespace, env: dict[str, str]) -> ServerConfig:
+    config_path = args.ts_config or (
+        Path(env["TS_CONFIG_FILE"]) if "TS_CONFIG_FILE" in env else None
+    )
+    properties: dict[str, str] = {}
+    if config_path is not None:
+        try:
+            properties = parse_properties(config_path.read_text(encoding="utf-8"))
+        except OSError as error:
+            raise ConfigError(f"cannot read the config file {config_path}: {error}") from None
+    if args.disable_token_auth:
+        properties["disable_token_authorization"] = "true"
+    if args.enable_model_api:
+        properties["enable_model_api"] = "true"
+    config = load_server_config(properties, env, model_store=args.model_store, models=args.models)
+    if config.model_store is None:
+        raise ConfigError("missing the model store: pass --model-store DIR (or model_store=)")
+    if not config.model_store.is_dir():
+        raise ConfigError(f"model store {config.model_store} is not a directory")
+    return config
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if args.stop:
+        return stop_background()
+    env = dict(os.environ)
+    configure_logging()
+    try:
+        config = load_config(args, env)
+    except ConfigError as error:
+        print(f"marfleet serve: {error}", file=sys.stderr)
+        return 2
+    for key in config.ignored_keys:
+        log.warning("config key not supported by marfleet; ignored", extra={"key": key})
+    if not args.foreground:
+        return start_background(argv)
+    return uvloop.run(serve(config, env))
+
+
+async def serve(config: ServerConfig, env: dict[str, str]) -> int:
+    server = ModelServer(config, env=env, key_file=KEY_FILE.resolve(), log_stream=sys.stdout)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, server.request_stop)
+    try:
+        await server.start()
+    except OSError as error:
+        log.error("cannot listen", extra={"reason": str(error)})
+        await server.shutdown()
+        return 1
+    await server.wait_for_stop()
+    await server.shutdown()
+    return 0
+
+
+def start_background(argv: list[str]) -> int:
+    with LOG_FILE.open("ab") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "marfleet.runtime.cli", "serve", *argv, "--foreground"],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    PID_FILE.write_text(str(process.pid))
+    print(
+        f"marfleet serve started in the background (pid {process.pid}, log {LOG_FILE}); "
+        "stop it with `marfleet serve --stop`"
+    )
+    return 0
+
+
+def stop_background() -> int:
+    try:
+        pid = int(PID_FILE.read_text())
+    except (OSError, ValueError):
+        print(
+            f"marfleet serve: no {PID_FILE} here; is a background server running?", file=sys.stderr
+        )
+        return 1
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        PID_FILE.unlink(missing_ok=True)
+        print(f"marfleet serve: process {pid} is not running", file=sys.stderr)
+        return 1
+    while _alive(pid):
+        time.sleep(0.2)
+    PID_FILE.unlink(missing_ok=True)
+    print("marfleet serve stopped")
+    return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -1,0 +1,256 @@
+"""`ModelServer`: the three listeners, the registry and their lifecycle, wired from a config.
+
+    server = ModelServer(config, env=os.environ, key_file=Path("key_file.json"), log=sys.stdout)
+    await server.start()          # listening; startup models load in the background
+    await server.wait_for_stop()  # until request_stop() (the CLI calls it on SIGTERM)
+    await server.shutdown()       # unhealthy, stop accepting, finish in-flight work, stop workers
+
+Nothing here reads globals: the environment, the key-file path and the access-log stream are
+passed in, so tests and `marfleet serve` build servers the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import TextIO
+
+from marfleet.runtime.config import ModelSource, ServerConfig
+from marfleet.runtime.metrics import CONTENT_TYPE, RuntimeMetrics
+from marfleet.runtime.server.auth import Keys, require_token
+from marfleet.runtime.server.errors import ApiError, error_response, json_response
+from marfleet.runtime.server.http import Handler, HttpLimits, HttpServer, Request, Response
+from marfleet.runtime.server.inference_api import InferenceApi
+from marfleet.runtime.server.logs import AccessLog
+from marfleet.runtime.server.management_api import ManagementApi
+from marfleet.runtime.server.model_source import ModelLoader, Registration
+from marfleet.runtime.server.openapi import describe
+from marfleet.runtime.server.routing import Router
+from marfleet.runtime.workers.placement import RoundRobin, installed_gpu_count, visible_gpu_count
+from marfleet.runtime.workers.registry import ModelRegistry, WorkerEnvironment
+
+log = logging.getLogger("marfleet.server")
+
+ARCHIVE_SUFFIXES = (".mar", ".tar.gz", ".tgz", ".zip")
+
+
+def server_version() -> str:
+    try:
+        return version("marfleet")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def _render_error(status: int, message: str) -> Response:
+    return error_response(status, message)
+
+
+def _api_errors(app: Handler) -> Handler:
+    async def handle(request: Request) -> Response:
+        try:
+            return await app(request)
+        except ApiError as error:
+            return error.response()
+
+    return handle
+
+
+class ModelServer:
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        env: Mapping[str, str],
+        key_file: Path,
+        log_stream: TextIO,
+    ) -> None:
+        self.config = config
+        self._env = env
+        self._key_file = key_file
+        self._log_stream = log_stream
+        self.version = server_version()
+        self.metrics = RuntimeMetrics(
+            variant=env.get("MARFLEET_VARIANT", ""), hostname=socket.gethostname()
+        )
+        self.gpu_count = visible_gpu_count(env, installed_gpu_count(), config.number_of_gpu)
+        self.registry = ModelRegistry(
+            metrics=self.metrics,
+            workers=WorkerEnvironment(
+                threads=config.worker_threads, env={}, stop_grace_s=config.shutdown_grace_seconds
+            ),
+            round_robin=RoundRobin(),
+        )
+        self._extract_root = Path(tempfile.mkdtemp(prefix="marfleet-models-"))
+        self.loader = ModelLoader(
+            config, self.registry, gpu_count=self.gpu_count, extract_root=self._extract_root
+        )
+        self.keys: Keys | None = None
+        self._servers: dict[str, HttpServer] = {}
+        self._startup_done = False
+        self._draining = False
+        self._stop = asyncio.Event()
+        self._startup_task: asyncio.Task[None] | None = None
+
+    # health
+
+    def healthy(self) -> bool:
+        return self._startup_done and not self._draining and self.registry.healthy()
+
+    # lifecycle
+
+    async def start(self) -> None:
+        config = self.config
+        limits = HttpLimits(max_body_bytes=config.max_request_size)
+        inference = self._api_router("TorchServe inference API", self._inference_routes)
+        management = self._api_router("TorchServe management API", self._management_routes)
+        if not config.disable_token_authorization:
+            self.keys = Keys.generate()
+            self.keys.write(self._key_file)
+            management = require_token(self.keys.management, management)
+        metrics = Router(_render_error)
+        metrics.add("GET", "/metrics", self._metrics, "Prometheus metrics.")
+        for name, app, address in (
+            ("inference", inference, config.inference_address),
+            ("management", management, config.management_address),
+            ("metrics", _api_errors(metrics), config.metrics_address),
+        ):
+            server = HttpServer(
+                app,
+                limits,
+                error_response=_render_error,
+                on_complete=self._completion_hook(name),
+                on_unhandled=self._log_unhandled,
+            )
+            await server.start(address.host, address.port)
+            self._servers[name] = server
+        log.info(
+            "listening",
+            extra={
+                **{name: server.port for name, server in self._servers.items()},
+                "gpus": self.gpu_count,
+                "token_authorization": self.keys is not None,
+            },
+        )
+        self._startup_task = asyncio.get_running_loop().create_task(self._load_startup_models())
+
+    def port(self, name: str) -> int:
+        return self._servers[name].port
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def wait_for_stop(self) -> None:
+        await self._stop.wait()
+
+    async def shutdown(self) -> None:
+        """Report unhealthy, stop accepting, finish in-flight work within the grace period."""
+        grace = self.config.shutdown_grace_seconds
+        started = time.monotonic()
+        self._draining = True
+        log.info("shutting down", extra={"grace_seconds": grace})
+        if self._startup_task is not None and not self._startup_task.done():
+            self._startup_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._startup_task
+        front = [self._servers[n] for n in ("inference", "management") if n in self._servers]
+        for server in front:
+            server.begin_shutdown()
+        for server in front:
+            await server.wait_closed(max(0.0, grace - (time.monotonic() - started)))
+        await self.registry.shutdown(drain_timeout=max(0.0, grace - (time.monotonic() - started)))
+        if "metrics" in self._servers:
+            self._servers["metrics"].begin_shutdown()
+            await self._servers["metrics"].wait_closed(1.0)
+        shutil.rmtree(self._extract_root, ignore_errors=True)
+        log.info("stopped", extra={"seconds": round(time.monotonic() - started, 3)})
+
+    # wiring
+
+    def _api_router(self, title: str, add_routes: Callable[[Router], None]) -> Handler:
+        router = Router(_render_error)
+        add_routes(router)
+
+        async def description(request: Request) -> Response:
+            return json_response(describe(router, title=title, version=self.version))
+
+        router.add("OPTIONS", "/", description, "This OpenAPI description.")
+        router.add("GET", "/api-description", description, "This OpenAPI description.")
+        return _api_errors(router)
+
+    def _inference_routes(self, router: Router) -> None:
+        InferenceApi(
+            self.registry,
+            max_response_bytes=self.config.max_response_size,
+            is_healthy=self.healthy,
+            server_version=self.version,
+        ).routes(router)
+
+    def _management_routes(self, router: Router) -> None:
+        ManagementApi(
+            self.registry, self.loader, enable_model_api=self.config.enable_model_api
+        ).routes(router)
+
+    async def _metrics(self, request: Request) -> Response:
+        return Response(200, self.metrics.registry.render(), CONTENT_TYPE)
+
+    def _completion_hook(self, name: str) -> AccessLog:
+        count = self.metrics.count_status if name == "inference" else None
+        return AccessLog(self._log_stream, name, on_status=count)
+
+    @staticmethod
+    def _log_unhandled(request: Request, error: Exception) -> None:
+        log.error(
+            "unhandled error",
+            exc_info=error,
+            extra={"method": request.method, "path": request.path},
+        )
+
+    async def _load_startup_models(self) -> None:
+        try:
+            await asyncio.gather(*(self._load_one(source) for source in self._startup_sources()))
+        finally:
+            self._startup_done = True
+
+    def _startup_sources(self) -> list[ModelSource]:
+        config = self.config
+        sources = list(config.load_models)
+        for name, versions in config.models.items():
+            for settings in versions.values():
+                mar = settings.get("marName")
+                if isinstance(mar, str):
+                    sources.append(ModelSource(url=mar, name=name))
+        if config.load_all_models and config.model_store is not None:
+            sources += [
+                ModelSource(url=path.name)
+                for path in sorted(config.model_store.iterdir())
+                if path.name.endswith(ARCHIVE_SUFFIXES)
+            ]
+        unique: dict[tuple[str | None, str], ModelSource] = {}
+        for source in sources:
+            unique.setdefault((source.name, source.url), source)
+        return list(unique.values())
+
+    async def _load_one(self, source: ModelSource) -> None:
+        registration = Registration(
+            source.url, source.name, {}, synchronous=True, loaded_at_startup=True
+        )
+        try:
+            entry, workers = await self.loader.register(registration)
+        except ApiError as error:
+            log.error(
+                "model refused at startup",
+                extra={"url": source.url, "status": error.status, "reason": error.message},
+            )
+            return
+        log.info(
+            "model registered",
+            extra={"model": entry.name, "version": entry.version, "workers": workers},
+        )

@@ -1,0 +1,203 @@
+"""The management port: TorchServe's model API with its parameters, statuses and bodies.
+
+Register, scale, describe, list (paginated), unregister (draining what was accepted) and
+set-default answer exactly as TorchServe 0.12 does — the bodies were captured from a running
+TorchServe — except that a malformed number is a 400 that names the parameter, where TorchServe
+silently ignores it. Registration and unregistration are refused with 405 unless
+`enable_model_api=true`, TorchServe's default.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from typing import Any
+
+from marfleet.runtime.server.errors import ApiError, json_response
+from marfleet.runtime.server.http import Request, Response
+from marfleet.runtime.server.model_source import ModelLoader, Registration
+from marfleet.runtime.server.routing import METHOD_NOT_ALLOWED, Router
+from marfleet.runtime.workers.pool import WorkerSlot
+from marfleet.runtime.workers.registry import (
+    DefaultVersionInUse,
+    ModelNotFound,
+    ModelRegistry,
+    ModelVersion,
+    VersionNotFound,
+)
+
+DEFAULT_PAGE_SIZE = 100
+_REGISTER_NUMBERS = ("batch_size", "max_batch_delay", "initial_workers", "response_timeout")
+_STATES = {"starting": "STARTING", "ready": "READY", "busy": "READY"}
+
+
+class ManagementApi:
+    def __init__(
+        self, registry: ModelRegistry, loader: ModelLoader, *, enable_model_api: bool
+    ) -> None:
+        self._registry = registry
+        self._loader = loader
+        self._enable_model_api = enable_model_api
+
+    def routes(self, router: Router) -> None:
+        router.add("GET", "/models", self.list_models, "List registered models (paginated).")
+        router.add("POST", "/models", self.register, "Register a model from the store or a URL.")
+        for pattern in ("/models/{model_name}", "/models/{model_name}/{model_version}"):
+            router.add("GET", pattern, self.describe, "Describe a model version (or all).")
+            router.add("PUT", pattern, self.scale, "Scale a model version's workers.")
+            router.add("DELETE", pattern, self.unregister, "Unregister a model version.")
+        router.add(
+            "PUT",
+            "/models/{model_name}/{model_version}/set-default",
+            self.set_default,
+            "Make a version the model's default.",
+        )
+
+    async def list_models(self, request: Request) -> Response:
+        limit = _number(request.query, "limit", DEFAULT_PAGE_SIZE)
+        start = _number(request.query, "next_page_token", 0)
+        if limit <= 0 or limit > DEFAULT_PAGE_SIZE:
+            limit = DEFAULT_PAGE_SIZE
+        names = self._registry.names()
+        page = names[start : start + limit]
+        body: dict[str, Any] = {}
+        if start + limit < len(names):
+            body["nextPageToken"] = str(start + limit)
+        body["models"] = [
+            {"modelName": name, "modelUrl": self._registry.get(name).url} for name in page
+        ]
+        return json_response(body)
+
+    async def register(self, request: Request) -> Response:
+        self._require_model_api()
+        query = request.query
+        url = query.get("url")
+        if not url:
+            raise ApiError(400, "Parameter url is required.")
+        api = {key: str(_number(query, key, 0)) for key in _REGISTER_NUMBERS if query.get(key)}
+        synchronous = query.get("synchronous", "true").lower() != "false"
+        registration = Registration(url, query.get("model_name") or None, api, synchronous)
+        entry, workers = await self._loader.register(registration)
+        message = (
+            f'Model "{entry.name}" Version: {entry.version} '
+            f"registered with {workers} initial workers"
+        )
+        if workers == 0:
+            message += ". Use scale workers API to add workers for the model."
+        return json_response({"status": message}, 200 if synchronous or workers == 0 else 202)
+
+    async def describe(self, request: Request) -> Response:
+        name, version = request.params["model_name"], request.params.get("model_version")
+        if version == "all":
+            entries = self._call(lambda: self._registry.versions(name))
+        else:
+            entries = [self._entry(name, version)]
+        return json_response([self._description(entry) for entry in entries])
+
+    async def scale(self, request: Request) -> Response:
+        name, version = request.params["model_name"], request.params.get("model_version")
+        entry = self._entry(name, version)
+        query = request.query
+        count = _number(query, "min_worker", entry.settings.min_workers)
+        maximum = _number(query, "max_worker", max(count, entry.settings.max_workers))
+        if count < 0 or maximum < count:
+            raise ApiError(400, f"Invalid worker counts: min_worker={count}, max_worker={maximum}")
+        synchronous = query.get("synchronous", "false").lower() == "true"
+        errors = await self._registry.scale(entry, count, wait=synchronous)
+        if errors:
+            raise ApiError(500, f"Failed to start workers for model {name}: {errors[0]}")
+        if not synchronous:
+            return json_response({"status": "Processing worker updates..."}, 202)
+        suffix = f", version: {version}" if version else ""
+        return json_response({"status": f"Workers scaled to {count} for model: {name}{suffix}"})
+
+    async def unregister(self, request: Request) -> Response:
+        self._require_model_api()
+        name, version = request.params["model_name"], request.params.get("model_version")
+        entry = self._entry(name, version)
+        try:
+            await self._registry.remove(entry, drain_timeout=entry.settings.response_timeout_s)
+        except DefaultVersionInUse as error:
+            raise ApiError(400, str(error), type="InvalidModelVersionException") from None
+        return json_response({"status": f'Model "{name}" unregistered'})
+
+    async def set_default(self, request: Request) -> Response:
+        name, version = request.params["model_name"], request.params["model_version"]
+        self._call(lambda: self._registry.set_default(name, version))
+        return json_response(
+            {"status": f'Default version successfully updated for model "{name}" to "{version}"'}
+        )
+
+    # helpers
+
+    def _require_model_api(self) -> None:
+        if not self._enable_model_api:
+            raise ApiError(405, METHOD_NOT_ALLOWED)
+
+    def _entry(self, name: str, version: str | None) -> ModelVersion:
+        return self._call(lambda: self._registry.get(name, version))
+
+    @staticmethod
+    def _call(action: Any) -> Any:
+        try:
+            return action()
+        except ModelNotFound as error:
+            raise ApiError(404, str(error), type="ModelNotFoundException") from None
+        except VersionNotFound as error:
+            raise ApiError(404, str(error), type="ModelVersionNotFoundException") from None
+
+    def _description(self, entry: ModelVersion) -> dict[str, Any]:
+        settings = entry.settings
+        return {
+            "modelName": entry.name,
+            "modelVersion": entry.version,
+            "modelUrl": entry.url,
+            "runtime": "python",
+            "minWorkers": settings.min_workers,
+            "maxWorkers": settings.max_workers,
+            "batchSize": settings.batch_size,
+            "maxBatchDelay": settings.max_batch_delay_ms,
+            "responseTimeout": settings.response_timeout_s,
+            "startupTimeout": settings.response_timeout_s,
+            "deviceType": "gpu" if entry.devices else "cpu",
+            "loadedAtStartup": entry.loaded_at_startup,
+            "workers": [_worker(slot) for slot in entry.pool.slots if slot.state is not None],
+            "jobQueueStatus": {
+                "remainingCapacity": entry.queue.remaining_capacity,
+                "pendingRequests": len(entry.queue),
+            },
+        }
+
+
+def _worker(slot: WorkerSlot) -> dict[str, Any]:
+    process = slot.process
+    started = datetime.fromtimestamp(process.started_at if process else 0, UTC)
+    return {
+        "id": slot.worker_id,
+        "startTime": started.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "status": _STATES.get(slot.state or "", "UNLOADING"),
+        "memoryUsage": _resident_bytes(process.pid if process else None),
+        "pid": process.pid if process and process.pid else -1,
+        "gpu": slot.gpu_id is not None,
+        "gpuUsage": "N/A" if slot.gpu_id is None else f"gpuId::{slot.gpu_id}",
+    }
+
+
+def _resident_bytes(pid: int | None) -> int:
+    if pid is None:
+        return 0
+    try:
+        with open(f"/proc/{pid}/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _number(query: dict[str, str], key: str, default: int) -> int:
+    value = query.get(key)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ApiError(400, f"Parameter {key} must be a whole number, got {value!r}") from None

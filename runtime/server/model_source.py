@@ -1,0 +1,181 @@
+"""Registering a model: from a `url` (store file, allowed URL) to running workers.
+
+Shared by the management API's `POST /models` and by `load_models` at startup, so both
+refuse the same things with TorchServe's statuses: a URL outside `allowed_urls` or a missing
+file (404), a download that fails (400), an archive the archive module refuses (400), bad
+model-config.yaml or deviceIds (400), a version already registered (409), workers that cannot
+load the model (500, and the version is not kept).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from marfleet.runtime.archive.errors import ArchiveError
+from marfleet.runtime.archive.reader import ModelArchive, load_archive
+from marfleet.runtime.config import ConfigError, ServerConfig, resolve_model_settings
+from marfleet.runtime.server.errors import ApiError
+from marfleet.runtime.storage.fetch import FetchError, FetchSettings, fetch
+from marfleet.runtime.workers.placement import default_worker_count, model_devices
+from marfleet.runtime.workers.registry import AlreadyRegistered, ModelRegistry, ModelVersion
+
+_URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+@dataclass(frozen=True)
+class Registration:
+    url: str
+    model_name: str | None
+    api: Mapping[str, str]  # batch_size, max_batch_delay, initial_workers, response_timeout
+    synchronous: bool
+    loaded_at_startup: bool = False
+
+
+class ModelLoader:
+    def __init__(
+        self,
+        config: ServerConfig,
+        registry: ModelRegistry,
+        *,
+        gpu_count: int,
+        extract_root: Path,
+    ) -> None:
+        self._config = config
+        self._registry = registry
+        self._gpu_count = gpu_count
+        self._extract_root = extract_root
+
+    async def register(self, registration: Registration) -> tuple[ModelVersion, int]:
+        """Register; returns the new version and how many workers it was given."""
+        source = await self._locate(registration.url)
+        target = self._extract_root / uuid.uuid4().hex
+        try:
+            archive = await asyncio.to_thread(load_archive, source, target)
+        except ArchiveError as error:
+            raise ApiError(400, f"Invalid model archive {registration.url}: {error}") from None
+        cleanup = target if target.exists() else None
+        try:
+            return await self._add(registration, archive, cleanup)
+        except BaseException:
+            if cleanup is not None:
+                await asyncio.to_thread(_remove_tree, cleanup)
+            raise
+
+    async def _add(
+        self, registration: Registration, archive: ModelArchive, cleanup: Path | None
+    ) -> tuple[ModelVersion, int]:
+        manifest = archive.manifest
+        name = registration.model_name or manifest.model_name
+        version = manifest.model_version
+        config = self._config
+        try:
+            settings = resolve_model_settings(
+                config,
+                default_workers=default_worker_count(
+                    self._gpu_count, config.workers_per_device, config.default_workers_per_model
+                ),
+                properties_model=config.models.get(name, {}).get(version, {}),
+                model_yaml=_model_yaml(archive),
+                api=registration.api,
+            )
+            devices = model_devices(self._gpu_count, settings.device_type, settings.device_ids)
+        except (ConfigError, ValueError) as error:
+            raise ApiError(400, f"Model {name!r} version {version}: {error}") from None
+        try:
+            errors = await self._registry.add(
+                name=name,
+                version=version,
+                url=registration.url,
+                model_dir=archive.model_dir,
+                manifest=manifest.raw,
+                settings=settings,
+                devices=devices,
+                loaded_at_startup=registration.loaded_at_startup,
+                cleanup_dir=cleanup,
+                wait=registration.synchronous,
+            )
+        except AlreadyRegistered as error:
+            raise ApiError(409, str(error), type="ConflictStatusException") from None
+        if errors:
+            raise ApiError(
+                500,
+                f'Failed to start workers for model "{name}" version {version}: {errors[0]}',
+            )
+        return self._registry.get(name, version), settings.min_workers
+
+    async def _locate(self, url: str) -> Path:
+        """The local archive `url` names, downloading allowed remote URLs into the store."""
+        if _URL_SCHEME.match(url):
+            if not any(re.fullmatch(pattern, url) for pattern in self._config.allowed_urls):
+                raise ApiError(
+                    404,
+                    f"Given URL {url} does not match any allowed URL(s)",
+                    type="ModelNotFoundException",
+                )
+            if url.startswith("file://"):
+                return self._existing(Path(url[len("file://") :]), url)
+            if not url.startswith(("http://", "https://")):
+                raise ApiError(404, f"Model not found at: {url}", type="ModelNotFoundException")
+            return await self._download(url)
+        store = self._config.model_store
+        if store is None:
+            raise ApiError(
+                404,
+                f"Model not found at: {url} (no model store is configured: start the server "
+                "with --model-store DIR)",
+                type="ModelNotFoundException",
+            )
+        path = (store / url).resolve()
+        if not path.is_relative_to(store.resolve()):
+            raise ApiError(400, f"Model url {url!r} points outside the model store")
+        return self._existing(path, url)
+
+    @staticmethod
+    def _existing(path: Path, url: str) -> Path:
+        if not path.exists():
+            raise ApiError(404, f"Model not found at: {url}", type="ModelNotFoundException")
+        return path
+
+    async def _download(self, url: str) -> Path:
+        store = self._config.model_store
+        if store is None:
+            raise ApiError(400, f"Cannot download {url}: no model store is configured")
+        settings = FetchSettings(
+            attempts=1, timeout_seconds=float(self._config.default_response_timeout)
+        )
+        try:
+            return await asyncio.to_thread(
+                fetch, url, store, sha256=None, settings=settings, report=lambda _e, _f: None
+            )
+        except (FetchError, ValueError, OSError):
+            raise ApiError(
+                400, f"Failed to download archive from: {url}", type="DownloadArchiveException"
+            ) from None
+
+
+def _model_yaml(archive: ModelArchive) -> dict[str, Any]:
+    config_file = archive.manifest.config_file
+    if not config_file:
+        return {}
+    path = archive.model_dir / config_file
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"model-config file {config_file}: {error}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"model-config file {config_file}: expected a mapping of settings")
+    return loaded
+
+
+def _remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

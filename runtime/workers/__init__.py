@@ -1,0 +1,1 @@
+"""Worker processes that run model handlers, their supervision, and the model registry."""

@@ -1,0 +1,286 @@
+"""The workers of one model version: how many, where, and the loop each one runs.
+
+Every worker slot is one asyncio task that owns at most one live process at a time:
+
+    start process (wait for "ready") -> take a batch from the queue -> run it -> deliver -> ...
+
+and, when the process crashes or overruns the response timeout, fails only the batch it held
+(500 "Worker died."), waits a Fibonacci backoff (0, 1, 1, 2, 3, 5 ... s, TorchServe's schedule,
+reset after a successful batch) and starts a new process on the same device. Scaling down marks
+slots as retiring: an idle slot stops at once, a busy one after its batch, so no accepted
+request is dropped. The pool reports what happens through `PoolObserver` (metrics live
+elsewhere) and never touches HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from marfleet.runtime.batching import BatchQueue
+from marfleet.runtime.workers.process import (
+    BatchItem,
+    ItemResult,
+    MetricRecord,
+    WorkerDied,
+    WorkerLoadError,
+    WorkerProcess,
+    WorkerSpec,
+)
+
+log = logging.getLogger("marfleet.workers")
+
+BACKOFF_SECONDS = (0, 1, 1, 2, 3, 5, 8, 13, 21, 34, 55)
+WORKER_DIED = json.dumps(
+    {"code": 500, "type": "InternalServerException", "message": "Worker died."}, indent=2
+).encode()
+
+
+@dataclass(slots=True, eq=False)
+class Job:
+    """One request waiting for (or being run by) a worker."""
+
+    item: BatchItem
+    explain: bool
+    future: asyncio.Future[ItemResult]
+    enqueued_at: float = field(default_factory=time.perf_counter)
+
+
+def job_is_live(job: Job) -> bool:
+    return not job.future.done()
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    batch_size: int
+    max_batch_delay_s: float
+    response_timeout_s: float
+
+
+class PoolObserver(Protocol):
+    def worker_state(self, device: str, before: str | None, after: str | None) -> None: ...
+    def worker_restarted(self, reason: str) -> None: ...
+    def model_loaded(self, seconds: float) -> None: ...
+    def model_load_failed(self) -> None: ...
+    def batch_started(self, jobs: Sequence[Job], now: float) -> None: ...
+    def handler_failed(self, code: int) -> None: ...
+    def handler_metrics(self, records: list[MetricRecord]) -> None: ...
+
+
+class WorkerSlot:
+    """One worker position: its id, device, state and the task that keeps a process in it."""
+
+    def __init__(self, worker_id: str, gpu_id: int | None) -> None:
+        self.worker_id = worker_id
+        self.gpu_id = gpu_id
+        self.device = "cpu" if gpu_id is None else f"cuda:{gpu_id}"
+        self.state: str | None = None  # starting, ready, busy; None once stopped
+        self.process: WorkerProcess | None = None
+        self.retiring = False
+        self.task: asyncio.Task[None] | None = None
+        self.first_start: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._waiting = False
+        self._interrupted = False
+
+    def interrupt(self) -> None:
+        """Wake the slot if it is waiting for work (its process died, or it should retire)."""
+        if self._waiting and self.task is not None and not self._interrupted:
+            self._interrupted = True
+            self.task.cancel()
+
+
+class WorkerPool:
+    def __init__(
+        self,
+        *,
+        queue: BatchQueue[Job],
+        policy: BatchPolicy,
+        spec_for: Callable[[int | None], WorkerSpec],
+        next_device: Callable[[], int | None],
+        worker_ids: Iterator[int],
+        observer: PoolObserver,
+        stop_grace_s: float = 10.0,
+    ) -> None:
+        self._queue = queue
+        self.policy = policy
+        self._spec_for = spec_for
+        self._next_device = next_device
+        self._worker_ids = worker_ids
+        self._observer = observer
+        self._stop_grace_s = stop_grace_s
+        self.slots: list[WorkerSlot] = []
+
+    @property
+    def target(self) -> int:
+        return sum(1 for slot in self.slots if not slot.retiring)
+
+    @property
+    def healthy(self) -> int:
+        return sum(1 for s in self.slots if not s.retiring and s.state in ("ready", "busy"))
+
+    async def scale(self, count: int, *, wait: bool) -> list[str]:
+        """Grow or shrink to `count` workers; with `wait`, return the load errors of new ones."""
+        active = [slot for slot in self.slots if not slot.retiring]
+        added = [self._add_slot() for _ in range(count - len(active))]
+        # retire the newest first, preferring slots that are not busy
+        for slot in sorted(active, key=lambda s: s.state == "busy")[: max(0, len(active) - count)]:
+            slot.retiring = True
+            slot.interrupt()
+        if not wait:
+            return []
+        outcomes = await asyncio.gather(*(slot.first_start for slot in added))
+        await self._wait_retired()
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    async def shutdown(self) -> None:
+        await self.scale(0, wait=True)
+
+    def _add_slot(self) -> WorkerSlot:
+        slot = WorkerSlot(str(next(self._worker_ids)), self._next_device())
+        self.slots.append(slot)
+        slot.task = asyncio.get_running_loop().create_task(self._run(slot))
+        return slot
+
+    async def _wait_retired(self) -> None:
+        tasks = [s.task for s in self.slots if s.retiring and s.task is not None]
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _set_state(self, slot: WorkerSlot, state: str | None) -> None:
+        self._observer.worker_state(slot.device, slot.state, state)
+        slot.state = state
+
+    async def _run(self, slot: WorkerSlot) -> None:
+        failures = 0
+        try:
+            while not slot.retiring:
+                reason = await self._one_process(slot)
+                if reason == "retired":
+                    break
+                if reason == "served":
+                    failures = 0
+                failures += 1
+                delay = BACKOFF_SECONDS[min(failures - 1, len(BACKOFF_SECONDS) - 1)]
+                if delay:
+                    await self._sleep_unless_retired(slot, delay)
+        finally:
+            self._set_state(slot, None)
+            if slot.process is not None:
+                await slot.process.stop(self._stop_grace_s)
+            if not slot.first_start.done():
+                slot.first_start.set_result("the worker was stopped before it loaded the model")
+            self.slots.remove(slot)
+
+    async def _sleep_unless_retired(self, slot: WorkerSlot, delay: float) -> None:
+        slot._waiting = True
+        try:
+            await asyncio.sleep(delay)
+        except asyncio.CancelledError:
+            if not self._consume_interrupt(slot):
+                raise
+        finally:
+            slot._waiting = False
+
+    async def _one_process(self, slot: WorkerSlot) -> str:
+        """Run one process in the slot until it dies or retires; returns why it ended."""
+        self._set_state(slot, "starting")
+        process = WorkerProcess(
+            slot.worker_id, self._spec_for(slot.gpu_id), lambda _: slot.interrupt()
+        )
+        slot.process = process
+        try:
+            load_seconds = await process.start()
+        except WorkerLoadError as error:
+            log.error(
+                "worker failed to load the model",
+                extra={"worker": slot.worker_id, "reason": str(error)},
+            )
+            self._observer.model_load_failed()
+            if not slot.first_start.done():
+                slot.first_start.set_result(str(error))
+            slot.process = None
+            return "load_failed"
+        self._observer.model_loaded(load_seconds)
+        if not slot.first_start.done():
+            slot.first_start.set_result(None)
+        self._set_state(slot, "ready")
+        served = False
+        while not slot.retiring:
+            if not process.alive:
+                break
+            jobs = await self._next_batch(slot)
+            if jobs is None:
+                continue
+            if not process.alive:
+                self._queue.requeue(jobs)
+                break
+            self._set_state(slot, "busy")
+            try:
+                await self._run_batch(process, jobs)
+                served = True
+            except WorkerDied as death:
+                self._fail(jobs)
+                self._observer.worker_restarted(death.reason)
+                log.error(
+                    "worker died; restarting it",
+                    extra={"worker": slot.worker_id, "reason": death.reason, "pid": process.pid},
+                )
+                slot.process = None
+                return "served" if served else "died"
+            self._set_state(slot, "ready")
+        if slot.retiring:
+            return "retired"
+        self._observer.worker_restarted("crash")
+        log.error("worker exited while idle; restarting it", extra={"worker": slot.worker_id})
+        slot.process = None
+        return "served" if served else "died"
+
+    async def _next_batch(self, slot: WorkerSlot) -> list[Job] | None:
+        slot._waiting = True
+        try:
+            policy = self.policy
+            return await self._queue.take(policy.batch_size, policy.max_batch_delay_s)
+        except asyncio.CancelledError:
+            if not self._consume_interrupt(slot):
+                raise
+            return None
+        finally:
+            slot._waiting = False
+
+    @staticmethod
+    def _consume_interrupt(slot: WorkerSlot) -> bool:
+        if not slot._interrupted:
+            return False
+        slot._interrupted = False
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        return True
+
+    async def _run_batch(self, process: WorkerProcess, jobs: list[Job]) -> None:
+        self._observer.batch_started(jobs, time.perf_counter())
+        for explain, group in itertools.groupby(jobs, key=lambda job: job.explain):
+            batch = list(group)
+            results, metrics = await process.run(
+                [job.item for job in batch], explain=explain, timeout=self.policy.response_timeout_s
+            )
+            if metrics:
+                self._observer.handler_metrics(metrics)
+            failed = {r.status for r in results if r.status >= 500}
+            for code in failed:
+                self._observer.handler_failed(code)
+            for job, result in zip(batch, results, strict=False):
+                if not job.future.done():
+                    job.future.set_result(result)
+
+    @staticmethod
+    def _fail(jobs: Sequence[Job]) -> None:
+        died = ItemResult(500, WORKER_DIED, "application/json", {})
+        for job in jobs:
+            if not job.future.done():
+                job.future.set_result(died)

@@ -1,0 +1,223 @@
+"""The frontend's handle on one worker process: spawn, wait until loaded, run batches, kill.
+
+A worker is `python -m marfleet.runtime.workers.worker_main` with one end of a socket pair; the
+frontend talks to it through asyncio streams, so waiting on a worker never blocks the event
+loop. One task per worker reads its frames; when the stream ends (the process crashed, was
+killed, or exited) the batch in flight fails with `WorkerDied` and `on_exit` tells the pool. A
+batch that outlives its response timeout gets the process killed (SIGKILL: a handler stuck in
+native code ignores anything gentler), and its batch fails with reason "timeout".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pickle
+import socket
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from marfleet.runtime.workers.protocol import LENGTH, Header, frame
+
+WORKER_MODULE = "marfleet.runtime.workers.worker_main"
+_STREAM_LIMIT = 1 << 20
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    model_dir: Path
+    model_name: str
+    batch_size: int
+    gpu_id: int | None
+    threads: int
+    load_timeout: float
+    env: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchItem:
+    request_id: str
+    content_type: str
+    headers: Mapping[str, str]
+    parameters: Mapping[str, str]
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ItemResult:
+    status: int
+    body: bytes
+    content_type: str
+    headers: Mapping[str, str]
+
+
+MetricRecord = tuple[object, ...]  # (name, value, unit, dimensions, kind) from the handler
+
+
+class WorkerLoadError(Exception):
+    """The worker could not load the model; the message is the worker's reason."""
+
+
+class WorkerDied(Exception):
+    """The worker exited or was killed while a batch was in flight."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"worker {reason}")
+        self.reason = reason  # "crash" or "timeout"
+
+
+class WorkerProcess:
+    def __init__(
+        self, worker_id: str, spec: WorkerSpec, on_exit: Callable[[WorkerProcess], None]
+    ) -> None:
+        self.worker_id = worker_id
+        self.spec = spec
+        self.pid: int | None = None
+        self.started_at = time.time()
+        self._on_exit = on_exit
+        self._process: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._pending: asyncio.Future[tuple[list[ItemResult], list[MetricRecord]]] | None = None
+        self._batch_ids = 0
+        self._exit_reason = "crash"
+        self.alive = False
+
+    async def start(self) -> float:
+        """Spawn the process and wait until it loaded the model; returns the load time."""
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        spec = self.spec
+        argument = {
+            "fd": child.fileno(),
+            "model_dir": str(spec.model_dir),
+            "model_name": spec.model_name,
+            "gpu_id": spec.gpu_id,
+            "batch_size": spec.batch_size,
+            "threads": spec.threads,
+        }
+        try:
+            self._process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                WORKER_MODULE,
+                json.dumps(argument),
+                pass_fds=(child.fileno(),),
+                env={**os.environ, **spec.env},
+                stdin=asyncio.subprocess.DEVNULL,
+            )
+        finally:
+            child.close()
+        self.pid = self._process.pid
+        self._reader, self._writer = await asyncio.open_unix_connection(
+            sock=parent, limit=_STREAM_LIMIT
+        )
+        try:
+            header = await asyncio.wait_for(self._read_header(), spec.load_timeout)
+        except TimeoutError:
+            self.kill()
+            raise WorkerLoadError(
+                f"the worker did not load the model within {spec.load_timeout:.0f} s "
+                "(raise responseTimeout if loading is slow)"
+            ) from None
+        except (asyncio.IncompleteReadError, ConnectionError):
+            await self._process.wait()
+            raise WorkerLoadError(
+                f"the worker process exited with code {self._process.returncode} while loading "
+                "(see its output above)"
+            ) from None
+        if header[0] != "ready":
+            await self._process.wait()
+            raise WorkerLoadError(str(header[1]))
+        self.alive = True
+        self._reader_task = asyncio.get_running_loop().create_task(self._read_loop())
+        return float(str(header[2]))
+
+    async def run(
+        self, items: Sequence[BatchItem], *, explain: bool, timeout: float
+    ) -> tuple[list[ItemResult], list[MetricRecord]]:
+        """Send one batch and wait for its results; raises WorkerDied."""
+        if not self.alive or self._writer is None:
+            raise WorkerDied("crash")
+        loop = asyncio.get_running_loop()
+        self._batch_ids += 1
+        batch_id = self._batch_ids
+        pending = self._pending = loop.create_future()
+        header = (
+            "batch",
+            batch_id,
+            explain,
+            [
+                (i.request_id, i.content_type, dict(i.headers), dict(i.parameters), len(i.body))
+                for i in items
+            ],
+        )
+        self._writer.writelines(frame(header, [item.body for item in items]))
+        timer = loop.call_later(timeout, self._time_out)
+        try:
+            return await pending
+        finally:
+            timer.cancel()
+            self._pending = None
+
+    def kill(self) -> None:
+        if self._process is not None and self._process.returncode is None:
+            self._process.kill()
+
+    async def stop(self, grace: float) -> None:
+        """Ask the worker to exit after its current batch; kill it after `grace` seconds."""
+        if self._process is None:
+            return
+        if self.alive and self._writer is not None:
+            self._exit_reason = "stopped"
+            self._writer.writelines(frame(("stop",)))
+        try:
+            await asyncio.wait_for(self._process.wait(), grace)
+        except TimeoutError:
+            self.kill()
+            await self._process.wait()
+        if self._reader_task is not None:
+            await asyncio.gather(self._reader_task, return_exceptions=True)
+
+    def _time_out(self) -> None:
+        self._exit_reason = "timeout"
+        self.kill()
+
+    async def _read_header(self) -> Header:
+        assert self._reader is not None
+        prefix = await self._reader.readexactly(LENGTH.size)
+        header: Header = pickle.loads(await self._reader.readexactly(LENGTH.unpack(prefix)[0]))
+        return header
+
+    async def _read_loop(self) -> None:
+        reader = self._reader
+        assert reader is not None
+        try:
+            while True:
+                header = await self._read_header()
+                if header[0] != "results":
+                    continue
+                _, _, summaries, metrics = header
+                results = [
+                    ItemResult(
+                        status, await reader.readexactly(length) if length else b"", ctype, hdrs
+                    )
+                    for status, ctype, hdrs, length in summaries  # type: ignore[attr-defined]
+                ]
+                if self._pending is not None and not self._pending.done():
+                    self._pending.set_result((results, list(metrics)))  # type: ignore[call-overload]
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self.alive = False
+            if self._writer is not None:
+                self._writer.close()
+            if self._pending is not None and not self._pending.done():
+                self._pending.set_exception(WorkerDied(self._exit_reason))
+            if self._process is not None:
+                await self._process.wait()
+            self._on_exit(self)

@@ -1,0 +1,278 @@
+"""Registered models: name -> versions (one default), each with its queue, workers and metrics.
+
+This is where a request meets a model version: `submit` enqueues a job or refuses it at once
+(no worker, queue full), so the HTTP layer only translates outcomes into status codes.
+Unregistering first hides the version (new requests get 404), then drains what was already
+accepted, then stops its workers — nothing accepted is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import shutil
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from marfleet.runtime.batching import BatchQueue, QueueFull
+from marfleet.runtime.config import ModelSettings
+from marfleet.runtime.metrics import ModelMetrics, RuntimeMetrics
+from marfleet.runtime.workers.placement import RoundRobin
+from marfleet.runtime.workers.pool import BatchPolicy, Job, WorkerPool, job_is_live
+from marfleet.runtime.workers.process import WorkerSpec
+
+log = logging.getLogger("marfleet.registry")
+
+_DRAIN_POLL_S = 0.02
+
+
+class ModelNotFound(LookupError):
+    pass
+
+
+class VersionNotFound(LookupError):
+    pass
+
+
+class AlreadyRegistered(Exception):
+    pass
+
+
+class DefaultVersionInUse(Exception):
+    pass
+
+
+class NoWorkers(Exception):
+    pass
+
+
+class QueueIsFull(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class WorkerEnvironment:
+    """What every worker process gets, whatever the model."""
+
+    threads: int
+    env: Mapping[str, str]
+    stop_grace_s: float
+
+
+@dataclass(eq=False)
+class ModelVersion:
+    name: str
+    version: str
+    url: str
+    model_dir: Path
+    manifest: dict[str, object]
+    settings: ModelSettings
+    devices: list[int]
+    queue: BatchQueue[Job]
+    pool: WorkerPool
+    metrics: ModelMetrics
+    loaded_at_startup: bool
+    cleanup_dir: Path | None = None
+    registered_at: float = field(default_factory=time.time)
+
+    def submit(self, job: Job) -> None:
+        if self.pool.target == 0:
+            raise NoWorkers(
+                f'Model "{self.name}" has no worker to serve inference request. '
+                "Please use scale workers API to add workers."
+            )
+        try:
+            self.queue.put(job)
+        except QueueFull:
+            self.metrics.rejections.inc()
+            raise QueueIsFull(
+                f'Model "{self.name}" version {self.version} has {self.queue.capacity} requests '
+                "queued (job_queue_size); retry later or add workers"
+            ) from None
+
+    @property
+    def healthy(self) -> bool:
+        return self.pool.healthy >= self.settings.min_workers
+
+
+class ModelRegistry:
+    def __init__(
+        self, *, metrics: RuntimeMetrics, workers: WorkerEnvironment, round_robin: RoundRobin
+    ) -> None:
+        self._metrics = metrics
+        self._workers = workers
+        self._round_robin = round_robin
+        self._worker_ids: Iterator[int] = itertools.count(9000)
+        self._models: dict[str, dict[str, ModelVersion]] = {}
+        self._defaults: dict[str, str] = {}
+
+    # lookups
+
+    def names(self) -> list[str]:
+        return sorted(self._models)
+
+    def versions(self, name: str) -> list[ModelVersion]:
+        versions = self._models.get(name)
+        if not versions:
+            raise ModelNotFound(f"Model not found: {name}")
+        return list(versions.values())
+
+    def get(self, name: str, version: str | None = None) -> ModelVersion:
+        versions = self._models.get(name)
+        if not versions:
+            raise ModelNotFound(f"Model not found: {name}")
+        wanted = version or self._defaults[name]
+        entry = versions.get(wanted)
+        if entry is None:
+            raise VersionNotFound(f"Model version: {wanted} does not exist for model: {name}")
+        return entry
+
+    def default_version(self, name: str) -> str:
+        self.get(name)
+        return self._defaults[name]
+
+    def all(self) -> list[ModelVersion]:
+        return [entry for versions in self._models.values() for entry in versions.values()]
+
+    def healthy(self) -> bool:
+        return all(entry.healthy for entry in self.all())
+
+    # changes
+
+    async def add(
+        self,
+        *,
+        name: str,
+        version: str,
+        url: str,
+        model_dir: Path,
+        manifest: dict[str, object],
+        settings: ModelSettings,
+        devices: list[int],
+        loaded_at_startup: bool,
+        cleanup_dir: Path | None,
+        wait: bool,
+    ) -> list[str]:
+        """Register and start `settings.min_workers` workers; returns load errors if `wait`.
+
+        With `wait`, a version whose workers could not load is removed again, so a broken
+        model never stays registered.
+        """
+        if version in self._models.get(name, {}):
+            raise AlreadyRegistered(
+                f"Model version {version} is already registered for model {name}"
+            )
+        queue: BatchQueue[Job] = BatchQueue(settings.job_queue_size, is_live=job_is_live)
+        metrics = self._metrics.for_model(name, version, lambda: len(queue))
+        policy = BatchPolicy(
+            settings.batch_size, settings.max_batch_delay_ms / 1000, settings.response_timeout_s
+        )
+
+        def spec_for(gpu_id: int | None) -> WorkerSpec:
+            return WorkerSpec(
+                model_dir=model_dir,
+                model_name=name,
+                batch_size=settings.batch_size,
+                gpu_id=gpu_id,
+                threads=self._workers.threads,
+                load_timeout=float(settings.response_timeout_s),
+                env=self._workers.env,
+            )
+
+        pool = WorkerPool(
+            queue=queue,
+            policy=policy,
+            spec_for=spec_for,
+            next_device=lambda: self._round_robin.next(devices),
+            worker_ids=self._worker_ids,
+            observer=metrics,
+            stop_grace_s=self._workers.stop_grace_s,
+        )
+        entry = ModelVersion(
+            name,
+            version,
+            url,
+            model_dir,
+            manifest,
+            settings,
+            devices,
+            queue,
+            pool,
+            metrics,
+            loaded_at_startup,
+            cleanup_dir,
+        )
+        self._models.setdefault(name, {})[version] = entry
+        self._defaults.setdefault(name, version)
+        errors = await pool.scale(settings.min_workers, wait=wait)
+        if errors:
+            await self._discard(entry)
+        return errors
+
+    async def scale(self, entry: ModelVersion, count: int, *, wait: bool) -> list[str]:
+        entry.settings = _with_workers(entry.settings, count)
+        return await entry.pool.scale(count, wait=wait)
+
+    def set_default(self, name: str, version: str) -> None:
+        versions = self._models.get(name)
+        if not versions:
+            raise ModelNotFound(f"Model not found: {name}")
+        if version not in versions:
+            raise VersionNotFound(f"Model version {version} does not exist for model {name}")
+        self._defaults[name] = version
+
+    async def remove(self, entry: ModelVersion, *, drain_timeout: float) -> None:
+        """Hide `entry`, finish what it accepted (up to `drain_timeout`), stop its workers.
+
+        As in TorchServe, the default version goes last: set another default first.
+        """
+        versions = self._models.get(entry.name, {})
+        if self._defaults.get(entry.name) == entry.version and len(versions) > 1:
+            raise DefaultVersionInUse(f"Can't remove default version: {entry.version}")
+        self._hide(entry)
+        await self._drain(entry, drain_timeout)
+
+    async def _drain(self, entry: ModelVersion, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while (len(entry.queue) or _busy(entry)) and time.monotonic() < deadline:
+            await asyncio.sleep(_DRAIN_POLL_S)
+        await self._discard(entry)
+
+    async def shutdown(self, *, drain_timeout: float) -> None:
+        """Drain and stop every model version (server shutdown)."""
+        entries = self.all()
+        for entry in entries:
+            self._hide(entry)
+        await asyncio.gather(*(self._drain(entry, drain_timeout) for entry in entries))
+
+    def _hide(self, entry: ModelVersion) -> None:
+        versions = self._models.get(entry.name, {})
+        if versions.get(entry.version) is not entry:
+            return
+        del versions[entry.version]
+        if not versions:
+            del self._models[entry.name]
+            del self._defaults[entry.name]
+        elif self._defaults[entry.name] == entry.version:
+            self._defaults[entry.name] = next(iter(versions))
+
+    async def _discard(self, entry: ModelVersion) -> None:
+        self._hide(entry)
+        await entry.pool.shutdown()
+        for job in entry.queue.take_all():
+            if not job.future.done():
+                job.future.cancel()
+        self._metrics.forget_model(entry.name, entry.version)
+        if entry.cleanup_dir is not None:
+            shutil.rmtree(entry.cleanup_dir, ignore_errors=True)
+
+
+def _busy(entry: ModelVersion) -> bool:
+    return any(slot.state == "busy" for slot in entry.pool.slots)
+
+
+def _with_workers(settings: ModelSettings, count: int) -> ModelSettings:
+    return replace(settings, min_workers=count, max_workers=max(count, settings.max_workers))

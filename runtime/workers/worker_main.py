@@ -1,0 +1,82 @@
+"""The worker process: load one model with ModelService, then answer batches until told to stop.
+
+Started by `process.WorkerProcess` as `python -m marfleet.runtime.workers.worker_main SPEC`
+(SPEC is JSON) with one end of a Unix socket pair inherited as `SPEC["fd"]`. It is
+single-threaded and blocking on purpose: one batch at a time, exactly like a TorchServe worker.
+It exits when the frontend says stop or the socket closes (the frontend is gone), so a killed
+server never leaves workers behind. SIGINT is ignored: the frontend owns the shutdown.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import BinaryIO, cast
+
+from marfleet.runtime.workers.forms import parse_form
+from marfleet.runtime.workers.protocol import read_exact, read_header, send_frame
+
+
+def main(argv: list[str]) -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    spec = json.loads(argv[0])
+    sock = socket.socket(fileno=int(spec["fd"]))
+    import torch
+
+    torch.set_num_threads(int(spec["threads"]))
+    from marfleet.runtime.handlers.service import (
+        HandlerMetric,
+        InferenceRequest,
+        ModelLoadError,
+        ModelService,
+    )
+
+    metrics: list[tuple[object, ...]] = []
+
+    def sink(batch: list[HandlerMetric]) -> None:
+        metrics.extend((m.name, m.value, m.unit, dict(m.dimensions), m.kind) for m in batch)
+
+    started = time.perf_counter()
+    try:
+        service = ModelService.load(
+            Path(spec["model_dir"]),
+            model_name=spec["model_name"],
+            gpu_id=spec["gpu_id"],
+            batch_size=int(spec["batch_size"]),
+            metrics_sink=sink,
+        )
+    except ModelLoadError as error:
+        send_frame(sock, ("load_failed", str(error)))
+        return 1
+    except Exception as error:  # a handler's own import or initialize failure
+        detail = "".join(traceback.format_exception_only(type(error), error)).strip()
+        send_frame(sock, ("load_failed", f"loading the model raised {detail}"))
+        return 1
+    send_frame(sock, ("ready", os.getpid(), time.perf_counter() - started))
+    stream = cast(BinaryIO, sock.makefile("rb", buffering=256 * 1024))
+    while True:
+        header = read_header(stream)
+        if header is None or header[0] == "stop":
+            return 0
+        _, batch_id, explain, items = header
+        requests = []
+        for request_id, content_type, headers, parameters, length in items:  # type: ignore[attr-defined]
+            body = read_exact(stream, length)
+            form = parse_form(content_type, body)
+            requests.append(
+                InferenceRequest(request_id, body, content_type, headers, parameters, form)
+            )
+        results = service.handle(requests, explain=bool(explain))
+        summaries = [(r.status, r.content_type, r.headers, len(r.body)) for r in results]
+        send_frame(sock, ("results", batch_id, summaries, metrics[:]), [r.body for r in results])
+        metrics.clear()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
