@@ -168,6 +168,9 @@ class LocalCluster:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
             cwd=self.dir,
+            # etcd 3.4 has no watch progress requests, so client-go's streaming lists (on by
+            # default in KWOK's client-go) fail forever and KWOK never sees pods to start.
+            env={**os.environ, "KUBE_FEATURE_WatchListClient": "false"},
         )
         log.close()
         state.pids[name] = proc.pid
