@@ -135,3 +135,32 @@ def image_bytes(
     buffer = io.BytesIO()
     Image.fromarray(pixels, "RGB").save(buffer, format=image_format)
     return buffer.getvalue()
+
+
+def write_model_dir(
+    directory: Path,
+    handler: str,
+    *,
+    files: dict[str, str] | None = None,
+    model: dict[str, str] | None = None,
+) -> Path:
+    """An unpacked archive: `files` (name -> text) plus a MANIFEST.json naming `handler`.
+
+    `model` adds manifest fields such as {"serializedFile": "model.pt"}.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in (files or {}).items():
+        (directory / name).parent.mkdir(parents=True, exist_ok=True)
+        (directory / name).write_text(text)
+    manifest = {
+        "runtime": "python",
+        "model": {
+            "modelName": directory.name,
+            "handler": handler,
+            "modelVersion": "1.0",
+            **(model or {}),
+        },
+    }
+    (directory / "MAR-INF").mkdir(exist_ok=True)
+    (directory / "MAR-INF/MANIFEST.json").write_text(json.dumps(manifest))
+    return directory

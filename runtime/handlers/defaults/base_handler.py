@@ -36,7 +36,12 @@ def select_device(gpu_id: int | None) -> torch.device:
 
 
 class BaseHandler:
-    """The default handler: tensors in, `tensor.tolist()` out; subclasses refine the hooks."""
+    """The default handler: JSON numbers in, `tensor.tolist()` out; subclasses refine the hooks.
+
+    TorchServe's `preprocess` hands the raw request rows to `torch.as_tensor`, which fails on
+    them; this one takes each row's `data` or `body` first (rows that are not dicts pass as
+    they are, so subclasses that extract values themselves and call super() still work).
+    """
 
     def __init__(self) -> None:
         self.model: Any = None
@@ -106,7 +111,11 @@ class BaseHandler:
 
     @timed
     def preprocess(self, data: list[Any]) -> Any:
-        return torch.as_tensor(data, device=self.device)
+        """Each request's JSON numbers (its `data` or `body`) as one row of a batch tensor."""
+        values = [
+            (row.get("data") or row.get("body")) if isinstance(row, dict) else row for row in data
+        ]
+        return torch.as_tensor(values, device=self.device)
 
     @timed
     def inference(self, data: Any, *args: Any, **kwargs: Any) -> Any:
