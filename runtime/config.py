@@ -21,6 +21,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+DEFAULT_STARTUP_TIMEOUT_S = 120  # TorchServe's startupTimeout: how long a worker may load
+
 
 class ConfigError(ValueError):
     """A setting has a value marfleet cannot use; the message names the key and the fix."""
@@ -250,6 +252,7 @@ class ModelSettings:
     min_workers: int
     max_workers: int
     response_timeout_s: int
+    startup_timeout_s: int
     job_queue_size: int
     device_type: str  # "gpu", "cpu", or "" for "GPU when there is one"
     device_ids: tuple[int, ...] | None
@@ -262,6 +265,7 @@ _MODEL_KEYS = {
     "minWorkers": "min_workers",
     "maxWorkers": "max_workers",
     "responseTimeout": "response_timeout_s",
+    "startupTimeout": "startup_timeout_s",
     "jobQueueSize": "job_queue_size",
 }
 # registration API parameter -> model-config key
@@ -287,6 +291,7 @@ def resolve_model_settings(
         min_workers=default_workers,
         max_workers=default_workers,
         response_timeout_s=server.default_response_timeout,
+        startup_timeout_s=DEFAULT_STARTUP_TIMEOUT_S,
         job_queue_size=server.job_queue_size,
         device_type="",
         device_ids=None,
@@ -331,6 +336,7 @@ def _check_model_settings(settings: ModelSettings) -> None:
         "maxBatchDelay": (settings.max_batch_delay_ms, 0),
         "minWorkers": (settings.min_workers, 0),
         "responseTimeout": (settings.response_timeout_s, 1),
+        "startupTimeout": (settings.startup_timeout_s, 1),
         "jobQueueSize": (settings.job_queue_size, 1),
     }
     for key, (value, minimum) in minimums.items():

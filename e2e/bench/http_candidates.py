@@ -16,11 +16,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import psutil
 
-from e2e.bench.loadgen import build_request
 from e2e.bench.procs import free_port, wait_for_port
 
 CANDIDATES = ("marfleet-core", "uvicorn-starlette", "aiohttp")

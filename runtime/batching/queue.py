@@ -72,11 +72,15 @@ class BatchQueue(Generic[T]):
                 await self._wait(None)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max_delay
-        while len(batch) < max_size:
-            self._pop_into(batch, max_size)
-            remaining = deadline - loop.time()
-            if len(batch) >= max_size or remaining <= 0 or not await self._wait(remaining):
-                break
+        try:
+            while len(batch) < max_size:
+                self._pop_into(batch, max_size)
+                remaining = deadline - loop.time()
+                if len(batch) >= max_size or remaining <= 0 or not await self._wait(remaining):
+                    break
+        except asyncio.CancelledError:
+            self.requeue(batch)  # a consumer that stops while filling gives its items back
+            raise
         return batch
 
     def _pop_into(self, batch: list[T], max_size: int) -> None:

@@ -158,7 +158,7 @@ class ManagementApi:
             "batchSize": settings.batch_size,
             "maxBatchDelay": settings.max_batch_delay_ms,
             "responseTimeout": settings.response_timeout_s,
-            "startupTimeout": settings.response_timeout_s,
+            "startupTimeout": settings.startup_timeout_s,
             "deviceType": "gpu" if entry.devices else "cpu",
             "loadedAtStartup": entry.loaded_at_startup,
             "workers": [_worker(slot) for slot in entry.pool.slots if slot.state is not None],

@@ -122,7 +122,7 @@ class WorkerProcess:
             self.kill()
             raise WorkerLoadError(
                 f"the worker did not load the model within {spec.load_timeout:.0f} s "
-                "(raise responseTimeout if loading is slow)"
+                "(raise startupTimeout in model-config.yaml if loading is slow)"
             ) from None
         except (asyncio.IncompleteReadError, ConnectionError):
             await self._process.wait()

@@ -178,7 +178,7 @@ class ModelRegistry:
                 batch_size=settings.batch_size,
                 gpu_id=gpu_id,
                 threads=self._workers.threads,
-                load_timeout=float(settings.response_timeout_s),
+                load_timeout=float(settings.startup_timeout_s),
                 env=self._workers.env,
             )
 

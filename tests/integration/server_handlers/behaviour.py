@@ -1,0 +1,29 @@
+"""Test handler: echoes JSON bodies, sleeps when asked, and reports its batch and process.
+
+`{"sleep": 1.5}` sleeps that long; every answer carries the batch size it was part of and the
+worker's pid, so tests can see batching and worker restarts from outside.
+"""
+
+import os
+import time
+from typing import Any
+
+
+def handle(data: list[dict[str, Any]] | None, context: Any) -> list[dict[str, Any]] | None:
+    if data is None:
+        return None
+    context.metrics.add_counter("RowsProcessed", len(data))
+    answers = []
+    for index, row in enumerate(data):
+        body = row.get("body")
+        if isinstance(body, dict) and "sleep" in body:
+            time.sleep(float(body["sleep"]))
+        answers.append(
+            {
+                "echo": body if isinstance(body, (dict, list, str, int, float)) else None,
+                "batch": len(data),
+                "pid": os.getpid(),
+                "explain": context.get_request_header(index, "explain"),
+            }
+        )
+    return answers

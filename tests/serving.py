@@ -1,0 +1,163 @@
+"""Run a real `marfleet serve` process for a test, and make archives with the real archiver.
+
+    with serve(store, models=["echo=echo.mar"], properties={"enable_model_api": "true"}) as srv:
+        httpx.post(f"{srv.inference}/predictions/echo", json={...})
+        httpx.get(f"{srv.management}/models", headers=srv.auth)
+
+The server gets free loopback ports, its own working directory (key_file.json lands there)
+and its own process group, and is always ended on exit — SIGTERM first, then SIGKILL of the
+whole group so no worker outlives a test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ARCHIVER = Path(sys.executable).parent / "torch-model-archiver"
+
+
+def archive(
+    export_path: Path,
+    name: str,
+    handler: Path,
+    *,
+    version: str = "1.0",
+    serialized_file: Path | None = None,
+    model_file: Path | None = None,
+    config_file: Path | None = None,
+    extra_files: Sequence[Path] = (),
+) -> Path:
+    """Pack a .mar with the real torch-model-archiver; returns its path."""
+    if not ARCHIVER.exists():
+        raise FileNotFoundError(f"{ARCHIVER} is missing: run `make setup` (dev extra)")
+    command = [str(ARCHIVER), "--model-name", name, "--version", version, "--handler", str(handler)]
+    command += ["--export-path", str(export_path), "--force"]
+    for flag, path in (
+        ("--serialized-file", serialized_file),
+        ("--model-file", model_file),
+        ("--config-file", config_file),
+    ):
+        if path is not None:
+            command += [flag, str(path)]
+    if extra_files:
+        command += ["--extra-files", ",".join(str(p) for p in extra_files)]
+    subprocess.run(command, check=True, capture_output=True, timeout=120)
+    return export_path / f"{name}.mar"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    workdir: Path
+    ports: dict[str, int]
+
+    @property
+    def inference(self) -> str:
+        return f"http://127.0.0.1:{self.ports['inference']}"
+
+    @property
+    def management(self) -> str:
+        return f"http://127.0.0.1:{self.ports['management']}"
+
+    @property
+    def metrics(self) -> str:
+        return f"http://127.0.0.1:{self.ports['metrics']}"
+
+    @property
+    def auth(self) -> dict[str, str]:
+        """The management Authorization header (empty when token auth is off)."""
+        key_file = self.workdir / "key_file.json"
+        if not key_file.exists():
+            return {}
+        return {"Authorization": f"Bearer {json.loads(key_file.read_text())['management']['key']}"}
+
+    def log(self) -> str:
+        return (self.workdir / "serve.log").read_text(errors="replace")
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM and wait; returns the exit code (SIGKILLs the group if it hangs)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.process.wait()
+
+    def kill(self) -> None:
+        with suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+
+@contextmanager
+def serve(
+    model_store: Path,
+    workdir: Path,
+    *,
+    models: Sequence[str] = (),
+    properties: Mapping[str, str] | None = None,
+    env: Mapping[str, str] | None = None,
+    ready_timeout: float = 90,
+) -> Iterator[Server]:
+    """Start `marfleet serve --foreground`, wait until /ping is healthy, always end it."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    ports = {name: free_port() for name in ("inference", "management", "metrics")}
+    settings = {f"{name}_address": f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    settings.update(properties or {})
+    config = workdir / "config.properties"
+    config.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
+    command = [sys.executable, "-m", "marfleet.runtime.cli", "serve", "--foreground"]
+    command += ["--model-store", str(model_store), "--ts-config", str(config)]
+    if models:
+        command += ["--models", *models]
+    with (workdir / "serve.log").open("wb") as log:
+        process = subprocess.Popen(
+            command,
+            cwd=workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+    server = Server(process, workdir, ports)
+    try:
+        _wait_healthy(server, ready_timeout)
+        yield server
+    finally:
+        if process.poll() is None:
+            server.stop()
+        server.kill()
+
+
+def _wait_healthy(server: Server, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"marfleet serve exited early:\n{server.log()[-4000:]}")
+        try:
+            if httpx.get(f"{server.inference}/ping", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"marfleet serve was not healthy in {timeout} s:\n{server.log()[-4000:]}")
