@@ -34,7 +34,7 @@ $(APT_STAMP):
 
 venv: $(DEPS_STAMP)
 $(DEPS_STAMP): pyproject.toml setup.py
-	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	@[ -x $(PY) ] || (cd / && $(PYTHON) -m venv $(CURDIR)/$(VENV))
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	@mkdir -p $(VENV)/typecheck/marfleet
