@@ -87,8 +87,9 @@ class TinyTextClassifier(nn.Module):
 
 
 def build(model_class: type[nn.Module], seed: int = 0) -> nn.Module:
+    """The model with the weights every archive of `seed` carries, frozen for comparisons."""
     torch.manual_seed(seed)
-    return model_class().eval()
+    return model_class().eval().requires_grad_(False)
 
 
 def write_torchscript(

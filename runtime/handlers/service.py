@@ -78,6 +78,25 @@ def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, MemoryError) or "CUDA" in str(error)
 
 
+def prediction_exception(error: BaseException) -> tuple[int, str] | None:
+    """(code, message) of a PredictionException, marfleet's or the installed TorchServe's."""
+    if isinstance(error, PredictionException):
+        return error.error_code, error.message
+    code, message = getattr(error, "error_code", None), getattr(error, "message", None)
+    is_named_so = type(error).__name__ == "PredictionException"
+    if is_named_so and isinstance(code, int) and isinstance(message, str):
+        return code, message
+    return None
+
+
+def failure_status(error: Exception) -> tuple[int, str]:
+    """The status and message that answer a batch whose handler raised `error`."""
+    declared = prediction_exception(error)
+    if declared is not None:
+        return declared
+    return OUT_OF_RESOURCES if is_out_of_memory(error) else PREDICTION_FAILED
+
+
 class ModelService:
     """One model loaded in one worker process (a handler instance + its Context)."""
 
@@ -182,11 +201,8 @@ class ModelService:
         start = time.perf_counter()
         try:
             outputs = self._entry_point.handle(rows, self.context)
-        except PredictionException as error:
-            self._log_failure(error.error_code, "handler raised PredictionException", error)
-            return _failed(len(batch), error.error_code, error.message)
         except Exception as error:
-            status, message = OUT_OF_RESOURCES if is_out_of_memory(error) else PREDICTION_FAILED
+            status, message = failure_status(error)
             self._log_failure(status, "handler failed", error)
             return _failed(len(batch), status, message)
         if not isinstance(outputs, list):
@@ -209,7 +225,7 @@ class ModelService:
     def _log_failure(self, status: int, event: str, error: BaseException | None) -> None:
         logger.warning(
             event,
-            exc_info=error is not None and not isinstance(error, PredictionException),
+            exc_info=error is not None and prediction_exception(error) is None,
             extra={"model": self.model_name, "version": self.model_version, "status": status},
         )
 
