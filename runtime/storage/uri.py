@@ -32,12 +32,16 @@ class ModelURI:
 
     @property
     def redacted(self) -> str:
-        """The URI without user info or query string, safe to log (presigned URLs carry keys)."""
-        parts = urlsplit(self.raw)
-        host = parts.hostname or ""
-        if parts.port is not None:
-            host = f"{host}:{parts.port}"
-        return f"{parts.scheme}://{host}{parts.path}"
+        return redact(self.raw)
+
+
+def redact(uri: str) -> str:
+    """The URI without user info or query string, safe to log (presigned URLs carry keys)."""
+    parts = urlsplit(uri.strip())
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return f"{parts.scheme}://{host}{parts.path}"
 
 
 def parse(uri: str) -> ModelURI:

@@ -1,0 +1,154 @@
+"""`marfleet operator`: command-line flags -> explicit settings -> the operator process.
+
+Every flag also has an environment variable (the names the Helm chart sets), read here and
+nowhere else; a flag given on the command line wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+from collections.abc import Mapping
+
+from . import logs
+from .app import OperatorSettings, run
+from .controller import ControllerSettings
+from .leader import LeaseSettings
+from .render import RenderContext
+from .traffic import router_available
+
+DEFAULT_IMAGE = "ghcr.io/marfleet/marfleet:0.1.0"
+
+
+def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="marfleet operator",
+        description="Reconcile InferenceServices into Deployments, Services and autoscalers.",
+    )
+    watch = [n for n in env.get("MARFLEET_WATCH_NAMESPACES", "").split(",") if n.strip()]
+    parser.add_argument(
+        "--namespace",
+        action="append",
+        default=None,
+        help="namespace to serve (repeatable; env MARFLEET_WATCH_NAMESPACES, comma-separated); "
+        "default: all namespaces",
+    )
+    parser.set_defaults(watch_default=watch)
+    parser.add_argument("--kubeconfig", default=None, help="default: in-cluster, then $KUBECONFIG")
+    parser.add_argument(
+        "--runtime-image",
+        default=env.get("MARFLEET_RUNTIME_IMAGE", DEFAULT_IMAGE),
+        help="model-server image when spec.runtime.image is empty (env MARFLEET_RUNTIME_IMAGE)",
+    )
+    parser.add_argument(
+        "--runtime-gpu-image",
+        default=env.get("MARFLEET_RUNTIME_CUDA_IMAGE", ""),
+        help="model-server image for GPU variants (env MARFLEET_RUNTIME_CUDA_IMAGE); "
+        "default: --runtime-image",
+    )
+    parser.add_argument(
+        "--router-image",
+        default=env.get("MARFLEET_ROUTER_IMAGE", ""),
+        help="router image (env MARFLEET_ROUTER_IMAGE); default: --runtime-image",
+    )
+    parser.add_argument(
+        "--cluster-domain", default=env.get("MARFLEET_CLUSTER_DOMAIN", "cluster.local")
+    )
+    parser.add_argument(
+        "--prometheus-url",
+        default=env.get(
+            "MARFLEET_KEDA_PROMETHEUS_ADDRESS", "http://prometheus-operated.monitoring.svc:9090"
+        ),
+        help="Prometheus that KEDA ScaledObjects query (env MARFLEET_KEDA_PROMETHEUS_ADDRESS)",
+    )
+    parser.add_argument(
+        "--keda-authentication-ref",
+        default=env.get("MARFLEET_KEDA_AUTHENTICATION_REF", ""),
+        help="KEDA TriggerAuthentication for Prometheus (env MARFLEET_KEDA_AUTHENTICATION_REF)",
+    )
+    parser.add_argument(
+        "--service-monitor-label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="label added to ServiceMonitors so Prometheus selects them (repeatable)",
+    )
+    parser.add_argument("--workers", type=int, default=4, help="concurrent reconciliations")
+    parser.add_argument("--resync-seconds", type=float, default=600.0)
+    parser.add_argument("--host", default="0.0.0.0", help="address of /metrics and /healthz")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(env.get("MARFLEET_METRICS_PORT", "8080")),
+        help="port of /metrics, /healthz and /readyz (env MARFLEET_METRICS_PORT)",
+    )
+    parser.add_argument(
+        "--no-leader-election",
+        action="store_true",
+        help="act without holding the lease (only for a single replica)",
+    )
+    parser.add_argument(
+        "--lease-namespace",
+        default=env.get("MARFLEET_OPERATOR_NAMESPACE", "default"),
+        help="namespace of the leader Lease (env MARFLEET_OPERATOR_NAMESPACE)",
+    )
+    parser.add_argument(
+        "--lease-name",
+        default=env.get("MARFLEET_LEASE_NAME", "marfleet-operator"),
+        help="name of the leader Lease (env MARFLEET_LEASE_NAME)",
+    )
+    parser.add_argument("--lease-seconds", type=float, default=15.0)
+    parser.add_argument("--log-level", default=env.get("MARFLEET_LOG_LEVEL", "info"))
+    return parser
+
+
+def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> OperatorSettings:
+    identity = f"{env.get('MARFLEET_OPERATOR_POD_NAME') or socket.gethostname()}-{os.getpid()}"
+    render = RenderContext(
+        default_image=args.runtime_image,
+        gpu_image=args.runtime_gpu_image,
+        router_image=args.router_image,
+        cluster_domain=args.cluster_domain,
+        router_enabled=router_available(),
+        prometheus_url=args.prometheus_url,
+        keda_authentication_ref=args.keda_authentication_ref,
+        service_monitor_labels=dict(_key_value(item) for item in args.service_monitor_label),
+    )
+    lease = None
+    if not args.no_leader_election:
+        lease = LeaseSettings(
+            namespace=args.lease_namespace,
+            name=args.lease_name,
+            identity=identity,
+            lease_seconds=args.lease_seconds,
+            renew_deadline_seconds=args.lease_seconds * 2 / 3,
+        )
+    return OperatorSettings(
+        controller=ControllerSettings(
+            render=render,
+            identity=identity,
+            workers=args.workers,
+            resync_seconds=args.resync_seconds,
+        ),
+        namespaces=tuple(args.namespace if args.namespace is not None else args.watch_default),
+        kubeconfig=args.kubeconfig,
+        host=args.host,
+        port=args.port,
+        lease=lease,
+    )
+
+
+def _key_value(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise SystemExit(f"marfleet operator: --service-monitor-label {item!r}: expected KEY=VALUE")
+    return key, value
+
+
+def main(argv: list[str]) -> int:
+    env = dict(os.environ)
+    args = parser(env).parse_args(argv)
+    logs.configure(args.log_level)
+    return asyncio.run(run(settings_from(args, env)))

@@ -1,0 +1,272 @@
+"""Reconciliation: from the store's picture of one InferenceService to the few writes that make
+the cluster match its spec, and no write at all when it already does.
+
+Watch events (InferenceServices, their children, the CRDs of optional add-ons) only update the
+store and queue the affected InferenceService; workers take keys off the queue one at a time
+per key. A reconciliation renders the desired objects, applies those whose live copy has
+drifted (see compare.py), deletes children no longer wanted, and applies the status when it
+differs from the stored one. A hand-deleted or hand-edited child produces a watch event, so it
+is repaired at once. What cannot be fixed by retrying (an invalid child, a name taken by
+someone else's object) ends up in status and Events; what can (conflicts, timeouts, an
+unreachable API server) is retried with backoff. Nothing here raises out of a worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from . import compare, labels, render, spec, status
+from .kube import FIELD_MANAGER, ApiError, KubeAPI, Ref
+from .metrics import OperatorMetrics
+from .store import Key, Store, key_of, owned_by
+from .workqueue import WorkQueue
+
+log = logging.getLogger("marfleet.operator.controller")
+
+KEDA_CRD = "scaledobjects.keda.sh"
+SERVICE_MONITOR_CRD = "servicemonitors.monitoring.coreos.com"
+ADDON_CRDS = (KEDA_CRD, SERVICE_MONITOR_CRD)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ControllerSettings:
+    render: render.RenderContext
+    identity: str
+    workers: int = 4
+    resync_seconds: float = 600.0
+    now: Callable[[], str] = field(
+        default=lambda: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), compare=False
+    )
+
+
+class Controller:
+    def __init__(
+        self, api: KubeAPI, settings: ControllerSettings, metrics: OperatorMetrics
+    ) -> None:
+        self.api = api
+        self.settings = settings
+        self.metrics = metrics
+        self.store = Store()
+        self.queue: WorkQueue[Key] = WorkQueue()
+        self.addons: set[str] = set()
+        self._executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="kube")
+        self._reported_errors: dict[Key, tuple[str, ...]] = {}
+
+    # ----- watch events (called by the kopf handlers, on the event loop) -----
+    def on_inferenceservice(self, event_type: str | None, obj: Mapping[str, Any]) -> None:
+        if event_type == "DELETED":
+            key = self.store.remove_isvc(obj)
+            self._reported_errors.pop(key, None)
+        else:
+            self.queue.add(self.store.put_isvc(obj))
+        self.metrics.managed.set(len(self.store.isvcs))
+
+    def on_child(self, event_type: str | None, obj: Mapping[str, Any]) -> None:
+        if event_type == "DELETED":
+            affected = self.store.remove_child(obj)
+        else:
+            affected = self.store.put_child(obj)
+        for key in affected:
+            if key in self.store.isvcs:
+                self.queue.add(key)
+
+    def on_crd(self, event_type: str | None, obj: Mapping[str, Any]) -> None:
+        name = obj["metadata"]["name"]
+        established = any(
+            c.get("type") == "Established" and c.get("status") == "True"
+            for c in (obj.get("status") or {}).get("conditions") or []
+        )
+        before = set(self.addons)
+        if event_type != "DELETED" and established:
+            self.addons.add(name)
+        else:
+            self.addons.discard(name)
+        if self.addons != before:
+            log.info("add-on CRDs changed", extra={"installed": sorted(self.addons)})
+            for key in list(self.store.isvcs):
+                self.queue.add(key)
+
+    def render_context(self) -> render.RenderContext:
+        return replace(
+            self.settings.render,
+            keda_installed=KEDA_CRD in self.addons,
+            service_monitor_installed=SERVICE_MONITOR_CRD in self.addons,
+        )
+
+    # ----- workers -----
+    async def run(self) -> None:
+        """Reconcile queued keys until cancelled, re-queueing everything every resync period."""
+        workers = [asyncio.create_task(self._worker()) for _ in range(self.settings.workers)]
+        try:
+            while True:
+                await asyncio.sleep(self.settings.resync_seconds)
+                for key in list(self.store.isvcs):
+                    self.queue.add(key)
+        finally:
+            for worker in workers:
+                worker.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _worker(self) -> None:
+        while True:
+            key = await self.queue.get()
+            started = time.monotonic()
+            try:
+                await self.reconcile(key)
+            except Exception as error:
+                delay = self.queue.retry_later(key)
+                self.metrics.reconciles.labels(result="error").inc()
+                log.warning(
+                    "reconcile failed, will retry",
+                    exc_info=not isinstance(error, ApiError),
+                    extra={"isvc": "/".join(key), "error": str(error), "retry_in": delay},
+                )
+            else:
+                self.queue.succeeded(key)
+                self.metrics.reconciles.labels(result="success").inc()
+            finally:
+                self.queue.done(key)
+                self.metrics.reconcile_duration.observe(time.monotonic() - started)
+
+    async def reconcile(self, key: Key) -> None:
+        obj = self.store.isvcs.get(key)
+        if obj is None or obj["metadata"].get("deletionTimestamp"):
+            return
+        isvc = spec.parse(obj)
+        ctx = self.render_context()
+        desired = render.render(isvc, ctx)
+        errors = [
+            error
+            for want in desired.objects
+            if (error := await self._ensure(key, isvc, want)) is not None
+        ]
+        await self._prune(key, isvc, desired)
+        await self._update_status(key, obj, isvc, desired, ctx, errors)
+
+    async def _ensure(
+        self, key: Key, isvc: spec.InferenceService, want: dict[str, Any]
+    ) -> str | None:
+        """Make one child match `want`; return a message if that cannot be done by retrying."""
+        kind, name = want["kind"], want["metadata"]["name"]
+        have: Mapping[str, Any] | None = self.store.children_of(key).get((kind, name))
+        if have is None:
+            have = await self._call(self.api.get, Ref.of(want))
+            if have is not None:
+                self.store.put_child(have)
+        if have is not None and not owned_by(have, isvc.uid):
+            return (
+                f"{kind} {name} already exists and belongs to something else; delete or rename "
+                "it, or rename this InferenceService or variant"
+            )
+        if compare.in_sync(want, have):
+            return None
+        try:
+            result = await self._call(self.api.apply, want)
+        except ApiError as error:
+            if error.retriable:
+                raise
+            return f"{kind} {name}: {error.message}"
+        self.metrics.writes.labels(verb="apply", kind=kind).inc()
+        self.store.put_child(result)
+        log.info(
+            "applied",
+            extra={"isvc": "/".join(key), "kind": kind, "object": name, "new": have is None},
+        )
+        return None
+
+    async def _prune(self, key: Key, isvc: spec.InferenceService, desired: render.Desired) -> None:
+        """Delete children this InferenceService no longer wants (never a blocked variant's)."""
+        keep = {(o["kind"], o["metadata"]["name"]) for o in desired.objects}
+        frozen = {labels.variant_object_name(isvc, v) for v in desired.blocked}
+        for (kind, name), have in self.store.children_of(key).items():
+            if (kind, name) in keep or name in frozen or not owned_by(have, isvc.uid):
+                continue
+            await self._call(self.api.delete, Ref.of(have), have["metadata"]["uid"])
+            self.metrics.writes.labels(verb="delete", kind=kind).inc()
+            self.store.remove_child(have)
+            log.info("deleted", extra={"isvc": "/".join(key), "kind": kind, "object": name})
+
+    async def _update_status(
+        self,
+        key: Key,
+        obj: Mapping[str, Any],
+        isvc: spec.InferenceService,
+        desired: render.Desired,
+        ctx: render.RenderContext,
+        errors: list[str],
+    ) -> None:
+        previous = obj.get("status") or {}
+        computed, transitions = status.compute(
+            isvc,
+            desired,
+            self.store.children_of(key),
+            ctx,
+            previous=previous,
+            errors=errors,
+            now=self.settings.now(),
+        )
+        if computed != status.own_part(previous):
+            result = await self._call(self.api.apply_status, obj, computed)
+            self.metrics.writes.labels(verb="status", kind=spec.KIND).inc()
+            self.store.put_isvc(result)
+        for change in transitions:
+            await self._event(
+                obj,
+                "Normal" if change.status == "True" else "Warning",
+                change.reason,
+                f"{change.type} is {change.status}: {change.message}",
+            )
+        reported = self._reported_errors.get(key, ())
+        for error in errors:
+            if error not in reported:
+                await self._event(obj, "Warning", "ApplyFailed", error)
+        self._reported_errors[key] = tuple(errors)
+
+    async def _event(self, obj: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
+        meta = obj["metadata"]
+        now = self.settings.now()
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": obj["apiVersion"],
+                "kind": obj["kind"],
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid", ""),
+            },
+            "type": kind,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": FIELD_MANAGER},
+            "reportingComponent": FIELD_MANAGER,
+            "reportingInstance": self.settings.identity,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            await self._call(self.api.create, event)
+        except ApiError as error:
+            log.warning(
+                "could not record an event",
+                extra={"isvc": "/".join(key_of(obj)), "reason": reason, "error": str(error)},
+            )
+            return
+        self.metrics.writes.labels(verb="event", kind="Event").inc()
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args))

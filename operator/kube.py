@@ -1,0 +1,210 @@
+"""The only module that talks to the Kubernetes API server (kopf's own watches aside).
+
+Plain JSON over the official client's transport (authentication, TLS, kubeconfig or in-cluster
+config), addressed by apiVersion/kind through a small table of the kinds the operator
+touches, so manifests stay plain dicts from renderer to wire. Writes are server-side apply
+under one field manager with `force`, so the operator reclaims fields a person changed by
+hand, and everything else in an object (fields set by other managers) is left alone.
+Calls are blocking; the controller runs them in worker threads.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
+
+from .spec import API_VERSION, KIND, PLURAL
+
+FIELD_MANAGER = "marfleet-operator"
+APPLY_CONTENT = "application/apply-patch+yaml"
+
+PLURALS: dict[tuple[str, str], str] = {
+    ("v1", "ConfigMap"): "configmaps",
+    ("v1", "Service"): "services",
+    ("v1", "Event"): "events",
+    ("apps/v1", "Deployment"): "deployments",
+    ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
+    ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
+    ("keda.sh/v1alpha1", "ScaledObject"): "scaledobjects",
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitors",
+    ("coordination.k8s.io/v1", "Lease"): "leases",
+    ("apiextensions.k8s.io/v1", "CustomResourceDefinition"): "customresourcedefinitions",
+    (API_VERSION, KIND): PLURAL,
+}
+CLUSTER_SCOPED = {"CustomResourceDefinition"}
+
+
+class ApiError(RuntimeError):
+    """A request the API server refused; `status` is the HTTP status (0: no answer)."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+    @property
+    def retriable(self) -> bool:
+        return self.status in (0, 409, 429) or self.status >= 500
+
+
+@dataclass(frozen=True)
+class Ref:
+    api_version: str
+    kind: str
+    namespace: str
+    name: str
+
+    @classmethod
+    def of(cls, obj: Mapping[str, Any]) -> Ref:
+        meta = obj["metadata"]
+        return cls(obj["apiVersion"], obj["kind"], meta.get("namespace", ""), meta.get("name", ""))
+
+    def path(self, *, collection: bool = False, subresource: str = "") -> str:
+        group = "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"
+        plural = PLURALS[(self.api_version, self.kind)]
+        scope = "" if self.kind in CLUSTER_SCOPED else f"/namespaces/{self.namespace}"
+        path = f"{group}{scope}/{plural}"
+        if not collection:
+            path += f"/{self.name}"
+        return f"{path}/{subresource}" if subresource else path
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """How to reach the API server, for kopf's own connections (same source as ours)."""
+
+    server: str
+    ca_path: str | None
+    insecure: bool
+    scheme: str | None
+    token: str | None
+    certificate_path: str | None
+    private_key_path: str | None
+
+
+class KubeAPI:
+    def __init__(self, kubeconfig: str | None = None, timeout: float = 30.0) -> None:
+        configuration = k8s.Configuration()
+        try:
+            k8s_config.load_incluster_config(client_configuration=configuration)
+        except k8s_config.ConfigException:
+            k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+        configuration.connection_pool_maxsize = 16
+        self._configuration = configuration
+        self._client = k8s.ApiClient(configuration)
+        self._timeout = (5.0, timeout)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def credentials(self) -> Credentials:
+        config = self._configuration
+        header = config.get_api_key_with_prefix("BearerToken") or ""
+        scheme, _, token = header.rpartition(" ")
+        return Credentials(
+            server=config.host,
+            ca_path=config.ssl_ca_cert,
+            insecure=not config.verify_ssl,
+            scheme=scheme or None,
+            token=token or None,
+            certificate_path=config.cert_file,
+            private_key_path=config.key_file,
+        )
+
+    # ----- objects -----
+    def get(self, ref: Ref) -> dict[str, Any] | None:
+        try:
+            return self._request("GET", ref.path())
+        except ApiError as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """Server-side apply `obj` under the operator's field manager; return the result."""
+        return self._apply(Ref.of(obj).path(), obj)
+
+    def apply_status(self, owner: Mapping[str, Any], status: Mapping[str, Any]) -> dict[str, Any]:
+        """Server-side apply the operator's part of an object's status subresource."""
+        meta = owner["metadata"]
+        body = {
+            "apiVersion": owner["apiVersion"],
+            "kind": owner["kind"],
+            "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
+            "status": dict(status),
+        }
+        return self._apply(Ref.of(owner).path(subresource="status"), body)
+
+    def delete(self, ref: Ref, uid: str) -> None:
+        """Delete the object if it is still the one with `uid` (never a same-named successor)."""
+        body = {"preconditions": {"uid": uid}, "propagationPolicy": "Background"}
+        try:
+            self._request("DELETE", ref.path(), body=body)
+        except ApiError as error:
+            if error.status not in (404, 409):
+                raise
+
+    def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        return self._request("POST", Ref.of(obj).path(collection=True), body=obj)
+
+    def replace(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """PUT with the object's resourceVersion: a 409 ApiError if someone wrote in between."""
+        return self._request("PUT", Ref.of(obj).path(), body=obj)
+
+    # ----- internals -----
+    def _apply(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        return self._request(
+            "PATCH",
+            path,
+            body=body,
+            query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+            content_type=APPLY_CONTENT,
+        )
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Mapping[str, Any] | None = None,
+        query: Iterable[tuple[str, str]] = (),
+        content_type: str = "application/json",
+    ) -> dict[str, Any]:
+        request = self._client.param_serialize(
+            method,
+            path,
+            query_params=list(query),
+            header_params={"Accept": "application/json", "Content-Type": content_type},
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        try:
+            response = self._client.call_api(*request, _request_timeout=self._timeout)
+            data = response.read()
+        except ApiException as error:
+            raise _api_error(error.status or 0, error.reason or "", error.body) from None
+        except (OSError, HTTPError) as error:
+            raise ApiError(0, type(error).__name__, str(error)) from None
+        if response.status >= 400:
+            raise _api_error(response.status, response.reason or "", data)
+        parsed: dict[str, Any] = json.loads(data) if data else {}
+        return parsed
+
+
+def _api_error(status: int, reason: str, body: bytes | str | None) -> ApiError:
+    message = body.decode(errors="replace") if isinstance(body, bytes) else (body or "")
+    try:
+        decoded = json.loads(message)
+        message = decoded.get("message", message)
+        reason = decoded.get("reason", reason)
+    except (ValueError, AttributeError):
+        pass
+    return ApiError(status, reason, message)

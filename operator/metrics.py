@@ -1,0 +1,93 @@
+"""The operator's Prometheus metrics and its HTTP endpoint (/metrics, /healthz, /readyz).
+
+Every replica serves this endpoint, leader or not, so a standby is visibly alive and ready to
+take over; `marfleet_operator_leader` says which one acts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+
+class OperatorMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.reconciles = Counter(
+            "marfleet_operator_reconciles_total",
+            "Reconciliations of InferenceServices, by result.",
+            ["result"],
+            registry=self.registry,
+        )
+        self.reconcile_duration = Histogram(
+            "marfleet_operator_reconcile_duration_seconds",
+            "Time per reconciliation.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry,
+        )
+        self.managed = Gauge(
+            "marfleet_operator_managed_inferenceservices",
+            "InferenceServices seen.",
+            registry=self.registry,
+        )
+        self.writes = Counter(
+            "marfleet_operator_writes_total",
+            "Writes to the API server, by verb (apply, delete, status, event) and kind.",
+            ["verb", "kind"],
+            registry=self.registry,
+        )
+        self.leader = Gauge(
+            "marfleet_operator_leader",
+            "1 while this replica holds the leader lease and acts, else 0.",
+            registry=self.registry,
+        )
+        for result in ("success", "error"):
+            self.reconciles.labels(result=result)
+
+
+class HealthServer:
+    """Serves /metrics always, /healthz while `alive()`, /readyz while `ready()`."""
+
+    def __init__(
+        self,
+        metrics: OperatorMetrics,
+        *,
+        host: str,
+        port: int,
+        alive: Callable[[], bool],
+        ready: Callable[[], bool],
+    ) -> None:
+        self.metrics = metrics
+        self.host = host
+        self.port = port
+        self.alive = alive
+        self.ready = ready
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._probe(self.alive))
+        app.router.add_get("/readyz", self._probe(self.ready))
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.host, self.port).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        body = generate_latest(self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    @staticmethod
+    def _probe(check: Callable[[], bool]) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handler(_: web.Request) -> web.Response:
+            ok = check()
+            return web.Response(status=200 if ok else 503, text="ok\n" if ok else "not ok\n")
+
+        return handler

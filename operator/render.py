@@ -1,0 +1,510 @@
+"""InferenceService -> the manifests of every object it should become. Pure.
+
+Templates (operator/templates/*.j2) hold the shape of each object; this module computes the
+values that need decisions (GPU placement, env, probes, autoscaling metrics) and hands them
+over as data, so a template never contains logic beyond "include this block or not". No
+Kubernetes client here: the output is plain dicts, stamped with their intent hash, which the
+controller applies and unit tests read field by field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+from marfleet.runtime.storage.uri import archive_filename, scheme_error
+
+from . import labels, traffic
+from .compare import stamp
+from .spec import API_VERSION, KIND, InferenceService, Variant, merge_env
+
+PORTS = {"inference": 8080, "management": 8081, "metrics": 8082}
+MODEL_STORE = "/mnt/models"
+CONFIG_DIR = "/etc/marfleet"
+PVC_ROOT = "/mnt/pvc"
+DRAIN_SECONDS = 5
+RUNTIME_UID = 1000
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+GPU_TAINT = "nvidia.com/gpu"
+
+HPA_METRICS = {
+    "requestsPerSecond": "marfleet_requests_per_second",
+    "inflightRequests": "marfleet_inflight_requests",
+}
+"""Pods metrics served by prometheus-adapter under these names (docs/metrics.md)."""
+
+KEDA_QUERIES = {
+    "requestsPerSecond": "sum(rate(marfleet_requests_total{{{selector}}}[1m]))",
+    "inflightRequests": "sum(marfleet_inflight_requests{{{selector}}})",
+}
+
+SCALING_BEHAVIOR: dict[str, Any] = {
+    # Model servers take long to start and are expensive to thrash: grow fast, shrink slowly.
+    "scaleUp": {
+        "stabilizationWindowSeconds": 0,
+        "selectPolicy": "Max",
+        "policies": [
+            {"type": "Percent", "value": 100, "periodSeconds": 30},
+            {"type": "Pods", "value": 4, "periodSeconds": 30},
+        ],
+    },
+    "scaleDown": {
+        "stabilizationWindowSeconds": 300,
+        "selectPolicy": "Max",
+        "policies": [
+            {"type": "Percent", "value": 20, "periodSeconds": 60},
+            {"type": "Pods", "value": 1, "periodSeconds": 60},
+        ],
+    },
+}
+
+POD_SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": RUNTIME_UID,
+    "runAsGroup": RUNTIME_UID,
+    "fsGroup": RUNTIME_UID,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+SCRAPE_ANNOTATIONS = {
+    "prometheus.io/scrape": "true",
+    "prometheus.io/port": str(PORTS["metrics"]),
+    "prometheus.io/path": "/metrics",
+}
+
+
+@dataclass(frozen=True)
+class RenderContext:
+    """What the renderers need beyond the InferenceService: operator settings and cluster facts."""
+
+    default_image: str
+    gpu_image: str = ""
+    """Image for variants with GPUs when spec.runtime.image is empty (default: default_image)."""
+    router_image: str = ""
+    """Image of the router pods (default: default_image)."""
+    cluster_domain: str = "cluster.local"
+    router_enabled: bool = False
+    keda_installed: bool = False
+    service_monitor_installed: bool = False
+    prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
+    keda_authentication_ref: str = ""
+    """A KEDA TriggerAuthentication the Prometheus triggers use, if Prometheus needs one."""
+    service_monitor_labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Desired:
+    """Everything an InferenceService should become right now."""
+
+    objects: tuple[dict[str, Any], ...]
+    blocked: Mapping[str, str]
+    """Variants that cannot be realised (variant -> reason); their objects are left as they are."""
+    traffic: traffic.TrafficPlan
+
+
+def render(isvc: InferenceService, ctx: RenderContext) -> Desired:
+    plan = traffic.plan(isvc, ctx.router_enabled)
+    objects: list[dict[str, Any]] = []
+    blocked: dict[str, str] = {}
+    for variant in isvc.variants:
+        problem = scheme_error(variant.model.uri)
+        if problem is not None:
+            blocked[variant.name] = problem
+            continue
+        objects += variant_objects(isvc, variant, ctx)
+    objects.append(stable_service(isvc, plan))
+    if plan.uses_router:
+        objects.append(router_deployment(isvc, ctx))
+    if ctx.service_monitor_installed:
+        objects.append(service_monitor(isvc, ctx))
+    return Desired(objects=tuple(stamp(o) for o in objects), blocked=blocked, traffic=plan)
+
+
+def url(isvc: InferenceService, ctx: RenderContext) -> str:
+    return f"http://{isvc.name}.{isvc.namespace}.svc.{ctx.cluster_domain}"
+
+
+def autoscaler_manages_replicas(isvc: InferenceService, ctx: RenderContext) -> bool:
+    engine = isvc.autoscaling.engine
+    return engine == "hpa" or (engine == "keda" and ctx.keda_installed)
+
+
+def variant_objects(
+    isvc: InferenceService, variant: Variant, ctx: RenderContext
+) -> list[dict[str, Any]]:
+    name = labels.variant_object_name(isvc, variant.name)
+    properties = config_properties(isvc, variant)
+    objects = [
+        _template("configmap.yaml.j2", isvc, name, variant, properties=properties),
+        deployment(isvc, variant, ctx, properties),
+        variant_service(isvc, variant),
+    ]
+    engine = isvc.autoscaling.engine
+    if engine == "hpa":
+        objects.append(hpa(isvc, variant))
+    elif engine == "keda" and ctx.keda_installed:
+        objects.append(scaled_object(isvc, variant, ctx))
+    if isvc.autoscaling.min_replicas > 1:
+        objects.append(
+            _template(
+                "pdb.yaml.j2",
+                isvc,
+                name,
+                variant,
+                selector=labels.variant_selector(isvc, variant.name),
+            )
+        )
+    return objects
+
+
+def config_properties(isvc: InferenceService, variant: Variant) -> str:
+    """The config.properties the variant's server reads (TorchServe keys)."""
+    return (
+        _environment()
+        .get_template("config.properties.j2")
+        .render(
+            isvc=isvc,
+            variant=variant,
+            runtime=variant.runtime,
+            accelerator=isvc.resources.accelerator,
+            ports=PORTS,
+        )
+    )
+
+
+def deployment(
+    isvc: InferenceService, variant: Variant, ctx: RenderContext, properties: str
+) -> dict[str, Any]:
+    name = labels.variant_object_name(isvc, variant.name)
+    uri = variant.model.uri
+    pvc_claim = uri.split("://", 1)[1].split("/", 1)[0] if uri.startswith("pvc://") else None
+    fetch_args = ["fetch", uri, MODEL_STORE]
+    if variant.model.sha256:
+        fetch_args += ["--sha256", variant.model.sha256]
+    if pvc_claim is not None:
+        fetch_args += ["--pvc-root", PVC_ROOT]
+    serve_args = [
+        "serve",
+        "--ts-config",
+        f"{CONFIG_DIR}/config.properties",
+        "--model-store",
+        MODEL_STORE,
+        "--models",
+        f"{variant.model.name}={archive_filename(uri)}",
+    ]
+    volumes: list[dict[str, Any]] = [
+        {"name": "model-store", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "shm", "emptyDir": {"medium": "Memory"}},
+        {"name": "config", "configMap": {"name": name}},
+    ]
+    fetch_mounts: list[dict[str, Any]] = [
+        {"name": "model-store", "mountPath": MODEL_STORE},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    if pvc_claim is not None:
+        volumes.append(
+            {
+                "name": "model-pvc",
+                "persistentVolumeClaim": {"claimName": pvc_claim, "readOnly": True},
+            }
+        )
+        fetch_mounts.append(
+            {"name": "model-pvc", "mountPath": f"{PVC_ROOT}/{pvc_claim}", "readOnly": True}
+        )
+    config_hash = hashlib.sha256(properties.encode()).hexdigest()[:16]
+    return _template(
+        "deployment.yaml.j2",
+        isvc,
+        name,
+        variant,
+        replicas=None if autoscaler_manages_replicas(isvc, ctx) else isvc.autoscaling.min_replicas,
+        selector=labels.variant_selector(isvc, variant.name),
+        pod_annotations={
+            **SCRAPE_ANNOTATIONS,
+            labels.CONFIG_HASH: config_hash,
+            "serving.marfleet.io/model-version": variant.model.version,
+        },
+        grace_seconds=DRAIN_SECONDS + variant.runtime.response_timeout_seconds + 5,
+        drain_seconds=DRAIN_SECONDS,
+        pod_security=POD_SECURITY,
+        container_security=CONTAINER_SECURITY,
+        scheduling=isvc.scheduling,
+        tolerations=tolerations(isvc),
+        affinity=affinity(isvc),
+        image=variant.runtime.image or runtime_image(isvc, ctx),
+        fetch_args=fetch_args,
+        serve_args=serve_args,
+        ports=PORTS,
+        env=list(
+            merge_env(
+                [
+                    {"name": "MARFLEET_VARIANT", "value": variant.name},
+                    {"name": "HOME", "value": "/tmp"},
+                ],
+                variant.runtime.env,
+            )
+        ),
+        resources=resources(isvc),
+        fetch_mounts=fetch_mounts,
+        server_mounts=[
+            {"name": "model-store", "mountPath": MODEL_STORE, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "shm", "mountPath": "/dev/shm"},
+            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        ],
+        volumes=volumes,
+    )
+
+
+def runtime_image(isvc: InferenceService, ctx: RenderContext) -> str:
+    if isvc.resources.accelerator.count > 0 and ctx.gpu_image:
+        return ctx.gpu_image
+    return ctx.default_image
+
+
+def resources(isvc: InferenceService) -> dict[str, Any]:
+    """Requests and limits; a GPU count becomes a limit on the accelerator's resource."""
+    spec = isvc.resources
+    limits = dict(spec.limits)
+    if spec.accelerator.count > 0:
+        limits[spec.accelerator.resource_name] = str(spec.accelerator.count)
+    result: dict[str, Any] = {}
+    if spec.requests:
+        result["requests"] = dict(spec.requests)
+    if limits:
+        result["limits"] = limits
+    return result
+
+
+def tolerations(isvc: InferenceService) -> list[dict[str, Any]]:
+    result = [dict(t) for t in isvc.scheduling.tolerations]
+    gpu = {"key": GPU_TAINT, "operator": "Exists"}
+    if isvc.resources.accelerator.count > 0 and gpu not in result:
+        result.append(gpu)
+    return result
+
+
+def affinity(isvc: InferenceService) -> dict[str, Any]:
+    """The user's affinity, with GPU products added: required any-of, preferred in order."""
+    result: dict[str, Any] = json.loads(json.dumps(isvc.scheduling.affinity))
+    accel = isvc.resources.accelerator
+    if accel.count == 0 or not accel.products:
+        return result
+    node = result.setdefault("nodeAffinity", {})
+    products = {"key": GPU_PRODUCT_LABEL, "operator": "In", "values": list(accel.products)}
+    required = node.setdefault("requiredDuringSchedulingIgnoredDuringExecution", {})
+    terms = required.setdefault("nodeSelectorTerms", []) or [{}]
+    for term in terms:
+        term.setdefault("matchExpressions", []).append(products)
+    required["nodeSelectorTerms"] = terms
+    count = len(accel.products)
+    preferred = node.setdefault("preferredDuringSchedulingIgnoredDuringExecution", [])
+    for index, product in enumerate(accel.products):
+        preferred.append(
+            {
+                "weight": round(100 * (count - index) / count),
+                "preference": {
+                    "matchExpressions": [
+                        {"key": GPU_PRODUCT_LABEL, "operator": "In", "values": [product]}
+                    ]
+                },
+            }
+        )
+    return result
+
+
+def variant_service(isvc: InferenceService, variant: Variant) -> dict[str, Any]:
+    return _template(
+        "service.yaml.j2",
+        isvc,
+        labels.variant_object_name(isvc, variant.name),
+        variant,
+        extra_labels={labels.SCRAPE: "true"},
+        selector=labels.variant_selector(isvc, variant.name),
+        service_ports=[_service_port(port, port) for port in PORTS],
+    )
+
+
+def stable_service(isvc: InferenceService, plan: traffic.TrafficPlan) -> dict[str, Any]:
+    ports = [
+        {"name": "http", "port": 80, "targetPort": "inference", "protocol": "TCP"},
+        _service_port("inference", "inference"),
+    ]
+    extra: dict[str, str] = {}
+    if plan.uses_router:
+        ports.append(_service_port("metrics", "metrics"))
+        extra[labels.SCRAPE] = "true"
+    return _template(
+        "service.yaml.j2",
+        isvc,
+        isvc.name,
+        component=labels.ENDPOINT,
+        extra_labels=extra,
+        selector=plan.selector,
+        service_ports=ports,
+    )
+
+
+def _service_port(name: str, target: str) -> dict[str, Any]:
+    return {"name": name, "port": PORTS[name], "targetPort": target, "protocol": "TCP"}
+
+
+def hpa(isvc: InferenceService, variant: Variant) -> dict[str, Any]:
+    scaling = isvc.autoscaling
+    metric: dict[str, Any]
+    if scaling.metric == "cpu":
+        metric = {
+            "type": "Resource",
+            "resource": {
+                "name": "cpu",
+                "target": {"type": "Utilization", "averageUtilization": scaling.target_per_replica},
+            },
+        }
+    else:
+        metric = {
+            "type": "Pods",
+            "pods": {
+                "metric": {"name": HPA_METRICS[scaling.metric]},
+                "target": {"type": "AverageValue", "averageValue": str(scaling.target_per_replica)},
+            },
+        }
+    return _template(
+        "hpa.yaml.j2",
+        isvc,
+        labels.variant_object_name(isvc, variant.name),
+        variant,
+        autoscaling=scaling,
+        metric=metric,
+        behavior=SCALING_BEHAVIOR,
+    )
+
+
+def scaled_object(isvc: InferenceService, variant: Variant, ctx: RenderContext) -> dict[str, Any]:
+    scaling = isvc.autoscaling
+    name = labels.variant_object_name(isvc, variant.name)
+    trigger: dict[str, Any]
+    if scaling.metric == "cpu":
+        trigger = {
+            "type": "cpu",
+            "metricType": "Utilization",
+            "metadata": {"value": str(scaling.target_per_replica)},
+        }
+    else:
+        selector = f'namespace="{isvc.namespace}",pod=~"{name}-[a-z0-9]+-[a-z0-9]+"'
+        trigger = {
+            "type": "prometheus",
+            "metadata": {
+                "serverAddress": ctx.prometheus_url,
+                "query": KEDA_QUERIES[scaling.metric].format(selector=selector),
+                "threshold": str(scaling.target_per_replica),
+            },
+        }
+        if ctx.keda_authentication_ref:
+            trigger["authenticationRef"] = {"name": ctx.keda_authentication_ref}
+    return _template(
+        "scaledobject.yaml.j2",
+        isvc,
+        name,
+        variant,
+        autoscaling=scaling,
+        trigger=trigger,
+        behavior=SCALING_BEHAVIOR,
+    )
+
+
+def router_deployment(isvc: InferenceService, ctx: RenderContext) -> dict[str, Any]:
+    backends = [
+        {
+            "variant": v.name,
+            "weight": v.weight,
+            "url": f"http://{labels.variant_object_name(isvc, v.name)}.{isvc.namespace}"
+            f".svc.{ctx.cluster_domain}:{PORTS['inference']}",
+        }
+        for v in isvc.variants
+    ]
+    return _template(
+        "router.yaml.j2",
+        isvc,
+        labels.router_name(isvc),
+        component=labels.ROUTER,
+        selector=labels.router_selector(isvc),
+        pod_annotations=SCRAPE_ANNOTATIONS,
+        pod_security=POD_SECURITY,
+        container_security=CONTAINER_SECURITY,
+        image=ctx.router_image or ctx.default_image,
+        router_args=[traffic.ROUTER_SUBCOMMAND, "--isvc", isvc.name],
+        env=[
+            {
+                "name": "MARFLEET_NAMESPACE",
+                "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+            },
+            {"name": "MARFLEET_ROUTER_BACKENDS", "value": json.dumps(backends)},
+        ],
+        ports=PORTS,
+        drain_seconds=DRAIN_SECONDS,
+    )
+
+
+def service_monitor(isvc: InferenceService, ctx: RenderContext) -> dict[str, Any]:
+    return _template(
+        "servicemonitor.yaml.j2",
+        isvc,
+        isvc.name,
+        component=labels.ENDPOINT,
+        extra_labels=dict(ctx.service_monitor_labels),
+        selector={labels.ISVC: isvc.name, labels.SCRAPE: "true"},
+    )
+
+
+def _template(
+    template: str,
+    isvc: InferenceService,
+    name: str,
+    variant: Variant | None = None,
+    *,
+    component: str = labels.RUNTIME,
+    extra_labels: Mapping[str, str] | None = None,
+    **values: Any,
+) -> dict[str, Any]:
+    base = labels.variant_labels(isvc, variant.name) if variant else labels.common(isvc, component)
+    text = (
+        _environment()
+        .get_template(template)
+        .render(
+            isvc=isvc,
+            owner={"apiVersion": API_VERSION, "kind": KIND},
+            name=name,
+            labels={**base, **(extra_labels or {})},
+            **values,
+        )
+    )
+    rendered: dict[str, Any] = yaml.load(text, Loader=_LOADER)
+    return rendered
+
+
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+@cache
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+    )
+    env.filters["json"] = lambda value: json.dumps(value, sort_keys=False)
+    return env

@@ -1,0 +1,232 @@
+"""What an InferenceService's status should say, from what its children report. Pure.
+
+The operator owns `observedGeneration`, `url`, `traffic`, `variants` and four conditions
+(Ready, ModelsReady, TrafficReady, AutoscalingReady); other controllers may add their own
+conditions beside them (the status is applied server-side, conditions keyed by type).
+A condition's lastTransitionTime only moves when its status changes, so recomputing the
+status of a converged InferenceService gives exactly the stored one and nothing is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from marfleet.runtime.storage.uri import redact
+
+from . import labels, traffic
+from .render import HPA_METRICS, Desired, RenderContext, url
+from .spec import InferenceService
+
+READY = "Ready"
+MODELS_READY = "ModelsReady"
+TRAFFIC_READY = "TrafficReady"
+AUTOSCALING_READY = "AutoscalingReady"
+OWN_CONDITIONS = (READY, MODELS_READY, TRAFFIC_READY, AUTOSCALING_READY)
+OWN_FIELDS = ("observedGeneration", "url", "traffic", "conditions", "variants")
+
+Children = Mapping[tuple[str, str], Mapping[str, Any]]
+"""Live children of one InferenceService keyed by (kind, name)."""
+
+
+@dataclass(frozen=True)
+class Condition:
+    type: str
+    status: bool
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A condition whose status changed (or appeared): worth a Kubernetes Event."""
+
+    type: str
+    status: str
+    reason: str
+    message: str
+
+
+def compute(
+    isvc: InferenceService,
+    desired: Desired,
+    children: Children,
+    ctx: RenderContext,
+    *,
+    previous: Mapping[str, Any],
+    errors: Sequence[str],
+    now: str,
+) -> tuple[dict[str, Any], list[Transition]]:
+    """Return (the operator's part of the status, the condition transitions it implies)."""
+    models = _models_condition(isvc, desired, children)
+    routing = _traffic_condition(isvc, desired.traffic, children)
+    scaling = _autoscaling_condition(isvc, children, ctx)
+    ready = _ready_condition(models, routing, errors)
+    conditions, transitions = _with_transitions(
+        [ready, models, routing, scaling], previous.get("conditions") or [], isvc.generation, now
+    )
+    status = {
+        "observedGeneration": isvc.generation,
+        "url": url(isvc, ctx),
+        "traffic": traffic.weights_summary(isvc),
+        "conditions": conditions,
+        "variants": [_variant_status(isvc, v.name, children) for v in isvc.variants],
+    }
+    return status, transitions
+
+
+def own_part(status: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields and conditions of a stored status that this module computes."""
+    part = {key: status[key] for key in OWN_FIELDS if key in status}
+    if "conditions" in part:
+        part["conditions"] = [c for c in part["conditions"] if c.get("type") in OWN_CONDITIONS]
+    return part
+
+
+def _deployment(children: Children, name: str) -> Mapping[str, Any] | None:
+    return children.get(("Deployment", name))
+
+
+def rollout_progress(deploy: Mapping[str, Any]) -> tuple[bool, str]:
+    """(complete, "ready/wanted") the way `kubectl rollout status` judges a Deployment."""
+    wanted = int(deploy.get("spec", {}).get("replicas", 1))
+    st = deploy.get("status") or {}
+    observed = int(st.get("observedGeneration", 0)) >= int(deploy["metadata"].get("generation", 1))
+    updated = int(st.get("updatedReplicas", 0))
+    available = int(st.get("availableReplicas", 0))
+    total = int(st.get("replicas", 0))
+    complete = observed and updated >= wanted and available >= wanted and total == updated
+    return complete, f"{int(st.get('readyReplicas', 0))}/{wanted}"
+
+
+def _models_condition(isvc: InferenceService, desired: Desired, children: Children) -> Condition:
+    if desired.blocked:
+        detail = "; ".join(f"variant {v}: {reason}" for v, reason in desired.blocked.items())
+        return Condition(MODELS_READY, False, "UnsupportedModelURI", detail)
+    waiting: list[str] = []
+    for variant in isvc.variants:
+        name = labels.variant_object_name(isvc, variant.name)
+        deploy = _deployment(children, name)
+        if deploy is None:
+            waiting.append(f"{variant.name}: Deployment {name} not created yet")
+            continue
+        complete, ready = rollout_progress(deploy)
+        if not complete:
+            waiting.append(f"{variant.name}: {ready} replicas ready and updated")
+    if waiting:
+        return Condition(MODELS_READY, False, "VariantsNotReady", "; ".join(waiting))
+    count = len(isvc.variants)
+    noun = "variant" if count == 1 else "variants"
+    return Condition(MODELS_READY, True, "ModelsServing", f"{count} {noun} serving")
+
+
+def _traffic_condition(
+    isvc: InferenceService, plan: traffic.TrafficPlan, children: Children
+) -> Condition:
+    if plan.uses_router:
+        router = _deployment(children, labels.router_name(isvc))
+        available = int(((router or {}).get("status") or {}).get("availableReplicas", 0))
+        if available < 1:
+            return Condition(
+                TRAFFIC_READY,
+                False,
+                "RouterNotReady",
+                f"no ready pod in router Deployment {labels.router_name(isvc)} yet",
+            )
+    if ("Service", isvc.name) not in children:
+        return Condition(
+            TRAFFIC_READY, False, "ServiceMissing", f"Service {isvc.name} not created yet"
+        )
+    return Condition(TRAFFIC_READY, True, plan.reason, plan.message)
+
+
+def _autoscaling_condition(
+    isvc: InferenceService, children: Children, ctx: RenderContext
+) -> Condition:
+    scaling = isvc.autoscaling
+    if scaling.engine == "none":
+        return Condition(
+            AUTOSCALING_READY,
+            True,
+            "FixedReplicas",
+            f"each variant runs {scaling.min_replicas} replicas (engine none)",
+        )
+    if scaling.engine == "keda":
+        if not ctx.keda_installed:
+            return Condition(
+                AUTOSCALING_READY,
+                False,
+                "KedaNotInstalled",
+                "engine keda needs KEDA (CRD scaledobjects.keda.sh not found); each variant "
+                f"runs a fixed {scaling.min_replicas} replicas until it is installed",
+            )
+        return Condition(
+            AUTOSCALING_READY, True, "ScaledObject", "a KEDA ScaledObject scales each variant"
+        )
+    for variant in isvc.variants:
+        name = labels.variant_object_name(isvc, variant.name)
+        hpa = children.get(("HorizontalPodAutoscaler", name)) or {}
+        for cond in (hpa.get("status") or {}).get("conditions") or []:
+            if cond.get("type") == "ScalingActive" and cond.get("status") == "False":
+                return Condition(
+                    AUTOSCALING_READY,
+                    False,
+                    str(cond.get("reason") or "ScalingInactive"),
+                    f"HorizontalPodAutoscaler {name}: {cond.get('message', '')}",
+                )
+    metric = HPA_METRICS.get(scaling.metric, "cpu utilisation")
+    return Condition(
+        AUTOSCALING_READY,
+        True,
+        "HorizontalPodAutoscaler",
+        f"each variant scales on {metric}, target {scaling.target_per_replica} per replica",
+    )
+
+
+def _ready_condition(models: Condition, routing: Condition, errors: Sequence[str]) -> Condition:
+    if errors:
+        return Condition(READY, False, "ApplyFailed", "; ".join(errors))
+    for part in (models, routing):
+        if not part.status:
+            return Condition(READY, False, part.reason, part.message)
+    return Condition(READY, True, "Ready", f"{models.message}; {routing.message}")
+
+
+def _with_transitions(
+    computed: list[Condition], previous: Sequence[Mapping[str, Any]], generation: int, now: str
+) -> tuple[list[dict[str, Any]], list[Transition]]:
+    before = {c.get("type"): c for c in previous}
+    conditions: list[dict[str, Any]] = []
+    transitions: list[Transition] = []
+    for cond in computed:
+        status = "True" if cond.status else "False"
+        old = before.get(cond.type) or {}
+        changed = old.get("status") != status
+        conditions.append(
+            {
+                "type": cond.type,
+                "status": status,
+                "reason": cond.reason,
+                "message": cond.message,
+                "lastTransitionTime": now if changed else old.get("lastTransitionTime", now),
+                "observedGeneration": generation,
+            }
+        )
+        if changed:
+            transitions.append(Transition(cond.type, status, cond.reason, cond.message))
+    return conditions, transitions
+
+
+def _variant_status(isvc: InferenceService, variant: str, children: Children) -> dict[str, Any]:
+    spec = next(v for v in isvc.variants if v.name == variant)
+    deploy = _deployment(children, labels.variant_object_name(isvc, variant)) or {}
+    st = deploy.get("status") or {}
+    return {
+        "name": variant,
+        "weight": spec.weight,
+        "replicas": int(st.get("replicas", 0)),
+        "readyReplicas": int(st.get("readyReplicas", 0)),
+        "modelVersion": spec.model.version,
+        "modelURI": redact(spec.model.uri),
+    }

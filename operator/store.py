@@ -1,0 +1,102 @@
+"""The operator's picture of the cluster: InferenceServices and their children, as last seen.
+
+Fed by the watch events kopf delivers (and by the results of the operator's own writes), read
+by reconciliations, so a reconciliation of a converged object makes no API calls at all.
+Only touched from the event loop's thread, so it needs no locks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from . import labels
+
+Key = tuple[str, str]
+"""(namespace, name) of an InferenceService."""
+ChildKey = tuple[str, str]
+"""(kind, name) of a child within its InferenceService's namespace."""
+
+
+def key_of(obj: Mapping[str, Any]) -> Key:
+    meta = obj["metadata"]
+    return meta.get("namespace", ""), meta["name"]
+
+
+def owner_key(obj: Mapping[str, Any]) -> Key | None:
+    """The InferenceService a child belongs to, from its labels."""
+    meta = obj["metadata"]
+    owner = (meta.get("labels") or {}).get(labels.ISVC)
+    return (meta.get("namespace", ""), owner) if owner else None
+
+
+def _child_key(obj: Mapping[str, Any]) -> ChildKey:
+    return obj["kind"], obj["metadata"]["name"]
+
+
+def owned_by(obj: Mapping[str, Any], uid: str) -> bool:
+    refs = obj["metadata"].get("ownerReferences") or []
+    return any(ref.get("uid") == uid and ref.get("controller") for ref in refs)
+
+
+def _older(new: Mapping[str, Any], old: Mapping[str, Any] | None) -> bool:
+    """Whether `new` is an older version than `old` (a late watch event after our own write).
+
+    resourceVersions are opaque to clients in general; the API server's are etcd revisions,
+    so they are compared as numbers when both are numbers and otherwise taken as newer."""
+    if old is None:
+        return False
+    a = str(new["metadata"].get("resourceVersion", ""))
+    b = str(old["metadata"].get("resourceVersion", ""))
+    return a.isdigit() and b.isdigit() and int(a) < int(b)
+
+
+def _trimmed(obj: Mapping[str, Any]) -> dict[str, Any]:
+    meta = {k: v for k, v in obj["metadata"].items() if k != "managedFields"}
+    return {**obj, "metadata": meta}
+
+
+class Store:
+    def __init__(self) -> None:
+        self.isvcs: dict[Key, dict[str, Any]] = {}
+        self._children: dict[Key, dict[ChildKey, dict[str, Any]]] = {}
+        self._owner_of: dict[tuple[str, str, str], Key] = {}
+
+    def put_isvc(self, obj: Mapping[str, Any]) -> Key:
+        key = key_of(obj)
+        if not _older(obj, self.isvcs.get(key)):
+            self.isvcs[key] = _trimmed(obj)
+        return key
+
+    def remove_isvc(self, obj: Mapping[str, Any]) -> Key:
+        key = key_of(obj)
+        self.isvcs.pop(key, None)
+        return key
+
+    def put_child(self, obj: Mapping[str, Any]) -> set[Key]:
+        """Record a child; return the InferenceServices affected (old and new owner)."""
+        owner = owner_key(obj)
+        if owner is not None and _older(obj, self._children.get(owner, {}).get(_child_key(obj))):
+            return set()
+        affected = self.remove_child(obj)
+        if owner is not None:
+            ident = (owner[0], obj["kind"], obj["metadata"]["name"])
+            self._children.setdefault(owner, {})[_child_key(obj)] = _trimmed(obj)
+            self._owner_of[ident] = owner
+            affected.add(owner)
+        return affected
+
+    def remove_child(self, obj: Mapping[str, Any]) -> set[Key]:
+        meta = obj["metadata"]
+        ident = (meta.get("namespace", ""), obj["kind"], meta["name"])
+        owner = self._owner_of.pop(ident, None)
+        if owner is None:
+            return set()
+        children = self._children.get(owner, {})
+        children.pop((obj["kind"], meta["name"]), None)
+        if not children:
+            self._children.pop(owner, None)
+        return {owner}
+
+    def children_of(self, key: Key) -> dict[ChildKey, dict[str, Any]]:
+        return dict(self._children.get(key, {}))
