@@ -1,0 +1,164 @@
+"""Overload and failure, caused for real: full queues, killed and stuck workers, vanished
+clients, SIGTERM. Nothing is faked — workers are SIGKILLed, handlers really sleep.
+
+`slow` has one worker, batch size 1, a queue of 2 and a 3 s response timeout; `victim` has one
+worker; both run the `behaviour` test handler, which reports its pid and counts the rows it
+processes (ts_custom_RowsProcessed).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.server_archives import build_store
+from tests.serving import Server, serve
+
+WORKER_DIED = {"code": 500, "type": "InternalServerException", "message": "Worker died."}
+PROPERTIES = {"disable_token_authorization": "true", "worker_threads": "1"}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_store(tmp_path_factory.mktemp("server-faults"))
+
+
+@pytest.fixture(scope="module")
+def server(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    workdir = tmp_path_factory.mktemp("run")
+    with serve(
+        store, workdir, models=["slow.mar", "victim.mar", "echo.mar"], properties=PROPERTIES
+    ) as srv:
+        yield srv
+
+
+def post(server: Server, model: str, body: object, timeout: float = 60) -> httpx.Response:
+    return httpx.post(f"{server.inference}/predictions/{model}", json=body, timeout=timeout)
+
+
+def in_background(
+    pool: ThreadPoolExecutor, server: Server, model: str, body: object
+) -> Future[httpx.Response]:
+    return pool.submit(post, server, model, body)
+
+
+def worker_pid(server: Server, model: str) -> int:
+    (described,) = httpx.get(f"{server.management}/models/{model}").json()
+    (worker,) = described["workers"]
+    pid: int = worker["pid"]
+    return pid
+
+
+def rows_processed(server: Server, model: str) -> float:
+    for line in httpx.get(f"{server.metrics}/metrics").text.splitlines():
+        if line.startswith("ts_custom_RowsProcessed{") and f'model="{model}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def metric_line(server: Server, prefix: str) -> str:
+    text = httpx.get(f"{server.metrics}/metrics").text
+    return "\n".join(line for line in text.splitlines() if line.startswith(prefix))
+
+
+def wait_healthy(server: Server, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while httpx.get(f"{server.inference}/ping").status_code != 200:
+        assert time.monotonic() < deadline, "the server never became healthy again"
+        time.sleep(0.1)
+
+
+def test_full_queue_gives_503_with_retry_after(server: Server) -> None:
+    with ThreadPoolExecutor(4) as pool:
+        busy = in_background(pool, server, "slow", {"sleep": 1.5})
+        time.sleep(0.5)  # the worker has it; the queue (2) is empty
+        queued = [in_background(pool, server, "slow", {"n": n}) for n in range(2)]
+        time.sleep(0.3)
+        refused = post(server, "slow", {"n": "over"})
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"] == "1"
+        assert refused.json()["type"] == "ServiceUnavailableException"
+        assert "job_queue_size" in refused.json()["message"]
+        assert [f.result().status_code for f in (busy, *queued)] == [200, 200, 200]
+    assert 'model="slow"' in metric_line(server, "marfleet_queue_rejections_total")
+
+
+def test_client_that_hung_up_is_dropped_before_inference(server: Server) -> None:
+    before = rows_processed(server, "slow")
+    with ThreadPoolExecutor(1) as pool:
+        busy = in_background(pool, server, "slow", {"sleep": 1.0})
+        time.sleep(0.4)
+        body = b'{"gone": true}'
+        with socket.create_connection(("127.0.0.1", server.ports["inference"])) as sock:
+            sock.sendall(
+                b"POST /predictions/slow HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            time.sleep(0.2)  # queued behind the busy worker; now the client leaves
+        assert busy.result().status_code == 200
+    time.sleep(0.5)
+    assert rows_processed(server, "slow") - before == 1  # only the request that stayed
+
+
+def test_sigkill_of_a_worker_fails_only_its_request(server: Server) -> None:
+    pid = worker_pid(server, "victim")
+    with ThreadPoolExecutor(3) as pool:
+        in_flight = in_background(pool, server, "victim", {"sleep": 5})
+        time.sleep(0.5)
+        queued = in_background(pool, server, "victim", {"after": True})
+        other = in_background(pool, server, "echo", {"other": True})
+        time.sleep(0.3)
+        os.kill(pid, signal.SIGKILL)
+        died = in_flight.result()
+        assert died.status_code == 500 and died.json() == WORKER_DIED
+        saw_unhealthy = httpx.get(f"{server.inference}/ping").status_code == 500
+        assert queued.result().status_code == 200  # served by the restarted worker
+        assert queued.result().json()["pid"] != pid
+        assert other.result().status_code == 200
+    assert saw_unhealthy, "/ping must report a model below its minimum workers"
+    wait_healthy(server)
+    assert worker_pid(server, "victim") != pid
+    restarts = metric_line(server, "marfleet_worker_restarts_total")
+    assert 'model="victim"' in restarts and 'reason="crash"' in restarts
+
+
+@pytest.mark.slow
+def test_slow_handler_hits_the_response_timeout(server: Server) -> None:
+    pid = worker_pid(server, "slow")
+    started = time.monotonic()
+    response = post(server, "slow", {"sleep": 30})
+    elapsed = time.monotonic() - started
+    assert response.status_code == 500 and response.json() == WORKER_DIED
+    assert 2.5 < elapsed < 15, elapsed  # responseTimeout is 3 s
+    wait_healthy(server)
+    assert post(server, "slow", {"again": True}).status_code == 200
+    assert worker_pid(server, "slow") != pid
+    restarts = metric_line(server, "marfleet_worker_restarts_total")
+    assert 'model="slow"' in restarts and 'reason="timeout"' in restarts
+
+
+@pytest.mark.slow
+def test_sigterm_finishes_in_flight_work_and_exits_0(store: Path, tmp_path: Path) -> None:
+    with (
+        serve(store, tmp_path, models=["slow.mar"], properties=PROPERTIES) as srv,
+        ThreadPoolExecutor(1) as pool,
+    ):
+        in_flight = in_background(pool, srv, "slow", {"sleep": 1.5})
+        time.sleep(0.5)
+        worker = worker_pid(srv, "slow")
+        srv.process.send_signal(signal.SIGTERM)
+        assert in_flight.result().status_code == 200
+        assert srv.process.wait(timeout=30) == 0
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"{srv.inference}/ping", timeout=2)
+        with pytest.raises(ProcessLookupError):
+            os.kill(worker, 0)
+        assert '"message": "stopped"' in srv.log()

@@ -1,0 +1,158 @@
+"""KServe v2 request checks and response shaping (the binary tensor extension included)."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+from marfleet.runtime.server.kserve_v2 import HEADER_LENGTH, V2Error, build_response, parse_request
+
+
+def encode(document: dict[str, object], binary: bytes = b"") -> tuple[bytes, dict[str, str]]:
+    header = json.dumps(document).encode()
+    headers = {HEADER_LENGTH: str(len(header))} if binary else {}
+    return header + binary, headers
+
+
+def test_binary_inputs_become_json_data() -> None:
+    values = np.arange(6, dtype=np.float32)
+    words = b"".join(struct.pack("<I", len(w)) + w for w in (b"ab", b"cde"))
+    body, headers = encode(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "shape": [2, 3],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": 24},
+                },
+                {
+                    "name": "w",
+                    "shape": [2],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": len(words)},
+                },
+            ]
+        },
+        values.tobytes() + words,
+    )
+    request = parse_request(body, headers)
+    x, w = request.document["inputs"]
+    assert x["data"] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0] and x["parameters"] == {}
+    assert w["data"] == ["ab", "cde"]
+
+
+@pytest.mark.parametrize(
+    ("document", "binary", "fragment"),
+    [
+        (
+            {"inputs": [{"name": "x", "shape": [2], "datatype": "INT32", "data": [[1], [2], [3]]}]},
+            b"",
+            "needs 2 elements, data has 3",
+        ),
+        (
+            {"inputs": [{"name": "x", "shape": [-1], "datatype": "INT32", "data": [1]}]},
+            b"",
+            "non-negative",
+        ),
+        ({"inputs": [{"name": "x", "shape": [1], "datatype": "INT32"}]}, b"", "has no data"),
+        (
+            {
+                "inputs": [
+                    {
+                        "name": "x",
+                        "shape": [2],
+                        "datatype": "FP32",
+                        "parameters": {"binary_data_size": 8},
+                    }
+                ]
+            },
+            b"\0" * 4,
+            "exceeds",
+        ),
+        (
+            {
+                "inputs": [
+                    {
+                        "name": "x",
+                        "shape": [3],
+                        "datatype": "FP32",
+                        "parameters": {"binary_data_size": 8},
+                    }
+                ]
+            },
+            b"\0" * 8,
+            "do not make 3",
+        ),
+        (
+            {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]},
+            b"\0" * 4,
+            "no input claims",
+        ),
+        (
+            {
+                "inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}],
+                "outputs": [{}],
+            },
+            b"",
+            '"outputs" needs a "name"',
+        ),
+    ],
+)
+def test_malformed_requests_name_the_problem(
+    document: dict[str, object], binary: bytes, fragment: str
+) -> None:
+    body, headers = encode(document, binary)
+    if binary and not headers:
+        headers = {HEADER_LENGTH: str(len(json.dumps(document)))}
+    with pytest.raises(V2Error) as raised:
+        parse_request(body, headers)
+    assert fragment in str(raised.value)
+
+
+def test_plain_handler_value_becomes_one_inferred_tensor() -> None:
+    request = parse_request(
+        *encode(
+            {"id": "7", "inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}
+        )
+    )
+    body, headers = build_response(request, "m", "1.0", json.dumps([[1.5, 2.5]]).encode())
+    assert headers == {}
+    assert json.loads(body) == {
+        "outputs": [{"name": "output-0", "datatype": "FP32", "shape": [1, 2], "data": [1.5, 2.5]}],
+        "model_name": "m",
+        "model_version": "1.0",
+        "id": "7",
+    }
+
+
+def test_requested_binary_output_uses_the_extension_layout() -> None:
+    request = parse_request(
+        *encode(
+            {
+                "inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}],
+                "outputs": [{"name": "scores", "parameters": {"binary_data": True}}],
+            }
+        )
+    )
+    body, headers = build_response(request, "m", "1.0", json.dumps([1, 2, 3]).encode())
+    split = int(headers[HEADER_LENGTH])
+    header = json.loads(body[:split])
+    (output,) = header["outputs"]
+    assert output["name"] == "scores" and output["datatype"] == "INT64"
+    assert output["parameters"] == {"binary_data_size": 24}
+    assert np.frombuffer(body[split:], dtype=np.int64).tolist() == [1, 2, 3]
+
+
+def test_a_full_v2_answer_from_the_handler_is_kept() -> None:
+    request = parse_request(
+        *encode({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]})
+    )
+    answer = {
+        "model_name": "custom",
+        "outputs": [{"name": "y", "datatype": "BYTES", "shape": [1], "data": ["ok"]}],
+    }
+    body, _ = build_response(request, "m", "1.0", json.dumps(answer).encode())
+    assert json.loads(body) == {**answer, "model_version": "1.0"}
