@@ -1,0 +1,111 @@
+"""Handlers written against TorchServe's `ts` package, run where TorchServe is not installed.
+
+The archives come from the real torch-model-archiver. Each is served twice: in this process,
+where TorchServe's own `ts` is installed and must not be shadowed, and in a Python that cannot
+see TorchServe, where marfleet's compatibility package must stand in; the answers must agree.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from marfleet.runtime import ts_compat
+from marfleet.runtime.archive.reader import load_archive
+from marfleet.runtime.handlers.service import InferenceRequest, ModelService
+
+from tests.handler_sources import FUNCTION_HANDLER, MLP_HANDLER, TOP_TWO_HANDLER, write_handler
+from tests.marfleet_runner import Answer, Call, run_without_torchserve, same_json
+from tests.models import (
+    TinyImageClassifier,
+    image_bytes,
+    write_eager,
+    write_index_to_name,
+    write_torchscript,
+)
+from tests.torchserve_tools import torch_model_archiver
+
+torch.set_num_threads(1)
+
+JSON = "application/json"
+Batch = tuple[str, list[Call], bool]
+BATCHES: list[Batch] = [
+    ("mlp", [Call(b"[1, 2, 3, 4]", JSON), Call(b"[0, 1, 0, 1]", JSON)], False),
+    ("mlp", [Call(b'{"x": 1}', JSON)], False),
+    ("top2", [Call(image_bytes(seed=5), "image/png")], False),
+    ("fn", [Call(b"[1, 2, 3, 4]", JSON)], False),
+    ("fn", [Call(b"words", "text/plain")], False),
+]
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("shim")
+    write_torchscript(folder)
+    write_eager(folder, TinyImageClassifier, stem="classifier")
+    write_index_to_name(folder, 10)
+    mlp = write_handler(folder, "mlp_handler", MLP_HANDLER)
+    top2 = write_handler(folder, "top_two", TOP_TWO_HANDLER)
+    fn = write_handler(folder, "fn_handler", FUNCTION_HANDLER)
+    torchscript = ["--serialized-file", folder / "model.pt"]
+    eager = [
+        "--model-file",
+        folder / "classifier.py",
+        "--serialized-file",
+        folder / "classifier.pth",
+    ]
+    flags = {
+        "mlp": [*torchscript, "--handler", mlp],
+        "top2": [*eager, "--handler", top2, "--extra-files", folder / "index_to_name.json"],
+        "fn": [*torchscript, "--handler", f"{fn.with_suffix('')}:infer"],
+    }
+    dirs = {}
+    for name, extra in flags.items():
+        torch_model_archiver("--model-name", name, "-v", "1.0", "--export-path", folder, *extra)
+        dirs[name] = load_archive(folder / f"{name}.mar", folder / name).model_dir
+    return dirs
+
+
+def serve_here(model_dirs: dict[str, Path], batches: list[Batch]) -> list[list[Answer]]:
+    services = {
+        name: ModelService.load(path, gpu_id=None, batch_size=4)
+        for name, path in model_dirs.items()
+    }
+    answers = []
+    for model, calls, explain in batches:
+        requests = [
+            InferenceRequest(f"req-{i}", call.body, call.content_type, {}, {})
+            for i, call in enumerate(calls)
+        ]
+        results = services[model].handle(requests, explain=explain)
+        answers.append([Answer(r.status, r.body, r.content_type, r.headers) for r in results])
+    return answers
+
+
+def test_an_installed_torchserve_is_not_shadowed() -> None:
+    assert importlib.util.find_spec("ts") is not None
+    assert ts_compat.install() is False
+    import ts
+
+    assert "site-packages" in str(ts.__file__)
+
+
+def test_handlers_run_the_same_without_torchserve(
+    model_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    facts, shimmed = run_without_torchserve(tmp_path, model_dirs, BATCHES)
+    assert facts["ts_installed_before"] is False
+    assert Path(facts["ts_file"]).parent.parent == Path(ts_compat.SHIM_ROOT)
+    native = serve_here(model_dirs, BATCHES)
+    statuses = [[answer.status for answer in batch] for batch in shimmed]
+    assert statuses == [[200, 200], [400], [200], [200], [422]]
+    for ours, theirs in zip(shimmed, native, strict=True):
+        for mine, reference in zip(ours, theirs, strict=True):
+            assert (mine.status, mine.content_type, mine.headers) == (
+                reference.status,
+                reference.content_type,
+                reference.headers,
+            )
+            assert same_json(mine.json(), reference.json()), (mine.body, reference.body)
