@@ -49,14 +49,14 @@ def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     mlp = write_handler(folder, "mlp_handler", MLP_HANDLER)
     top2 = write_handler(folder, "top_two", TOP_TWO_HANDLER)
     fn = write_handler(folder, "fn_handler", FUNCTION_HANDLER)
-    torchscript = ["--serialized-file", folder / "model.pt"]
+    torchscript: list[str | Path] = ["--serialized-file", folder / "model.pt"]
     eager = [
         "--model-file",
         folder / "classifier.py",
         "--serialized-file",
         folder / "classifier.pth",
     ]
-    flags = {
+    flags: dict[str, list[str | Path]] = {
         "mlp": [*torchscript, "--handler", mlp],
         "top2": [*eager, "--handler", top2, "--extra-files", folder / "index_to_name.json"],
         "fn": [*torchscript, "--handler", f"{fn.with_suffix('')}:infer"],
