@@ -50,12 +50,8 @@ def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     top2 = write_handler(folder, "top_two", TOP_TWO_HANDLER)
     fn = write_handler(folder, "fn_handler", FUNCTION_HANDLER)
     torchscript: list[str | Path] = ["--serialized-file", folder / "model.pt"]
-    eager = [
-        "--model-file",
-        folder / "classifier.py",
-        "--serialized-file",
-        folder / "classifier.pth",
-    ]
+    eager: list[str | Path] = ["--model-file", folder / "classifier.py"]
+    eager += ["--serialized-file", folder / "classifier.pth"]
     flags: dict[str, list[str | Path]] = {
         "mlp": [*torchscript, "--handler", mlp],
         "top2": [*eager, "--handler", top2, "--extra-files", folder / "index_to_name.json"],
