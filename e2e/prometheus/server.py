@@ -153,13 +153,10 @@ class LocalPrometheus:
     # ----- HTTP API -----
     def api(self, path: str, **params: str | float) -> Any:
         query = urllib.parse.urlencode({k: str(v) for k, v in params.items()})
-        request = urllib.request.Request(
-            f"{self.url}/api/v1/{path}",
-            data=query.encode(),
-            headers={"Content-Type": "application/x-www-form-urlencoded"},
-        )
         try:
-            with urllib.request.urlopen(request, timeout=30) as response:
+            with urllib.request.urlopen(
+                f"{self.url}/api/v1/{path}?{query}", timeout=30
+            ) as response:
                 body = json.load(response)
         except urllib.error.HTTPError as error:
             body = json.load(error)

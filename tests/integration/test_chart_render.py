@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
+from marfleet.operator import labels
 
 from e2e.prometheus import chart, contract, promql
 
@@ -35,7 +36,7 @@ def test_template_renders_namespaced_objects_with_two_operator_replicas_by_defau
     set_replicas = yaml.safe_load(values.read_text()).get("operator", {}).get("replicas")
     assert deployment["spec"]["replicas"] == (set_replicas or 2)
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    assert container["args"] == ["operator"]
+    assert container["args"][0] == "operator"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
 
 
@@ -152,3 +153,24 @@ def test_dashboards_carry_the_grafana_sidecar_label(
     assert len(maps) == 3
     for config_map in maps:
         assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+
+
+def test_pod_monitors_select_the_pods_the_operator_labels(
+    monitoring_objects: list[dict[str, Any]],
+) -> None:
+    monitors = {
+        m["spec"]["selector"]["matchLabels"][labels.COMPONENT]: m
+        for m in chart.objects_of_kind(monitoring_objects, "PodMonitor")
+    }
+    assert set(monitors) == {labels.RUNTIME, labels.ROUTER}
+    for component, monitor in monitors.items():
+        assert monitor["spec"]["selector"]["matchLabels"] == {
+            labels.MANAGED_BY: labels.OPERATOR,
+            labels.COMPONENT: component,
+        }
+    (relabel,) = monitors[labels.RUNTIME]["spec"]["podMetricsEndpoints"][0]["relabelings"]
+    pod_label = re.sub(r"[^a-zA-Z0-9_]", "_", labels.ISVC)
+    assert relabel == {
+        "sourceLabels": [f"__meta_kubernetes_pod_label_{pod_label}"],
+        "targetLabel": "isvc",
+    }

@@ -13,7 +13,7 @@ COPY runtime/ runtime/
 RUN pip wheel --no-deps --wheel-dir /wheels . \
  && pip wheel --wheel-dir /wheels \
       "kopf>=1.37" "kubernetes>=30" "pyyaml>=6" "prometheus-client>=0.20" "httpx>=0.27" \
-      "jinja2>=3.1" "aiohttp>=3.9"
+      "jinja2>=3.1" "aiohttp>=3.9" "httptools>=0.6" "uvloop>=0.19"
 
 FROM ${PYTHON_IMAGE}
 ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 PIP_NO_CACHE_DIR=1

@@ -1,5 +1,5 @@
 {{/*
-Pod labels the operator puts on the pods it creates (marfleet.operator renderers), and the
+Pod labels the operator puts on the pods it creates (marfleet.operator.labels), and the
 relabeling that turns them into the `isvc` label every rule and dashboard groups by.
 */}}
 {{- define "marfleet.podMonitorRelabelings" -}}
@@ -26,7 +26,7 @@ spec:
     {{- end }}
   selector:
     matchLabels:
-      app.kubernetes.io/part-of: marfleet
+      app.kubernetes.io/managed-by: marfleet-operator
       app.kubernetes.io/component: {{ .component }}
   podMetricsEndpoints:
     - port: metrics
@@ -35,5 +35,8 @@ spec:
       {{- if eq .component "runtime" }}
       relabelings:
         {{- include "marfleet.podMonitorRelabelings" .root | nindent 8 }}
+      {{- else }}
+      # The router labels its series with isvc and namespace itself.
+      honorLabels: true
       {{- end }}
 {{- end }}

@@ -4,6 +4,8 @@
   valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
 - name: MARFLEET_OPERATOR_POD_NAME
   valueFrom: {fieldRef: {fieldPath: metadata.name}}
+- name: MARFLEET_LEASE_NAME
+  value: {{ include "marfleet.leaseName" . | quote }}
 - name: MARFLEET_WATCH_NAMESPACES
   value: {{ join "," .Values.operator.watchNamespaces | quote }}
 - name: MARFLEET_LOG_LEVEL
@@ -20,4 +22,16 @@
   value: {{ .Values.autoscaling.keda.prometheusAddress | quote }}
 - name: MARFLEET_KEDA_AUTHENTICATION_REF
   value: {{ .Values.autoscaling.keda.authenticationRef | quote }}
+{{- end }}
+
+{{- define "marfleet.leaseName" -}}
+{{ include "marfleet.fullname" . }}-operator
+{{- end }}
+
+{{/* Labels the operator puts on the ServiceMonitors it creates, so the same Prometheus picks them. */}}
+{{- define "marfleet.operatorArgs" -}}
+- operator
+{{- range $key, $value := .Values.monitoring.labels }}
+- {{ printf "--service-monitor-label=%s=%s" $key $value | quote }}
+{{- end }}
 {{- end }}

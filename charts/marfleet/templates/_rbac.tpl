@@ -1,47 +1,42 @@
 {{/*
-What the operator does, as RBAC rules; nothing outside this list is granted.
+What the operator does, as RBAC rules (read from marfleet.operator: the kinds it watches and
+applies, status by server-side apply, Events, its leader Lease); nothing else is granted.
 workloadRules: in every watched namespace (or cluster-wide when all are watched).
 */}}
 {{- define "marfleet.workloadRules" -}}
 - apiGroups: [serving.marfleet.io]
   resources: [inferenceservices]
-  verbs: [get, list, watch, patch, update]
+  verbs: [get, list, watch]
 - apiGroups: [serving.marfleet.io]
   resources: [inferenceservices/status]
-  verbs: [get, patch, update]
+  verbs: [get, patch]
+- apiGroups: [""]
+  resources: [configmaps, services]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, list, watch, create, patch, update, delete]
-- apiGroups: [""]
-  resources: [services]
-  verbs: [get, list, watch, create, patch, update, delete]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
-  verbs: [get, list, watch, create, patch, update, delete]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
-  verbs: [get, list, watch, create, patch, update, delete]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [keda.sh]
   resources: [scaledobjects]
-  verbs: [get, list, watch, create, patch, update, delete]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [monitoring.coreos.com]
   resources: [servicemonitors]
-  verbs: [get, list, watch, create, patch, update, delete]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [""]
-  resources: [pods]
-  verbs: [get, list, watch]
-- apiGroups: ["", events.k8s.io]
   resources: [events]
-  verbs: [create, patch]
+  verbs: [create]
 {{- end }}
 
-{{/* clusterRules: cluster-scoped reads the operator needs wherever it watches. */}}
+{{/* clusterRules: the operator notices KEDA or the Prometheus Operator being installed. */}}
 {{- define "marfleet.clusterRules" -}}
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
-  verbs: [get, list, watch]
-- apiGroups: [""]
-  resources: [namespaces]
   verbs: [get, list, watch]
 {{- end }}
 
@@ -52,6 +47,6 @@ workloadRules: in every watched namespace (or cluster-wide when all are watched)
   verbs: [create]
 - apiGroups: [coordination.k8s.io]
   resources: [leases]
-  resourceNames: [{{ include "marfleet.fullname" . }}-operator]
-  verbs: [get, watch, update, patch]
+  resourceNames: [{{ include "marfleet.leaseName" . }}]
+  verbs: [get, update]
 {{- end }}
