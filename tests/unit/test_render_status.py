@@ -1,0 +1,211 @@
+"""Status computed from what the children report: conditions, transitions, per-variant state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marfleet.operator import render, spec, status
+
+CTX = render.RenderContext(default_image="img")
+T0 = "2030-01-01T00:00:00Z"
+T1 = "2030-01-01T00:05:00Z"
+
+
+def isvc_obj(engine: str = "hpa", uri: str = "https://h/b.mar") -> dict[str, Any]:
+    return {
+        "metadata": {"name": "m", "namespace": "ns", "uid": "u", "generation": 4},
+        "spec": {
+            "variants": [
+                {"name": "a", "weight": 70, "model": {"uri": "https://h/a.mar", "version": "1"}},
+                {"name": "b", "weight": 30, "model": {"uri": uri, "version": "2"}},
+            ],
+            "autoscaling": {"engine": engine},
+        },
+    }
+
+
+def deployment(name: str, ready: int, wanted: int = 1, observed: bool = True) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "generation": 2},
+        "spec": {"replicas": wanted},
+        "status": {
+            "observedGeneration": 2 if observed else 1,
+            "replicas": wanted,
+            "updatedReplicas": wanted,
+            "readyReplicas": ready,
+            "availableReplicas": ready,
+        },
+    }
+
+
+def children(ready: int = 1) -> dict[tuple[str, str], Any]:
+    return {
+        ("Deployment", "m-a"): deployment("m-a", ready),
+        ("Deployment", "m-b"): deployment("m-b", ready),
+        ("Service", "m"): {"metadata": {"name": "m"}},
+    }
+
+
+def compute(
+    obj: dict[str, Any],
+    kids: dict[tuple[str, str], Any],
+    previous: dict[str, Any] | None = None,
+    errors: list[str] | None = None,
+    now: str = T0,
+    ctx: render.RenderContext = CTX,
+) -> tuple[dict[str, Any], list[status.Transition]]:
+    isvc = spec.parse(obj)
+    return status.compute(
+        isvc,
+        render.render(isvc, ctx),
+        kids,
+        ctx,
+        previous=previous or {},
+        errors=errors or [],
+        now=now,
+    )
+
+
+def conditions(st: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {c["type"]: (c["status"], c["reason"]) for c in st["conditions"]}
+
+
+def test_nothing_created_yet() -> None:
+    st, transitions = compute(isvc_obj(), {})
+    assert conditions(st) == {
+        "Ready": ("False", "VariantsNotReady"),
+        "ModelsReady": ("False", "VariantsNotReady"),
+        "TrafficReady": ("False", "ServiceMissing"),
+        "AutoscalingReady": ("True", "HorizontalPodAutoscaler"),
+    }
+    assert "a: Deployment m-a not created yet" in st["conditions"][1]["message"]
+    assert [t.type for t in transitions] == [
+        "Ready",
+        "ModelsReady",
+        "TrafficReady",
+        "AutoscalingReady",
+    ]
+
+
+def test_converged_status_and_fields() -> None:
+    st, _ = compute(isvc_obj(), children())
+    assert conditions(st)["Ready"] == ("True", "Ready")
+    assert conditions(st)["ModelsReady"] == ("True", "ModelsServing")
+    assert conditions(st)["TrafficReady"] == ("True", "RouterNotAvailable")
+    assert st["observedGeneration"] == 4
+    assert st["url"] == "http://m.ns.svc.cluster.local"
+    assert st["traffic"] == "a=70,b=30"
+    assert st["variants"] == [
+        {
+            "name": "a",
+            "weight": 70,
+            "replicas": 1,
+            "readyReplicas": 1,
+            "modelVersion": "1",
+            "modelURI": "https://h/a.mar",
+        },
+        {
+            "name": "b",
+            "weight": 30,
+            "replicas": 1,
+            "readyReplicas": 1,
+            "modelVersion": "2",
+            "modelURI": "https://h/b.mar",
+        },
+    ]
+    assert all(
+        c["lastTransitionTime"] == T0 and c["observedGeneration"] == 4 for c in st["conditions"]
+    )
+
+
+def test_recomputing_a_converged_status_changes_nothing() -> None:
+    first, _ = compute(isvc_obj(), children())
+    again, transitions = compute(isvc_obj(), children(), previous=first, now=T1)
+    assert again == first
+    assert transitions == []
+
+
+def test_transition_time_moves_only_with_status() -> None:
+    first, _ = compute(isvc_obj(), {}, now=T0)
+    creating, _ = compute(isvc_obj(), children(ready=0), previous=first, now=T1)
+    models = next(c for c in creating["conditions"] if c["type"] == "ModelsReady")
+    assert (models["status"], models["lastTransitionTime"]) == ("False", T0)
+    ready, transitions = compute(isvc_obj(), children(), previous=creating, now=T1)
+    assert next(c for c in ready["conditions"] if c["type"] == "Ready")["lastTransitionTime"] == T1
+    assert {(t.type, t.status) for t in transitions} == {("Ready", "True"), ("ModelsReady", "True")}
+
+
+def test_rollout_in_progress_is_not_ready() -> None:
+    kids = children()
+    kids[("Deployment", "m-b")] = deployment("m-b", 1, observed=False)
+    st, _ = compute(isvc_obj(), kids)
+    assert conditions(st)["ModelsReady"] == ("False", "VariantsNotReady")
+    assert "b: 1/1 replicas ready and updated" in st["conditions"][1]["message"]
+
+
+def test_unsupported_uri_is_reported() -> None:
+    st, _ = compute(isvc_obj(uri="s3://bucket/b.mar"), children())
+    assert conditions(st)["ModelsReady"] == ("False", "UnsupportedModelURI")
+    assert conditions(st)["Ready"] == ("False", "UnsupportedModelURI")
+    assert "variant b: model URI scheme 's3' is not supported yet" in st["conditions"][0]["message"]
+
+
+def test_apply_errors_make_it_not_ready() -> None:
+    st, _ = compute(isvc_obj(), children(), errors=["Deployment m-a: invalid"])
+    assert conditions(st)["Ready"] == ("False", "ApplyFailed")
+    assert st["conditions"][0]["message"] == "Deployment m-a: invalid"
+
+
+def test_keda_missing_does_not_block_readiness() -> None:
+    st, _ = compute(isvc_obj(engine="keda"), children())
+    assert conditions(st)["AutoscalingReady"] == ("False", "KedaNotInstalled")
+    assert conditions(st)["Ready"] == ("True", "Ready")
+    keda = render.RenderContext(default_image="img", keda_installed=True)
+    st, _ = compute(isvc_obj(engine="keda"), children(), ctx=keda)
+    assert conditions(st)["AutoscalingReady"] == ("True", "ScaledObject")
+
+
+def test_hpa_without_metrics_is_reported() -> None:
+    hpa = {
+        "metadata": {"name": "m-b"},
+        "status": {
+            "conditions": [
+                {
+                    "type": "ScalingActive",
+                    "status": "False",
+                    "reason": "FailedGetPodsMetric",
+                    "message": "unable to get metric marfleet_requests_per_second",
+                }
+            ]
+        },
+    }
+    kids = children()
+    kids[("HorizontalPodAutoscaler", "m-b")] = hpa
+    st, _ = compute(isvc_obj(), kids)
+    assert conditions(st)["AutoscalingReady"] == ("False", "FailedGetPodsMetric")
+    assert "HorizontalPodAutoscaler m-b: unable to get metric" in st["conditions"][3]["message"]
+
+
+def test_router_must_be_available_when_used() -> None:
+    ctx = render.RenderContext(default_image="img", router_enabled=True)
+    st, _ = compute(isvc_obj(), children(), ctx=ctx)
+    assert conditions(st)["TrafficReady"] == ("False", "RouterNotReady")
+    kids = children()
+    kids[("Deployment", "m-router")] = deployment("m-router", 2, wanted=2)
+    st, _ = compute(isvc_obj(), kids, ctx=ctx)
+    assert conditions(st)["TrafficReady"] == ("True", "Routed")
+
+
+def test_own_part_leaves_other_controllers_conditions_out() -> None:
+    stored = {
+        "url": "u",
+        "conditions": [
+            {"type": "Ready", "status": "True"},
+            {"type": "RolloutProgressing", "status": "True"},
+        ],
+        "somethingElse": 1,
+    }
+    assert status.own_part(stored) == {
+        "url": "u",
+        "conditions": [{"type": "Ready", "status": "True"}],
+    }
