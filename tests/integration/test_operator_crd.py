@@ -1,0 +1,150 @@
+"""The CRD in a real apiserver: invalid InferenceServices are refused at `kubectl apply` with
+messages that say what to fix, and `kubectl explain` documents every field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from e2e.localcluster import LocalCluster
+
+pytestmark = pytest.mark.slow
+
+CRD = Path(__file__).resolve().parents[2] / "crds" / "inferenceservice.yaml"
+CRD_NAME = "inferenceservices.serving.marfleet.io"
+
+
+def install_crd(cluster: LocalCluster) -> None:
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    cluster.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s")
+
+
+@pytest.fixture(scope="module")
+def crd_cluster(cluster: LocalCluster) -> LocalCluster:
+    install_crd(cluster)
+    return cluster
+
+
+def manifest(spec: str, name: str = "bad") -> str:
+    return (
+        "apiVersion: serving.marfleet.io/v1alpha1\nkind: InferenceService\n"
+        f"metadata: {{name: {name}, namespace: default}}\nspec:\n{spec}"
+    )
+
+
+ONE = "  variants:\n  - {name: a, model: {uri: 'https://h/a.mar'}}\n"
+
+INVALID = {
+    "weights not summing to 100": (
+        manifest(
+            "  variants:\n"
+            "  - {name: a, weight: 50, model: {uri: 'https://h/a.mar'}}\n"
+            "  - {name: b, weight: 40, model: {uri: 'https://h/b.mar'}}\n"
+        ),
+        ["spec.variants", "variant weights must sum to 100"],
+    ),
+    "duplicate variant names": (
+        manifest(
+            "  variants:\n"
+            "  - {name: a, weight: 50, model: {uri: 'https://h/a.mar'}}\n"
+            "  - {name: a, weight: 50, model: {uri: 'https://h/b.mar'}}\n"
+        ),
+        ["variant names must be unique"],
+    ),
+    "minReplicas above maxReplicas": (
+        manifest(ONE + "  autoscaling: {minReplicas: 5, maxReplicas: 2}\n"),
+        ["spec.autoscaling.minReplicas", "must not be greater than maxReplicas"],
+    ),
+    "negative GPU count": (
+        manifest(ONE + "  resources: {accelerator: {count: -1}}\n"),
+        ["spec.resources.accelerator.count", "should be greater than or equal to 0"],
+    ),
+    "unknown metric": (
+        manifest(ONE + "  autoscaling: {metric: qps}\n"),
+        ['Unsupported value: "qps"', '"requestsPerSecond", "inflightRequests", "cpu"'],
+    ),
+    "unknown engine": (
+        manifest(ONE + "  autoscaling: {engine: magic}\n"),
+        ['Unsupported value: "magic"', '"hpa", "keda", "none"'],
+    ),
+    "more than 8 variants": (
+        manifest(
+            "  variants:\n"
+            + "".join(
+                f"  - {{name: v{i}, weight: {10 if i < 8 else 20}, model: {{uri: 'https://h/m.mar'}}}}\n"
+                for i in range(9)
+            )
+        ),
+        ["spec.variants", "must have at most 8 items"],
+    ),
+    "HPA scaling to zero": (
+        manifest(ONE + "  autoscaling: {minReplicas: 0}\n"),
+        ["engine hpa cannot scale to zero"],
+    ),
+    "URI without a scheme": (
+        manifest("  variants:\n  - {name: a, model: {uri: models/a.mar}}\n"),
+        ["spec.variants[0].model.uri", "must be a URI with a scheme"],
+    ),
+    "reserved variant name": (
+        manifest("  variants:\n  - {name: router, model: {uri: 'https://h/a.mar'}}\n"),
+        ["variant name 'router' is reserved"],
+    ),
+    "cpu metric without a cpu request": (
+        manifest(ONE + "  autoscaling: {metric: cpu}\n"),
+        ["needs resources.requests.cpu"],
+    ),
+    "GPU products without GPUs": (
+        manifest(ONE + "  resources: {accelerator: {products: [NVIDIA-H100-80GB-HBM3]}}\n"),
+        ["accelerator.products only places GPU replicas"],
+    ),
+    "names too long for a Service": (
+        manifest(
+            "  variants:\n  - {name: " + "v" * 40 + ", model: {uri: 'https://h/a.mar'}}\n",
+            name="n" * 30,
+        ),
+        ["must be at most 63 characters"],
+    ),
+    "rollout steps not ending at 100": (
+        manifest(ONE + "  rollout: {steps: [10, 50]}\n"),
+        ["rollout.steps must end at 100"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(INVALID))
+def test_invalid_manifest_is_refused(crd_cluster: LocalCluster, case: str) -> None:
+    text, fragments = INVALID[case]
+    result = crd_cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=text, check=False)
+    assert result.returncode != 0, f"{case}: accepted"
+    assert 'The InferenceService "' in result.stderr and "is invalid" in result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr, result.stderr
+
+
+def test_design_example_is_accepted_and_defaulted(crd_cluster: LocalCluster) -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "resnet50-canary.yaml"
+    isvc = next(
+        d for d in yaml.safe_load_all(example.read_text()) if d["kind"] == "InferenceService"
+    )
+    isvc["metadata"]["namespace"] = "default"
+    result = crd_cluster.kubectl(
+        "apply", "--dry-run=server", "-f", "-", "-o", "yaml", input=yaml.safe_dump(isvc)
+    )
+    assert "maxBatchSize: 8" in result.stdout
+    minimal = manifest(ONE, name="ok")
+    defaulted = crd_cluster.kubectl(
+        "apply", "--dry-run=server", "-f", "-", "-o", "json", input=minimal
+    )
+    assert '"engine": "hpa"' in defaulted.stdout and '"queueSize": 1000' in defaulted.stdout
+
+
+def test_kubectl_explain_documents_fields(crd_cluster: LocalCluster) -> None:
+    text = crd_cluster.kubectl("explain", "inferenceservice.spec.autoscaling").stdout
+    assert "How each variant's replica count follows its own traffic" in text
+    for field in ("minReplicas", "maxReplicas", "metric", "targetPerReplica", "engine"):
+        assert field in text
+    short = crd_cluster.kubectl("get", "mfisvc", "-A").returncode
+    category = crd_cluster.kubectl("get", "marfleet", "-A").returncode
+    assert (short, category) == (0, 0)
