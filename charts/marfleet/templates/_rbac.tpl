@@ -40,11 +40,11 @@ workloadRules: in every watched namespace (or cluster-wide when all are watched)
   verbs: [get, list, watch]
 {{- end }}
 
-{{/* electionRules: in the release namespace only, to elect the one acting replica. */}}
+{{/*
+electionRules: in the release namespace only, the one Lease the replicas elect the acting one
+with (operator-lease.yaml makes it, so no `create`).
+*/}}
 {{- define "marfleet.electionRules" -}}
-- apiGroups: [coordination.k8s.io]
-  resources: [leases]
-  verbs: [create]
 - apiGroups: [coordination.k8s.io]
   resources: [leases]
   resourceNames: [{{ include "marfleet.leaseName" . }}]
