@@ -77,4 +77,6 @@ def encode_output(value: Any) -> bytes:
 
 
 def error_body(code: int, message: str) -> bytes:
-    return json.dumps({"code": code, "type": ERROR_TYPE, "message": message}, indent=2).encode()
+    """TorchServe's error document, byte for byte (two-space indents, a final newline)."""
+    document = {"code": code, "type": ERROR_TYPE, "message": message}
+    return (json.dumps(document, indent=2) + "\n").encode()
