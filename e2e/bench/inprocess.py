@@ -1,0 +1,105 @@
+"""A handler's throughput with no server at all: the denominator of serving efficiency.
+
+Runs in its own process with one torch thread (as the servers' workers do) and calls the
+handler back to back on batches of the benchmark's JPEG, the way each server's worker calls it:
+`marfleet` through ModelService.handle, `torchserve` through TorchServe 0.12's own Context and
+handler classes. Prints {"rps": ...}.
+
+    python -m e2e.bench.inprocess --impl marfleet --model-dir DIR --batch 8 --seconds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from e2e.bench.archives import jpeg_body
+
+BatchRunner = Callable[[list[bytes]], object]
+
+
+def marfleet_runner(model_dir: Path, batch: int) -> BatchRunner:
+    from marfleet.runtime.handlers.service import InferenceRequest, ModelService
+
+    service = ModelService.load(model_dir, gpu_id=None, batch_size=batch)
+
+    def run(bodies: list[bytes]) -> object:
+        requests = [
+            InferenceRequest(str(i), body, "image/jpeg", {}, {}) for i, body in enumerate(bodies)
+        ]
+        return service.handle(requests)
+
+    return run
+
+
+def torchserve_runner(model_dir: Path, batch: int) -> BatchRunner:
+    import ts
+    from ts.context import Context, RequestProcessor
+    from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
+
+    # TorchServe's handlers report HandlerTime with dimensions its default metrics.yaml lacks
+    logging.getLogger("ts.metrics").setLevel(logging.CRITICAL)
+    manifest = json.loads((model_dir / "MAR-INF" / "MANIFEST.json").read_text())
+    metrics = MetricsCacheYamlImpl(str(Path(ts.__file__).parent / "configs" / "metrics.yaml"))
+    metrics.initialize_cache()
+    context = Context(
+        manifest["model"]["modelName"],
+        str(model_dir),
+        manifest,
+        batch,
+        None,
+        "0.12.0",
+        metrics=metrics,
+        model_yaml_config={},
+    )
+    module = importlib.import_module("ts.torch_handler." + manifest["model"]["handler"])
+    handler = module.ImageClassifier()
+    handler.initialize(context)
+    context.request_processor = [RequestProcessor({"body": "image/jpeg"}) for _ in range(batch)]
+
+    def run(bodies: list[bytes]) -> object:
+        return handler.handle([{"body": body} for body in bodies], context)
+
+    return run
+
+
+def measure(run: BatchRunner, batch: int, seconds: float) -> float:
+    bodies = [jpeg_body()] * batch
+    warm_until = time.perf_counter() + min(3.0, seconds / 3)
+    while time.perf_counter() < warm_until:  # first calls pay for oneDNN/JIT set-up
+        run(bodies)
+    count = 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        run(bodies)
+        count += batch
+    return count / (time.perf_counter() - started)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="inprocess", description=__doc__.splitlines()[0])
+    parser.add_argument("--impl", choices=("marfleet", "torchserve"), required=True)
+    parser.add_argument("--model-dir", type=Path, required=True)
+    parser.add_argument("--batch", type=int, required=True)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    os.chdir(args.model_dir)
+    sys.path.insert(0, str(args.model_dir))
+    factory = marfleet_runner if args.impl == "marfleet" else torchserve_runner
+    rps = measure(factory(args.model_dir, args.batch), args.batch, args.seconds)
+    print(json.dumps({"impl": args.impl, "batch": args.batch, "rps": round(rps, 2)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,177 @@
+"""`make bench`: marfleet serve and TorchServe 0.12 side by side, in one run, on one machine.
+
+Same archives (packed by torch-model-archiver), same worker count and batching settings, same
+thread limits; the servers run one after the other (never at once) and the load comes from a
+separate process (`loadgen`). Scenarios:
+
+    (a) overhead floor: tiny MLP, JSON body, batchSize 8 / maxBatchDelay 5 ms,
+        concurrency 16 and 64 -> req/s, p50, p99
+    (b) ResNet-18 (random weights), JPEG body, batch 1 (concurrency 4) and batch 8
+        (maxBatchDelay 50 ms, concurrency 16) -> req/s, p99, and serving efficiency =
+        served req/s / the same handler's in-process req/s at that batch size
+
+Prints a Markdown table and writes every number to --out (JSON).
+
+    .venv/bin/python -m e2e.bench.run --duration 15 --out bench-results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from marfleet.runtime.archive.reader import load_archive
+
+from e2e.bench.archives import build_archives, jpeg_body, mlp_body
+from e2e.bench.servers import RunningServer, start
+
+SERVERS = ("torchserve", "marfleet")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    model: str
+    concurrency: int
+    body_file: str
+    content_type: str
+    batch: int
+
+
+SCENARIOS = (
+    Scenario("mlp-c16", "mlp", 16, "mlp.json", "application/json", 8),
+    Scenario("mlp-c64", "mlp", 64, "mlp.json", "application/json", 8),
+    Scenario("resnet18-b1", "resnet_b1", 4, "image.jpg", "image/jpeg", 1),
+    Scenario("resnet18-b8", "resnet_b8", 16, "image.jpg", "image/jpeg", 8),
+)
+
+
+def _python(module: str, *args: str, cwd: Path | None = None) -> dict[str, Any]:
+    output = subprocess.run(
+        [sys.executable, "-m", module, *args], check=True, capture_output=True, text=True, cwd=cwd
+    ).stdout
+    result: dict[str, Any] = json.loads(output.strip().splitlines()[-1])
+    return result
+
+
+def in_process(impl: str, model_dir: Path, batch: int, seconds: float) -> float:
+    args = [
+        "--impl",
+        impl,
+        "--model-dir",
+        str(model_dir),
+        "--batch",
+        str(batch),
+        "--seconds",
+        str(seconds),
+    ]
+    return float(_python("e2e.bench.inprocess", *args, cwd=Path.cwd())["rps"])
+
+
+def run_scenario(
+    server: RunningServer, scenario: Scenario, root: Path, duration: float, warmup: float
+) -> dict[str, Any]:
+    before = server.cpu_seconds()
+    result = _python(
+        "e2e.bench.loadgen",
+        "--url",
+        f"{server.url('inference')}/predictions/{scenario.model}",
+        "--body-file",
+        str(root / scenario.body_file),
+        "--content-type",
+        scenario.content_type,
+        "--concurrency",
+        str(scenario.concurrency),
+        "--duration",
+        str(duration),
+        "--warmup",
+        str(warmup),
+    )
+    after = server.cpu_seconds()
+    requests = max(1, int(result["requests"]))
+    for part in ("frontend", "workers"):
+        spent = after[part] - before[part]
+        result[f"{part}_cpu_us_per_request"] = round(spent / requests * 1e6, 1)
+    return result
+
+
+def bench_server(
+    name: str, store: Path, root: Path, duration: float, warmup: float
+) -> dict[str, Any]:
+    server = start(name, store, root / name)
+    try:
+        server.register("mlp.mar", "mlp", batch_size=8, max_batch_delay=5)
+        server.register("resnet18.mar", "resnet_b1", batch_size=1, max_batch_delay=5)
+        server.register("resnet18.mar", "resnet_b8", batch_size=8, max_batch_delay=50)
+        results = {}
+        for scenario in SCENARIOS:
+            results[scenario.name] = run_scenario(server, scenario, root, duration, warmup)
+            print(f"{name} {scenario.name}: {json.dumps(results[scenario.name])}", flush=True)
+        return results
+    finally:
+        server.stop()
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = [
+        "| scenario | server | req/s | p50 ms | p99 ms | efficiency "
+        "| frontend CPU µs/req | worker CPU µs/req |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for scenario in SCENARIOS:
+        for name in SERVERS:
+            row = results["served"][name][scenario.name]
+            baseline = results["in_process"].get(name, {}).get(str(scenario.batch))
+            efficiency = (
+                f"{row['rps'] / baseline:.0%}"
+                if baseline and scenario.model.startswith("resnet")
+                else ""
+            )
+            cpu = f"{row['frontend_cpu_us_per_request']} | {row['workers_cpu_us_per_request']}"
+            lines.append(
+                f"| {scenario.name} | {name} | {row['rps']} | {row['p50_ms']} | {row['p99_ms']} | "
+                f"{efficiency} | {cpu} |"
+            )
+    for name in SERVERS:
+        for batch, rps in results["in_process"][name].items():
+            lines.append(
+                f"| resnet18 in-process batch {batch} | {name} handler | {rps} | | | | | |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=15.0)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--out", type=Path, default=Path("bench-results.json"))
+    args = parser.parse_args(argv)
+    root = Path(tempfile.mkdtemp(prefix="marfleet-bench-"))
+    store, work = root / "store", root / "work"
+    store.mkdir()
+    work.mkdir()
+    build_archives(store, work)
+    (root / "mlp.json").write_bytes(mlp_body())
+    (root / "image.jpg").write_bytes(jpeg_body())
+    model_dir = load_archive(store / "resnet18.mar", root / "resnet18-unpacked").model_dir
+    results: dict[str, Any] = {"in_process": {}, "served": {}}
+    for name in SERVERS:
+        results["in_process"][name] = {
+            str(batch): in_process(name, model_dir, batch, args.duration) for batch in (1, 8)
+        }
+        print(f"{name} in-process: {results['in_process'][name]}", flush=True)
+    for name in SERVERS:
+        results["served"][name] = bench_server(name, store, root, args.duration, args.warmup)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
