@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import glob
 import io
+import logging
 import os
 import shutil
 import sys
@@ -33,6 +34,8 @@ from marfleet.runtime.archive.manifest import (
     validate_model_name,
 )
 from marfleet.runtime.archive.progress import Progress, ProgressReader
+
+logger = logging.getLogger(__name__)
 
 # Handler names the Python runtime resolves itself; the archiver never copies a file for them.
 PYTHON_BUILTIN_HANDLERS = frozenset(
@@ -154,10 +157,7 @@ def _extra_members(entry: str) -> dict[str, Path]:
         raise ArchiveError(f"--extra-files: {entry} does not exist")
     matches = sorted(glob.glob(entry))
     if is_pattern and not matches:
-        print(
-            f"marfleet archive: warning: --extra-files pattern {entry!r} matched no file",
-            file=sys.stderr,
-        )
+        logger.warning("--extra-files pattern %r matched no file", entry)
     members: dict[str, Path] = {}
     for match in map(Path, matches):
         if match.is_file():

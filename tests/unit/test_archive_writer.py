@@ -203,9 +203,17 @@ def test_export_path_must_be_a_directory(inputs: Path) -> None:
         write_archive(ArchiveSpec("m", "1", "image_classifier"), Path("no/such/dir"))
 
 
-def test_an_unmatched_glob_only_warns(inputs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_unmatched_glob_only_warns(inputs: Path, caplog: pytest.LogCaptureFixture) -> None:
     write_archive(ArchiveSpec("m", "1", "image_classifier", extra_files=("*.bin",)), Path("out"))
-    assert "'*.bin' matched no file" in capsys.readouterr().err
+    assert "'*.bin' matched no file" in caplog.text
+
+
+def test_lsp_runtime_handlers(inputs: Path) -> None:
+    spec = ArchiveSpec("cpp", "1", "TorchScriptHandler", runtime="LSP")
+    assert zip_names(write_archive(spec, Path("out"))) == ["MAR-INF/MANIFEST.json"]
+    assert zip_manifest(Path("out/cpp.mar"))["runtime"] == "LSP"
+    with pytest.raises(ArchiveError, match=r"--handler libcustom\.so does not exist"):
+        write_archive(ArchiveSpec("cpp2", "1", "libcustom", runtime="LSP"), Path("out"))
 
 
 def test_cli_takes_torch_model_archiver_flags(

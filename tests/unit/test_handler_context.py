@@ -80,9 +80,11 @@ def test_declared_metrics_take_dimension_values() -> None:
     declared.add_or_update(3, ["resnet"])
     metrics.get_metric("Queries", MetricTypes.COUNTER).add_or_update(1, ["resnet"])
     declared.add_or_update(1, ["too", "many"])
+    declared.update(2, "req-a", [Dimension("ModelName", "vgg")])
     assert metrics.drain() == [
         HandlerMetric("Queries", 3.0, "count", {"ModelName": "resnet"}, "counter"),
         HandlerMetric("Queries", 1.0, "count", {"ModelName": "resnet"}, "counter"),
+        HandlerMetric("Queries", 2.0, "count", {"ModelName": "vgg"}, "counter"),
     ]
     with pytest.raises(KeyError, match="declare it with add_metric_to_cache"):
         metrics.get_metric("Queries", MetricTypes.GAUGE)

@@ -144,13 +144,34 @@ def test_image_classifier_explains_with_integrated_gradients(classifier: ModelSe
     assert torch.tensor(attribution).shape == (3, 224, 224)
 
 
-def test_integrated_gradients_match_captum() -> None:
+@pytest.mark.parametrize("target", [3, [1, 7]])
+def test_integrated_gradients_match_captum(target: int | list[int]) -> None:
     from captum.attr import IntegratedGradients
 
     model = build(TinyImageClassifier)
     inputs = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    expected = IntegratedGradients(model).attribute(inputs, target=3, n_steps=15)
-    assert torch.allclose(integrated_gradients(model, inputs, 3, 15), expected, atol=1e-6)
+    expected = IntegratedGradients(model).attribute(inputs, target=target, n_steps=15)
+    assert torch.allclose(integrated_gradients(model, inputs, target, 15), expected, atol=1e-6)
+
+
+def test_images_over_the_pixel_limit_are_refused(tmp_path: Path) -> None:
+    model_dir = eager_model_dir(tmp_path, "image_classifier", TinyImageClassifier)
+    default = Image.MAX_IMAGE_PIXELS
+    try:
+        service = load(model_dir, limit_max_image_pixels=1000)
+        (result,) = service.handle([post(image_bytes(size=(64, 48)), "image/png")])
+    finally:
+        Image.MAX_IMAGE_PIXELS = default
+    assert result.status == 400
+    assert "more pixels than limit_max_image_pixels" in json.loads(result.body)["message"]
+
+
+def test_describe_requests_get_describe_handle(tmp_path: Path) -> None:
+    write_torchscript(tmp_path)
+    service = load(write_model_dir(tmp_path, "base_handler", model={"serializedFile": "model.pt"}))
+    describe = InferenceRequest("r", b"", "", {"describe": "True"}, {})
+    (result,) = service.handle([describe])
+    assert (result.status, result.body) == (200, b"null")
 
 
 def test_profiling_in_the_model_config_times_each_stage(tmp_path: Path) -> None:
