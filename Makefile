@@ -68,5 +68,8 @@ cluster-up: setup
 cluster-down: venv
 	@$(PY) -m e2e.localcluster down --name $(CLUSTER)
 
+bench: setup
+	$(PY) -m e2e.bench.run --duration $(or $(BENCH_SECONDS),15) --out bench-results/serve-vs-torchserve.json
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

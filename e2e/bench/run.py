@@ -12,7 +12,7 @@ separate process (`loadgen`). Scenarios:
 
 Prints a Markdown table and writes every number to --out (JSON).
 
-    .venv/bin/python -m e2e.bench.run --duration 15 --out bench-results.json
+    .venv/bin/python -m e2e.bench.run --duration 15
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=15.0)
     parser.add_argument("--warmup", type=float, default=3.0)
-    parser.add_argument("--out", type=Path, default=Path("bench-results.json"))
+    parser.add_argument("--out", type=Path, default=Path("bench-results/serve-vs-torchserve.json"))
     args = parser.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="marfleet-bench-"))
     store, work = root / "store", root / "work"
@@ -168,6 +168,7 @@ def main(argv: list[str]) -> int:
         print(f"{name} in-process: {results['in_process'][name]}", flush=True)
     for name in SERVERS:
         results["served"][name] = bench_server(name, store, root, args.duration, args.warmup)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(table(results))
     return 0
