@@ -146,13 +146,18 @@ class Controller:
         isvc = spec.parse(obj)
         ctx = self.render_context()
         desired = render.render(isvc, ctx)
-        errors = [
-            error
-            for want in desired.objects
-            if (error := await self._ensure(key, isvc, want)) is not None
-        ]
-        await self._prune(key, isvc, desired)
-        await self._update_status(key, obj, isvc, desired, ctx, errors)
+        try:
+            errors = [
+                error
+                for want in desired.objects
+                if (error := await self._ensure(key, isvc, want)) is not None
+            ]
+            await self._prune(key, isvc, desired)
+            await self._update_status(key, obj, isvc, desired, ctx, errors)
+        except ApiError as error:
+            if not _going_away(error):
+                raise
+            log.info("namespace or object is being deleted", extra={"isvc": "/".join(key)})
 
     async def _ensure(
         self, key: Key, isvc: spec.InferenceService, want: dict[str, Any]
@@ -174,7 +179,7 @@ class Controller:
         try:
             result = await self._call(self.api.apply, want)
         except ApiError as error:
-            if error.retriable:
+            if error.retriable or _going_away(error):
                 raise
             return f"{kind} {name}: {error.message}"
         self.metrics.writes.labels(verb="apply", kind=kind).inc()
@@ -260,6 +265,8 @@ class Controller:
         try:
             await self._call(self.api.create, event)
         except ApiError as error:
+            if _going_away(error):
+                return
             log.warning(
                 "could not record an event",
                 extra={"isvc": "/".join(key_of(obj)), "reason": reason, "error": str(error)},
@@ -270,3 +277,10 @@ class Controller:
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+
+
+def _going_away(error: ApiError) -> bool:
+    """The InferenceService or its namespace is being deleted: nothing left to reconcile."""
+    return "NamespaceTerminating" in error.causes or (
+        error.status == 404 and error.reason == "NotFound" and spec.PLURAL in error.message
+    )

@@ -44,11 +44,15 @@ CLUSTER_SCOPED = {"CustomResourceDefinition"}
 class ApiError(RuntimeError):
     """A request the API server refused; `status` is the HTTP status (0: no answer)."""
 
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    def __init__(
+        self, status: int, reason: str, message: str, causes: tuple[str, ...] = ()
+    ) -> None:
         super().__init__(f"{status} {reason}: {message}")
         self.status = status
         self.reason = reason
         self.message = message
+        self.causes = causes
+        """The `type` of each cause the server listed (e.g. NamespaceTerminating)."""
 
     @property
     def retriable(self) -> bool:
@@ -203,8 +207,11 @@ def _api_error(status: int, reason: str, body: bytes | str | None) -> ApiError:
     message = body.decode(errors="replace") if isinstance(body, bytes) else (body or "")
     try:
         decoded = json.loads(message)
-        message = decoded.get("message", message)
-        reason = decoded.get("reason", reason)
-    except (ValueError, AttributeError):
-        pass
-    return ApiError(status, reason, message)
+    except ValueError:
+        return ApiError(status, reason, message)
+    if not isinstance(decoded, dict):
+        return ApiError(status, reason, message)
+    causes = tuple(
+        str(cause.get("type", "")) for cause in (decoded.get("details") or {}).get("causes") or []
+    )
+    return ApiError(status, decoded.get("reason", reason), decoded.get("message", message), causes)
