@@ -1,7 +1,8 @@
-"""A real Prometheus scrapes real `marfleet serve` processes under mixed, faulty load, with the
-chart's rules loaded: every dashboard query, dashboard variable, recording rule and adapter rule
-returns data, alerts see the faults, and nothing the chart ships names a metric the running
-components do not export."""
+"""A real Prometheus scrapes real marfleet processes (two `marfleet serve` variants under mixed,
+faulty load, the `marfleet router` in front of them, and `marfleet operator` reconciling on the
+local control plane), with the chart's rules loaded: every dashboard query, dashboard variable,
+recording rule and adapter rule returns data, alerts see the faults, and nothing the chart
+ships names a metric the running components do not export."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from typing import Any
 import pytest
 from marfleet.operator import render
 
+from e2e.localcluster import LocalCluster
 from e2e.prometheus import chart, contract, promql
+from e2e.prometheus.reconciler import ReconcilingOperator
 from e2e.prometheus.server import LocalPrometheus
-from e2e.prometheus.workload import Fleet
+from e2e.prometheus.workload import NAMESPACE, Fleet
 
 pytestmark = pytest.mark.slow
 
@@ -37,17 +40,23 @@ class Observation:
 
 
 @pytest.fixture(scope="module")
-def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observation]:
+def observed(
+    cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Observation]:
     workdir = tmp_path_factory.mktemp("observability")
     objects = chart.template(set_values=chart.MONITORING_ON)
     rules = chart.write_rule_file(objects, workdir / "rules.yaml")
     fleet = Fleet(workdir / "fleet")
-    prometheus = LocalPrometheus(workdir / "prometheus", fleet.targets(), [rules])
-    with fleet, prometheus:
+    operator = ReconcilingOperator(cluster, workdir / "operator", "observability")
+    prometheus = LocalPrometheus(
+        workdir / "prometheus", [*fleet.targets(), operator.target()], [rules]
+    )
+    with fleet, operator, prometheus:
         prometheus.wait_for_targets()
+        fleet.fail_one_load(fleet.pods[0])
         statuses = fleet.drive(LOAD_SECONDS)
         at = time.time() - 1
-        expositions = {pod.name: fleet.metrics_text(pod) for pod in fleet.pods}
+        expositions = {**fleet.expositions(), "operator": operator.metrics_text()}
         time.sleep(3)  # the last scrape and rule evaluation of the load
         yield Observation(objects, prometheus, fleet, at, statuses, expositions)
 
@@ -148,7 +157,7 @@ def test_the_adapter_serves_the_operators_hpa_metrics_per_pod(observed: Observat
     served = {}
     for rule in chart.adapter_rules(observed.objects):
         series = promql.metric_names(rule["seriesQuery"]).pop()
-        query = promql.adapter_to_promql(rule["metricsQuery"], series, "shop", pods)
+        query = promql.adapter_to_promql(rule["metricsQuery"], series, NAMESPACE, pods)
         result = observed.prometheus.query(query, observed.at)
         served[rule["name"]["as"]] = {s["metric"]["pod"] for s in result}
     assert set(served) == set(render.HPA_METRICS.values())
@@ -156,7 +165,7 @@ def test_the_adapter_serves_the_operators_hpa_metrics_per_pod(observed: Observat
 
 
 def test_the_operators_keda_queries_return_data(observed: Observation) -> None:
-    selector = 'namespace="shop",pod=~"cart-stable-.*"'
+    selector = f'namespace="{NAMESPACE}",pod=~"cart-stable-.*"'
     for metric, template in render.KEDA_QUERIES.items():
         query = template.format(selector=selector)
         assert observed.prometheus.query(query, observed.at), f"{metric}: {query}"
