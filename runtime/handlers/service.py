@@ -186,6 +186,9 @@ class ModelService:
             return []
         try:
             return self._handle(batch, explain)
+        except Exception as error:  # the promise is "never raises": a bug here fails the batch
+            self._log_failure(PREDICTION_FAILED[0], "batch failed outside the handler", error)
+            return _failed(len(batch), *PREDICTION_FAILED)
         finally:
             self._flush_metrics()
 
@@ -215,7 +218,7 @@ class ModelService:
         self._metrics.add_time(PREDICTION_METRIC, elapsed_ms)
         try:
             bodies = [encode_output(output) for output in outputs]
-        except TypeError as error:
+        except (TypeError, ValueError) as error:
             self._log_failure(UNSERIALISABLE[0], "handler result is not serialisable", error)
             return _failed(len(batch), *UNSERIALISABLE)
         return [

@@ -33,6 +33,8 @@ from tests.models import (
 from tests.torchserve_tools import torch_model_archiver
 
 torch.set_num_threads(1)
+# TorchServe's BaseHandler loads TorchScript, which torch now warns is deprecated.
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 
 ROWS = [[1.0, -2.0, 0.5, 3.0], [0.0, 1.0, 1.0, -1.0]]
 

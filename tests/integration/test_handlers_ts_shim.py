@@ -28,6 +28,8 @@ from tests.models import (
 from tests.torchserve_tools import torch_model_archiver
 
 torch.set_num_threads(1)
+# TorchServe's BaseHandler loads TorchScript, which torch now warns is deprecated.
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 
 JSON = "application/json"
 Batch = tuple[str, list[Call], bool]

@@ -36,6 +36,10 @@ def handle(data, context):
         return "oops"
     if mode == "unserialisable":
         return [object() for _ in data]
+    if mode == "circular":
+        loop = []
+        loop.append(loop)
+        return [loop for _ in data]
     results = []
     for index, row in enumerate(data):
         context.metrics.add_time("RowTime", 1.0, None, "ms")
@@ -121,6 +125,7 @@ def test_explain_reaches_the_handler_as_torchserves_header(
         ("too-many", 503, "number of batch response mismatched"),
         ("not-a-list", 503, "Invalid model predict output"),
         ("unserialisable", 503, "Unsupported model output data type."),
+        ("circular", 503, "Unsupported model output data type."),
         ("prediction-exception", 422, "the input is not a cat"),
         ("memory", 507, "Out of resources"),
         ("cuda", 507, "Out of resources"),
@@ -139,6 +144,15 @@ def test_each_contract_violation_fails_every_request_of_the_batch(
             "type": "InternalServerException",
             "message": message,
         }
+
+
+def test_a_malformed_request_fails_its_batch_instead_of_raising(
+    service: tuple[ModelService, list[HandlerMetric]],
+) -> None:
+    loaded, _ = service
+    malformed = InferenceRequest("r", b"x", "text/plain", None, {})  # type: ignore[arg-type]
+    (result,) = loaded.handle([malformed])
+    assert (result.status, error_of(result)["message"]) == (500, "Prediction failed")
 
 
 def test_an_empty_batch_calls_nothing(service: tuple[ModelService, list[HandlerMetric]]) -> None:
