@@ -14,6 +14,9 @@ raises: a failed batch answers every request with TorchServe's status and messag
     MemoryError, CUDA errors (out of memory)   507  Out of resources
     any other exception                        500  Prediction failed
 
+(TorchServe 0.12 answers 503 to that last case; the worker contract fixes 500, so that a crash
+is told apart from the contract violations above.)
+
 Metrics the handler records through `context.metrics` (and `PredictionTime`, as TorchServe
 adds) go to `metrics_sink` after load and after every batch.
 """
