@@ -172,8 +172,9 @@ def _extract_zip(archive: Path, staging: Path, limits: ExtractionLimits) -> None
 
                 with bundle.open(info) as source:
                     mode = info.external_attr >> 16
-                    _write_member(source, staging, relative, info.filename, mode, check)
-                    actual.total += info.file_size
+                    actual.total += _write_member(
+                        source, staging, relative, info.filename, mode, check
+                    )
     except zipfile.BadZipFile as error:
         raise ArchiveError(f"{archive} is not a readable zip archive: {error}") from None
 
@@ -201,8 +202,9 @@ def _extract_tgz(archive: Path, staging: Path, limits: ExtractionLimits) -> None
                         budget.check_size(name, written, written)
                         budget.check_ratio(name, budget.total + written, packed.tell())
 
-                    _write_member(source, staging, relative, member.name, member.mode, check)
-                    budget.total += member.size
+                    budget.total += _write_member(
+                        source, staging, relative, member.name, member.mode, check
+                    )
         except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as error:
             raise ArchiveError(f"{archive} is not a readable .tar.gz archive: {error}") from None
 
@@ -236,7 +238,7 @@ def _write_member(
     name: str,
     mode: int,
     check: Callable[[int], None],
-) -> None:
+) -> int:
     """Copy one member, calling `check` with the bytes written so far after every chunk."""
     if relative.parent.parts:
         _make_dir(staging, relative.parent, name)
@@ -246,3 +248,4 @@ def _write_member(
             written += len(chunk)
             check(written)
             sink.write(chunk)
+    return written
