@@ -190,6 +190,16 @@ def test_total_size_limit_names_the_member_that_crosses_it(sandbox: Path) -> Non
     assert_refused(archive, "b.bin", "total size limit", limits)
 
 
+def test_total_size_limit_is_counted_while_streaming_a_tgz(sandbox: Path) -> None:
+    limits = ExtractionLimits(max_total_bytes=1500)
+    archive = make_tgz(
+        sandbox / "total.tar.gz",
+        [tar_member("a.bin"), tar_member("b.bin")],
+        {"a.bin": bytes(1000), "b.bin": bytes(1000)},
+    )
+    assert_refused(archive, "b.bin", "total size limit", limits)
+
+
 def test_too_many_members_is_refused(sandbox: Path) -> None:
     limits = ExtractionLimits(max_members=2)
     archive = make_zip(sandbox / "many.mar", [(f"f{i}", b"") for i in range(3)])
