@@ -59,7 +59,8 @@ class Controller:
         self.store = Store()
         self.queue: WorkQueue[Key] = WorkQueue()
         self.addons: set[str] = set()
-        self._executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="kube")
+        # Each worker applies an InferenceService's children concurrently.
+        self._executor = ThreadPoolExecutor(4 * settings.workers, thread_name_prefix="kube")
         self._reported_errors: dict[Key, tuple[str, ...]] = {}
 
     # ----- watch events (called by the kopf handlers, on the event loop) -----
@@ -147,11 +148,8 @@ class Controller:
         ctx = self.render_context()
         desired = render.render(isvc, ctx)
         try:
-            errors = [
-                error
-                for want in desired.objects
-                if (error := await self._ensure(key, isvc, want)) is not None
-            ]
+            results = await asyncio.gather(*(self._ensure(key, isvc, w) for w in desired.objects))
+            errors = [error for error in results if error is not None]
             await self._prune(key, isvc, desired)
             await self._update_status(key, obj, isvc, desired, ctx, errors)
         except ApiError as error:

@@ -101,7 +101,7 @@ class KubeAPI:
             k8s_config.load_incluster_config(client_configuration=configuration)
         except k8s_config.ConfigException:
             k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-        configuration.connection_pool_maxsize = 16
+        configuration.connection_pool_maxsize = 32
         self._configuration = configuration
         self._client = k8s.ApiClient(configuration)
         self._timeout = (5.0, timeout)

@@ -25,6 +25,8 @@ TRAFFIC_READY = "TrafficReady"
 AUTOSCALING_READY = "AutoscalingReady"
 OWN_CONDITIONS = (READY, MODELS_READY, TRAFFIC_READY, AUTOSCALING_READY)
 OWN_FIELDS = ("observedGeneration", "url", "traffic", "conditions", "variants")
+PROGRESSING = frozenset({"VariantsNotReady", "ServiceMissing", "RouterNotReady"})
+"""Reasons of a False condition that is on its way to True (not worth an Event at creation)."""
 
 Children = Mapping[tuple[str, str], Mapping[str, Any]]
 """Live children of one InferenceService keyed by (kind, name)."""
@@ -40,7 +42,9 @@ class Condition:
 
 @dataclass(frozen=True)
 class Transition:
-    """A condition whose status changed (or appeared): worth a Kubernetes Event."""
+    """A condition whose status changed, or that appeared False for a reason other than
+    progress: worth a Kubernetes Event. (A new object's conditions appearing True, or False
+    while its children are being created, are not news.)"""
 
     type: str
     status: str
@@ -213,7 +217,8 @@ def _with_transitions(
                 "observedGeneration": generation,
             }
         )
-        if changed:
+        expected = cond.status or cond.reason in PROGRESSING
+        if changed and not (not old and expected):
             transitions.append(Transition(cond.type, status, cond.reason, cond.message))
     return conditions, transitions
 

@@ -148,3 +148,14 @@ def test_kubectl_explain_documents_fields(crd_cluster: LocalCluster) -> None:
     short = crd_cluster.kubectl("get", "mfisvc", "-A").returncode
     category = crd_cluster.kubectl("get", "marfleet", "-A").returncode
     assert (short, category) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    "path", sorted(CRD.parents[1].glob("examples/*.yaml")), ids=lambda p: p.name
+)
+def test_examples_are_accepted(crd_cluster: LocalCluster, path: Path) -> None:
+    for doc in yaml.safe_load_all(path.read_text()):
+        if doc["kind"] != "InferenceService":
+            continue
+        doc["metadata"]["namespace"] = "default"
+        crd_cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(doc))

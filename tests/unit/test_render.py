@@ -579,3 +579,16 @@ def test_rendering_is_deterministic_and_hash_follows_the_spec() -> None:
 def test_url() -> None:
     isvc = spec.parse(design_example())
     assert render.url(isvc, CTX) == "http://resnet50.vision.svc.cluster.local"
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLE.parent.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_example_renders(path: Path) -> None:
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d["kind"] == spec.KIND]
+    assert docs
+    for obj in docs:
+        desired = render.render(spec.parse(obj), CTX)
+        assert desired.blocked == {}
+        assert (
+            "Deployment",
+            f"{obj['metadata']['name']}-{obj['spec']['variants'][0]['name']}",
+        ) in {(o["kind"], o["metadata"]["name"]) for o in desired.objects}

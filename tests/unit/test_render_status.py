@@ -79,12 +79,7 @@ def test_nothing_created_yet() -> None:
         "AutoscalingReady": ("True", "HorizontalPodAutoscaler"),
     }
     assert "a: Deployment m-a not created yet" in st["conditions"][1]["message"]
-    assert [t.type for t in transitions] == [
-        "Ready",
-        "ModelsReady",
-        "TrafficReady",
-        "AutoscalingReady",
-    ]
+    assert transitions == [], "a new object's progress is not worth Events"
 
 
 def test_converged_status_and_fields() -> None:
@@ -148,6 +143,14 @@ def test_unsupported_uri_is_reported() -> None:
     assert conditions(st)["ModelsReady"] == ("False", "UnsupportedModelURI")
     assert conditions(st)["Ready"] == ("False", "UnsupportedModelURI")
     assert "variant b: model URI scheme 's3' is not supported yet" in st["conditions"][0]["message"]
+
+
+def test_a_new_object_with_a_real_problem_gets_an_event() -> None:
+    _, transitions = compute(isvc_obj(uri="s3://bucket/b.mar"), {})
+    assert [(t.type, t.status, t.reason) for t in transitions] == [
+        ("Ready", "False", "UnsupportedModelURI"),
+        ("ModelsReady", "False", "UnsupportedModelURI"),
+    ]
 
 
 def test_apply_errors_make_it_not_ready() -> None:
