@@ -74,7 +74,11 @@ def free_port() -> int:
 
 
 class TorchServe:
-    """One real TorchServe serving the archives in `model_store`, one CPU worker per model."""
+    """One real TorchServe serving the archives in `model_store`, one CPU worker per model.
+
+    Every port (HTTP and gRPC), the pid file, the worker sockets and the extracted models are
+    its own, so it runs beside any other TorchServe on the machine.
+    """
 
     def __init__(self, home: Path, model_store: Path, models: dict[str, str]) -> None:
         self.home = home
@@ -100,6 +104,8 @@ class TorchServe:
             f"inference_address={self.inference}\n"
             f"management_address={self.management}\n"
             f"metrics_address=http://127.0.0.1:{free_port()}\n"
+            f"grpc_inference_port={free_port()}\n"  # gRPC always starts; never on its default
+            f"grpc_management_port={free_port()}\n"
             "default_workers_per_model=1\n"
             "install_py_dep_per_model=false\n"
             "disable_system_metrics=true\n"
