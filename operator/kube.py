@@ -97,10 +97,13 @@ class Credentials:
 class KubeAPI:
     def __init__(self, kubeconfig: str | None = None, timeout: float = 30.0) -> None:
         configuration = k8s.Configuration()
-        try:
-            k8s_config.load_incluster_config(client_configuration=configuration)
-        except k8s_config.ConfigException:
+        if kubeconfig is not None:
             k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+        else:
+            try:
+                k8s_config.load_incluster_config(client_configuration=configuration)
+            except k8s_config.ConfigException:
+                k8s_config.load_kube_config(client_configuration=configuration)
         configuration.connection_pool_maxsize = 32
         self._configuration = configuration
         self._client = k8s.ApiClient(configuration)

@@ -109,8 +109,15 @@ class Operators:
         self.started: list[OperatorProcess] = []
         self.current: OperatorProcess | None = None
 
-    def start(self, *, leader: bool = True) -> OperatorProcess:
+    def start(
+        self,
+        *,
+        leader: bool = True,
+        kubeconfig: Path | None = None,
+        lease: tuple[str, str] = ("default", "marfleet-operator-test"),
+    ) -> OperatorProcess:
         port = free_port()
+        extra = ["--kubeconfig", str(kubeconfig)] if kubeconfig else []
         log = self.logs / f"operator-{len(self.started)}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(
@@ -122,13 +129,14 @@ class Operators:
                     "--host",
                     "127.0.0.1",
                     "--lease-namespace",
-                    "default",
+                    lease[0],
                     "--lease-name",
-                    "marfleet-operator-test",
+                    lease[1],
                     "--lease-seconds",
                     LEASE_SECONDS,
                     "--runtime-image",
                     "registry.example/marfleet:test",
+                    *extra,
                 ],
                 env=self.cluster.env(),
                 stdout=out,
