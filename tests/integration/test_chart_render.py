@@ -174,3 +174,32 @@ def test_pod_monitors_select_the_pods_the_operator_labels(
         "sourceLabels": [f"__meta_kubernetes_pod_label_{pod_label}"],
         "targetLabel": "isvc",
     }
+
+
+def test_watching_some_namespaces_grants_workload_rights_only_there() -> None:
+    values = chart.CHART_DIR / "ci" / "namespaced-values.yaml"
+    watched = yaml.safe_load(values.read_text())["operator"]["watchNamespaces"]
+    objects = chart.template([values])
+    (cluster_role,) = chart.objects_of_kind(objects, "ClusterRole")
+    cluster_resources = {r for rule in cluster_role["rules"] for r in rule["resources"]}
+    assert cluster_resources == {"customresourcedefinitions"}
+    workload_roles = {
+        role["metadata"]["namespace"]
+        for role in chart.objects_of_kind(objects, "Role")
+        if any("deployments" in rule["resources"] for rule in role["rules"])
+    }
+    assert workload_roles == set(watched)
+    assert not chart.objects_of_kind(objects, "ServiceAccount")
+
+
+def test_no_rule_grants_wildcards_secrets_or_pods() -> None:
+    objects = chart.template(set_values=chart.MONITORING_ON)
+    rules = [
+        rule
+        for role in chart.objects_of_kind(objects, "ClusterRole")
+        + chart.objects_of_kind(objects, "Role")
+        for rule in role["rules"]
+    ]
+    for rule in rules:
+        assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], rule
+        assert not {"secrets", "pods", "pods/exec"} & set(rule["resources"]), rule

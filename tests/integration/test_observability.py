@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from marfleet.operator import render
 
 from e2e.localcluster import LocalCluster
 from e2e.prometheus import chart, contract, promql
+from e2e.prometheus.pictures import DashboardPainter
 from e2e.prometheus.reconciler import ReconcilingOperator
 from e2e.prometheus.server import LocalPrometheus
 from e2e.prometheus.workload import NAMESPACE, Fleet
@@ -169,3 +171,10 @@ def test_the_operators_keda_queries_return_data(observed: Observation) -> None:
     for metric, template in render.KEDA_QUERIES.items():
         query = template.format(selector=selector)
         assert observed.prometheus.query(query, observed.at), f"{metric}: {query}"
+
+
+def test_every_dashboard_can_be_drawn(observed: Observation, tmp_path: Path) -> None:
+    painter = DashboardPainter(observed.prometheus, observed.at - LOAD_SECONDS, observed.at, 5)
+    for uid, board in chart.dashboards(observed.objects).items():
+        picture = painter.paint(board, tmp_path / f"{uid}.png")
+        assert picture.read_bytes().startswith(b"\x89PNG"), uid
