@@ -13,6 +13,9 @@ DEPS_HASH := $(shell cat pyproject.toml setup.py | sha1sum | cut -c1-12)
 DEPS_STAMP := $(VENV)/.deps-$(DEPS_HASH)
 APT_STAMP := $(VENV)/.apt-$(shell echo $(APT_PACKAGES) | sha1sum | cut -c1-12)
 CLUSTER ?= dev
+# The top-level operator/ folder would shadow Python's stdlib `operator` module if the current
+# directory were put first on sys.path; the venv's marfleet-repo.pth appends the repo instead.
+export PYTHONSAFEPATH := 1
 PYTEST_ARGS ?=
 ifdef FAST
 PYTEST_ARGS += -m "not slow"
@@ -34,7 +37,8 @@ $(APT_STAMP):
 
 venv: $(DEPS_STAMP)
 $(DEPS_STAMP): pyproject.toml setup.py
-	@[ -x $(PY) ] || (cd / && $(PYTHON) -m venv $(CURDIR)/$(VENV))
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	@echo "$(CURDIR)" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/marfleet-repo.pth"
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	@mkdir -p $(VENV)/typecheck/marfleet
@@ -69,7 +73,7 @@ cluster-down: venv
 	@$(PY) -m e2e.localcluster down --name $(CLUSTER)
 
 bench: setup
-	$(PY) -m e2e.bench.run --duration $(or $(BENCH_SECONDS),15) --out bench-results/serve-vs-torchserve.json
+	$(PY) -m e2e.bench.run --duration $(or $(BENCH_SECONDS),10) --rounds 3 --out bench-results/serve-vs-torchserve.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
