@@ -1,7 +1,8 @@
 """`make bench`: marfleet serve and TorchServe 0.12 side by side, in one run, on one machine.
 
 Same archives (packed by torch-model-archiver), same worker count and batching settings, same
-thread limits; the servers run one after the other (never at once) and the load comes from a
+thread limits; both servers are up for the whole run but only one is under load at a time, in
+short rounds that alternate which goes first (medians reported), and the load comes from a
 separate process (`loadgen`). Scenarios:
 
     (a) overhead floor: tiny MLP, JSON body, batchSize 8 / maxBatchDelay 5 ms,
@@ -12,16 +13,19 @@ separate process (`loadgen`). Scenarios:
 
 Prints a Markdown table and writes every number to --out (JSON).
 
-    .venv/bin/python -m e2e.bench.run --duration 15
+    .venv/bin/python -m e2e.bench.run --duration 10 --rounds 3
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +78,21 @@ def in_process(impl: str, model_dir: Path, batch: int, seconds: float) -> float:
     return float(_python("e2e.bench.inprocess", *args, cwd=Path.cwd())["rps"])
 
 
+def _in_process_sample(model_dir: Path, batch: int, seconds: float, impl: str) -> dict[str, Any]:
+    return {"rps": in_process(impl, model_dir, batch, seconds)}
+
+
+def _served_sample(
+    servers: dict[str, RunningServer],
+    scenario: Scenario,
+    root: Path,
+    duration: float,
+    warmup: float,
+    name: str,
+) -> dict[str, Any]:
+    return run_scenario(servers[name], scenario, root, duration, warmup)
+
+
 def run_scenario(
     server: RunningServer, scenario: Scenario, root: Path, duration: float, warmup: float
 ) -> dict[str, Any]:
@@ -101,21 +120,23 @@ def run_scenario(
     return result
 
 
-def bench_server(
-    name: str, store: Path, root: Path, duration: float, warmup: float
-) -> dict[str, Any]:
-    server = start(name, store, root / name)
-    try:
-        server.register("mlp.mar", "mlp", batch_size=8, max_batch_delay=5)
-        server.register("resnet18.mar", "resnet_b1", batch_size=1, max_batch_delay=5)
-        server.register("resnet18.mar", "resnet_b8", batch_size=8, max_batch_delay=50)
-        results = {}
-        for scenario in SCENARIOS:
-            results[scenario.name] = run_scenario(server, scenario, root, duration, warmup)
-            print(f"{name} {scenario.name}: {json.dumps(results[scenario.name])}", flush=True)
-        return results
-    finally:
-        server.stop()
+def interleaved(rounds: int, measure: Callable[[str], dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Measure every server `rounds` times, alternating which goes first; keep the medians.
+
+    The machine is shared, so load from elsewhere comes and goes: alternating short rounds
+    spreads it over both servers instead of letting it land on whichever ran second.
+    """
+    samples: dict[str, list[dict[str, Any]]] = {name: [] for name in SERVERS}
+    for index in range(rounds):
+        for name in SERVERS if index % 2 == 0 else tuple(reversed(SERVERS)):
+            samples[name].append(measure(name))
+            print(f"  {name} round {index + 1}: {json.dumps(samples[name][-1])}", flush=True)
+    summary: dict[str, dict[str, Any]] = {}
+    for name, runs in samples.items():
+        keys = [k for k, v in runs[0].items() if isinstance(v, (int, float))]
+        summary[name] = {key: round(statistics.median(run[key] for run in runs), 3) for key in keys}
+        summary[name]["rounds"] = runs
+    return summary
 
 
 def table(results: dict[str, Any]) -> str:
@@ -148,8 +169,9 @@ def table(results: dict[str, Any]) -> str:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=15.0)
-    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per round")
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("bench-results/serve-vs-torchserve.json"))
     args = parser.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="marfleet-bench-"))
@@ -160,14 +182,33 @@ def main(argv: list[str]) -> int:
     (root / "mlp.json").write_bytes(mlp_body())
     (root / "image.jpg").write_bytes(jpeg_body())
     model_dir = load_archive(store / "resnet18.mar", root / "resnet18-unpacked").model_dir
-    results: dict[str, Any] = {"in_process": {}, "served": {}}
-    for name in SERVERS:
-        results["in_process"][name] = {
-            str(batch): in_process(name, model_dir, batch, args.duration) for batch in (1, 8)
-        }
-        print(f"{name} in-process: {results['in_process'][name]}", flush=True)
-    for name in SERVERS:
-        results["served"][name] = bench_server(name, store, root, args.duration, args.warmup)
+    servers: dict[str, RunningServer] = {}
+    try:
+        for name in SERVERS:
+            servers[name] = start(name, store, root / name)
+            servers[name].register("mlp.mar", "mlp", batch_size=8, max_batch_delay=5)
+            servers[name].register("resnet18.mar", "resnet_b1", batch_size=1, max_batch_delay=5)
+            servers[name].register("resnet18.mar", "resnet_b8", batch_size=8, max_batch_delay=50)
+        results: dict[str, Any] = {"in_process": {}, "served": {name: {} for name in SERVERS}}
+        for batch in (1, 8):
+            print(f"in-process resnet18 batch {batch}", flush=True)
+            summary = interleaved(
+                args.rounds,
+                functools.partial(_in_process_sample, model_dir, batch, args.duration),
+            )
+            for name in SERVERS:
+                results["in_process"].setdefault(name, {})[str(batch)] = summary[name]["rps"]
+        for scenario in SCENARIOS:
+            print(scenario.name, flush=True)
+            sample = functools.partial(
+                _served_sample, servers, scenario, root, args.duration, args.warmup
+            )
+            summary = interleaved(args.rounds, sample)
+            for name in SERVERS:
+                results["served"][name][scenario.name] = summary[name]
+    finally:
+        for server in servers.values():
+            server.stop()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(table(results))

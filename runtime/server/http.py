@@ -3,10 +3,10 @@
 Why this shape: the frontend's job is to move bytes between sockets and worker processes with as
 little Python per request as possible. Measured on this project's 2-core machine (see
 docs/benchmarks.md, `e2e/bench/http_candidates.py`), a Protocol that feeds httptools directly
-answers a trivial request in roughly half the CPU time of uvicorn+starlette and a third of
-aiohttp's, because there is no ASGI message translation, no middleware stack and no per-request
-object graph. What this module gives up (HTTP/2, websockets, streaming request bodies) the
-TorchServe and KServe HTTP APIs do not use.
+answers a small JSON request in about half the server CPU time of uvicorn+starlette or aiohttp
+(both also on uvloop), because there is no ASGI message translation, no middleware stack and no
+per-request object graph. What this module gives up (HTTP/2, websockets, streaming request
+bodies) the TorchServe and KServe HTTP APIs do not use.
 
 This module knows nothing about models: it parses requests, enforces the body-size limit, keeps
 connections alive, cancels the handler when the client goes away (so queued work for it is
@@ -144,7 +144,7 @@ class _Connection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         peer = transport.get_extra_info("peername")
         self._client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")
-        self._server._connections.add(self)
+        self._server.connections.add(self)
         self._arm_idle_timer()
 
     def data_received(self, data: bytes) -> None:
@@ -158,13 +158,13 @@ class _Connection(asyncio.Protocol):
             self._reject(400, f"Malformed HTTP request: {exc}")
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._server._connections.discard(self)
+        self._server.connections.discard(self)
         self._transport = None
         self._cancel_idle_timer()
         self._pending.clear()
         if self._task is not None and not self._task.done():
             self._task.cancel()  # the client is gone: drop its queued work
-        self._server._connection_closed()
+        self._server.connection_closed()
 
     # httptools callbacks
 
@@ -329,7 +329,7 @@ class HttpServer:
         self.on_complete = on_complete
         self._on_unhandled = on_unhandled
         self._server: asyncio.Server | None = None
-        self._connections: set[_Connection] = set()
+        self.connections: set[_Connection] = set()
         self._all_closed = asyncio.Event()
 
     async def start(self, host: str, port: int) -> None:
@@ -349,9 +349,9 @@ class HttpServer:
         """Stop accepting; close idle connections; close busy ones after their response."""
         if self._server is not None:
             self._server.close()
-        for connection in list(self._connections):
+        for connection in list(self.connections):
             connection.begin_close()
-        self._connection_closed()
+        self.connection_closed()
 
     async def wait_closed(self, timeout: float) -> bool:
         """Wait until every connection has closed; False if `timeout` passed first."""
@@ -365,6 +365,6 @@ class HttpServer:
         if self._on_unhandled is not None:
             self._on_unhandled(request, exc)
 
-    def _connection_closed(self) -> None:
-        if not self._connections and self._server is not None and not self._server.is_serving():
+    def connection_closed(self) -> None:
+        if not self.connections and self._server is not None and not self._server.is_serving():
             self._all_closed.set()

@@ -85,13 +85,13 @@ class WorkerSlot:
         self.retiring = False
         self.task: asyncio.Task[None] | None = None
         self.first_start: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-        self._waiting = False
-        self._interrupted = False
+        self.waiting = False  # awaiting work or a backoff, so interrupt() may cancel the task
+        self.interrupted = False
 
     def interrupt(self) -> None:
         """Wake the slot if it is waiting for work (its process died, or it should retire)."""
-        if self._waiting and self.task is not None and not self._interrupted:
-            self._interrupted = True
+        if self.waiting and self.task is not None and not self.interrupted:
+            self.interrupted = True
             self.task.cancel()
 
 
@@ -177,14 +177,14 @@ class WorkerPool:
             self.slots.remove(slot)
 
     async def _sleep_unless_retired(self, slot: WorkerSlot, delay: float) -> None:
-        slot._waiting = True
+        slot.waiting = True
         try:
             await asyncio.sleep(delay)
         except asyncio.CancelledError:
             if not self._consume_interrupt(slot):
                 raise
         finally:
-            slot._waiting = False
+            slot.waiting = False
 
     async def _one_process(self, slot: WorkerSlot) -> str:
         """Run one process in the slot until it dies or retires; returns why it ended."""
@@ -241,7 +241,7 @@ class WorkerPool:
         return "served" if served else "died"
 
     async def _next_batch(self, slot: WorkerSlot) -> list[Job] | None:
-        slot._waiting = True
+        slot.waiting = True
         try:
             policy = self.policy
             return await self._queue.take(policy.batch_size, policy.max_batch_delay_s)
@@ -250,13 +250,13 @@ class WorkerPool:
                 raise
             return None
         finally:
-            slot._waiting = False
+            slot.waiting = False
 
     @staticmethod
     def _consume_interrupt(slot: WorkerSlot) -> bool:
-        if not slot._interrupted:
+        if not slot.interrupted:
             return False
-        slot._interrupted = False
+        slot.interrupted = False
         task = asyncio.current_task()
         if task is not None:
             task.uncancel()
