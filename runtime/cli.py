@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "fetch": ("marfleet.runtime.storage.cli", "fetch a model archive into a directory"),
     "serve": ("marfleet.runtime.serve_cli", "run the model server (TorchServe and KServe APIs)"),
     "operator": ("marfleet.operator.cli", "run the InferenceService operator"),
+    "router": ("marfleet.runtime.router.cli", "split an InferenceService's traffic by weight"),
 }
 
 

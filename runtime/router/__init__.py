@@ -1,0 +1,8 @@
+"""`marfleet router`: splits one InferenceService's traffic between its variants by weight.
+
+Layers, each in its own module: `balance` and `sticky` pick a variant (pure), `table` is the
+routing state in force (swapped whole on every weight change), `upstream` is the keep-alive
+HTTP/1.1 client to the variants, `proxy` turns one client request into one upstream exchange,
+`front` serves clients on the runtime's HTTP core, `source` follows weights from the
+Kubernetes API or takes them from flags, and `cli` assembles them.
+"""

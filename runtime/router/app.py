@@ -1,0 +1,135 @@
+"""Assembles and runs one router process: upstream pools, proxy, weight source, two listeners.
+
+Lifecycle: start the metrics listener, install the first routing table (static, or the first
+one the watch delivers), serve clients, and on SIGTERM or SIGINT stop accepting, let requests
+in flight finish (up to `drain_seconds`), then close the upstream connections. Until weights
+are known every request is answered 503 with a message saying so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+from marfleet.runtime.metrics import CONTENT_TYPE
+from marfleet.runtime.router.front import RouterHttpServer
+from marfleet.runtime.router.metrics import RouterMetrics
+from marfleet.runtime.router.proxy import Proxy
+from marfleet.runtime.router.source import IsvcWatch, load_kube_config
+from marfleet.runtime.router.table import Routing, RoutingTable
+from marfleet.runtime.router.upstream import Timeouts, UpstreamPool
+from marfleet.runtime.server.errors import error_response
+from marfleet.runtime.server.http import HttpLimits, HttpServer, Request, Response
+
+log = logging.getLogger("marfleet.router")
+
+
+@dataclass(frozen=True)
+class RouterSettings:
+    isvc: str
+    namespace: str
+    kubeconfig: str | None
+    backends: dict[str, str]  # variant -> base URL
+    static: Routing | None  # fixed routing; None: follow the InferenceService
+    host: str
+    port: int
+    metrics_port: int
+    timeouts: Timeouts
+    limits: HttpLimits
+    mirror_limit: int
+    drain_seconds: float
+    log_level: str
+
+
+class Router:
+    def __init__(self, settings: RouterSettings) -> None:
+        self.settings = settings
+        self.metrics = RouterMetrics(isvc=settings.isvc, namespace=settings.namespace)
+        self.pools = {
+            variant: UpstreamPool(url, settings.timeouts)
+            for variant, url in settings.backends.items()
+        }
+        self.proxy = Proxy(self.metrics, mirror_limit=settings.mirror_limit)
+
+    def apply(self, routing: Routing) -> None:
+        """Put `routing` in force; a routing naming unknown variants is refused and logged."""
+        try:
+            table = RoutingTable(routing, self.pools)
+        except ValueError as exc:
+            log.error("routing refused; the previous one stays in force", extra={"error": str(exc)})
+            return
+        self.proxy.install(table)
+        log.info(
+            "routing in force",
+            extra={
+                "weights": routing.describe(),
+                "sticky_header": routing.sticky_header,
+                "mirror": f"{routing.mirror.variant}={routing.mirror.percent}"
+                if routing.mirror
+                else "",
+            },
+        )
+
+    async def metrics_endpoint(self, request: Request) -> Response:
+        if request.path != "/metrics":
+            return error_response(404, "the router serves /metrics on this port")
+        return Response(200, self.metrics.render(), CONTENT_TYPE)
+
+    async def close(self) -> None:
+        await self.proxy.close()
+        for pool in self.pools.values():
+            pool.close()
+
+
+async def run(settings: RouterSettings) -> int:
+    router = Router(settings)
+    loop = asyncio.get_running_loop()
+    if settings.static is not None:
+        router.apply(settings.static)
+    else:
+        api = load_kube_config(settings.kubeconfig)
+        IsvcWatch(api, settings.namespace, settings.isvc, loop, router.apply).start()
+    front = RouterHttpServer(
+        router.proxy,
+        settings.limits,
+        error_response=error_response,
+        on_unhandled=_log_unhandled,
+    )
+    metrics = HttpServer(
+        router.metrics_endpoint,
+        HttpLimits(),
+        error_response=error_response,
+    )
+    await metrics.start(settings.host, settings.metrics_port)
+    await front.start(settings.host, settings.port)
+    log.info(
+        "router listening",
+        extra={
+            "port": front.port,
+            "metrics_port": metrics.port,
+            "isvc": settings.isvc,
+            "namespace": settings.namespace,
+            "backends": settings.backends,
+        },
+    )
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    log.info("router draining", extra={"seconds": settings.drain_seconds})
+    front.begin_shutdown()
+    drained = await front.wait_closed(settings.drain_seconds)
+    metrics.begin_shutdown()
+    await router.close()
+    log.info("router stopped", extra={"drained": drained})
+    return 0
+
+
+def _log_unhandled(request: Request, exc: Exception) -> None:
+    log.error(
+        "unhandled error while routing",
+        extra={"method": request.method, "path": request.path, "error": repr(exc)},
+        exc_info=exc,
+    )

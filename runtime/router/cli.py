@@ -1,0 +1,152 @@
+"""`marfleet router`: command-line flags → `RouterSettings`, then run the router.
+
+In a pod (rendered by the operator) the router gets `--isvc`, its namespace in
+$MARFLEET_NAMESPACE and the variants' Service URLs in $MARFLEET_ROUTER_BACKENDS, and follows
+the InferenceService's weights through the API. On a laptop or in a test, give the upstreams
+and weights as flags and no API server is involved:
+
+    marfleet router --backend stable=http://127.0.0.1:9001 --backend canary=http://127.0.0.1:9002 \\
+        --weights stable=90,canary=10 --sticky-header x-user-id --mirror canary=5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+
+import uvloop
+from marfleet.runtime.router.app import RouterSettings, run
+from marfleet.runtime.router.table import Mirror, Routing
+from marfleet.runtime.router.upstream import Timeouts
+from marfleet.runtime.server.http import HttpLimits
+from marfleet.runtime.server.logs import configure_logging
+
+BACKENDS_ENV = "MARFLEET_ROUTER_BACKENDS"
+NAMESPACE_ENV = "MARFLEET_NAMESPACE"
+
+
+class UsageError(ValueError):
+    pass
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="marfleet router",
+        description="Split an InferenceService's traffic between its variants by weight.",
+    )
+    p.add_argument("--isvc", default="", help="InferenceService to follow (and metrics label)")
+    p.add_argument("--namespace", default=None, help=f"its namespace (default ${NAMESPACE_ENV})")
+    p.add_argument("--kubeconfig", default=None, help="kubeconfig outside a pod")
+    p.add_argument(
+        "--backend",
+        action="append",
+        default=[],
+        metavar="VARIANT=URL",
+        help=f"a variant's base URL (repeat; default: the JSON list in ${BACKENDS_ENV})",
+    )
+    p.add_argument(
+        "--weights",
+        default=None,
+        metavar="VARIANT=PERCENT,...",
+        help="fixed weights instead of following the InferenceService",
+    )
+    p.add_argument("--sticky-header", default="", help="with --weights: header that pins a variant")
+    p.add_argument(
+        "--mirror", default=None, metavar="VARIANT=PERCENT", help="with --weights: shadow copies"
+    )
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--metrics-port", type=int, default=8082)
+    p.add_argument("--connect-timeout", type=float, default=5.0, help="seconds to connect")
+    p.add_argument(
+        "--response-timeout",
+        type=float,
+        default=120.0,
+        help="seconds an upstream may take to answer (for streams: between chunks)",
+    )
+    p.add_argument("--max-request-bytes", type=int, default=HttpLimits().max_body_bytes)
+    p.add_argument("--mirror-limit", type=int, default=64, help="shadow copies in flight at most")
+    p.add_argument("--drain-seconds", type=float, default=20.0, help="grace period on SIGTERM")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def settings_from(argv: Sequence[str], environ: Mapping[str, str]) -> RouterSettings:
+    args = parser().parse_args(argv)
+    backends = _backends(args.backend, environ.get(BACKENDS_ENV, ""))
+    static: Routing | None = None
+    if args.weights is not None:
+        mirror = None
+        if args.mirror:
+            variant, percent = _pair(args.mirror, "--mirror")
+            mirror = Mirror(variant, _int(percent, "--mirror"))
+        weights = dict(_pair(item, "--weights") for item in args.weights.split(","))
+        static = Routing(
+            weights={name: _int(value, "--weights") for name, value in weights.items()},
+            sticky_header=args.sticky_header.lower(),
+            mirror=mirror,
+        )
+    elif not args.isvc:
+        raise UsageError("give --weights, or --isvc to follow an InferenceService's weights")
+    elif args.sticky_header or args.mirror:
+        raise UsageError("--sticky-header and --mirror go with --weights; else spec.routing rules")
+    return RouterSettings(
+        isvc=args.isvc,
+        namespace=args.namespace or environ.get(NAMESPACE_ENV, "default"),
+        kubeconfig=args.kubeconfig,
+        backends=backends,
+        static=static,
+        host=args.host,
+        port=args.port,
+        metrics_port=args.metrics_port,
+        timeouts=Timeouts(connect=args.connect_timeout, response=args.response_timeout),
+        limits=HttpLimits(max_body_bytes=args.max_request_bytes),
+        mirror_limit=args.mirror_limit,
+        drain_seconds=args.drain_seconds,
+        log_level=args.log_level,
+    )
+
+
+def _backends(flags: Sequence[str], env_value: str) -> dict[str, str]:
+    if flags:
+        return dict(_pair(flag, "--backend") for flag in flags)
+    if not env_value:
+        raise UsageError(f"no upstreams: give --backend VARIANT=URL or set ${BACKENDS_ENV}")
+    try:
+        entries = json.loads(env_value)
+        return {str(entry["variant"]): str(entry["url"]) for entry in entries}
+    except (ValueError, TypeError, KeyError) as exc:
+        raise UsageError(
+            f"${BACKENDS_ENV} must be a JSON list of {{variant, url}} objects: {exc}"
+        ) from None
+
+
+def _pair(text: str, flag: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip() or not value.strip():
+        raise UsageError(f"{flag} takes NAME=VALUE, got {text!r}")
+    return name.strip(), value.strip()
+
+
+def _int(text: str, flag: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise UsageError(f"{flag}: {text!r} is not a whole number") from None
+
+
+def main(argv: list[str]) -> int:
+    try:
+        settings = settings_from(argv, os.environ)
+    except UsageError as exc:
+        parser().print_usage()
+        print(f"marfleet router: error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(logging.getLevelNamesMapping()[settings.log_level.upper()])
+    logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    return uvloop.run(run(settings))

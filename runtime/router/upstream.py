@@ -1,0 +1,368 @@
+"""A keep-alive HTTP/1.1 client for the router's upstreams (the variants' Services).
+
+Why not httpx or aiohttp: the router adds its cost to every inference request, and a general
+client spends most of its time on what a proxy does not need (URL objects, cookie jars, header
+classes, decoding). This one is an asyncio Protocol feeding httptools' response parser, the
+mirror image of the server core it sits behind, with:
+
+- a pool of idle keep-alive connections per upstream (last used first, closed after `idle`);
+- one deadline per exchange: `connect` to open a connection, `response` from the request being
+  written to the response's last byte (for streamed bodies: between two chunks), so a stuck
+  upstream turns into an error, never a hang;
+- bodies delimited by Content-Length arriving whole (one write to the client); chunked or
+  close-delimited bodies handed over as a stream of chunks with back-pressure;
+- one retry on a fresh connection when a reused one is closed by the upstream before a single
+  byte of the answer (the keep-alive race every pool meets: the upstream closed an idle
+  connection just as the request went out on it).
+
+Failures raise `UpstreamError` whose `reason` is the `reason` label of
+`marfleet_router_upstream_errors_total`: connect, timeout or reset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import cast
+from urllib.parse import urlsplit
+
+import httptools
+
+CONNECT = "connect"
+TIMEOUT = "timeout"
+RESET = "reset"
+
+_STREAM_HIGH_WATER = 256 * 1024
+_STREAM_LOW_WATER = 64 * 1024
+
+
+class UpstreamError(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class _StaleConnection(Exception):
+    """A reused connection closed before any byte of the response: safe to resend."""
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float = 5.0
+    response: float = 120.0
+    idle: float = 30.0
+
+
+@dataclass(slots=True)
+class Reply:
+    status: int
+    headers: list[tuple[str, str]]  # names lower-cased, in the order received
+    body: bytes  # the whole body, unless `stream` is set
+    stream: BodyStream | None = None
+
+
+class BodyStream:
+    """The chunks of a streamed response body; iterate it exactly once, or `close()` it."""
+
+    def __init__(self, connection: _Connection) -> None:
+        self._connection = connection
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._done = False
+        self._error: UpstreamError | None = None
+        self._wakeup: asyncio.Future[None] | None = None
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[bytes]:
+        while True:
+            if self._chunks:
+                chunk = self._chunks.popleft()
+                self._buffered -= len(chunk)
+                if self._buffered <= _STREAM_LOW_WATER:
+                    self._connection.resume()
+                yield chunk
+            elif self._error is not None:
+                raise self._error
+            elif self._done:
+                return
+            else:
+                self._wakeup = asyncio.get_running_loop().create_future()
+                try:
+                    await self._wakeup
+                finally:
+                    self._wakeup = None
+
+    def close(self) -> None:
+        """Give up on the rest of the body (the client went away): drop the connection."""
+        if not self._done:
+            self._connection.abort()
+
+    # fed by the connection
+
+    def _feed(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+        self._buffered += len(chunk)
+        if self._buffered >= _STREAM_HIGH_WATER:
+            self._connection.pause()
+        self._wake()
+
+    def _finish(self, error: UpstreamError | None = None) -> None:
+        self._done = True
+        self._error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+
+
+class _Connection(asyncio.Protocol):
+    """One upstream connection; carries one exchange at a time."""
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self._pool = pool
+        self._loop = asyncio.get_running_loop()
+        self._parser = httptools.HttpResponseParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._closed = False
+        self._paused = False
+        self.reused = False
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._reset_exchange()
+
+    def _reset_exchange(self) -> None:
+        self._waiter: asyncio.Future[Reply] | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+        self._head_only = False
+        self._received_any = False
+        self._status = 0
+        self._headers: list[tuple[str, str]] = []
+        self._body: list[bytes] = []
+        self._stream: BodyStream | None = None
+        self._delimited_by_close = False
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        self._received_any = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamError(RESET, f"upstream {self._pool.address} sent bad HTTP: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._transport = None
+        self._pool.forget(self)
+        if self._stream is not None and self._delimited_by_close:
+            self._complete(keep_alive=False)
+        elif self._waiter is not None or self._stream is not None:
+            if not self._received_any and self.reused and self._stream is None:
+                self._fail(_StaleConnection())
+            else:
+                message = f"upstream {self._pool.address} closed the connection mid-response"
+                self._fail(UpstreamError(RESET, message))
+
+    # httptools callbacks
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        self._status = self._parser.get_status_code()
+        if self._status < 200:
+            self._headers = []  # an interim 1xx answer: the real one follows
+            return
+        if self._head_only or self._status in (204, 304):
+            self._complete(keep_alive=False)  # no body follows, whatever the headers say
+            return
+        names = {name for name, _ in self._headers}
+        if "content-length" in names and "transfer-encoding" not in names:
+            return
+        self._delimited_by_close = "transfer-encoding" not in names
+        self._stream = BodyStream(self)
+        self._resolve(Reply(self._status, self._headers, b"", self._stream))
+
+    def on_body(self, body: bytes) -> None:
+        if self._stream is not None:
+            self._stream._feed(body)
+            self._arm_deadline()
+        else:
+            self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self._status >= 200:
+            self._complete(keep_alive=self._parser.should_keep_alive())
+
+    # one exchange
+
+    async def exchange(self, data: bytes, *, head_only: bool) -> Reply:
+        assert self._transport is not None and self._waiter is None
+        self._head_only = head_only
+        waiter = self._waiter = self._loop.create_future()
+        self._arm_deadline()
+        self._transport.write(data)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            self.abort()  # the client went away mid-exchange; the connection is unusable
+            raise
+
+    def _complete(self, *, keep_alive: bool) -> None:
+        stream = self._stream
+        if stream is None:
+            body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+            self._resolve(Reply(self._status, self._headers, body))
+        self._cancel_deadline()
+        self._reset_exchange()
+        if stream is not None:
+            stream._finish()
+        if keep_alive and not self._closed and not self._paused:
+            self._pool.release(self)
+        else:
+            self.abort()
+
+    def _resolve(self, reply: Reply) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(reply)
+        self._waiter = None
+
+    def _fail(self, error: Exception) -> None:
+        waiter, stream = self._waiter, self._stream
+        self._cancel_deadline()
+        self._reset_exchange()
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(error)
+        if stream is not None:
+            stream._finish(error if isinstance(error, UpstreamError) else None)
+        self.abort()
+
+    def _arm_deadline(self) -> None:
+        self._cancel_deadline()
+        self._deadline = self._loop.call_later(self._pool.timeouts.response, self._timed_out)
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _timed_out(self) -> None:
+        seconds = self._pool.timeouts.response
+        self._fail(
+            UpstreamError(TIMEOUT, f"upstream {self._pool.address} sent nothing for {seconds} s")
+        )
+
+    # pool bookkeeping and flow control
+
+    def park(self) -> None:
+        self.reused = True
+        self._idle_timer = self._loop.call_later(self._pool.timeouts.idle, self.abort)
+
+    def unpark(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    @property
+    def usable(self) -> bool:
+        return not self._closed and self._transport is not None
+
+    def pause(self) -> None:
+        """The client reads slower than the upstream writes: stop reading (and the clock)."""
+        if self._transport is not None and not self._paused:
+            self._paused = True
+            self._transport.pause_reading()
+            self._cancel_deadline()
+
+    def resume(self) -> None:
+        if self._paused and self._transport is not None and not self._transport.is_closing():
+            self._paused = False
+            self._transport.resume_reading()
+            if self._stream is not None:
+                self._arm_deadline()
+
+    def abort(self) -> None:
+        self.unpark()
+        self._closed = True
+        if self._transport is not None:
+            self._transport.abort()
+
+
+class UpstreamPool:
+    """Keep-alive connections to one upstream base URL (`http://host:port`)."""
+
+    def __init__(self, url: str, timeouts: Timeouts, *, max_idle: int = 64) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"upstream URL {url!r} must look like http://host:port")
+        self.url = url
+        self.host = parts.hostname
+        self.port = parts.port or 80
+        self.address = f"{self.host}:{self.port}"
+        self.timeouts = timeouts
+        self._max_idle = max_idle
+        self._idle: list[_Connection] = []
+
+    async def request(self, data: bytes, *, head_only: bool = False) -> Reply:
+        """Send one serialised request (head and body) and return the upstream's answer."""
+        connection = self._take_idle()
+        if connection is not None:
+            try:
+                return await connection.exchange(data, head_only=head_only)
+            except _StaleConnection:
+                pass
+        connection = await self._connect()
+        try:
+            return await connection.exchange(data, head_only=head_only)
+        except _StaleConnection:
+            message = f"upstream {self.address} closed the connection without answering"
+            raise UpstreamError(RESET, message) from None
+
+    def release(self, connection: _Connection) -> None:
+        if len(self._idle) >= self._max_idle:
+            connection.abort()
+            return
+        connection.park()
+        self._idle.append(connection)
+
+    def forget(self, connection: _Connection) -> None:
+        if connection in self._idle:
+            self._idle.remove(connection)
+
+    def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.abort()
+
+    def _take_idle(self) -> _Connection | None:
+        while self._idle:
+            connection = self._idle.pop()
+            connection.unpark()
+            if connection.usable:
+                return connection
+        return None
+
+    async def _connect(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        seconds = self.timeouts.connect
+        try:
+            _, protocol = await asyncio.wait_for(
+                loop.create_connection(lambda: _Connection(self), self.host, self.port), seconds
+            )
+        except TimeoutError:
+            raise UpstreamError(
+                TIMEOUT, f"connecting to upstream {self.address} took over {seconds} s"
+            ) from None
+        except OSError as exc:
+            raise UpstreamError(
+                CONNECT, f"cannot connect to upstream {self.address}: {exc.strerror or exc}"
+            ) from None
+        return protocol
