@@ -1,0 +1,89 @@
+"""The router in front of real model servers: two `marfleet serve` processes serving two
+versions of a model (archives made by the real torch-model-archiver from random-weight
+TinyMLPs with different seeds), split 90/10 by a real `marfleet router` on loopback."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from e2e.bench.router_procs import Client, metric, router
+from tests.models import TinyMLP, build, write_torchscript
+from tests.serving import Server, archive, serve
+
+pytestmark = pytest.mark.slow
+
+HANDLER = Path(__file__).parent / "server_handlers" / "mlp.py"
+ROW = [0.5, -1.0, 2.0, 0.25]
+SEEDS = {"1.0": 1, "2.0": 2}
+
+
+def scores(version: str) -> list[float]:
+    with torch.no_grad():
+        out: list[float] = build(TinyMLP, SEEDS[version])(torch.tensor([ROW])).tolist()[0]
+    return out
+
+
+def start(root: Path, version: str) -> Iterator[Server]:
+    store = root / f"store-{version}"
+    store.mkdir()
+    weights = write_torchscript(root, TinyMLP, seed=SEEDS[version], name=f"mlp-{version}.pt")
+    archive(store, "mlp", HANDLER, version=version, serialized_file=weights)
+    properties = {"worker_threads": "1", "default_workers_per_model": "1"}
+    with serve(store, root / f"run-{version}", models=["mlp.mar"], properties=properties) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def stable(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    yield from start(tmp_path_factory.mktemp("router-serve"), "1.0")
+
+
+@pytest.fixture(scope="module")
+def canary(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    yield from start(tmp_path_factory.mktemp("router-serve"), "2.0")
+
+
+def test_real_model_servers_split_90_10_and_each_answers_with_its_version(
+    stable: Server, canary: Server
+) -> None:
+    backends = {"stable": stable.inference, "canary": canary.inference}
+    expected = {"stable": scores("1.0"), "canary": scores("2.0")}
+    assert expected["stable"] != pytest.approx(expected["canary"], abs=1e-3)
+    body = json.dumps(ROW).encode()
+    with router(backends, "--weights", "stable=90,canary=10") as proc:
+        client = Client(proc.url)
+        seen = []
+        for _ in range(1_000):
+            status, headers, data = client.request(
+                "POST", "/predictions/mlp", body, {"content-type": "application/json"}
+            )
+            assert status == 200, data
+            variant = headers["x-marfleet-variant"]
+            assert json.loads(data) == pytest.approx(expected[variant], abs=1e-5)
+            seen.append(variant)
+        # KServe v2 and versioned TorchServe paths pass through as well.
+        v2 = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": ROW}]}
+        status, headers, data = client.request(
+            "POST",
+            "/v2/models/mlp/infer",
+            json.dumps(v2).encode(),
+            {"content-type": "application/json"},
+        )
+        assert status == 200, data
+        assert json.loads(data)["model_name"] == "mlp"
+        status, headers, _ = client.request("GET", "/v2/models/mlp")
+        assert status == 200
+        status, headers, data = client.request("POST", "/predictions/mlp/9.9", body)
+        assert status == 404 and json.loads(data)["code"] == 404  # the runtime's own answer
+        with urllib.request.urlopen(proc.metrics_url) as response:
+            text = response.read().decode()
+    assert Counter(seen) == {"stable": 900, "canary": 100}
+    assert metric(text, "marfleet_router_requests_total", variant="canary", code_class="2xx") >= 100
+    assert metric(text, "marfleet_router_requests_total", code_class="4xx") == 1
