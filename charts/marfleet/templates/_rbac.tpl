@@ -10,6 +10,11 @@ workloadRules: in every watched namespace (or cluster-wide when all are watched)
 - apiGroups: [serving.marfleet.io]
   resources: [inferenceservices/status]
   verbs: [get, patch]
+# Children carry ownerReferences with blockOwnerDeletion; clusters that enforce owner-reference
+# permissions (OwnerReferencesPermissionEnforcement) ask for this.
+- apiGroups: [serving.marfleet.io]
+  resources: [inferenceservices/finalizers]
+  verbs: [update]
 - apiGroups: [""]
   resources: [configmaps, services]
   verbs: [get, list, watch, create, patch, delete]
