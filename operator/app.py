@@ -21,6 +21,7 @@ from .handlers import build_registry, kopf_settings
 from .kube import KubeAPI
 from .leader import LeaderElector, LeaseSettings
 from .metrics import HealthServer, OperatorMetrics
+from .rollout_loop import RolloutLoop, RolloutSettings, source_for
 
 log = logging.getLogger("marfleet.operator")
 
@@ -35,6 +36,7 @@ class OperatorSettings:
     port: int
     lease: LeaseSettings | None
     """None disables leader election (a single replica)."""
+    rollout: RolloutSettings
 
 
 async def run(settings: OperatorSettings) -> int:
@@ -93,10 +95,21 @@ async def _lead(
         )
     )
     workers = asyncio.create_task(controller.run())
+    rollouts = RolloutLoop(
+        api,
+        controller.store,
+        source_for(settings.rollout),
+        requeue=controller.queue.add,
+        record_event=controller.record_event,
+        interval=settings.rollout.interval,
+    )
+    rollout_task = asyncio.create_task(rollouts.run())
     holding = asyncio.create_task(elector.hold() if elector else asyncio.Event().wait())
-    done, _ = await asyncio.wait({kopf_task, workers, holding}, return_when=asyncio.FIRST_COMPLETED)
+    done, _ = await asyncio.wait(
+        {kopf_task, workers, holding, rollout_task}, return_when=asyncio.FIRST_COMPLETED
+    )
     stop.set()
-    for task in (workers, holding):
+    for task in (workers, holding, rollout_task):
         task.cancel()
     with suppress(asyncio.CancelledError, Exception):
         await asyncio.wait_for(kopf_task, timeout=10)

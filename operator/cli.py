@@ -17,6 +17,7 @@ from .app import OperatorSettings, run
 from .controller import ControllerSettings
 from .leader import LeaseSettings
 from .render import RenderContext
+from .rollout_loop import RolloutSettings
 from .traffic import router_available
 
 DEFAULT_IMAGE = "ghcr.io/marfleet/marfleet:0.1.0"
@@ -74,6 +75,21 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="label added to ServiceMonitors so Prometheus selects them (repeatable)",
+    )
+    parser.add_argument(
+        "--rollout-prometheus-url",
+        default=env.get("MARFLEET_ROLLOUT_PROMETHEUS_URL", ""),
+        help="Prometheus that rollout analysis reads (env MARFLEET_ROLLOUT_PROMETHEUS_URL); "
+        "default: read the routers' /metrics directly",
+    )
+    parser.add_argument(
+        "--router-metrics-url",
+        default=RolloutSettings.router_metrics_url,
+        help="the routers' /metrics for rollout analysis without Prometheus ({isvc} and "
+        "{namespace} are filled in; the host resolves to every router pod)",
+    )
+    parser.add_argument(
+        "--rollout-interval", type=float, default=5.0, help="seconds between rollout checks"
     )
     parser.add_argument("--workers", type=int, default=4, help="concurrent reconciliations")
     parser.add_argument("--resync-seconds", type=float, default=600.0)
@@ -137,6 +153,11 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> OperatorS
         host=args.host,
         port=args.port,
         lease=lease,
+        rollout=RolloutSettings(
+            prometheus_url=args.rollout_prometheus_url,
+            router_metrics_url=args.router_metrics_url,
+            interval=args.rollout_interval,
+        ),
     )
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from . import compare, labels, render, spec, status
+from . import compare, labels, render, rollout, spec, status
 from .kube import FIELD_MANAGER, ApiError, KubeAPI, Ref
 from .metrics import OperatorMetrics
 from .store import Key, Store, key_of, owned_by
@@ -218,13 +218,14 @@ class Controller:
             previous=previous,
             errors=errors,
             now=self.settings.now(),
+            weights=rollout.effective_weights(obj),
         )
         if computed != status.own_part(previous):
             result = await self._call(self.api.apply_status, obj, computed)
             self.metrics.writes.labels(verb="status", kind=spec.KIND).inc()
             self.store.put_isvc(result)
         for change in transitions:
-            await self._event(
+            await self.record_event(
                 obj,
                 "Normal" if change.status == "True" else "Warning",
                 change.reason,
@@ -233,10 +234,12 @@ class Controller:
         reported = self._reported_errors.get(key, ())
         for error in errors:
             if error not in reported:
-                await self._event(obj, "Warning", "ApplyFailed", error)
+                await self.record_event(obj, "Warning", "ApplyFailed", error)
         self._reported_errors[key] = tuple(errors)
 
-    async def _event(self, obj: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
+    async def record_event(
+        self, obj: Mapping[str, Any], kind: str, reason: str, message: str
+    ) -> None:
         meta = obj["metadata"]
         now = self.settings.now()
         event = {

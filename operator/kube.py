@@ -139,8 +139,13 @@ class KubeAPI:
         """Server-side apply `obj` under the operator's field manager; return the result."""
         return self._apply(Ref.of(obj).path(), obj)
 
-    def apply_status(self, owner: Mapping[str, Any], status: Mapping[str, Any]) -> dict[str, Any]:
-        """Server-side apply the operator's part of an object's status subresource."""
+    def apply_status(
+        self,
+        owner: Mapping[str, Any],
+        status: Mapping[str, Any],
+        manager: str = FIELD_MANAGER,
+    ) -> dict[str, Any]:
+        """Server-side apply `manager`'s part of an object's status subresource."""
         meta = owner["metadata"]
         body = {
             "apiVersion": owner["apiVersion"],
@@ -148,7 +153,7 @@ class KubeAPI:
             "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
             "status": dict(status),
         }
-        return self._apply(Ref.of(owner).path(subresource="status"), body)
+        return self._apply(Ref.of(owner).path(subresource="status"), body, manager)
 
     def delete(self, ref: Ref, uid: str) -> None:
         """Delete the object if it is still the one with `uid` (never a same-named successor)."""
@@ -167,12 +172,14 @@ class KubeAPI:
         return self._request("PUT", Ref.of(obj).path(), body=obj)
 
     # ----- internals -----
-    def _apply(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    def _apply(
+        self, path: str, body: Mapping[str, Any], manager: str = FIELD_MANAGER
+    ) -> dict[str, Any]:
         return self._request(
             "PATCH",
             path,
             body=body,
-            query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+            query=[("fieldManager", manager), ("force", "true")],
             content_type=APPLY_CONTENT,
         )
 

@@ -61,8 +61,13 @@ def compute(
     previous: Mapping[str, Any],
     errors: Sequence[str],
     now: str,
+    weights: Mapping[str, int] | None = None,
 ) -> tuple[dict[str, Any], list[Transition]]:
-    """Return (the operator's part of the status, the condition transitions it implies)."""
+    """Return (the operator's part of the status, the condition transitions it implies).
+
+    `weights` are the weights in force when a rollout sets them (rollout.effective_weights);
+    without them the spec's weights are in force."""
+    weights = weights or {v.name: v.weight for v in isvc.variants}
     models = _models_condition(isvc, desired, children)
     routing = _traffic_condition(isvc, desired.traffic, children)
     scaling = _autoscaling_condition(isvc, children, ctx)
@@ -73,9 +78,11 @@ def compute(
     status = {
         "observedGeneration": isvc.generation,
         "url": url(isvc, ctx),
-        "traffic": traffic.weights_summary(isvc),
+        "traffic": ",".join(f"{v.name}={weights[v.name]}" for v in isvc.variants),
         "conditions": conditions,
-        "variants": [_variant_status(isvc, v.name, children) for v in isvc.variants],
+        "variants": [
+            _variant_status(isvc, v.name, children, weights[v.name]) for v in isvc.variants
+        ],
     }
     return status, transitions
 
@@ -223,13 +230,15 @@ def _with_transitions(
     return conditions, transitions
 
 
-def _variant_status(isvc: InferenceService, variant: str, children: Children) -> dict[str, Any]:
+def _variant_status(
+    isvc: InferenceService, variant: str, children: Children, weight: int
+) -> dict[str, Any]:
     spec = next(v for v in isvc.variants if v.name == variant)
     deploy = _deployment(children, labels.variant_object_name(isvc, variant)) or {}
     st = deploy.get("status") or {}
     return {
         "name": variant,
-        "weight": spec.weight,
+        "weight": weight,
         "replicas": int(st.get("replicas", 0)),
         "readyReplicas": int(st.get("readyReplicas", 0)),
         "modelVersion": spec.model.version,

@@ -1,0 +1,136 @@
+"""The rollout loop: every `interval` seconds, for each InferenceService with `spec.rollout`,
+read the numbers, ask `rollout.decide`, and write what changed.
+
+Writes go to `status.rollout` and the RolloutProgressing/RolloutAborted conditions only, under
+a field manager of their own (`marfleet-rollout`), so the reconciler's server-side applies of
+the rest of the status neither erase nor fight them. After a write the InferenceService is
+queued for reconciliation, which publishes the new weights in `status.variants[].weight`
+(`rollout.effective_weights`), where the routers pick them up. The state lives in the object,
+so a restarted operator carries on where the last one stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from . import rollout
+from .kube import KubeAPI
+from .rollout_metrics import (
+    MetricsSource,
+    MetricsUnavailable,
+    PrometheusSource,
+    RouterScrape,
+    Subject,
+)
+from .store import Key, Store
+
+log = logging.getLogger("marfleet.operator.rollout")
+
+FIELD_MANAGER = "marfleet-rollout"
+
+RecordEvent = Callable[[Mapping[str, Any], str, str, str], Awaitable[None]]
+"""(InferenceService, Normal|Warning, reason, message) → a Kubernetes Event."""
+
+
+class RolloutLoop:
+    def __init__(
+        self,
+        api: KubeAPI,
+        store: Store,
+        source: MetricsSource,
+        *,
+        requeue: Callable[[Key], None],
+        record_event: RecordEvent,
+        interval: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._api = api
+        self._store = store
+        self._source = source
+        self._requeue = requeue
+        self._record_event = record_event
+        self._interval = interval
+        self._clock = clock
+
+    async def run(self) -> None:
+        while True:
+            await self.tick()
+            await asyncio.sleep(self._interval)
+
+    async def tick(self) -> None:
+        for key, obj in list(self._store.isvcs.items()):
+            try:
+                await self.advance(key, obj)
+            except Exception as error:
+                log.warning(
+                    "rollout step failed, will retry",
+                    extra={"isvc": "/".join(key), "error": f"{type(error).__name__}: {error}"},
+                )
+
+    async def advance(self, key: Key, obj: Mapping[str, Any]) -> None:
+        plan = rollout.plan_of(obj)
+        if plan is None or obj["metadata"].get("deletionTimestamp"):
+            return
+        state = rollout.state_of(obj)
+        now = self._clock()
+        if state is not None and state.target == plan.target and state.phase == rollout.PROGRESSING:
+            subject = Subject(
+                namespace=key[0],
+                isvc=key[1],
+                canary=plan.canary,
+                stable=tuple(plan.others),
+                window_id=f"{state.target}/{state.step}/{state.step_started}",
+                window_seconds=now - state.step_started,
+            )
+            try:
+                observed = await self._source.observe(subject)
+            except MetricsUnavailable as error:
+                decision = rollout.hold(state, str(error))
+            else:
+                decision = rollout.decide(plan, state, observed, now)
+        else:
+            decision = rollout.decide(plan, state, None, now)
+        if decision.state != state:
+            await self._write(key, obj, plan, decision.state, now)
+        if decision.event is not None:
+            event = decision.event
+            log.info(
+                "rollout",
+                extra={"isvc": "/".join(key), "reason": event.reason, "detail": event.message},
+            )
+            await self._record_event(obj, event.type, event.reason, event.message)
+
+    async def _write(
+        self, key: Key, obj: Mapping[str, Any], plan: rollout.Plan, state: rollout.State, now: float
+    ) -> None:
+        previous = (obj.get("status") or {}).get("conditions") or []
+        generation = int(obj["metadata"].get("generation", 1))
+        status = {
+            "rollout": state.to_status(plan),
+            "conditions": rollout.conditions(
+                state, [c for c in previous if c.get("type") in rollout.CONDITIONS], now, generation
+            ),
+        }
+        result = await asyncio.to_thread(self._api.apply_status, obj, status, manager=FIELD_MANAGER)
+        self._store.put_isvc(result)
+        self._requeue(key)
+
+
+@dataclass(frozen=True)
+class RolloutSettings:
+    prometheus_url: str = ""
+    """Prometheus to read the routers' series from; empty: read the routers directly."""
+    router_metrics_url: str = "http://{isvc}-router-metrics.{namespace}.svc:8082/metrics"
+    """Where the routers' /metrics are; its host resolves to every router pod."""
+    interval: float = 5.0
+
+
+def source_for(settings: RolloutSettings) -> MetricsSource:
+    if settings.prometheus_url:
+        return PrometheusSource(settings.prometheus_url)
+    return RouterScrape(settings.router_metrics_url)

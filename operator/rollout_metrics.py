@@ -1,0 +1,239 @@
+"""The numbers a rollout is judged on: the canary's and the stable variants' requests, 5xx
+answers and p99 latency over the current step, as the routers saw them.
+
+Two sources, one interface (`observe`):
+
+- `PrometheusSource` asks Prometheus for the increase of the routers' series over the step
+  (window = time since the step began, so it survives an operator restart);
+- `RouterScrape` reads every router's /metrics itself when there is no Prometheus: the URL
+  template's host is resolved to all its addresses (a headless Service gives one per router
+  pod), the counters are summed, and the first reading of a step is its baseline. Counters
+  that went down (a router restarted) start a new baseline.
+
+Both read `marfleet_router_requests_total` and `marfleet_router_request_duration_seconds`
+(docs/metrics.md); p99 is interpolated within histogram buckets as histogram_quantile does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import socket
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from .rollout import Numbers, Observation
+
+REQUESTS = "marfleet_router_requests_total"
+DURATION_BUCKET = "marfleet_router_request_duration_seconds_bucket"
+MIN_PROMETHEUS_WINDOW = 10
+FIVE_XX = ',code_class="5xx"'
+
+
+class MetricsUnavailable(Exception):
+    """The numbers could not be read; the rollout holds its step and says why."""
+
+
+@dataclass(frozen=True)
+class Subject:
+    """What to observe: one InferenceService's canary and the variants it is compared with."""
+
+    namespace: str
+    isvc: str
+    canary: str
+    stable: tuple[str, ...]
+    window_id: str  # changes when a new analysis window (a new step) begins
+    window_seconds: float
+
+
+class MetricsSource(Protocol):
+    async def observe(self, subject: Subject) -> Observation: ...
+
+
+@dataclass
+class Tally:
+    """Cumulative counts of one side: requests, 5xx answers and latency buckets (le → count)."""
+
+    requests: float = 0.0
+    errors: float = 0.0
+    buckets: dict[float, float] = field(default_factory=dict)
+
+    def add(self, other: Tally) -> None:
+        self.requests += other.requests
+        self.errors += other.errors
+        for bound, count in other.buckets.items():
+            self.buckets[bound] = self.buckets.get(bound, 0.0) + count
+
+    def minus(self, base: Tally) -> Tally:
+        return Tally(
+            self.requests - base.requests,
+            self.errors - base.errors,
+            {b: c - base.buckets.get(b, 0.0) for b, c in self.buckets.items()},
+        )
+
+    def went_down_from(self, base: Tally) -> bool:
+        return self.requests < base.requests or self.errors < base.errors
+
+    def numbers(self) -> Numbers:
+        p99 = quantile(0.99, self.buckets)
+        return Numbers(self.requests, self.errors, None if p99 is None else p99 * 1000)
+
+
+def quantile(q: float, buckets: Mapping[float, float]) -> float | None:
+    """The q-quantile from cumulative buckets (upper bound → count), as histogram_quantile."""
+    ordered = sorted(buckets.items())
+    if not ordered or ordered[-1][1] <= 0:
+        return None
+    rank = q * ordered[-1][1]
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in ordered:
+        if count >= rank:
+            if math.isinf(bound):
+                return lower_bound
+            if count == lower_count:
+                return bound
+            return lower_bound + (bound - lower_bound) * (rank - lower_count) / (
+                count - lower_count
+            )
+        lower_bound, lower_count = bound, count
+    return lower_bound
+
+
+def tallies(text: str, namespace: str, isvc: str) -> dict[str, Tally]:
+    """Per-variant tallies of one InferenceService from a router's Prometheus text."""
+    result: dict[str, Tally] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = sample.labels
+            if labels.get("isvc") != isvc or labels.get("namespace") != namespace:
+                continue
+            tally = result.setdefault(labels.get("variant", ""), Tally())
+            if sample.name == REQUESTS:
+                tally.requests += sample.value
+                if labels.get("code_class") == "5xx":
+                    tally.errors += sample.value
+            elif sample.name == DURATION_BUCKET:
+                bound = float(labels["le"])
+                tally.buckets[bound] = tally.buckets.get(bound, 0.0) + sample.value
+    return result
+
+
+def observation(per_variant: Mapping[str, Tally], subject: Subject) -> Observation:
+    canary = per_variant.get(subject.canary, Tally())
+    stable = Tally()
+    for name in subject.stable:
+        stable.add(per_variant.get(name, Tally()))
+    return Observation(canary.numbers(), stable.numbers())
+
+
+class RouterScrape:
+    """Reads the routers' /metrics directly; see the module docstring."""
+
+    def __init__(self, url_template: str, timeout: float = 5.0) -> None:
+        self._template = url_template
+        self._timeout = timeout
+        self._baselines: dict[tuple[str, str], tuple[str, dict[str, Tally]]] = {}
+
+    async def observe(self, subject: Subject) -> Observation:
+        now = await self._read(subject)
+        key = (subject.namespace, subject.isvc)
+        window, base = self._baselines.get(key, ("", {}))
+        if window != subject.window_id or any(
+            tally.went_down_from(base.get(name, Tally())) for name, tally in now.items()
+        ):
+            self._baselines[key] = (subject.window_id, now)
+            base = now
+        delta = {name: tally.minus(base.get(name, Tally())) for name, tally in now.items()}
+        return observation(delta, subject)
+
+    async def _read(self, subject: Subject) -> dict[str, Tally]:
+        url = self._template.format(isvc=subject.isvc, namespace=subject.namespace)
+        urls = await _each_address(url)
+        total: dict[str, Tally] = {}
+        async with httpx.AsyncClient(timeout=self._timeout) as client:
+            for address in urls:
+                try:
+                    response = await client.get(address)
+                    response.raise_for_status()
+                except httpx.HTTPError as exc:
+                    raise MetricsUnavailable(f"reading router metrics at {address}: {exc}") from exc
+                for name, tally in tallies(response.text, subject.namespace, subject.isvc).items():
+                    total.setdefault(name, Tally()).add(tally)
+        return total
+
+
+async def _each_address(url: str) -> list[str]:
+    """`url` once per address its host resolves to (one per router pod behind a headless
+    Service)."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "", parts.port or 80
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise MetricsUnavailable(f"resolving router metrics host {host!r}: {exc}") from exc
+    addresses = sorted({str(info[4][0]) for info in infos})
+    netlocs = [f"[{a}]:{port}" if ":" in a else f"{a}:{port}" for a in addresses]
+    return [urlunsplit(parts._replace(netloc=n)) for n in netlocs]
+
+
+class PrometheusSource:
+    """Asks Prometheus (HTTP API /api/v1/query) for the routers' increases over the step."""
+
+    def __init__(self, url: str, timeout: float = 10.0) -> None:
+        self._url = url.rstrip("/")
+        self._timeout = timeout
+
+    async def observe(self, subject: Subject) -> Observation:
+        window = max(MIN_PROMETHEUS_WINDOW, math.ceil(subject.window_seconds))
+        selector = f'namespace="{subject.namespace}",isvc="{subject.isvc}"'
+
+        def increase(series: str, extra: str = "") -> str:
+            return f"increase({series}{{{selector}{extra}}}[{window}s])"
+
+        queries = {
+            "requests": f"sum by (variant) ({increase(REQUESTS)})",
+            "errors": f"sum by (variant) ({increase(REQUESTS, FIVE_XX)})",
+            "buckets": f"sum by (variant, le) ({increase(DURATION_BUCKET)})",
+        }
+        per_variant: dict[str, Tally] = {}
+        async with httpx.AsyncClient(timeout=self._timeout) as client:
+            for what, query in queries.items():
+                for labels, value in await self._query(client, query):
+                    tally = per_variant.setdefault(labels.get("variant", ""), Tally())
+                    if what == "requests":
+                        tally.requests = value
+                    elif what == "errors":
+                        tally.errors = value
+                    else:
+                        tally.buckets[float(labels["le"])] = value
+        return observation(per_variant, subject)
+
+    async def _query(
+        self, client: httpx.AsyncClient, query: str
+    ) -> Iterable[tuple[dict[str, str], float]]:
+        try:
+            response = await client.get(f"{self._url}/api/v1/query", params={"query": query})
+            response.raise_for_status()
+            body = response.json()
+        except (httpx.HTTPError, json.JSONDecodeError) as exc:
+            raise MetricsUnavailable(f"querying Prometheus at {self._url}: {exc}") from exc
+        if body.get("status") != "success":
+            raise MetricsUnavailable(f"Prometheus refused {query!r}: {body.get('error', body)}")
+        return parse_vector(body["data"]["result"])
+
+
+def parse_vector(result: Sequence[Mapping[str, Any]]) -> list[tuple[dict[str, str], float]]:
+    """An instant vector's (labels, value) pairs, skipping NaN (no data in the window)."""
+    pairs = []
+    for item in result:
+        labels = {str(k): str(v) for k, v in item["metric"].items()}
+        value = float(item["value"][1])
+        if not math.isnan(value):
+            pairs.append((labels, value))
+    return pairs
