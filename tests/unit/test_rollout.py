@@ -31,7 +31,7 @@ def isvc(
     status_rollout: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     names = ["stable", "canary"] if len(weights) == 2 else ["a", "b", "canary"]
-    variants = [
+    variants: list[dict[str, Any]] = [
         {"name": n, "weight": w, "model": {"uri": f"https://m/{n}.mar", "version": "1.0"}}
         for n, w in zip(names, weights, strict=True)
     ]
