@@ -18,6 +18,9 @@ from .spec import GROUP, PLURAL, VERSION
 CHILD_RESOURCES: tuple[tuple[str, str, str], ...] = (
     ("", "v1", "configmaps"),
     ("", "v1", "services"),
+    ("", "v1", "serviceaccounts"),
+    ("rbac.authorization.k8s.io", "v1", "roles"),
+    ("rbac.authorization.k8s.io", "v1", "rolebindings"),
     ("apps", "v1", "deployments"),
     ("autoscaling", "v2", "horizontalpodautoscalers"),
     ("policy", "v1", "poddisruptionbudgets"),

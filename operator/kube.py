@@ -29,6 +29,9 @@ PLURALS: dict[tuple[str, str], str] = {
     ("v1", "ConfigMap"): "configmaps",
     ("v1", "Service"): "services",
     ("v1", "Event"): "events",
+    ("v1", "ServiceAccount"): "serviceaccounts",
+    ("rbac.authorization.k8s.io/v1", "Role"): "roles",
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): "rolebindings",
     ("apps/v1", "Deployment"): "deployments",
     ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
     ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
@@ -52,7 +55,8 @@ class ApiError(RuntimeError):
         self.reason = reason
         self.message = message
         self.causes = causes
-        """The `type` of each cause the server listed (e.g. NamespaceTerminating)."""
+        """The type of each cause the server listed (e.g. NamespaceTerminating); it travels in
+        the cause's `reason` field."""
 
     @property
     def retriable(self) -> bool:
@@ -222,6 +226,6 @@ def _api_error(status: int, reason: str, body: bytes | str | None) -> ApiError:
     if not isinstance(decoded, dict):
         return ApiError(status, reason, message)
     causes = tuple(
-        str(cause.get("type", "")) for cause in (decoded.get("details") or {}).get("causes") or []
+        str(cause.get("reason", "")) for cause in (decoded.get("details") or {}).get("causes") or []
     )
     return ApiError(status, decoded.get("reason", reason), decoded.get("message", message), causes)

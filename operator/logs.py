@@ -33,5 +33,6 @@ def configure(level: str) -> None:
     root.setLevel(level.upper())
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     # kopf reports every handled watch event at INFO; the controller logs what it does.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)

@@ -126,6 +126,7 @@ def render(isvc: InferenceService, ctx: RenderContext) -> Desired:
         objects += variant_objects(isvc, variant, ctx)
     objects.append(stable_service(isvc, plan))
     if plan.uses_router:
+        objects += router_access(isvc)
         objects.append(router_deployment(isvc, ctx))
     if ctx.service_monitor_installed:
         objects.append(service_monitor(isvc, ctx))
@@ -423,6 +424,18 @@ def scaled_object(isvc: InferenceService, variant: Variant, ctx: RenderContext) 
         trigger=trigger,
         behavior=SCALING_BEHAVIOR,
     )
+
+
+def router_access(isvc: InferenceService) -> list[dict[str, Any]]:
+    """ServiceAccount, Role and RoleBinding that let the router read its InferenceService."""
+    return [
+        _template(template, isvc, labels.router_name(isvc), component=labels.ROUTER)
+        for template in (
+            "router-serviceaccount.yaml.j2",
+            "router-role.yaml.j2",
+            "router-rolebinding.yaml.j2",
+        )
+    ]
 
 
 def router_deployment(isvc: InferenceService, ctx: RenderContext) -> dict[str, Any]:

@@ -187,13 +187,18 @@ def namespace(cluster: LocalCluster, operators: Operators) -> Iterator[str]:
 # ----- reading and writing through the API -----
 
 
+def plain(api: k8s.ApiClient, obj: object) -> dict[str, Any]:
+    """A client model (or a custom object) as the plain JSON the API server sent."""
+    result: dict[str, Any] = api.sanitize_for_serialization(obj)
+    return result
+
+
 def custom(api: k8s.ApiClient) -> k8s.CustomObjectsApi:
     return k8s.CustomObjectsApi(api)
 
 
 def get_isvc(api: k8s.ApiClient, ns: str, name: str) -> dict[str, Any]:
-    obj: dict[str, Any] = custom(api).get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
-    return obj
+    return plain(api, custom(api).get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name))
 
 
 def patch_isvc(cluster: LocalCluster, ns: str, name: str, patch: dict[str, Any]) -> None:
@@ -228,16 +233,18 @@ def deployment(api: k8s.ApiClient, ns: str, name: str) -> dict[str, Any] | None:
         if error.status == 404:
             return None
         raise
-    result: dict[str, Any] = api.sanitize_for_serialization(obj)
-    return result
+    return plain(api, obj)
 
 
 def children(api: k8s.ApiClient, ns: str, isvc: str) -> dict[tuple[str, str], str]:
     """(kind, name) -> resourceVersion of every object the operator made for `isvc`."""
     selector = f"{ISVC_LABEL}={isvc}"
     core, apps, autoscaling = k8s.CoreV1Api(api), k8s.AppsV1Api(api), k8s.AutoscalingV2Api(api)
-    policy = k8s.PolicyV1Api(api)
+    policy, rbac = k8s.PolicyV1Api(api), k8s.RbacAuthorizationV1Api(api)
     listings = {
+        "ServiceAccount": core.list_namespaced_service_account(ns, label_selector=selector),
+        "Role": rbac.list_namespaced_role(ns, label_selector=selector),
+        "RoleBinding": rbac.list_namespaced_role_binding(ns, label_selector=selector),
         "ConfigMap": core.list_namespaced_config_map(ns, label_selector=selector),
         "Service": core.list_namespaced_service(ns, label_selector=selector),
         "Deployment": apps.list_namespaced_deployment(ns, label_selector=selector),
@@ -249,9 +256,9 @@ def children(api: k8s.ApiClient, ns: str, isvc: str) -> dict[tuple[str, str], st
         ),
     }
     return {
-        (kind, item.metadata.name): item.metadata.resource_version
+        (kind, item["metadata"]["name"]): item["metadata"]["resourceVersion"]
         for kind, listing in listings.items()
-        for item in listing.items
+        for item in plain(api, listing)["items"]
     }
 
 
@@ -259,7 +266,7 @@ def events(api: k8s.ApiClient, ns: str, name: str) -> list[tuple[str, str, str]]
     found = k8s.CoreV1Api(api).list_namespaced_event(
         ns, field_selector=f"involvedObject.name={name},involvedObject.kind=InferenceService"
     )
-    return [(e.type, e.reason, e.message) for e in found.items]
+    return [(e["type"], e["reason"], e["message"]) for e in plain(api, found)["items"]]
 
 
 def apply(cluster: LocalCluster, ns: str, obj: dict[str, Any]) -> None:
@@ -327,19 +334,38 @@ def test_design_example_becomes_a_placed_ready_fleet(
         hpa = k8s.AutoscalingV2Api(api).read_namespaced_horizontal_pod_autoscaler(
             f"resnet50-{variant}", namespace
         )
-        metric = hpa.spec.metrics[0].pods
-        assert (metric.metric.name, metric.target.average_value) == (
+        metric = plain(api, hpa)["spec"]["metrics"][0]["pods"]
+        assert (metric["metric"]["name"], metric["target"]["averageValue"]) == (
             "marfleet_requests_per_second",
             "500",
         )
     pods = k8s.CoreV1Api(api).list_namespaced_pod(
-        namespace, label_selector=f"{ISVC_LABEL}=resnet50"
+        namespace, label_selector=f"{ISVC_LABEL}=resnet50,app.kubernetes.io/component=runtime"
     )
-    assert len(pods.items) == 2
-    assert {p.spec.node_name for p in pods.items} == {"gpu-h100-node"}
-    stable = k8s.CoreV1Api(api).read_namespaced_service("resnet50", namespace)
+    placed = [p["spec"]["nodeName"] for p in plain(api, pods)["items"]]
+    assert placed == ["gpu-h100-node", "gpu-h100-node"]
+    stable = plain(api, k8s.CoreV1Api(api).read_namespaced_service("resnet50", namespace))
     expected_target = "router" if router_available() else "runtime"
-    assert stable.spec.selector["app.kubernetes.io/component"] == expected_target
+    assert stable["spec"]["selector"]["app.kubernetes.io/component"] == expected_target
+    router = deployment(api, namespace, "resnet50-router")
+    assert (router is not None) == router_available()
+    if router is not None:
+        args = router["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert args == ["router", "--isvc", "resnet50"]
+        account = f"system:serviceaccount:{namespace}:resnet50-router"
+        for target, allowed in (("resnet50", "yes"), ("another", "no")):
+            answer = cluster.kubectl(
+                "auth",
+                "can-i",
+                "watch",
+                f"inferenceservices/{target}",
+                "-n",
+                namespace,
+                "--as",
+                account,
+                check=False,
+            ).stdout.strip()
+            assert answer == allowed, (target, answer)
     status = obj["status"]
     assert status["url"] == f"http://resnet50.{namespace}.svc.cluster.local"
     assert status["traffic"] == "stable=90,canary=10"
@@ -352,7 +378,9 @@ def test_design_example_becomes_a_placed_ready_fleet(
     assert condition(obj, "ModelsReady")["status"] == "True"
     traffic = condition(obj, "TrafficReady")
     assert traffic["status"] == "True"
-    if not router_available():
+    if router_available():
+        assert traffic["reason"] == "Routed"
+    else:
         assert traffic["reason"] == "RouterNotAvailable"
         assert "weights stable=90,canary=10 are not applied" in traffic["message"]
     recorded = wait_for(lambda: events(api, namespace, "resnet50"), 10, "events")
@@ -463,6 +491,28 @@ def test_hand_deleted_and_hand_edited_children_come_back(
     print(f"drift repaired: deleted {restored_after:.2f}s, edited {repaired_after:.2f}s")
 
 
+def hpas_reported(api: k8s.ApiClient, ns: str) -> bool:
+    """Every HPA has been processed by the HPA controller (it has a ScalingActive condition)."""
+    found = k8s.AutoscalingV2Api(api).list_namespaced_horizontal_pod_autoscaler(ns)
+    hpas = plain(api, found)["items"]
+    return bool(hpas) and all(
+        any(c["type"] == "ScalingActive" for c in (h.get("status") or {}).get("conditions") or [])
+        for h in hpas
+    )
+
+
+def wait_quiet(operator: OperatorProcess, quiet: float = 3.0, timeout: float = 30) -> None:
+    """Wait until the operator has made no write for `quiet` seconds."""
+    deadline = time.monotonic() + timeout
+    last, since = operator.metric("marfleet_operator_writes_total"), time.monotonic()
+    while time.monotonic() - since < quiet:
+        assert time.monotonic() < deadline, "the operator kept writing"
+        time.sleep(0.5)
+        now = operator.metric("marfleet_operator_writes_total")
+        if now != last:
+            last, since = now, time.monotonic()
+
+
 def test_restart_on_a_converged_cluster_writes_nothing(
     cluster: LocalCluster, api: k8s.ApiClient, namespace: str, operators: Operators
 ) -> None:
@@ -470,7 +520,9 @@ def test_restart_on_a_converged_cluster_writes_nothing(
     apply(cluster, namespace, small("bert", autoscaling={"minReplicas": 2, "maxReplicas": 3}))
     for name in ("resnet50", "bert"):
         wait_ready(api, namespace, name)
-    time.sleep(2)
+    wait_for(lambda: hpas_reported(api, namespace), 45, "the HPA controller to report")
+    assert operators.current is not None
+    wait_quiet(operators.current)
 
     def versions() -> dict[tuple[str, str], str]:
         found = {
@@ -483,7 +535,6 @@ def test_restart_on_a_converged_cluster_writes_nothing(
 
     before = versions()
     assert ("PodDisruptionBudget", "bert-main") in before
-    assert operators.current is not None
     operators.current.stop()
     restarted = operators.start()
 
@@ -491,8 +542,9 @@ def test_restart_on_a_converged_cluster_writes_nothing(
         return restarted.metric("marfleet_operator_reconciles_total", result="success") >= 2
 
     wait_for(reconciled_both, 30, "the new operator to reconcile")
-    time.sleep(3)
-    assert restarted.metric("marfleet_operator_writes_total") == 0, restarted.log_tail()
+    wait_quiet(restarted)
+    writes = [line for line in restarted.get("/metrics")[1].splitlines() if "writes_total{" in line]
+    assert restarted.metric("marfleet_operator_writes_total") == 0, writes
     assert versions() == before
 
 
@@ -587,8 +639,11 @@ def test_keda_and_service_monitor_follow_their_crds(
 
         def scaled_object() -> dict[str, Any] | None:
             try:
-                found: dict[str, Any] = objects.get_namespaced_custom_object(
-                    "keda.sh", "v1alpha1", namespace, "scaledobjects", "scaled-main"
+                found = plain(
+                    api,
+                    objects.get_namespaced_custom_object(
+                        "keda.sh", "v1alpha1", namespace, "scaledobjects", "scaled-main"
+                    ),
                 )
             except ApiException:
                 return None
@@ -598,8 +653,11 @@ def test_keda_and_service_monitor_follow_their_crds(
         assert scaled["spec"]["minReplicaCount"] == 2
         assert scaled["spec"]["triggers"][0]["type"] == "prometheus"
         monitor = wait_for(
-            lambda: objects.list_namespaced_custom_object(
-                "monitoring.coreos.com", "v1", namespace, "servicemonitors"
+            lambda: plain(
+                api,
+                objects.list_namespaced_custom_object(
+                    "monitoring.coreos.com", "v1", namespace, "servicemonitors"
+                ),
             )["items"],
             30,
             "a ServiceMonitor",

@@ -406,7 +406,7 @@ def test_stable_service_targets_first_variant_without_router() -> None:
         "protocol": "TCP",
     }
     assert labels.SCRAPE not in svc["metadata"]["labels"]
-    assert ("Deployment", "resnet50-router") not in objects
+    assert not [key for key in objects if key[1] == "resnet50-router"]
     plan = render.render(spec.parse(design_example()), CTX).traffic
     assert (plan.uses_router, plan.reason) == (False, "RouterNotAvailable")
     assert "weights stable=90,canary=10 are not applied" in plan.message
@@ -420,6 +420,26 @@ def test_router_when_available() -> None:
     assert [p["name"] for p in svc["spec"]["ports"]] == ["http", "inference", "metrics"]
     router = objects[("Deployment", "resnet50-router")]
     assert router["spec"]["replicas"] == 2
+    assert router["spec"]["template"]["spec"]["serviceAccountName"] == "resnet50-router"
+    assert ("ServiceAccount", "resnet50-router") in objects
+    role = objects[("Role", "resnet50-router")]
+    assert role["rules"] == [
+        {
+            "apiGroups": ["serving.marfleet.io"],
+            "resources": ["inferenceservices"],
+            "resourceNames": ["resnet50"],
+            "verbs": ["get", "list", "watch"],
+        }
+    ]
+    binding = objects[("RoleBinding", "resnet50-router")]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "resnet50-router",
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "resnet50-router", "namespace": "vision"}
+    ]
     assert router["spec"]["selector"] == {
         "matchLabels": {labels.ISVC: "resnet50", labels.COMPONENT: "router"}
     }
