@@ -439,10 +439,11 @@ def router_access(isvc: InferenceService) -> list[dict[str, Any]]:
 
 
 def router_deployment(isvc: InferenceService, ctx: RenderContext) -> dict[str, Any]:
+    # No weights here: the router follows them through the API, so a weight change never
+    # changes (and so never restarts) the router's pods.
     backends = [
         {
             "variant": v.name,
-            "weight": v.weight,
             "url": f"http://{labels.variant_object_name(isvc, v.name)}.{isvc.namespace}"
             f".svc.{ctx.cluster_domain}:{PORTS['inference']}",
         }

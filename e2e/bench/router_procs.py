@@ -107,10 +107,15 @@ def upstream(name: str, *, delay_ms: float = 0) -> Iterator[Proc]:
 
 @contextmanager
 def router(
-    backends: Mapping[str, str], *args: str, env: Mapping[str, str] | None = None
+    backends: Mapping[str, str],
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    metrics_port: int | None = None,
 ) -> Iterator[Proc]:
-    """`marfleet router` on loopback with `--backend` per variant and the extra `args`."""
-    port, metrics_port = free_port(), free_port()
+    """`marfleet router` on loopback with `--backend` per variant and the extra `args`;
+    ready once its inference port listens (in watch mode: once it has weights)."""
+    port = free_port()
+    metrics_port = metrics_port or free_port()
     command = [*ROUTER_COMMAND, "--host", "127.0.0.1", "--port", str(port)]
     command += ["--metrics-port", str(metrics_port)]
     command += [f"--backend={name}={url}" for name, url in backends.items()]

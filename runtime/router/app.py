@@ -1,9 +1,9 @@
 """Assembles and runs one router process: upstream pools, proxy, weight source, two listeners.
 
 Lifecycle: start the metrics listener, install the first routing table (static, or the first
-one the watch delivers), serve clients, and on SIGTERM or SIGINT stop accepting, let requests
-in flight finish (up to `drain_seconds`), then close the upstream connections. Until weights
-are known every request is answered 503 with a message saying so.
+one the watch delivers: the inference port opens only then, so a TCP readiness probe means
+"routing"), serve clients, and on SIGTERM or SIGINT stop accepting, let requests in flight
+finish (up to `drain_seconds`), then close the upstream connections.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from marfleet.runtime.metrics import CONTENT_TYPE
@@ -52,6 +53,7 @@ class Router:
             for variant, url in settings.backends.items()
         }
         self.proxy = Proxy(self.metrics, mirror_limit=settings.mirror_limit)
+        self.routed = asyncio.Event()
 
     def apply(self, routing: Routing) -> None:
         """Put `routing` in force; a routing naming unknown variants is refused and logged."""
@@ -61,6 +63,7 @@ class Router:
             log.error("routing refused; the previous one stays in force", extra={"error": str(exc)})
             return
         self.proxy.install(table)
+        self.routed.set()
         log.info(
             "routing in force",
             extra={
@@ -86,23 +89,29 @@ class Router:
 async def run(settings: RouterSettings) -> int:
     router = Router(settings)
     loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    metrics = HttpServer(router.metrics_endpoint, HttpLimits(), error_response=error_response)
+    await metrics.start(settings.host, settings.metrics_port)
     if settings.static is not None:
         router.apply(settings.static)
     else:
         api = load_kube_config(settings.kubeconfig)
         IsvcWatch(api, settings.namespace, settings.isvc, loop, router.apply).start()
+        log.info(
+            "waiting for the InferenceService's weights before listening",
+            extra={"isvc": settings.isvc, "namespace": settings.namespace},
+        )
+        if not await _first_of(router.routed.wait(), stop.wait()):
+            metrics.begin_shutdown()
+            return 0
     front = RouterHttpServer(
         router.proxy,
         settings.limits,
         error_response=error_response,
         on_unhandled=_log_unhandled,
     )
-    metrics = HttpServer(
-        router.metrics_endpoint,
-        HttpLimits(),
-        error_response=error_response,
-    )
-    await metrics.start(settings.host, settings.metrics_port)
     await front.start(settings.host, settings.port)
     log.info(
         "router listening",
@@ -114,9 +123,6 @@ async def run(settings: RouterSettings) -> int:
             "backends": settings.backends,
         },
     )
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     log.info("router draining", extra={"seconds": settings.drain_seconds})
     front.begin_shutdown()
@@ -133,3 +139,15 @@ def _log_unhandled(request: Request, exc: Exception) -> None:
         extra={"method": request.method, "path": request.path, "error": repr(exc)},
         exc_info=exc,
     )
+
+
+async def _first_of(wanted: Awaitable[object], stopper: Awaitable[object]) -> bool:
+    """Await `wanted` unless `stopper` finishes first; True when `wanted` did."""
+    wanted_task = asyncio.ensure_future(wanted)
+    stop_task = asyncio.ensure_future(stopper)
+    done, pending = await asyncio.wait(
+        {wanted_task, stop_task}, return_when=asyncio.FIRST_COMPLETED
+    )
+    for task in pending:
+        task.cancel()
+    return wanted_task in done

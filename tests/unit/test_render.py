@@ -456,12 +456,10 @@ def test_router_when_available() -> None:
     assert json.loads(env["MARFLEET_ROUTER_BACKENDS"]["value"]) == [
         {
             "variant": "stable",
-            "weight": 90,
             "url": "http://resnet50-stable.vision.svc.cluster.local:8080",
         },
         {
             "variant": "canary",
-            "weight": 10,
             "url": "http://resnet50-canary.vision.svc.cluster.local:8080",
         },
     ]
