@@ -24,6 +24,7 @@ from tests.integration.test_operator import (
     api,
     condition,
     operators,
+    plain,
     small,
 )
 
@@ -85,7 +86,9 @@ def test_hundred_inferenceservices_become_ready(
         applied = time.monotonic() - started
         deadline = started + 300
         while len(ready_after) < COUNT and time.monotonic() < deadline:
-            listing = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+            listing = plain(
+                api, custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+            )
             now = time.monotonic() - started
             for obj in listing["items"]:
                 name = obj["metadata"]["name"]
