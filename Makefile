@@ -21,7 +21,7 @@ ifdef FAST
 PYTEST_ARGS += -m "not slow"
 endif
 
-.PHONY: setup apt venv toolchain test lint format typecheck unit cluster-up cluster-down bench clean
+.PHONY: setup apt venv toolchain test lint format typecheck unit cluster-up cluster-down demo demo-down bench clean
 
 setup: apt venv toolchain
 
@@ -71,6 +71,12 @@ cluster-up: setup
 
 cluster-down: venv
 	@$(PY) -m e2e.localcluster down --name $(CLUSTER)
+
+demo: setup
+	@$(PY) -m e2e.demo up
+
+demo-down: venv
+	@$(PY) -m e2e.demo down
 
 bench: setup
 	$(PY) -m e2e.bench.run --duration $(or $(BENCH_SECONDS),10) --rounds 3 --out bench-results/serve-vs-torchserve.json

@@ -1,0 +1,1 @@
+"""`make demo`: the quickstart that shows marfleet doing its job on one machine (see story)."""
