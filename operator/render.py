@@ -20,6 +20,7 @@ from typing import Any
 import jinja2
 import yaml
 from marfleet.runtime.storage.uri import archive_filename, scheme_error
+from marfleet.runtime.storage.uri import parse as parse_uri
 
 from . import labels, traffic
 from .compare import stamp
@@ -190,7 +191,8 @@ def deployment(
 ) -> dict[str, Any]:
     name = labels.variant_object_name(isvc, variant.name)
     uri = variant.model.uri
-    pvc_claim = uri.split("://", 1)[1].split("/", 1)[0] if uri.startswith("pvc://") else None
+    source = parse_uri(uri)
+    pvc_claim = source.location if source.scheme == "pvc" else None
     fetch_args = ["fetch", uri, MODEL_STORE]
     if variant.model.sha256:
         fetch_args += ["--sha256", variant.model.sha256]

@@ -25,9 +25,6 @@ class WorkQueue(Generic[K]):
         self.base_delay = base_delay
         self.max_delay = max_delay
 
-    def __len__(self) -> int:
-        return len(self._waiting)
-
     def add(self, key: K) -> None:
         if key in self._waiting:
             return
