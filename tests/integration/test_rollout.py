@@ -10,6 +10,7 @@ rollout; the InferenceService's status is what the tests observe.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -18,6 +19,7 @@ import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -28,7 +30,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from e2e.bench.procs import free_port
-from e2e.bench.router_procs import Client, Proc, router, upstream
+from e2e.bench.router_procs import Client, Proc, metric, router, upstream
 from e2e.localcluster import LocalCluster
 from tests.integration.test_operator_crd import install_crd
 
@@ -85,6 +87,7 @@ class Rollout:
     router: Proc
     canary: Proc
     load: Load
+    router_credentials: Path
 
     def isvc(self) -> dict[str, Any]:
         obj = k8s.CustomObjectsApi(self.api).get_namespaced_custom_object(
@@ -108,7 +111,7 @@ class Rollout:
         return [(str(e.type), str(e.reason), str(e.message)) for e in listing.items]
 
 
-def manifest(name: str, namespace: str) -> dict[str, Any]:
+def manifest(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "InferenceService",
@@ -123,13 +126,16 @@ def manifest(name: str, namespace: str) -> dict[str, Any]:
                 },
             ],
             "autoscaling": {"engine": "none"},
-            "rollout": {
-                "steps": [20, 50, 100],
-                "stepSeconds": 3,
-                "analysis": {"maxErrorRatio": 0.05, "maxLatencyP99Ms": 2000},
-            },
+            **spec,
         },
     }
+
+
+ROLLOUT = {
+    "steps": [20, 50, 100],
+    "stepSeconds": 3,
+    "analysis": {"maxErrorRatio": 0.05, "maxLatencyP99Ms": 2000},
+}
 
 
 @pytest.fixture(scope="module")
@@ -138,16 +144,42 @@ def api(cluster: LocalCluster) -> k8s.ApiClient:
     return k8s_config.new_client_from_config(config_file=str(cluster.kubeconfig))
 
 
-@pytest.fixture
-def rollout(cluster: LocalCluster, api: k8s.ApiClient, tmp_path: Path) -> Iterator[Rollout]:
+def router_kubeconfig(cluster: LocalCluster, namespace: str, name: str, path: Path) -> Path:
+    """A kubeconfig holding only the token of the ServiceAccount the operator made for the
+    router (bound to its read-only Role): the credential a router pod has."""
+    account = f"{name}-router"
+    wait_for(
+        lambda: (
+            cluster.kubectl(
+                "get", "serviceaccount", account, "-n", namespace, check=False
+            ).returncode
+            == 0
+        ),
+        30,
+        f"ServiceAccount {account}",
+    )
+    token = cluster.kubectl("create", "token", account, "-n", namespace).stdout.strip()
+    config = json.loads(cluster.kubeconfig.read_text())
+    config["users"] = [{"name": account, "user": {"token": token}}]
+    config["contexts"][0]["context"]["user"] = account
+    path.write_text(json.dumps(config))
+    return path
+
+
+@contextmanager
+def running(
+    cluster: LocalCluster, api: k8s.ApiClient, workdir: Path, **spec: Any
+) -> Iterator[Rollout]:
+    """An InferenceService, the operator serving its namespace, and a router (with the
+    router's own credentials) in front of two upstream processes; all ended afterwards."""
     namespace = f"ro-{uuid.uuid4().hex[:8]}"
     name = "cart"
     cluster.kubectl("create", "namespace", namespace)
     k8s.CustomObjectsApi(api).create_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, manifest(name, namespace)
+        GROUP, VERSION, namespace, PLURAL, manifest(name, namespace, **spec)
     )
     metrics_port = free_port()
-    operator_log = tmp_path / "operator.log"
+    operator_log = workdir / "operator.log"
     with operator_log.open("wb") as out:
         operator = subprocess.Popen(
             [
@@ -173,14 +205,15 @@ def rollout(cluster: LocalCluster, api: k8s.ApiClient, tmp_path: Path) -> Iterat
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    watch = ("--isvc", name, "--namespace", namespace, "--kubeconfig", str(cluster.kubeconfig))
     try:
+        credentials = router_kubeconfig(cluster, namespace, name, workdir / "router.kubeconfig")
+        watch = ("--isvc", name, "--namespace", namespace, "--kubeconfig", str(credentials))
         with upstream("stable") as stable, upstream("canary") as canary:
             backends = {"stable": stable.url, "canary": canary.url}
             with router(backends, *watch, metrics_port=metrics_port) as proc:
                 load = Load(proc.url)
                 try:
-                    yield Rollout(api, namespace, name, proc, canary, load)
+                    yield Rollout(api, namespace, name, proc, canary, load, credentials)
                 finally:
                     load.stop()
     finally:
@@ -192,6 +225,12 @@ def rollout(cluster: LocalCluster, api: k8s.ApiClient, tmp_path: Path) -> Iterat
             operator.wait()
         print(operator_log.read_text(errors="replace")[-3000:])
         cluster.kubectl("delete", "namespace", namespace, "--wait=false")
+
+
+@pytest.fixture
+def rollout(cluster: LocalCluster, api: k8s.ApiClient, tmp_path: Path) -> Iterator[Rollout]:
+    with running(cluster, api, tmp_path, rollout=ROLLOUT) as started:
+        yield started
 
 
 def test_a_healthy_canary_is_promoted_through_every_step(rollout: Rollout) -> None:
@@ -247,3 +286,61 @@ def test_a_canary_whose_handler_starts_failing_is_rolled_back(rollout: Rollout) 
     wait_for(lambda: sum(rollout.load.since(moment).values()) >= 100, 30, "more traffic")
     assert set(rollout.load.since(moment)) == {"stable"}
     print(yaml.safe_dump(rollout.status().get("rollout")))
+
+
+def router_weight(rollout: Rollout, variant: str) -> float:
+    with urllib.request.urlopen(rollout.router.metrics_url, timeout=5) as response:
+        return metric(response.read().decode(), "marfleet_router_weight", variant=variant)
+
+
+def test_weights_edited_in_spec_reach_the_router_within_seconds_without_a_failed_request(
+    cluster: LocalCluster, api: k8s.ApiClient, tmp_path: Path
+) -> None:
+    spec_weights = [{"op": "replace", "path": "/spec/variants/0/weight", "value": 90}]
+    spec_weights.append({"op": "replace", "path": "/spec/variants/1/weight", "value": 10})
+    with running(cluster, api, tmp_path) as plain:
+        patch = ("--type=json", f"-p={json.dumps(spec_weights)}")
+        cluster.kubectl("patch", "mfisvc", plain.name, "-n", plain.namespace, *patch)
+        wait_for(lambda: router_weight(plain, "canary") == 10, 10, "weights 90/10 in the router")
+        plain.load.start()
+        wait_for(lambda: len(plain.load.answers) >= 500, 30, "load")
+        to_even = [{**op, "value": 50} for op in spec_weights]
+        changed_at = time.monotonic()
+        cluster.kubectl(
+            "patch",
+            "mfisvc",
+            plain.name,
+            "-n",
+            plain.namespace,
+            "--type=json",
+            f"-p={json.dumps(to_even)}",
+        )
+        wait_for(lambda: router_weight(plain, "canary") == 50, 10, "weights 50/50 in the router")
+        applied_after = time.monotonic() - changed_at
+        settled = time.monotonic()
+        wait_for(lambda: sum(plain.load.since(settled).values()) >= 400, 30, "load at 50/50")
+        plain.load.stop()
+        # The router holds no rights beyond reading its own InferenceService.
+        kubectl = ("--kubeconfig", str(plain.router_credentials), "-n", plain.namespace)
+        assert (
+            cluster.kubectl(
+                "auth", "can-i", "watch", f"mfisvc/{plain.name}", *kubectl, check=False
+            ).stdout.strip()
+            == "yes"
+        )
+        for verb, what in (
+            ("patch", f"mfisvc/{plain.name}"),
+            ("list", "pods"),
+            ("get", "mfisvc/other"),
+        ):
+            assert (
+                cluster.kubectl("auth", "can-i", verb, what, *kubectl, check=False).stdout.strip()
+                == "no"
+            )
+    print(f"weights applied by the router {applied_after:.2f} s after the edit")
+    assert applied_after < 5
+    before = Counter(v for at, _, v in plain.load.answers if at < changed_at)
+    assert abs(before["canary"] / sum(before.values()) - 0.10) <= 0.02, before
+    after = plain.load.since(settled)
+    assert abs(after["canary"] / sum(after.values()) - 0.50) <= 0.02, after
+    assert [a for a in plain.load.answers if a[1] != 200] == []
