@@ -12,10 +12,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,8 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
+from marfleet.operator.kube import KubeAPI
+from marfleet.operator.leader import LeaderElector, LeaseSettings
 from marfleet.operator.traffic import router_available
 
 from e2e.localcluster import LocalCluster
@@ -725,3 +729,31 @@ def test_operator_logs_are_json(operators: Operators) -> None:
     lines = [line for line in operator.log.read_text().splitlines() if line.strip()]
     parsed = [json.loads(line) for line in lines]
     assert all({"time", "level", "logger", "message"} <= entry.keys() for entry in parsed)
+
+
+def race_for(elector: LeaderElector, start: threading.Barrier) -> bool:
+    start.wait()
+    return elector.try_acquire_or_renew()
+
+
+def test_two_candidates_never_both_win_the_lease(cluster: LocalCluster) -> None:
+    """Candidates racing for a free lease: the API server lets exactly one of them create it,
+    and after that only the holder renews."""
+    clients = [KubeAPI(str(cluster.kubeconfig)) for _ in range(2)]
+    try:
+        for index in range(10):
+            name = f"race-{uuid.uuid4().hex[:6]}"
+            electors = [
+                LeaderElector(client, LeaseSettings("default", name, identity=f"candidate-{n}"))
+                for n, client in enumerate(clients)
+            ]
+            start = threading.Barrier(len(electors))
+            with ThreadPoolExecutor(len(electors)) as pool:
+                won = list(pool.map(race_for, electors, [start] * len(electors)))
+            assert won.count(True) == 1, (index, won)
+            winner, loser = electors[won.index(True)], electors[won.index(False)]
+            assert winner.try_acquire_or_renew() and not loser.try_acquire_or_renew()
+            cluster.kubectl("delete", "lease", name, "-n", "default")
+    finally:
+        for client in clients:
+            client.close()
