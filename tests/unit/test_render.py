@@ -198,6 +198,7 @@ def test_pvc_model_is_mounted_read_only_for_the_fetch() -> None:
 def test_server_container() -> None:
     server = container(rendered(design_example()), "resnet50-canary")
     assert server["name"] == "server"
+    assert server["workingDir"] == "/tmp", "the server writes key_file.json where it runs"
     assert server["command"] == ["marfleet"]
     assert server["args"] == [
         "serve",
@@ -444,6 +445,8 @@ def test_router_when_available() -> None:
         "matchLabels": {labels.ISVC: "resnet50", labels.COMPONENT: "router"}
     }
     box = router["spec"]["template"]["spec"]["containers"][0]
+    assert box["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+    assert box["securityContext"]["readOnlyRootFilesystem"] is True
     assert (box["image"], box["command"], box["args"]) == (
         "router-img",
         ["marfleet"],
