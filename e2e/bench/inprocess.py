@@ -3,7 +3,7 @@
 Runs in its own process with one torch thread (as the servers' workers do) and calls the
 handler back to back on batches of the benchmark's JPEG, the way each server's worker calls it:
 `marfleet` through ModelService.handle, `torchserve` through TorchServe 0.12's own Context and
-handler classes. Prints {"rps": ...}.
+handler classes. Prints {"rps": ..., "cpu_us_per_request": ...}.
 
     python -m e2e.bench.inprocess --impl marfleet --model-dir DIR --batch 8 --seconds 10
 """
@@ -72,17 +72,19 @@ def torchserve_runner(model_dir: Path, batch: int) -> BatchRunner:
     return run
 
 
-def measure(run: BatchRunner, batch: int, seconds: float) -> float:
+def measure(run: BatchRunner, batch: int, seconds: float) -> tuple[float, float]:
+    """(requests per second, CPU microseconds per request) of back-to-back batches."""
     bodies = [jpeg_body()] * batch
     warm_until = time.perf_counter() + min(3.0, seconds / 3)
     while time.perf_counter() < warm_until:  # first calls pay for oneDNN/JIT set-up
         run(bodies)
     count = 0
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     while time.perf_counter() - started < seconds:
         run(bodies)
         count += batch
-    return count / (time.perf_counter() - started)
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    return count / wall, cpu / count * 1e6
 
 
 def main(argv: list[str]) -> int:
@@ -96,8 +98,8 @@ def main(argv: list[str]) -> int:
     os.chdir(args.model_dir)
     sys.path.insert(0, str(args.model_dir))
     factory = marfleet_runner if args.impl == "marfleet" else torchserve_runner
-    rps = measure(factory(args.model_dir, args.batch), args.batch, args.seconds)
-    print(json.dumps({"impl": args.impl, "batch": args.batch, "rps": round(rps, 2)}))
+    rps, cpu = measure(factory(args.model_dir, args.batch), args.batch, args.seconds)
+    print(json.dumps({"rps": round(rps, 2), "cpu_us_per_request": round(cpu, 1)}))
     return 0
 
 
