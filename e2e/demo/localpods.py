@@ -36,6 +36,7 @@ class LocalContainer:
     argv: tuple[str, ...]
     env: Mapping[str, str]
     workdir: Path
+    """The container's workingDir when it is on a volume, else a directory of its own."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,10 @@ def _container(
             blocked.append(mount["mountPath"])
     args = [_rewrite(arg, mounts, blocked, where) for arg in container.get("args") or []]
     env = {item["name"]: _env_value(pod, item, where) for item in container.get("env") or []}
+    working_dir = container.get("workingDir", "")
+    if working_dir:
+        local = Path(_rewrite(working_dir, mounts, blocked, where))
+        workdir = local if local != Path(working_dir) else workdir
     return LocalContainer(container["name"], (str(marfleet), *command[1:], *args), env, workdir)
 
 

@@ -1,0 +1,1 @@
+"""Generated documentation pages and the checks that keep README and docs/ honest."""

@@ -1,0 +1,76 @@
+"""What the docs claim, checked against the code: the generated reference matches the CRD, the
+config keys the TorchServe guide lists are accepted (or ignored) as it says, and every
+relative link leads to a file."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from pathlib import Path
+
+import pytest
+from marfleet.runtime.config import ServerConfig, load_server_config
+
+from e2e.docs import crd_reference, markdown
+
+REPO = Path(__file__).resolve().parents[2]
+TORCHSERVE_GUIDE = REPO / "docs" / "moving-from-torchserve.md"
+PAGES = sorted([REPO / "README.md", *(REPO / "docs").glob("*.md")])
+
+
+def test_the_inferenceservice_reference_is_what_the_crd_says() -> None:
+    expected = crd_reference.render(crd_reference.load_crd())
+    committed = crd_reference.PAGE_PATH.read_text()
+    diff = "\n".join(
+        difflib.unified_diff(committed.splitlines(), expected.splitlines(), lineterm="", n=1)
+    )
+    assert committed == expected, f"run `python -m e2e.docs write`:\n{diff[:3000]}"
+
+
+def test_the_reference_lists_every_validation_message_of_the_crd() -> None:
+    crd = crd_reference.load_crd()
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    page = crd_reference.PAGE_PATH.read_text()
+    messages = [rule.message for rule in crd_reference.rules(schema, "")]
+    assert len(messages) >= 10
+    for message in messages:
+        assert message.replace("<", "&lt;").replace(">", "&gt;") in page
+
+
+def used_keys() -> list[tuple[str, str]]:
+    rows = markdown.table(TORCHSERVE_GUIDE.read_text(), ["key", "example", "in marfleet"])
+    return [(markdown.unquote(key)[0], markdown.unquote(example)[0]) for key, example, _ in rows]
+
+
+def ignored_keys() -> list[str]:
+    rows = markdown.table(TORCHSERVE_GUIDE.read_text(), ["key", "why"])
+    return [key for cell, _ in rows for key in markdown.unquote(cell)]
+
+
+@pytest.mark.parametrize(("key", "example"), used_keys(), ids=lambda v: str(v)[:30])
+def test_a_key_the_guide_says_marfleet_uses_is_accepted_with_its_example(
+    key: str, example: str
+) -> None:
+    config = load_server_config({key: example}, {})
+    assert key not in config.ignored_keys
+
+
+def test_the_guide_lists_every_key_marfleet_reads() -> None:
+    # ServerConfig has one field per config.properties key, plus what is derived from them.
+    derived = {"ignored_keys", "load_all_models"}
+    readable = {f.name for f in dataclasses.fields(ServerConfig)} - derived
+    assert {key for key, _ in used_keys()} == readable
+
+
+@pytest.mark.parametrize("key", ignored_keys())
+def test_a_key_the_guide_says_marfleet_ignores_is_reported_as_ignored(key: str) -> None:
+    assert load_server_config({key: "x"}, {}).ignored_keys == (key,)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_relative_links_lead_to_files(page: Path) -> None:
+    for target in markdown.links(page.read_text()):
+        if "://" in target or target.startswith(("#", "mailto:")):
+            continue
+        path = (page.parent / target.split("#", 1)[0]).resolve()
+        assert path.exists(), f"{page.name} links to {target}, which does not exist"
