@@ -29,7 +29,8 @@ class Block:
 def code_blocks(text: str) -> list[Block]:
     blocks: list[Block] = []
     fence = ""
-    info, start, body = "", 0, []
+    info, start = "", 0
+    body: list[str] = []
     for number, line in enumerate(text.splitlines(), start=1):
         match = FENCE.match(line)
         if not fence and match:
