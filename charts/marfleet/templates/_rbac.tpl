@@ -15,8 +15,13 @@ workloadRules: in every watched namespace (or cluster-wide when all are watched)
 - apiGroups: [serving.marfleet.io]
   resources: [inferenceservices/finalizers]
   verbs: [update]
+# serviceaccounts, roles and rolebindings: each router gets its own identity that may only read
+# its InferenceService (the operator holds that right, so granting it is no escalation).
 - apiGroups: [""]
-  resources: [configmaps, services]
+  resources: [configmaps, services, serviceaccounts]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles, rolebindings]
   verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [apps]
   resources: [deployments]
