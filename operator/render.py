@@ -129,6 +129,7 @@ def render(isvc: InferenceService, ctx: RenderContext) -> Desired:
     if plan.uses_router:
         objects += router_access(isvc)
         objects.append(router_deployment(isvc, ctx))
+        objects += router_availability(isvc)
     if ctx.service_monitor_installed:
         objects.append(service_monitor(isvc, ctx))
     return Desired(objects=tuple(stamp(o) for o in objects), blocked=blocked, traffic=plan)
@@ -426,6 +427,24 @@ def scaled_object(isvc: InferenceService, variant: Variant, ctx: RenderContext) 
         trigger=trigger,
         behavior=SCALING_BEHAVIOR,
     )
+
+
+def router_availability(isvc: InferenceService) -> list[dict[str, Any]]:
+    """A PodDisruptionBudget keeping a router up through node drains, and a headless
+    Service `<name>-router` whose DNS name lists every router pod (for reading their
+    metrics during a rollout)."""
+    name, selector = labels.router_name(isvc), labels.router_selector(isvc)
+    return [
+        _template("pdb.yaml.j2", isvc, name, component=labels.ROUTER, selector=selector),
+        _template(
+            "router-metrics-service.yaml.j2",
+            isvc,
+            name,
+            component=labels.ROUTER,
+            selector=selector,
+            port=PORTS["metrics"],
+        ),
+    ]
 
 
 def router_access(isvc: InferenceService) -> list[dict[str, Any]]:

@@ -125,8 +125,9 @@ class RolloutLoop:
 class RolloutSettings:
     prometheus_url: str = ""
     """Prometheus to read the routers' series from; empty: read the routers directly."""
-    router_metrics_url: str = "http://{isvc}-router-metrics.{namespace}.svc:8082/metrics"
-    """Where the routers' /metrics are; its host resolves to every router pod."""
+    router_metrics_url: str = "http://{isvc}-router.{namespace}.svc:8082/metrics"
+    """Where the routers' /metrics are; the headless Service <name>-router resolves to every
+    router pod."""
     interval: float = 5.0
 
 
