@@ -126,7 +126,21 @@ def test_service_monitor_only_when_installed() -> None:
     assert monitor["metadata"]["labels"]["release"] == "kps"
     assert monitor["spec"] == {
         "selector": {"matchLabels": {labels.ISVC: "bert", labels.SCRAPE: "true"}},
-        "endpoints": [{"port": "metrics", "path": "/metrics", "interval": "15s"}],
+        "endpoints": [
+            {
+                "port": "metrics",
+                "path": "/metrics",
+                "interval": "15s",
+                "relabelings": [
+                    {
+                        "sourceLabels": [
+                            "__meta_kubernetes_pod_label_serving_marfleet_io_inferenceservice"
+                        ],
+                        "targetLabel": "isvc",
+                    }
+                ],
+            }
+        ],
     }
 
 
