@@ -344,3 +344,24 @@ def test_weights_edited_in_spec_reach_the_router_within_seconds_without_a_failed
     after = plain.load.since(settled)
     assert abs(after["canary"] / sum(after.values()) - 0.50) <= 0.02, after
     assert [a for a in plain.load.answers if a[1] != 200] == []
+
+
+def test_the_apiserver_refuses_a_mirror_to_an_unknown_variant(
+    cluster: LocalCluster, api: k8s.ApiClient
+) -> None:
+    bad = manifest("cart", "default", routing={"mirror": {"variant": "ghost", "percent": 5}})
+    result = cluster.kubectl(
+        "apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(bad), check=False
+    )
+    assert result.returncode != 0
+    assert "routing.mirror.variant must be the name of one of spec.variants" in result.stderr
+    good = manifest(
+        "cart", "default", routing={"stickyHeader": "x-user-id", "mirror": {"variant": "canary"}}
+    )
+    applied = cluster.kubectl(
+        "apply", "--dry-run=server", "-o", "json", "-f", "-", input=yaml.safe_dump(good)
+    )
+    assert json.loads(applied.stdout)["spec"]["routing"]["mirror"] == {
+        "variant": "canary",
+        "percent": 100,
+    }
