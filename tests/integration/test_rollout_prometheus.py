@@ -65,9 +65,9 @@ def test_prometheus_gives_the_same_picture(routed: Proc, tmp_path: Path) -> None
         time.sleep(3)
         seen: Observation = asyncio.run(PrometheusSource(prometheus.url).observe(SUBJECT))
     # increase() extrapolates towards the window's edges, so counts come out somewhat high;
-    # the ratios a rollout is judged on are exact.
+    # the ratios a rollout is judged on hold.
     assert 100 <= seen.canary.requests <= 150
-    assert seen.canary.error_ratio == pytest.approx(1.0)
+    assert seen.canary.error_ratio == pytest.approx(1.0, abs=0.01)
     assert 100 <= seen.stable.requests <= 150
     assert seen.stable.error_ratio == 0
     assert seen.stable.p99_ms is not None and seen.canary.p99_ms is not None
