@@ -57,7 +57,7 @@ GPU = "classifier-gpu"
 MODEL = "classifier"
 SEEDS = {"1.0": 1, "2.0": 2}
 NEW_WEIGHTS = {"stable": 50, "canary": 50}
-STEPS = 10
+STEPS = 11
 LOG_LINE_CHARS = 300
 PROMETHEUS_GRAPH = "sum+by+(variant)+(rate(marfleet_requests_total[1m]))"
 
@@ -450,8 +450,10 @@ class Demo:
         if tally.failures:
             raise DemoError(f"predictions failed: {dict(tally.failures)} (HTTP status: count)")
         if show_samples:
-            for variant, (features, answer) in sorted(tally.samples.items()):
-                self.out.line(f"{variant} answered {features} with {json.dumps(answer)}")
+            for variant in weights:
+                if variant in tally.samples:
+                    features, answer = tally.samples[variant]
+                    self.out.line(f"{variant} answered {features} with {json.dumps(answer)}")
 
     def _prometheus_counts(self, expected: int) -> None:
         query = f'sum by (variant) (marfleet_requests_total{{namespace="{self.namespace}"}})'
