@@ -303,7 +303,6 @@ class UpstreamPool:
         parts = urlsplit(url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"upstream URL {url!r} must look like http://host:port")
-        self.url = url
         self.host = parts.hostname
         self.port = parts.port or 80
         self.address = f"{self.host}:{self.port}"
