@@ -96,9 +96,7 @@ def test_the_sticky_header_pins_a_key_and_its_absence_falls_back_to_the_spread()
 
 
 def test_mirroring_copies_its_percent_and_never_to_the_variant_that_answered() -> None:
-    table = RoutingTable(
-        Routing({"stable": 100, "shadow": 0}, mirror=Mirror("shadow", 25)), POOLS
-    )
+    table = RoutingTable(Routing({"stable": 100, "shadow": 0}, mirror=Mirror("shadow", 25)), POOLS)
     route = table.choose({})
     copies = [table.mirror_for(route) for _ in range(100)]
     assert sum(copy is not None and copy.variant == "shadow" for copy in copies) == 25
