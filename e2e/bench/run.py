@@ -145,7 +145,9 @@ def table(results: dict[str, Any]) -> str:
     ]
     for scenario in SCENARIOS:
         for name in SERVERS:
-            row = results["served"][name][scenario.name]
+            row = results["served"][name].get(scenario.name)
+            if row is None:
+                continue
             efficiency = cpu_efficiency = ""
             if scenario.model.startswith("resnet"):
                 baseline = results["in_process"][name][str(scenario.batch)]
@@ -171,6 +173,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per round")
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--scenarios",
+        nargs="+",
+        choices=[scenario.name for scenario in SCENARIOS],
+        default=[scenario.name for scenario in SCENARIOS],
+    )
     parser.add_argument("--out", type=Path, default=Path("bench-results/serve-vs-torchserve.json"))
     args = parser.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="marfleet-bench-"))
@@ -189,7 +197,9 @@ def main(argv: list[str]) -> int:
             servers[name].register("resnet18.mar", "resnet_b1", batch_size=1, max_batch_delay=5)
             servers[name].register("resnet18.mar", "resnet_b8", batch_size=8, max_batch_delay=50)
         results: dict[str, Any] = {"in_process": {}, "served": {name: {} for name in SERVERS}}
-        for batch in (1, 8):
+        scenarios = [scenario for scenario in SCENARIOS if scenario.name in args.scenarios]
+        batches = sorted({s.batch for s in scenarios if s.model.startswith("resnet")})
+        for batch in batches:
             print(f"in-process resnet18 batch {batch}", flush=True)
             summary = interleaved(
                 args.rounds,
@@ -197,7 +207,7 @@ def main(argv: list[str]) -> int:
             )
             for name in SERVERS:
                 results["in_process"].setdefault(name, {})[str(batch)] = summary[name]
-        for scenario in SCENARIOS:
+        for scenario in scenarios:
             print(scenario.name, flush=True)
             sample = functools.partial(
                 _served_sample, servers, scenario, root, args.duration, args.warmup

@@ -328,7 +328,7 @@ def test_register_scale_set_default_unregister(server: Server) -> None:
     assert httpx.post(f"{server.inference}/predictions/echo", json={}).status_code == 200
 
 
-def test_async_register_returns_202_then_serves(server: Server) -> None:
+def test_async_register_returns_202_then_serves_and_unregister_drains(server: Server) -> None:
     response = httpx.post(
         f"{server.management}/models?url=victim.mar&initial_workers=1&synchronous=false",
         headers=server.auth,
@@ -339,8 +339,16 @@ def test_async_register_returns_202_then_serves(server: Server) -> None:
         assert time.monotonic() < deadline, "the model never became ready"
         time.sleep(0.2)
     assert httpx.post(f"{server.inference}/predictions/victim", json={}).status_code == 200
-    removed = httpx.delete(f"{server.management}/models/victim", headers=server.auth)
-    assert removed.status_code == 200
+    with ThreadPoolExecutor(1) as pool:  # unregistering drains what was already accepted
+        in_flight = pool.submit(
+            httpx.post, f"{server.inference}/predictions/victim", json={"sleep": 1}, timeout=30
+        )
+        time.sleep(0.3)
+        removed = httpx.delete(f"{server.management}/models/victim", headers=server.auth)
+        assert removed.status_code == 200
+        assert in_flight.result().status_code == 200
+    gone = httpx.post(f"{server.inference}/predictions/victim", json={})
+    assert gone.status_code == 404
 
 
 @pytest.mark.parametrize(
