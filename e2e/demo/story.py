@@ -37,9 +37,9 @@ from e2e.localcluster import LocalCluster
 from e2e.localcluster.cluster import free_port
 from e2e.localcluster.toolchain import HELM, KUBERNETES, KWOK, require_built
 from e2e.prometheus import chart
-from e2e.prometheus.server import LocalPrometheus, Target
+from e2e.prometheus.server import Target
 
-from . import kube, standins, traffic
+from . import kube, monitoring, standins, traffic
 from .console import Check, Console, DemoError, Probe
 from .localpods import LocalPod, local_pod
 from .processes import Entry, ProcessBook, is_running
@@ -102,10 +102,10 @@ class Demo:
             self._tools()
             self._cluster()
             self._chart()
-            operator = self._operator()
+            self._operator()
             archives = self._archives()
             weights = self._apply(archives)
-            self._placement(operator)
+            self._placement()
             self._stand_ins(weights)
             self._prometheus()
             self._traffic(weights)
@@ -176,7 +176,7 @@ class Demo:
             ).stdout
         )
 
-    def _operator(self) -> Entry:
+    def _operator(self) -> None:
         self.out.step("the operator, with nothing but the chart's ServiceAccount token")
         pods = kube.running_pods(self.cluster, CHART_NAMESPACE, OPERATOR_SELECTOR)
         if not pods:
@@ -213,7 +213,6 @@ class Demo:
             return Probe(holder == identity, f"Lease {OPERATOR_LEASE} held by {holder or 'nobody'}")
 
         self.out.wait([Check("operator elected leader", leading)], self.settings.timeout)
-        return entry
 
     def _archives(self) -> dict[str, Path]:
         self.out.step("build the model archives with `marfleet archive` (random weights)")
@@ -260,7 +259,7 @@ class Demo:
         self.out.block(kube.apply(self.cluster, objects))
         return weights
 
-    def _placement(self, operator: Entry) -> None:
+    def _placement(self) -> None:
         self.out.step("the operator renders, the scheduler places")
         selectors = {
             f"{CANARY}-{variant}": {labels.ISVC: CANARY, labels.VARIANT: variant}
@@ -270,7 +269,7 @@ class Demo:
         selectors[f"{GPU}-main"] = {labels.ISVC: GPU, labels.VARIANT: "main"}
 
         def placed(selector: Mapping[str, str]) -> Probe:
-            self._check_alive(operator)
+            self._check_operator()
             pods = kube.running_pods(self.cluster, self.namespace, selector)
             if not pods:
                 return Probe(False, "no Running pod yet")
@@ -369,42 +368,19 @@ class Demo:
 
     def _prometheus(self) -> None:
         self.out.step("Prometheus scrapes them, with the chart's rules and alerts")
-        binary = shutil.which("prometheus")
-        if binary is None:
-            raise DemoError("prometheus is not installed: run `make setup` (Debian's prometheus)")
-        workdir = self.settings.state_dir / "prometheus"
-        workdir.mkdir(parents=True, exist_ok=True)
-        rules = chart.write_rule_file(
-            chart.template(set_values=chart.MONITORING_ON), workdir / "marfleet-rules.yaml"
+        entry, self.prometheus_url = monitoring.start(
+            self.book,
+            self.targets,
+            self.settings.state_dir / "prometheus",
+            self.logs / "prometheus.log",
         )
-        config = workdir / "prometheus.yml"
-        settings = LocalPrometheus(workdir, self.targets, rule_files=[rules], interval="2s")
-        config.write_text(yaml.safe_dump(settings.config(), sort_keys=False))
-        port = free_port()
-        entry = self.book.start(
-            "prometheus",
-            [
-                binary,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={workdir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--storage.tsdb.retention.time=1d",
-                "--log.format=json",
-            ],
-            env={"PATH": "/usr/bin:/bin"},
-            log=self.logs / "prometheus.log",
-            cwd=workdir,
-        )
-        self.prometheus_url = f"http://127.0.0.1:{port}"
 
-        def targets_up() -> Probe:
+        def scraping() -> Probe:
             self._check_alive(entry)
-            reply = httpx.get(f"{self.prometheus_url}/api/v1/targets", timeout=5).json()
-            active = reply["data"]["activeTargets"]
-            up = sum(1 for t in active if t["health"] == "up")
-            return Probe(up == len(self.targets), f"{up}/{len(self.targets)} targets up")
+            up, configured = monitoring.targets_up(self.prometheus_url)
+            return Probe(up == len(self.targets), f"{up}/{configured} targets up")
 
-        self.out.wait([Check(f"Prometheus {self.prometheus_url}", targets_up)], 60)
+        self.out.wait([Check(f"Prometheus {self.prometheus_url}", scraping)], 60)
 
     def _traffic(self, weights: Mapping[str, int]) -> None:
         self.out.step("real predictions through the router")
@@ -456,21 +432,15 @@ class Demo:
                     self.out.line(f"{variant} answered {features} with {json.dumps(answer)}")
 
     def _prometheus_counts(self, expected: int) -> None:
-        query = f'sum by (variant) (marfleet_requests_total{{namespace="{self.namespace}"}})'
+        expr = f'sum by (variant) (marfleet_requests_total{{namespace="{self.namespace}"}})'
 
         def counted() -> Probe:
-            reply = httpx.get(
-                f"{self.prometheus_url}/api/v1/query", params={"query": query}, timeout=5
-            ).json()
-            counts = {
-                r["metric"].get("variant", ""): int(float(r["value"][1]))
-                for r in reply["data"]["result"]
-            }
+            counts = {k: int(v) for k, v in monitoring.query(self.prometheus_url, expr).items()}
             detail = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
             return Probe(sum(counts.values()) >= expected, detail)
 
         self.out.say("")
-        self.out.line(f"the model servers' own counters, as Prometheus scraped them ({query}):")
+        self.out.line(f"the model servers' own counters, as Prometheus scraped them ({expr}):")
         self.out.wait([Check("marfleet_requests_total by variant", counted)], 30)
 
     def _summary(self, seconds: float) -> None:
@@ -521,6 +491,10 @@ demo up in {seconds:.0f} s"""
         path = self.settings.state_dir / "credentials" / f"{pod.name}.kubeconfig"
         return kube.token_kubeconfig(self.cluster, pod.namespace, pod.service_account, path)
 
+    def _check_operator(self) -> None:
+        if self.operator is not None:
+            self._check_alive(self.operator)
+
     def _check_alive(self, entry: Entry) -> None:
         if not is_running(entry):
             tail = "\n".join(Path(entry.log).read_text(errors="replace").splitlines()[-15:])
@@ -540,8 +514,7 @@ demo up in {seconds:.0f} s"""
         return Probe(seen == dict(weights), f"weights in force: {detail}")
 
     def _ready(self, name: str) -> Probe:
-        if self.operator is not None:
-            self._check_alive(self.operator)
+        self._check_operator()
         isvc = kube.get_json(self.cluster, "inferenceservice", name, "-n", self.namespace)
         ready = kube.condition(isvc, "Ready")
         if ready.get("status") == "True":
