@@ -1,4 +1,5 @@
-"""`python -m e2e.localcluster build|up|down|status [--name NAME]`: what the Makefile calls."""
+"""`python -m e2e.localcluster build|up|down|status [--name NAME] [--real-node]`:
+what the Makefile calls."""
 
 from __future__ import annotations
 
@@ -6,20 +7,27 @@ import argparse
 import sys
 import time
 
+from e2e import images
+
 from .cluster import LocalCluster
-from .toolchain import TOOLS
+from .toolchain import KUBERNETES_NODE, TOOLS
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m e2e.localcluster")
     parser.add_argument("action", choices=["build", "up", "down", "status"])
     parser.add_argument("--name", default="dev", help="cluster name; clusters can run side by side")
+    parser.add_argument(
+        "--real-node", action="store_true", help="also a real containerd+kubelet node (root)"
+    )
     args = parser.parse_args(argv)
     if args.action == "build":
-        for tool in TOOLS:
+        for tool in (*TOOLS, KUBERNETES_NODE) if args.real_node else TOOLS:
             tool.build()
+        if args.real_node:
+            images.pause()
         return 0
-    cluster = LocalCluster(args.name)
+    cluster = LocalCluster(args.name, real_node=args.real_node)
     if args.action == "down":
         cluster.down()
         print(f"cluster {args.name!r} stopped and its state removed")

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import pki
+from . import nodenet, pki, realnode
 from .toolchain import KUBERNETES, KWOK, etcd_binary, require_built
 
 DATA_DIR = Path(__file__).resolve().parent
@@ -51,6 +51,8 @@ class ClusterState:
     etcd_port: int
     etcd_peer_port: int
     etcd_data: str
+    host: str = "127.0.0.1"  # where clients reach the apiserver; a real node's uplink if any
+    real_node: bool = False
     pids: dict[str, int] = field(default_factory=dict)
     binaries: dict[str, str] = field(default_factory=dict)
 
@@ -60,8 +62,9 @@ class ClusterError(RuntimeError):
 
 
 class LocalCluster:
-    def __init__(self, name: str, root: Path = CLUSTERS_ROOT) -> None:
+    def __init__(self, name: str, root: Path = CLUSTERS_ROOT, real_node: bool = False) -> None:
         self.name = name
+        self.real_node = real_node
         self.dir = root / name
         self.state_file = self.dir / "cluster.json"
 
@@ -76,7 +79,8 @@ class LocalCluster:
 
     @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.state.apiserver_port}"
+        state = self.state
+        return f"https://{state.host}:{state.apiserver_port}"
 
     @property
     def credentials(self) -> pki.Credentials:
@@ -111,13 +115,17 @@ class LocalCluster:
         )
 
     def up(self, timeout: float = 90) -> None:
-        """Start the cluster and return once every simulated node is Ready."""
+        """Start the cluster and return once every node (simulated, and the real one) is Ready."""
         require_built()
+        if self.real_node:
+            realnode.require_tools()
+            timeout = max(timeout, 180)
         if self.is_running():
             return
         if self.dir.exists():
             self.down()
         self.dir.mkdir(parents=True)
+        net = nodenet.create(self.name) if self.real_node else None
         shm = Path("/dev/shm")
         etcd_root = shm if shm.is_dir() and os.access(shm, os.W_OK) else self.dir
         state = ClusterState(
@@ -126,10 +134,12 @@ class LocalCluster:
             etcd_port=free_port(),
             etcd_peer_port=free_port(),
             etcd_data=str(etcd_root / f"marfleet-etcd-{self.name}-{os.getpid()}"),
+            host=net.host_ip if net else "127.0.0.1",
+            real_node=net is not None,
         )
         self._save(state)
-        creds = pki.generate(self.dir / "pki")
-        self._write_kubeconfig(self.kubeconfig, state.apiserver_port, creds, "marfleet-admin")
+        creds = pki.generate(self.dir / "pki", extra_ips=[net.host_ip] if net else ())
+        self._write_kubeconfig(self.kubeconfig, state, creds, "marfleet-admin")
         deadline = time.monotonic() + timeout
         try:
             self._start(state, "etcd", self._etcd_command(state))
@@ -138,9 +148,20 @@ class LocalCluster:
             for component in ("kube-controller-manager", "kube-scheduler", "kwok"):
                 user = {"kwok": "kwok"}.get(component, f"system:{component}")
                 config = self.dir / f"{component}.kubeconfig"
-                self._write_kubeconfig(config, state.apiserver_port, creds, user)
+                self._write_kubeconfig(config, state, creds, user)
                 self._start(state, component, self._component_command(component, config, creds))
             self.kubectl("apply", "-f", str(NODES_FILE))
+            if net:
+                realnode.start(
+                    self.name,
+                    self.dir / "node",
+                    net,
+                    lambda user: self._write_kubeconfig(
+                        self.dir / f"{user.replace(':', '-')}.kubeconfig", state, creds, user
+                    ),
+                    lambda name, command, wrap: self._start(state, name, command, wrap),
+                    deadline,
+                )
             self._wait_nodes_ready(deadline)
         except BaseException:
             self.down()
@@ -153,16 +174,21 @@ class LocalCluster:
             for name, pid in reversed(list(state.pids.items())):
                 _stop(pid, state.binaries.get(name, ""))
             shutil.rmtree(state.etcd_data, ignore_errors=True)
+        realnode.teardown(self.name)
+        nodenet.delete(self.name)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     # ----- internals -----
     def _save(self, state: ClusterState) -> None:
         self.state_file.write_text(json.dumps(asdict(state), indent=2))
 
-    def _start(self, state: ClusterState, name: str, command: Sequence[str]) -> None:
+    def _start(
+        self, state: ClusterState, name: str, command: Sequence[str], wrap: Sequence[str] = ()
+    ) -> None:
+        """wrap: a prefix that execs into command (nsenter), so the pid is command's."""
         log = open(self.dir / f"{name}.log", "wb")  # noqa: SIM115 - handed to the child
         proc = subprocess.Popen(
-            list(command),
+            [*wrap, *command],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -174,6 +200,13 @@ class LocalCluster:
         state.binaries[name] = command[0]
         self._save(state)
         time.sleep(0.2)
+        # a wrapper may not have exec'd yet on a busy machine; until it has, the pid does
+        # not look like ours and a liveness check would wrongly call it dead
+        deadline = time.monotonic() + 10
+        while wrap and proc.poll() is None and not _alive(proc.pid, command[0]):
+            if time.monotonic() > deadline:
+                raise ClusterError(f"{name} did not start in 10s: see {self.dir / name}.log")
+            time.sleep(0.05)
         if proc.poll() is not None:
             raise ClusterError(f"{name} exited at start: see {self.dir / (name + '.log')}")
 
@@ -204,8 +237,8 @@ class LocalCluster:
         return [
             str(KUBERNETES.path("kube-apiserver")),
             f"--etcd-servers=http://127.0.0.1:{state.etcd_port}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            f"--bind-address={state.host}",
+            f"--advertise-address={state.host}",
             f"--secure-port={state.apiserver_port}",
             f"--tls-cert-file={creds.serving_cert}",
             f"--tls-private-key-file={creds.serving_key}",
@@ -216,7 +249,13 @@ class LocalCluster:
             f"--service-account-signing-key-file={creds.sa_key}",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--endpoint-reconciler-type=none",
+            # pods on a real node reach the apiserver through the kubernetes Service, and
+            # logs/exec reach its kubelet by address (its name resolves nowhere)
+            *(
+                ["--kubelet-preferred-address-types=InternalIP"]
+                if state.real_node
+                else ["--endpoint-reconciler-type=none"]
+            ),
             "--allow-privileged=true",
             f"--cert-dir={self.dir / 'apiserver-certs'}",
             # Debian's etcd 3.4.23 cannot answer watch progress requests, so streamed lists
@@ -260,7 +299,9 @@ class LocalCluster:
             f"--cert-dir={self.dir / 'kcm-certs'}",
         ]
 
-    def _write_kubeconfig(self, path: Path, port: int, creds: pki.Credentials, user: str) -> None:
+    def _write_kubeconfig(
+        self, path: Path, state: ClusterState, creds: pki.Credentials, user: str
+    ) -> Path:
         ca = base64.b64encode(creds.ca_cert.read_bytes()).decode()
         config = {
             "apiVersion": "v1",
@@ -269,7 +310,7 @@ class LocalCluster:
                 {
                     "name": self.name,
                     "cluster": {
-                        "server": f"https://127.0.0.1:{port}",
+                        "server": f"https://{state.host}:{state.apiserver_port}",
                         "certificate-authority-data": ca,
                     },
                 }
@@ -280,6 +321,7 @@ class LocalCluster:
         }
         path.write_text(json.dumps(config, indent=2))
         path.chmod(0o600)
+        return path
 
     def _wait_ready(self, creds: pki.Credentials, deadline: float) -> None:
         context = ssl.create_default_context(cafile=str(creds.ca_cert))
@@ -301,6 +343,8 @@ class LocalCluster:
 
     def _wait_nodes_ready(self, deadline: float) -> None:
         expected = self._expected_nodes()
+        if self.state.real_node:
+            expected.add(realnode.NODE_NAME)
         while time.monotonic() < deadline:
             self._check_alive()
             result = self.kubectl("get", "nodes", "-o", "json", check=False)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,9 @@ USERS = {
     "system:kube-controller-manager": "",
     "system:kube-scheduler": "",
     "kwok": "system:masters",
+    # the real node's kubelet (Node authorizer) and kube-proxy (bootstrap system:node-proxier)
+    "system:node:real-node": "system:nodes",
+    "system:kube-proxy": "",
 }
 
 
@@ -68,7 +72,8 @@ def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
-def generate(directory: Path) -> Credentials:
+def generate(directory: Path, extra_ips: Sequence[str] = ()) -> Credentials:
+    """extra_ips: addresses besides loopback the apiserver is reached at (a real node's uplink)."""
     directory.mkdir(parents=True, exist_ok=True)
     d = directory
     _openssl(
@@ -100,7 +105,8 @@ def generate(directory: Path) -> Credentials:
         "/CN=kube-apiserver",
         cwd=d,
     )
-    (d / "san.cnf").write_text("subjectAltName=" + ",".join(SANS) + "\n")
+    sans = [*SANS, *(f"IP:{ip}" for ip in extra_ips)]
+    (d / "san.cnf").write_text("subjectAltName=" + ",".join(sans) + "\n")
     _openssl(
         "x509",
         "-req",

@@ -127,6 +127,15 @@ KUBERNETES = GoTool(
         for var in ("gitVersion", "gitMajor", "gitMinor", "gitTreeState")
     ),
 )
+# The real node's kubelet and kube-proxy: the same pinned module as the control plane, kept
+# apart so the KWOK-only setup never builds (or relinks) them.
+KUBERNETES_NODE = GoTool(
+    module_dir=KUBERNETES.module_dir,
+    pinned_module=KUBERNETES.pinned_module,
+    packages=("k8s.io/kubernetes/cmd/kubelet", "k8s.io/kubernetes/cmd/kube-proxy"),
+    cache_prefix="k8s-node",
+    version_vars=KUBERNETES.version_vars,
+)
 KWOK = GoTool(
     module_dir=TOOLCHAIN_DIR / "kwok",
     pinned_module="sigs.k8s.io/kwok",
