@@ -1,0 +1,139 @@
+"""The real node runs pods for real: an image built from Debian packages without a registry
+serves HTTP in a container, a Service reaches it through kube-proxy, a pod reaches the
+apiserver through the kubernetes Service, and teardown leaves nothing on the host."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from e2e import images
+from e2e.localcluster import LocalCluster, realnode
+
+pytestmark = pytest.mark.slow
+
+WEB = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: default}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      nodeSelector: {kubernetes.io/hostname: real-node}
+      containers:
+      - name: web
+        image: %(image)s
+        imagePullPolicy: Never
+        command:
+        - sh
+        - -c
+        - mkdir -p /srv && hostname > /srv/index.html && exec busybox httpd -f -p 8080 -h /srv
+        ports: [{containerPort: 8080}]
+        readinessProbe: {httpGet: {path: /, port: 8080}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
+"""
+
+CLIENT = """
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: default}
+spec:
+  nodeSelector: {kubernetes.io/hostname: real-node}
+  restartPolicy: Never
+  containers:
+  - name: client
+    image: %(image)s
+    imagePullPolicy: Never
+    command:
+    - sh
+    - -c
+    - >-
+      busybox wget -q -O- http://$WEB_SERVICE_HOST/ &&
+      busybox wget -q -O- --no-check-certificate
+      --header "Authorization: Bearer $(cat /var/run/secrets/kubernetes.io/serviceaccount/token)"
+      --header "Content-Type: application/json"
+      --post-data '{"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}'
+      https://$KUBERNETES_SERVICE_HOST/apis/authentication.k8s.io/v1/selfsubjectreviews
+"""
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def real_cluster() -> Iterator[LocalCluster]:
+    local = LocalCluster(f"pytest-real-{os.getpid()}", real_node=True)
+    local.up()
+    try:
+        images.import_into(images.base(), realnode.containerd_socket(local.dir / "node"))
+        yield local
+    finally:
+        local.down()
+
+
+def test_pods_serve_through_a_service_and_reach_the_apiserver(real_cluster: LocalCluster) -> None:
+    cluster = real_cluster
+    image = images.base().ref
+    cluster.kubectl("apply", "-f", "-", input=WEB % {"image": image})
+    cluster.kubectl("rollout", "status", "deployment/web", "--timeout=90s", timeout=100)
+    pods = json.loads(cluster.kubectl("get", "pods", "-l", "app=web", "-o", "json").stdout)
+    names = {p["metadata"]["name"] for p in pods["items"]}
+    for pod in pods["items"]:
+        assert pod["spec"]["nodeName"] == realnode.NODE_NAME
+        # the host reaches pod addresses through the node's veth
+        url = f"http://{pod['status']['podIP']}:8080/"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            assert response.read().decode().strip() == pod["metadata"]["name"]
+
+    cluster.kubectl("apply", "-f", "-", input=CLIENT % {"image": image})
+
+    def finished() -> bool:
+        phase = cluster.kubectl("get", "pod", "client", "-o", "jsonpath={.status.phase}").stdout
+        assert phase != "Failed", cluster.kubectl("logs", "client", check=False).stdout
+        return phase == "Succeeded"
+
+    wait_for(finished, 60, "the client pod to finish")
+    output = cluster.kubectl("logs", "client").stdout
+    served_by, api_answer = output.split("\n", 1)
+    assert served_by in names
+    user = json.loads(api_answer)["status"]["userInfo"]["username"]
+    assert user == "system:serviceaccount:default:default"
+
+
+def test_down_leaves_nothing_behind(real_cluster: LocalCluster) -> None:
+    second = LocalCluster(real_cluster.name + "-b", real_node=True)
+    second.up()
+    pids = set(second.state.pids.values())
+    link = f"marfleet{int(second.state.host.split('.')[2])}"
+    assert link != f"marfleet{int(real_cluster.state.host.split('.')[2])}"
+    second.down()
+    assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+    assert not Path(f"/sys/class/net/{link}").exists()
+    assert not Path(f"/run/netns/marfleet-{second.name}").exists()
+    assert not list(Path("/sys/fs/cgroup").glob(f"*/{realnode.cgroup_name(second.name)}"))
+    mounts = Path("/proc/self/mountinfo").read_text()
+    assert str(second.dir) not in mounts
+    assert real_cluster.kubectl("get", "--raw", "/readyz").stdout == "ok"
+    assert subprocess.run(["ip", "netns", "pids", f"marfleet-{real_cluster.name}"]).returncode == 0
