@@ -1,7 +1,8 @@
 # marfleet — every target installs what it needs and skips what is already there.
 #   make demo      the quickstart (see README)
 #   make test      setup, lint, type check, all tests (FAST=1 skips the slow end-to-end ones)
-#   make cluster-up / cluster-down   the local Kubernetes control plane (CLUSTER=name)
+#   make cluster-up / cluster-down   the local Kubernetes control plane (CLUSTER=name,
+#                                    NODE=real adds a real containerd+kubelet node; root)
 
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -12,6 +13,9 @@ APT_PACKAGES := etcd-server openssl openjdk-17-jre-headless git curl ca-certific
 DEPS_HASH := $(shell cat pyproject.toml setup.py | sha1sum | cut -c1-12)
 DEPS_STAMP := $(VENV)/.deps-$(DEPS_HASH)
 APT_STAMP := $(VENV)/.apt-$(shell echo $(APT_PACKAGES) | sha1sum | cut -c1-12)
+# the real node (`make cluster-up NODE=real`, and the slow tests that start one)
+NODE_APT_PACKAGES := containerd runc containernetworking-plugins iptables debootstrap umoci
+NODE_APT_STAMP := $(VENV)/.apt-node-$(shell echo $(NODE_APT_PACKAGES) | sha1sum | cut -c1-12)
 CLUSTER ?= dev
 # The top-level operator/ folder would shadow Python's stdlib `operator` module if the current
 # directory were put first on sys.path; the venv's marfleet-repo.pth appends the repo instead.
@@ -19,9 +23,16 @@ export PYTHONSAFEPATH := 1
 PYTEST_ARGS ?=
 ifdef FAST
 PYTEST_ARGS += -m "not slow"
+TEST_NODE :=
+else
+TEST_NODE := node-setup
+endif
+ifeq ($(NODE),real)
+NODE_FLAG := --real-node
+CLUSTER_SETUP := node-setup
 endif
 
-.PHONY: setup apt venv toolchain test lint format typecheck unit cluster-up cluster-down demo demo-down bench clean
+.PHONY: setup apt venv toolchain node-setup test lint format typecheck unit cluster-up cluster-down demo demo-down bench clean
 
 setup: apt venv toolchain
 
@@ -49,6 +60,16 @@ $(DEPS_STAMP): pyproject.toml setup.py
 toolchain: venv
 	GOTOOLCHAIN=auto $(PY) -m e2e.localcluster build
 
+node-setup: setup $(NODE_APT_STAMP)
+	GOTOOLCHAIN=auto $(PY) -m e2e.localcluster build --real-node
+$(NODE_APT_STAMP):
+	@missing=""; for p in $(NODE_APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages for the real node:$$missing"; \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+	@mkdir -p $(VENV) && touch $@
+
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -60,14 +81,14 @@ format: venv
 typecheck: venv
 	MYPYPATH=$(VENV)/typecheck $(VENV)/bin/mypy -p marfleet -p e2e -p tests
 
-test: setup lint typecheck
+test: setup $(TEST_NODE) lint typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 unit: venv
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-cluster-up: setup
-	@$(PY) -m e2e.localcluster up --name $(CLUSTER)
+cluster-up: setup $(CLUSTER_SETUP)
+	@$(PY) -m e2e.localcluster up --name $(CLUSTER) $(NODE_FLAG)
 
 cluster-down: venv
 	@$(PY) -m e2e.localcluster down --name $(CLUSTER)
