@@ -201,6 +201,7 @@ def deployment(
         fetch_args += ["--pvc-root", PVC_ROOT]
     serve_args = [
         "serve",
+        "--foreground",
         "--ts-config",
         f"{CONFIG_DIR}/config.properties",
         "--model-store",

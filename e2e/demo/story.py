@@ -296,19 +296,11 @@ class Demo:
             pod = self._local_pod(kube.running_pods(self.cluster, self.namespace, selector)[0])
             standins.run_init_containers(pod, self.logs)
             ports = {name: free_port() for name in ("inference", "management", "metrics")}
-            server = pod.container("server")
-            foreground = [] if "--foreground" in server.argv else ["--foreground"]
-            if foreground and variant == next(iter(weights)):
-                self.out.line(
-                    "note: the rendered server arguments lack --foreground, without which "
-                    "`marfleet serve` detaches; added here"
-                )
             entry = standins.start(
                 self.book,
                 pod,
                 "server",
                 self.logs,
-                extra_args=foreground,
                 env={
                     f"TS_{name.upper()}_ADDRESS": f"http://127.0.0.1:{port}"
                     for name, port in ports.items()

@@ -216,6 +216,7 @@ def test_server_container() -> None:
     assert server["command"] == ["marfleet"]
     assert server["args"] == [
         "serve",
+        "--foreground",
         "--ts-config",
         "/etc/marfleet/config.properties",
         "--model-store",

@@ -31,4 +31,4 @@ WORKDIR /
 USER 1000:1000
 EXPOSE 8080 8081 8082
 ENTRYPOINT ["marfleet"]
-CMD ["serve", "--model-store", "/mnt/models"]
+CMD ["serve", "--foreground", "--model-store", "/mnt/models"]
