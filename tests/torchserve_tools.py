@@ -13,7 +13,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -21,6 +20,8 @@ import time
 from pathlib import Path
 
 import httpx
+
+from e2e.support import free_port
 
 VENV_BIN = Path(sys.executable).parent
 STARTUP_TIMEOUT_S = 180.0
@@ -64,13 +65,6 @@ def python_without_torchserve(scratch: Path) -> list[str]:
     bootstrap = f"import site, sys; site.addsitedir({str(mirror)!r}); sys.argv = sys.argv[1:]; "
     bootstrap += "import runpy; runpy.run_path(sys.argv[0], run_name='__main__')"
     return [sys.executable, "-S", "-c", bootstrap]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 class TorchServe:

@@ -16,9 +16,9 @@ from pathlib import Path
 import httpx
 import yaml
 
-from e2e.localcluster.cluster import free_port
 from e2e.prometheus import chart
 from e2e.prometheus.server import LocalPrometheus, Target
+from e2e.support import free_port
 
 from .console import DemoError
 from .processes import Entry, ProcessBook

@@ -34,10 +34,10 @@ import yaml
 from marfleet.operator import labels
 
 from e2e.localcluster import LocalCluster
-from e2e.localcluster.cluster import free_port
 from e2e.localcluster.toolchain import HELM, KUBERNETES, KWOK, require_built
 from e2e.prometheus import chart
 from e2e.prometheus.server import Target
+from e2e.support import free_port
 
 from . import kube, monitoring, standins, traffic
 from .console import Check, Console, DemoError, Probe

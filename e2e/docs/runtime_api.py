@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,8 @@ from typing import Any
 
 import httpx
 
+from e2e.support import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 PAGE_PATH = REPO / "docs" / "runtime-api.md"
 APIS = ("inference", "management")
@@ -30,17 +31,10 @@ PORTS = {"inference": 8080, "management": 8081, "metrics": 8082}
 ALL_METHODS = frozenset({"delete", "get", "head", "post", "put"})
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextmanager
 def _server(workdir: Path) -> Iterator[dict[str, str]]:
     """A `marfleet serve` with no models; yields each API's base URL."""
-    urls = {name: f"http://127.0.0.1:{_free_port()}" for name in PORTS}
+    urls = {name: f"http://127.0.0.1:{free_port()}" for name in PORTS}
     config = workdir / "config.properties"
     config.write_text("".join(f"{name}_address={url}\n" for name, url in urls.items()))
     store = workdir / "store"

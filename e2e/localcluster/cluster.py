@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import time
@@ -23,6 +22,8 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from e2e.support import free_port
 
 from . import nodenet, pki, realnode
 from .toolchain import KUBERNETES, KWOK, etcd_binary, require_built
@@ -33,13 +34,6 @@ STAGES_FILE = DATA_DIR / "kwok-stages.yaml"
 CLUSTERS_ROOT = Path(os.environ.get("MARFLEET_CLUSTERS", "/tmp/marfleet-clusters"))
 SERVICE_CIDR = "10.96.0.0/16"
 POD_CIDR = "10.244.0.0/16"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

@@ -15,8 +15,9 @@ from types import TracebackType
 import httpx
 
 from e2e.localcluster import LocalCluster
+from e2e.support import free_port
 
-from .server import Target, free_port
+from .server import Target
 
 CRD = Path(__file__).resolve().parents[2] / "crds" / "inferenceservice.yaml"
 CRD_NAME = "inferenceservices.serving.marfleet.io"

@@ -26,7 +26,9 @@ from types import TracebackType
 
 import httpx
 
-from .server import Target, free_port
+from e2e.support import free_port
+
+from .server import Target
 
 HANDLER = '''"""Answers after the delay a request asks for; fails or kills its worker if told.
 A worker starting while the file named by $FLEET_FAIL_LOAD exists fails to load."""

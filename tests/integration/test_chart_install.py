@@ -10,8 +10,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import yaml
 from e2e.localcluster import LocalCluster
 from e2e.localcluster.toolchain import KUBERNETES
 from e2e.prometheus import chart
-from e2e.prometheus.server import free_port
+from e2e.support import free_port, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -35,15 +34,6 @@ LEFTOVER_KINDS = (
     "deployments,services,configmaps,serviceaccounts,secrets,roles,rolebindings,"
     "clusterroles,clusterrolebindings,poddisruptionbudgets,leases"
 )
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def helm(cluster: LocalCluster, *args: str) -> str:

@@ -4,24 +4,14 @@ collection all happen, against simulated KWOK nodes."""
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from e2e.localcluster import LocalCluster
+from e2e.support import wait_for
 
 pytestmark = pytest.mark.slow
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def pods(cluster: LocalCluster, namespace: str, selector: str) -> list[dict]:

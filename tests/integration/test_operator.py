@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from marfleet.operator.leader import LeaderElector, LeaseSettings
 from marfleet.operator.traffic import router_available
 
 from e2e.localcluster import LocalCluster
+from e2e.support import free_port, wait_for
 from tests.integration.test_operator_crd import install_crd
 
 pytestmark = pytest.mark.slow
@@ -41,24 +41,6 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "resnet50-canary.ya
 GROUP, VERSION, PLURAL = "serving.marfleet.io", "v1alpha1", "inferenceservices"
 ISVC_LABEL = "serving.marfleet.io/inferenceservice"
 LEASE_SECONDS = "6"
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.25) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

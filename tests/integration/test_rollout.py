@@ -18,7 +18,7 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,22 +32,12 @@ from kubernetes import config as k8s_config
 from e2e.bench.procs import free_port
 from e2e.bench.router_procs import Client, Proc, metric, router, upstream
 from e2e.localcluster import LocalCluster
+from e2e.support import wait_for
 from tests.integration.test_operator_crd import install_crd
 
 pytestmark = pytest.mark.slow
 
 GROUP, VERSION, PLURAL = "serving.marfleet.io", "v1alpha1", "inferenceservices"
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.2)
 
 
 @dataclass
