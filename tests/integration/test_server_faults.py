@@ -8,9 +8,12 @@ processes (ts_custom_RowsProcessed).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,7 +23,7 @@ import httpx
 import pytest
 
 from tests.integration.server_archives import build_store
-from tests.serving import Server, serve
+from tests.serving import Server, free_port, serve
 
 WORKER_DIED = {"code": 500, "type": "InternalServerException", "message": "Worker died."}
 PROPERTIES = {"disable_token_authorization": "true", "worker_threads": "1"}
@@ -162,3 +165,45 @@ def test_sigterm_finishes_in_flight_work_and_exits_0(store: Path, tmp_path: Path
         with pytest.raises(ProcessLookupError):
             os.kill(worker, 0)
         assert '"message": "stopped"' in srv.log()
+
+
+def test_background_server_starts_and_stops_like_torchserve(store: Path, tmp_path: Path) -> None:
+    ports = {name: free_port() for name in ("inference", "management", "metrics")}
+    config = tmp_path / "config.properties"
+    config.write_text("".join(f"{n}_address=http://127.0.0.1:{p}\n" for n, p in ports.items()))
+    marfleet = [sys.executable, "-m", "marfleet.runtime.cli", "serve"]
+    started = subprocess.run(
+        [
+            *marfleet,
+            "--model-store",
+            str(store),
+            "--ts-config",
+            str(config),
+            "--models",
+            "echo.mar",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert started.returncode == 0, started.stderr
+    pid = int((tmp_path / "marfleet.pid").read_text())
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"http://127.0.0.1:{ports['inference']}/ping").status_code == 200:
+                    break
+            assert time.monotonic() < deadline, (tmp_path / "marfleet.log").read_text()[-3000:]
+            time.sleep(0.2)
+        stopped = subprocess.run(
+            [*marfleet, "--stop"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
+        assert stopped.returncode == 0, stopped.stderr
+        assert not (tmp_path / "marfleet.pid").exists()
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
