@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from e2e.support import free_port
 
 ARCHIVER = Path(sys.executable).parent / "torch-model-archiver"
 
@@ -55,13 +56,6 @@ def archive(
         command += ["--extra-files", ",".join(str(p) for p in extra_files)]
     subprocess.run(command, check=True, capture_output=True, timeout=120)
     return export_path / f"{name}.mar"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

@@ -76,10 +76,10 @@ def serve(name: str, port: int) -> None:
             body = json.dumps({"echo": json.loads(await request.read())}).encode()
             return web.Response(body=body, content_type="application/json")
 
-        app = web.Application()
-        app.router.add_post("/predictions/{model}", aiohttp_predict)
+        aiohttp_app = web.Application()
+        aiohttp_app.router.add_post("/predictions/{model}", aiohttp_predict)
         uvloop.install()
-        web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+        web.run_app(aiohttp_app, host="127.0.0.1", port=port, access_log=None, print=None)
     else:
         raise SystemExit(f"unknown candidate {name!r}; choose from {', '.join(CANDIDATES)}")
 

@@ -1,24 +1,20 @@
-"""Process helpers shared by the benchmarks: free ports, waiting for a listener."""
+"""Process helpers for the benchmarks: free ports (e2e.support) and waiting for a listener."""
 
 from __future__ import annotations
 
 import socket
-import time
 
+from e2e.support import free_port, wait_for
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+__all__ = ["free_port", "wait_for_port"]
 
 
 def wait_for_port(port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def listening() -> bool:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
+                return True
         except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"nothing listened on 127.0.0.1:{port} within {timeout} s")
+            return False
+
+    wait_for(listening, timeout, f"a listener on 127.0.0.1:{port}", interval=0.1)

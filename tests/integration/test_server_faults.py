@@ -22,8 +22,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from e2e.support import free_port
 from tests.integration.server_archives import build_store
-from tests.serving import Server, free_port, serve
+from tests.serving import Server, serve
 
 WORKER_DIED = {"code": 500, "type": "InternalServerException", "message": "Worker died."}
 PROPERTIES = {"disable_token_authorization": "true", "worker_threads": "1"}
