@@ -1,48 +1,24 @@
-"""Structured logs: one JSON object per line, for the server's own logs and its access log.
+"""The access log: one JSON object per request, beside the JSON logs of `workers/logs.py`.
 
-Access-log records carry method, path, status, sizes, duration and client — never a header
-value or a body, so payloads and tokens cannot leak into logs. The access log is written
-directly (not through `logging`) and flushed a few times a second, because at thousands of
-requests per second a logging call per request is a measurable share of the frontend's CPU.
+Records carry method, path, status, sizes, duration and client — never a header value or a
+body, so payloads and tokens cannot leak into logs. The access log is written directly (not
+through `logging`) and flushed a few times a second, because at thousands of requests per
+second a logging call per request is a measurable share of the frontend's CPU.
+`configure_logging` is re-exported for the HTTP processes (serve, router).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import logging
-import sys
 import time
 from collections.abc import Callable
 from typing import TextIO
 
 from marfleet.runtime.server.http import Request, Response
+from marfleet.runtime.workers.logs import configure_logging
 
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        document = {
-            "ts": round(record.created, 3),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
-                document[key] = value
-        if record.exc_info:
-            document["error"] = self.formatException(record.exc_info)
-        return json.dumps(document, default=str)
-
-
-def configure_logging(level: int = logging.INFO, stream: TextIO | None = None) -> None:
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
+__all__ = ["AccessLog", "configure_logging"]
 
 
 class AccessLog:

@@ -109,6 +109,7 @@ class WorkerProcess:
                 pass_fds=(child.fileno(),),
                 env={**os.environ, **spec.env},
                 stdin=asyncio.subprocess.DEVNULL,
+                stdout=sys.stderr.fileno(),  # handler prints join the logs, not the access log
             )
         finally:
             child.close()

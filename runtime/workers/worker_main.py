@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import BinaryIO, cast
 
 from marfleet.runtime.workers.forms import parse_form
+from marfleet.runtime.workers.logs import configure_logging
 from marfleet.runtime.workers.protocol import read_exact, read_header, send_frame
 
 
 def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    configure_logging()
     spec = json.loads(argv[0])
     sock = socket.socket(fileno=int(spec["fd"]))
     import torch
