@@ -37,9 +37,16 @@ from marfleet.runtime.workers.process import (
 log = logging.getLogger("marfleet.workers")
 
 BACKOFF_SECONDS = (0, 1, 1, 2, 3, 5, 8, 13, 21, 34, 55)
-WORKER_DIED = json.dumps(
-    {"code": 500, "type": "InternalServerException", "message": "Worker died."}, indent=2
-).encode()
+_ERROR_TYPES = {500: "InternalServerException", 503: "ServiceUnavailableException"}
+
+
+def error_result(status: int, message: str) -> ItemResult:
+    """A job's answer in TorchServe's error shape, for failures outside the handler."""
+    body = {"code": status, "type": _ERROR_TYPES[status], "message": message}
+    return ItemResult(status, json.dumps(body, indent=2).encode(), "application/json", {})
+
+
+WORKER_DIED = error_result(500, "Worker died.")
 
 
 @dataclass(slots=True, eq=False)
@@ -138,8 +145,18 @@ class WorkerPool:
         await self._wait_retired()
         return [outcome for outcome in outcomes if outcome is not None]
 
-    async def shutdown(self) -> None:
-        await self.scale(0, wait=True)
+    async def shutdown(self, grace: float) -> None:
+        """Retire every worker; kill those still busy or loading after `grace` seconds."""
+        await self.scale(0, wait=False)
+        tasks = [slot.task for slot in self.slots if slot.task is not None]
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=grace)
+        if pending:
+            for slot in self.slots:
+                if slot.process is not None:
+                    slot.process.kill()
+            await asyncio.gather(*pending, return_exceptions=True)
 
     def _add_slot(self) -> WorkerSlot:
         slot = WorkerSlot(str(next(self._worker_ids)), self._next_device())
@@ -280,7 +297,6 @@ class WorkerPool:
 
     @staticmethod
     def _fail(jobs: Sequence[Job]) -> None:
-        died = ItemResult(500, WORKER_DIED, "application/json", {})
         for job in jobs:
             if not job.future.done():
-                job.future.set_result(died)
+                job.future.set_result(WORKER_DIED)

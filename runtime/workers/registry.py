@@ -21,7 +21,7 @@ from marfleet.runtime.batching import BatchQueue, QueueFull
 from marfleet.runtime.config import ModelSettings
 from marfleet.runtime.metrics import ModelMetrics, RuntimeMetrics
 from marfleet.runtime.workers.placement import RoundRobin
-from marfleet.runtime.workers.pool import BatchPolicy, Job, WorkerPool, job_is_live
+from marfleet.runtime.workers.pool import BatchPolicy, Job, WorkerPool, error_result, job_is_live
 from marfleet.runtime.workers.process import WorkerSpec
 
 log = logging.getLogger("marfleet.registry")
@@ -77,6 +77,7 @@ class ModelVersion:
     loaded_at_startup: bool
     cleanup_dir: Path | None = None
     registered_at: float = field(default_factory=time.time)
+    unfinished: int = 0  # accepted jobs without a result yet (queued, batching or running)
 
     def submit(self, job: Job) -> None:
         if self.pool.target == 0:
@@ -86,12 +87,17 @@ class ModelVersion:
             )
         try:
             self.queue.put(job)
+            self.unfinished += 1
+            job.future.add_done_callback(self._finished)
         except QueueFull:
             self.metrics.rejections.inc()
             raise QueueIsFull(
                 f'Model "{self.name}" version {self.version} has {self.queue.capacity} requests '
                 "queued (job_queue_size); retry later or add workers"
             ) from None
+
+    def _finished(self, _: object) -> None:
+        self.unfinished -= 1
 
     @property
     def healthy(self) -> bool:
@@ -209,7 +215,7 @@ class ModelRegistry:
         self._defaults.setdefault(name, version)
         errors = await pool.scale(settings.min_workers, wait=wait)
         if errors:
-            await self._discard(entry)
+            await self._discard(entry, kill_after=self._workers.stop_grace_s)
         return errors
 
     async def scale(self, entry: ModelVersion, count: int, *, wait: bool) -> list[str]:
@@ -237,9 +243,9 @@ class ModelRegistry:
 
     async def _drain(self, entry: ModelVersion, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while (len(entry.queue) or _busy(entry)) and time.monotonic() < deadline:
+        while entry.unfinished and time.monotonic() < deadline:
             await asyncio.sleep(_DRAIN_POLL_S)
-        await self._discard(entry)
+        await self._discard(entry, kill_after=max(1.0, deadline - time.monotonic()))
 
     async def shutdown(self, *, drain_timeout: float) -> None:
         """Drain and stop every model version (server shutdown)."""
@@ -259,19 +265,21 @@ class ModelRegistry:
         elif self._defaults[entry.name] == entry.version:
             self._defaults[entry.name] = next(iter(versions))
 
-    async def _discard(self, entry: ModelVersion) -> None:
+    async def _discard(self, entry: ModelVersion, *, kill_after: float) -> None:
+        """Stop the workers (killing any still busy after `kill_after` s), answer the rest."""
         self._hide(entry)
-        await entry.pool.shutdown()
+        await entry.pool.shutdown(kill_after)
+        gone = error_result(
+            503,
+            f'Model "{entry.name}" version {entry.version} was unregistered before this '
+            "request ran; retry against the model's current version",
+        )
         for job in entry.queue.take_all():
             if not job.future.done():
-                job.future.cancel()
+                job.future.set_result(gone)
         self._metrics.forget_model(entry.name, entry.version)
         if entry.cleanup_dir is not None:
             shutil.rmtree(entry.cleanup_dir, ignore_errors=True)
-
-
-def _busy(entry: ModelVersion) -> bool:
-    return any(slot.state == "busy" for slot in entry.pool.slots)
 
 
 def _with_workers(settings: ModelSettings, count: int) -> ModelSettings:

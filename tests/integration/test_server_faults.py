@@ -208,3 +208,20 @@ def test_background_server_starts_and_stops_like_torchserve(store: Path, tmp_pat
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_sigterm_ends_a_stuck_worker_within_the_grace_period(store: Path, tmp_path: Path) -> None:
+    properties = {**PROPERTIES, "shutdown_grace_seconds": "2"}
+    with (
+        serve(store, tmp_path, models=["victim.mar"], properties=properties) as srv,
+        ThreadPoolExecutor(1) as pool,
+    ):
+        stuck = in_background(pool, srv, "victim", {"sleep": 60})  # responseTimeout is 120 s
+        time.sleep(0.5)
+        started = time.monotonic()
+        srv.process.send_signal(signal.SIGTERM)
+        assert srv.process.wait(timeout=30) == 0
+        assert time.monotonic() - started < 10
+        answer = stuck.result()
+        assert answer.status_code == 500 and answer.json() == WORKER_DIED
