@@ -254,7 +254,9 @@ class _Connection(asyncio.Protocol):
             return
         keep_alive = keep_alive and not self.closing
         head = encode_head(response, keep_alive=keep_alive)
-        if len(response.body) <= _DIRECT_WRITE_BYTES:
+        if request.method == "HEAD":
+            transport.write(head)  # the length of the body a GET would get, and no body
+        elif len(response.body) <= _DIRECT_WRITE_BYTES:
             transport.write(head + response.body)
         else:
             transport.write(head)

@@ -61,6 +61,9 @@ def test_ping_is_healthy(server: Server) -> None:
     response = httpx.get(f"{server.inference}/ping")
     assert response.status_code == 200
     assert response.json() == {"status": "Healthy"}
+    head = httpx.head(f"{server.inference}/ping")
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-length"] == str(len(response.content))
 
 
 def test_openapi_description_on_both_ports(server: Server) -> None:
