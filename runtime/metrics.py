@@ -291,8 +291,9 @@ class RuntimeMetrics:
         self._queue_depths[(name, version)] = (metrics.queue_depth, queue_depth)
         return metrics
 
-    def forget_model(self, name: str, version: str) -> None:
-        """Drop every series of an unregistered model version."""
+    def forget_model(self, name: str, version: str, *, keep_load_failures: bool = False) -> None:
+        """Drop every series of an unregistered model version. A version that failed to load
+        keeps its load-failure count, so the alert on it can see the failure."""
         self._queue_depths.pop((name, version), None)
 
         def belongs(labels: dict[str, str]) -> bool:
@@ -302,7 +303,8 @@ class RuntimeMetrics:
             ) == (name, version)
 
         for family in self.registry.families():
-            family.remove(belongs)
+            if not (keep_load_failures and family is self.load_failures):
+                family.remove(belongs)
 
     def _refresh_queue_depths(self) -> None:
         for gauge, depth in self._queue_depths.values():

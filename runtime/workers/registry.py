@@ -215,7 +215,7 @@ class ModelRegistry:
         self._defaults.setdefault(name, version)
         errors = await pool.scale(settings.min_workers, wait=wait)
         if errors:
-            await self._discard(entry, kill_after=self._workers.stop_grace_s)
+            await self._discard(entry, kill_after=self._workers.stop_grace_s, load_failed=True)
         return errors
 
     async def scale(self, entry: ModelVersion, count: int, *, wait: bool) -> list[str]:
@@ -265,7 +265,9 @@ class ModelRegistry:
         elif self._defaults[entry.name] == entry.version:
             self._defaults[entry.name] = next(iter(versions))
 
-    async def _discard(self, entry: ModelVersion, *, kill_after: float) -> None:
+    async def _discard(
+        self, entry: ModelVersion, *, kill_after: float, load_failed: bool = False
+    ) -> None:
         """Stop the workers (killing any still busy after `kill_after` s), answer the rest."""
         self._hide(entry)
         await entry.pool.shutdown(kill_after)
@@ -277,7 +279,7 @@ class ModelRegistry:
         for job in entry.queue.take_all():
             if not job.future.done():
                 job.future.set_result(gone)
-        self._metrics.forget_model(entry.name, entry.version)
+        self._metrics.forget_model(entry.name, entry.version, keep_load_failures=load_failed)
         if entry.cleanup_dir is not None:
             shutil.rmtree(entry.cleanup_dir, ignore_errors=True)
 

@@ -81,3 +81,14 @@ def test_forgetting_a_model_removes_its_series() -> None:
     metrics.forget_model("b", "1.0")
     text = metrics.registry.render().decode()
     assert 'model="a"' in text and 'model="b"' not in text and 'model_name="b"' not in text
+
+
+def test_a_version_that_failed_to_load_keeps_its_failure_count() -> None:
+    metrics = RuntimeMetrics(variant="", hostname="h")
+    broken = metrics.for_model("b", "1.0", queue_depth=lambda: 0)
+    broken.request_received()
+    metrics.model_load_failed("b", "1.0")
+    metrics.forget_model("b", "1.0", keep_load_failures=True)
+    values = samples(metrics.registry.render().decode())
+    assert values['marfleet_model_load_failures_total{model="b",version="1.0",variant=""}'] == 1
+    assert not [key for key in values if 'model="b"' in key and "load_failures" not in key]
