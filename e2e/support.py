@@ -1,9 +1,11 @@
-"""Two small helpers every process-level test and tool here needs: a free loopback port and
-polling a condition with a deadline that names what it was waiting for."""
+"""Small helpers every process-level test and tool here needs: a free loopback port, polling a
+condition with a deadline that names what it was waiting for, and stopping a child process."""
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,3 +29,14 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def terminate(process: subprocess.Popen[bytes], grace: float = 30) -> None:
+    """SIGTERM, then SIGKILL if it is still running after `grace` seconds; always reaped."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

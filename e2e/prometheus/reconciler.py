@@ -5,7 +5,6 @@ election, its /metrics on a free loopback port."""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from types import TracebackType
 import httpx
 
 from e2e.localcluster import LocalCluster
-from e2e.support import free_port
+from e2e.support import free_port, terminate
 
 from .server import Target
 
@@ -98,13 +97,8 @@ class ReconcilingOperator:
 
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        if process is not None:
+            terminate(process)
         self.cluster.kubectl(
             "delete", "namespace", self.namespace, "--ignore-not-found", "--wait=false"
         )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
 import time
 import urllib.error
@@ -24,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from e2e.support import free_port
+from e2e.support import free_port, terminate
 
 
 @dataclass(frozen=True)
@@ -118,15 +117,8 @@ class LocalPrometheus:
 
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        if process is not None:
+            terminate(process, grace=15)
 
     def log_tail(self, lines: int = 20) -> str:
         path = self.workdir / "prometheus.log"

@@ -26,7 +26,7 @@ from types import TracebackType
 
 import httpx
 
-from e2e.support import free_port
+from e2e.support import free_port, terminate
 
 from .server import Target
 
@@ -231,11 +231,7 @@ class Fleet:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
         for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            terminate(process)
 
     def __enter__(self) -> Fleet:
         self.start()

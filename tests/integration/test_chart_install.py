@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ import yaml
 from e2e.localcluster import LocalCluster
 from e2e.localcluster.toolchain import KUBERNETES
 from e2e.prometheus import chart
-from e2e.support import free_port, wait_for
+from e2e.support import free_port, terminate, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -118,12 +117,7 @@ def operator(installed: LocalCluster, token_kubeconfig: Path, tmp_path: Path) ->
     try:
         yield log
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        terminate(process)
 
 
 def test_install_creates_the_operator_with_two_replicas_and_the_crd(
