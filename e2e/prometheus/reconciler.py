@@ -9,12 +9,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import TracebackType
 
 import httpx
 
 from e2e.localcluster import LocalCluster
-from e2e.support import free_port, terminate
+from e2e.support import Started, free_port, terminate
 
 from .server import Target
 
@@ -42,7 +41,7 @@ def inference_service(namespace: str) -> dict[str, object]:
     }
 
 
-class ReconcilingOperator:
+class ReconcilingOperator(Started):
     def __init__(self, cluster: LocalCluster, workdir: Path, namespace: str) -> None:
         self.cluster = cluster
         self.workdir = workdir
@@ -102,15 +101,3 @@ class ReconcilingOperator:
         self.cluster.kubectl(
             "delete", "namespace", self.namespace, "--ignore-not-found", "--wait=false"
         )
-
-    def __enter__(self) -> ReconcilingOperator:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -18,12 +18,11 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import yaml
 
-from e2e.support import free_port, terminate
+from e2e.support import Started, free_port, terminate
 
 
 @dataclass(frozen=True)
@@ -40,7 +39,7 @@ class PrometheusError(RuntimeError):
     pass
 
 
-class LocalPrometheus:
+class LocalPrometheus(Started):
     def __init__(
         self,
         workdir: Path,
@@ -123,18 +122,6 @@ class LocalPrometheus:
     def log_tail(self, lines: int = 20) -> str:
         path = self.workdir / "prometheus.log"
         return "\n".join(path.read_text().splitlines()[-lines:]) if path.exists() else ""
-
-    def __enter__(self) -> LocalPrometheus:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # ----- HTTP API -----
     def api(self, path: str, **params: str | float) -> Any:

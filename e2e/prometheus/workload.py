@@ -22,11 +22,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 
 import httpx
 
-from e2e.support import free_port, terminate
+from e2e.support import Started, free_port, terminate
 
 from .server import Target
 
@@ -113,7 +112,7 @@ def make_archive(store: Path, workdir: Path, name: str, handler_source: str) -> 
     return store / f"{name}.mar"
 
 
-class Fleet:
+class Fleet(Started):
     """One runtime process per variant of the InferenceService `cart`, and its router."""
 
     def __init__(self, workdir: Path, variants: Sequence[str] = tuple(ROUTER_WEIGHTS)) -> None:
@@ -232,18 +231,6 @@ class Fleet:
                 process.send_signal(signal.SIGTERM)
         for process in processes:
             terminate(process)
-
-    def __enter__(self) -> Fleet:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def metrics_text(self, pod: Pod) -> str:
         return httpx.get(f"http://127.0.0.1:{pod.metrics_port}/metrics", timeout=10).text
