@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -41,20 +40,3 @@ def running_pods(cluster: LocalCluster, namespace: str, selector: Mapping[str, s
     pods = get_json(cluster, "pods", "-n", namespace, "-l", labels)["items"]
     running = [p for p in pods if p.get("status", {}).get("phase") == "Running"]
     return sorted(running, key=lambda p: p["metadata"]["creationTimestamp"], reverse=True)
-
-
-def token_kubeconfig(
-    cluster: LocalCluster, namespace: str, service_account: str, path: Path
-) -> Path:
-    """Write a kubeconfig whose only credential is a fresh token of the ServiceAccount."""
-    token = cluster.kubectl(
-        "create", "token", service_account, "-n", namespace, "--duration", "12h"
-    ).stdout.strip()
-    config = json.loads(cluster.kubeconfig.read_text())
-    config["users"] = [{"name": service_account, "user": {"token": token}}]
-    for context in config["contexts"]:
-        context["context"]["user"] = service_account
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(config, indent=2))
-    path.chmod(0o600)
-    return path

@@ -481,7 +481,7 @@ demo up in {seconds:.0f} s"""
         if not pod.service_account:
             raise DemoError(f"pod {pod.name} is given no ServiceAccount token, yet needs the API")
         path = self.settings.state_dir / "credentials" / f"{pod.name}.kubeconfig"
-        return kube.token_kubeconfig(self.cluster, pod.namespace, pod.service_account, path)
+        return self.cluster.service_account_kubeconfig(pod.namespace, pod.service_account, path)
 
     def _check_operator(self) -> None:
         if self.operator is not None:

@@ -99,6 +99,22 @@ class LocalCluster:
             raise ClusterError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
         return result
 
+    def service_account_kubeconfig(
+        self, namespace: str, service_account: str, path: Path, duration: str = "12h"
+    ) -> Path:
+        """Write a kubeconfig whose only credential is a fresh token of the ServiceAccount."""
+        token = self.kubectl(
+            "create", "token", service_account, "-n", namespace, "--duration", duration
+        ).stdout.strip()
+        config = json.loads(self.kubeconfig.read_text())
+        config["users"] = [{"name": service_account, "user": {"token": token}}]
+        for context in config["contexts"]:
+            context["context"]["user"] = service_account
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(config, indent=2))
+        path.chmod(0o600)
+        return path
+
     # ----- lifecycle -----
     def is_running(self) -> bool:
         if not self.state_file.exists():

@@ -63,16 +63,8 @@ def installed(cluster: LocalCluster) -> Iterator[LocalCluster]:
 @pytest.fixture(scope="module")
 def token_kubeconfig(installed: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A kubeconfig holding only a token of the chart's ServiceAccount."""
-    token = installed.kubectl(
-        "create", "token", SERVICE_ACCOUNT, "--namespace", NAMESPACE, "--duration", "1h"
-    ).stdout.strip()
-    config = json.loads(installed.kubeconfig.read_text())
-    config["users"] = [{"name": SERVICE_ACCOUNT, "user": {"token": token}}]
-    for context in config["contexts"]:
-        context["context"]["user"] = SERVICE_ACCOUNT
     path = tmp_path_factory.mktemp("sa") / "kubeconfig"
-    path.write_text(json.dumps(config))
-    return path
+    return installed.service_account_kubeconfig(NAMESPACE, SERVICE_ACCOUNT, path, duration="1h")
 
 
 def as_operator(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
