@@ -268,6 +268,16 @@ class LocalCluster:
             ),
             "--allow-privileged=true",
             f"--cert-dir={self.dir / 'apiserver-certs'}",
+            # the aggregation layer (custom.metrics.k8s.io from prometheus-adapter); the
+            # apiserver is a host process and cannot reach ClusterIPs, so it dials endpoints
+            f"--requestheader-client-ca-file={creds.front_proxy_ca_cert}",
+            f"--requestheader-allowed-names={pki.FRONT_PROXY_CLIENT}",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={creds.front_proxy_client_cert}",
+            f"--proxy-client-key-file={creds.front_proxy_client_key}",
+            "--enable-aggregator-routing=true",
             # Debian's etcd 3.4.23 cannot answer watch progress requests, so streamed lists
             # fail late and KWOK saw new pods only after a relist (20-40 s); refusing the
             # streaming mode up front makes clients fall back to plain list+watch at once.

@@ -1,5 +1,6 @@
 """Credentials for one local cluster: a CA, the apiserver's serving certificate, the
-service-account signing key and static bearer tokens for the admin and each component.
+service-account signing key, static bearer tokens for the admin and each component, and the
+aggregation layer's front-proxy CA and client certificate.
 
 openssl does the cryptography so the launcher needs nothing beyond the standard library.
 """
@@ -22,6 +23,7 @@ SANS = [
     "DNS:kubernetes.default.svc",
     "DNS:kubernetes.default.svc.cluster.local",
 ]
+FRONT_PROXY_CLIENT = "front-proxy-client"
 # user name -> groups; the component users are the ones Kubernetes' bootstrap RBAC knows.
 USERS = {
     "marfleet-admin": "system:masters",
@@ -56,6 +58,18 @@ class Credentials:
         return self.directory / "apiserver.key"
 
     @property
+    def front_proxy_ca_cert(self) -> Path:
+        return self.directory / "front-proxy-ca.crt"
+
+    @property
+    def front_proxy_client_cert(self) -> Path:
+        return self.directory / f"{FRONT_PROXY_CLIENT}.crt"
+
+    @property
+    def front_proxy_client_key(self) -> Path:
+        return self.directory / f"{FRONT_PROXY_CLIENT}.key"
+
+    @property
     def sa_key(self) -> Path:
         return self.directory / "sa.key"
 
@@ -72,10 +86,7 @@ def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
-def generate(directory: Path, extra_ips: Sequence[str] = ()) -> Credentials:
-    """extra_ips: addresses besides loopback the apiserver is reached at (a real node's uplink)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    d = directory
+def _new_ca(d: Path, name: str, common_name: str) -> None:
     _openssl(
         "req",
         "-x509",
@@ -85,45 +96,70 @@ def generate(directory: Path, extra_ips: Sequence[str] = ()) -> Credentials:
         "-days",
         "365",
         "-keyout",
-        "ca.key",
+        f"{name}.key",
         "-out",
-        "ca.crt",
+        f"{name}.crt",
         "-subj",
-        "/CN=marfleet-local-ca",
+        f"/CN={common_name}",
         cwd=d,
     )
+
+
+def _issue(d: Path, name: str, common_name: str, ca: str, extensions: Sequence[str]) -> None:
+    """<name>.crt/.key signed by <ca>.crt, with the given x509v3 extension lines."""
     _openssl(
         "req",
         "-newkey",
         "rsa:2048",
         "-nodes",
         "-keyout",
-        "apiserver.key",
+        f"{name}.key",
         "-out",
-        "apiserver.csr",
+        f"{name}.csr",
         "-subj",
-        "/CN=kube-apiserver",
+        f"/CN={common_name}",
         cwd=d,
     )
-    sans = [*SANS, *(f"IP:{ip}" for ip in extra_ips)]
-    (d / "san.cnf").write_text("subjectAltName=" + ",".join(sans) + "\n")
+    (d / f"{name}.ext").write_text("".join(f"{line}\n" for line in extensions))
     _openssl(
         "x509",
         "-req",
         "-in",
-        "apiserver.csr",
+        f"{name}.csr",
         "-CA",
-        "ca.crt",
+        f"{ca}.crt",
         "-CAkey",
-        "ca.key",
+        f"{ca}.key",
         "-CAcreateserial",
         "-days",
         "365",
         "-out",
-        "apiserver.crt",
+        f"{name}.crt",
         "-extfile",
-        "san.cnf",
+        f"{name}.ext",
         cwd=d,
+    )
+
+
+def issue_serving_cert(creds: Credentials, name: str, sans: Sequence[str]) -> tuple[Path, Path]:
+    """A serving certificate signed by the cluster CA (for an extension apiserver); returns
+    (certificate, key)."""
+    _issue(creds.directory, name, name, "ca", ["subjectAltName=" + ",".join(sans)])
+    return creds.directory / f"{name}.crt", creds.directory / f"{name}.key"
+
+
+def generate(directory: Path, extra_ips: Sequence[str] = ()) -> Credentials:
+    """extra_ips: addresses besides loopback the apiserver is reached at (a real node's uplink)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    d = directory
+    _new_ca(d, "ca", "marfleet-local-ca")
+    sans = [*SANS, *(f"IP:{ip}" for ip in extra_ips)]
+    _issue(d, "apiserver", "kube-apiserver", "ca", ["subjectAltName=" + ",".join(sans)])
+    # the aggregation layer: the apiserver proxies to extension apiservers with this client
+    # certificate, and they trust the X-Remote-* headers only from it
+    _new_ca(d, "front-proxy-ca", "marfleet-front-proxy-ca")
+    _issue(
+        d, FRONT_PROXY_CLIENT, FRONT_PROXY_CLIENT, "front-proxy-ca", ["extendedKeyUsage=clientAuth"]
     )
     _openssl("genrsa", "-out", "sa.key", "2048", cwd=d)
     _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=d)
