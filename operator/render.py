@@ -24,7 +24,7 @@ from marfleet.runtime.storage.uri import parse as parse_uri
 
 from . import labels, traffic
 from .compare import stamp
-from .spec import API_VERSION, KIND, InferenceService, Variant, merge_env
+from .spec import API_VERSION, KIND, Autoscaling, InferenceService, Variant, merge_env
 
 PORTS = {"inference": 8080, "management": 8081, "metrics": 8082}
 MODEL_STORE = "/mnt/models"
@@ -46,25 +46,33 @@ KEDA_QUERIES = {
     "inflightRequests": "sum(marfleet_inflight_requests{{{selector}}})",
 }
 
-SCALING_BEHAVIOR: dict[str, Any] = {
-    # Model servers take long to start and are expensive to thrash: grow fast, shrink slowly.
-    "scaleUp": {
-        "stabilizationWindowSeconds": 0,
-        "selectPolicy": "Max",
-        "policies": [
-            {"type": "Percent", "value": 100, "periodSeconds": 30},
-            {"type": "Pods", "value": 4, "periodSeconds": 30},
-        ],
-    },
-    "scaleDown": {
-        "stabilizationWindowSeconds": 300,
-        "selectPolicy": "Max",
-        "policies": [
-            {"type": "Percent", "value": 20, "periodSeconds": 60},
-            {"type": "Pods", "value": 1, "periodSeconds": 60},
-        ],
-    },
+SCALE_UP: dict[str, Any] = {
+    # Model servers take long to start and are expensive to thrash: grow fast, shrink slowly
+    # (the scale-down window is the InferenceService's scaleDownStabilizationSeconds).
+    "stabilizationWindowSeconds": 0,
+    "selectPolicy": "Max",
+    "policies": [
+        {"type": "Percent", "value": 100, "periodSeconds": 30},
+        {"type": "Pods", "value": 4, "periodSeconds": 30},
+    ],
 }
+SCALE_DOWN_POLICIES: list[dict[str, Any]] = [
+    {"type": "Percent", "value": 20, "periodSeconds": 60},
+    {"type": "Pods", "value": 1, "periodSeconds": 60},
+]
+
+
+def scaling_behavior(scaling: Autoscaling) -> dict[str, Any]:
+    """The HPA `behavior` shared by the HPA and KEDA's generated HPA."""
+    return {
+        "scaleUp": SCALE_UP,
+        "scaleDown": {
+            "stabilizationWindowSeconds": scaling.scale_down_stabilization_seconds,
+            "selectPolicy": "Max",
+            "policies": SCALE_DOWN_POLICIES,
+        },
+    }
+
 
 POD_SECURITY = {
     "runAsNonRoot": True,
@@ -393,7 +401,7 @@ def hpa(isvc: InferenceService, variant: Variant) -> dict[str, Any]:
         variant,
         autoscaling=scaling,
         metric=metric,
-        behavior=SCALING_BEHAVIOR,
+        behavior=scaling_behavior(scaling),
     )
 
 
@@ -426,7 +434,7 @@ def scaled_object(isvc: InferenceService, variant: Variant, ctx: RenderContext) 
         variant,
         autoscaling=scaling,
         trigger=trigger,
-        behavior=SCALING_BEHAVIOR,
+        behavior=scaling_behavior(scaling),
     )
 
 

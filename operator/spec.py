@@ -70,6 +70,7 @@ class Autoscaling:
     metric: str
     target_per_replica: int
     engine: str
+    scale_down_stabilization_seconds: int
 
 
 @dataclass(frozen=True)
@@ -182,6 +183,7 @@ def _autoscaling(raw: Mapping[str, Any]) -> Autoscaling:
         metric=metric,
         target_per_replica=int(raw.get("targetPerReplica", TARGET_DEFAULTS[metric])),
         engine=raw.get("engine", "hpa"),
+        scale_down_stabilization_seconds=int(raw.get("scaleDownStabilizationSeconds", 300)),
     )
 
 

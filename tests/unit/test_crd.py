@@ -120,6 +120,7 @@ def test_operator_defaults_equal_crd_defaults(crd: dict[str, Any]) -> None:
         "maxReplicas": 10,
         "metric": "requestsPerSecond",
         "engine": "hpa",
+        "scaleDownStabilizationSeconds": 300,
     }
     assert defaulted["runtime"] == {
         "workersPerDevice": 1,

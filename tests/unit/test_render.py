@@ -579,10 +579,17 @@ def test_keda_scaled_object() -> None:
             "authenticationRef": {"name": "prom-auth"},
         }
     ]
-    assert (
-        scaled["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
-        == render.SCALING_BEHAVIOR
-    )
+    behavior = scaled["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    assert behavior["scaleUp"] == render.SCALE_UP
+    assert behavior["scaleDown"]["stabilizationWindowSeconds"] == 300
+
+
+def test_scale_down_window_follows_the_spec() -> None:
+    obj = minimal(autoscaling={"scaleDownStabilizationSeconds": 30})
+    hpa = rendered(obj)[("HorizontalPodAutoscaler", "bert-main")]
+    down = hpa["spec"]["behavior"]["scaleDown"]
+    assert down["stabilizationWindowSeconds"] == 30
+    assert down["policies"] == render.SCALE_DOWN_POLICIES
 
 
 def test_keda_cpu_trigger() -> None:
