@@ -148,7 +148,17 @@ HELM = GoTool(
     packages=("helm.sh/helm/v4/cmd/helm",),
     cache_prefix="helm",
 )
+# Serves Prometheus series as the custom metrics API for the HPA in the end-to-end scenario;
+# like the node binaries, only real-node setups build it.
+PROMETHEUS_ADAPTER = GoTool(
+    module_dir=TOOLCHAIN_DIR / "prometheus-adapter",
+    pinned_module="sigs.k8s.io/prometheus-adapter",
+    packages=("sigs.k8s.io/prometheus-adapter/cmd/adapter",),
+    cache_prefix="prometheus-adapter",
+)
 TOOLS = (KUBERNETES, KWOK, HELM)
+# What `make node-setup` builds on top of TOOLS.
+NODE_TOOLS = (KUBERNETES_NODE, PROMETHEUS_ADAPTER)
 
 
 def etcd_binary() -> Path:
