@@ -4,7 +4,9 @@ Everything end to end passes untouched: method, path, query, body, headers (exce
 hop-by-hop ones, which belong to each connection), status and response headers, plus
 `x-marfleet-variant: <variant>` on every answer and `x-forwarded-for`. Failures the router
 itself sees become TorchServe-style error bodies: 502 when the upstream cannot be reached or
-breaks off, 504 when it does not answer in time, 503 when no variant takes traffic.
+breaks off, 504 when it does not answer in time, 503 when no variant takes traffic. A request
+whose variant refuses the connection (no Ready pod behind its Service yet, say a canary just
+added) was never sent, so it goes to the heaviest other variant instead of failing.
 
 Shadow copies (mirroring) are sent after the client's answer is ready, from their own task, and
 their answers are read and dropped: they cannot delay or fail the client's request. At most
@@ -22,7 +24,7 @@ from urllib.parse import quote
 from marfleet.runtime.router.front import StreamedResponse
 from marfleet.runtime.router.metrics import RouterMetrics, VariantMetrics
 from marfleet.runtime.router.table import NoRoute, Route, RoutingTable
-from marfleet.runtime.router.upstream import TIMEOUT, Reply, UpstreamError
+from marfleet.runtime.router.upstream import CONNECT, TIMEOUT, Reply, UpstreamError
 from marfleet.runtime.server.errors import error_response
 from marfleet.runtime.server.http import Request, Response
 
@@ -107,17 +109,22 @@ class Proxy:
             return _error(503, f"no variant takes traffic: {exc}")
         mirror = table.mirror_for(route)
         try:
-            return await self._forward(request, route)
+            return await self._forward(request, route, table.fallback(route))
         finally:
             if mirror is not None:
                 self._send_copy(request, mirror)
 
-    async def _forward(self, request: Request, route: Route) -> Response:
+    async def _forward(self, request: Request, route: Route, fallback: Route | None) -> Response:
         metrics = self._metrics.for_variant(route.variant)
         started = time.perf_counter()
         try:
             reply = await route.pool.request(serialise(request), head_only=request.method == "HEAD")
         except UpstreamError as exc:
+            if exc.reason == CONNECT and fallback is not None:
+                # Nothing was sent, so nothing can have happened twice: try the other variant.
+                metrics.errors[exc.reason].inc()
+                self._log_failure(route.variant, exc)
+                return await self._forward(request, fallback, None)
             status = 504 if exc.reason == TIMEOUT else 502
             metrics.errors[exc.reason].inc()
             metrics.answered(status, time.perf_counter() - started)

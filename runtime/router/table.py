@@ -81,6 +81,15 @@ class RoutingTable:
                 return self.routes[self._sticky.pick(key)]
         return self.routes[self._spread.pick()]
 
+    def fallback(self, route: Route) -> Route | None:
+        """Where a request goes when `route`'s variant cannot even be connected to (a variant
+        whose pods are not Ready yet has a Service without endpoints): the heaviest other
+        variant that takes traffic, or None."""
+        others = [
+            r for r in self.routes if r.variant != route.variant and self.routing.weights[r.variant]
+        ]
+        return max(others, key=lambda r: self.routing.weights[r.variant], default=None)
+
     def mirror_for(self, route: Route) -> Route | None:
         """The variant a copy of this request goes to, if this request is one to copy."""
         mirror = self.mirror

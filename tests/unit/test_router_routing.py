@@ -225,3 +225,12 @@ def test_in_a_pod_backends_and_namespace_come_from_the_environment() -> None:
 def test_bad_flags_say_what_to_do(argv: list[str], environ: dict[str, str], message: str) -> None:
     with pytest.raises(UsageError, match=message):
         settings_from(argv, environ)
+
+
+def test_a_refused_variant_falls_back_to_the_heaviest_other_live_one() -> None:
+    table = RoutingTable(Routing({"stable": 80, "canary": 20, "shadow": 0}), POOLS)
+    by_name = {route.variant: route for route in table.routes}
+    assert table.fallback(by_name["canary"]) == by_name["stable"]
+    assert table.fallback(by_name["stable"]) == by_name["canary"]
+    alone = RoutingTable(Routing({"stable": 100, "canary": 0}), POOLS)
+    assert alone.fallback(alone.routes[0]) is None
