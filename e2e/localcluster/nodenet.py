@@ -24,6 +24,12 @@ class NodeNetError(RuntimeError):
 
 
 @dataclass(frozen=True)
+def netns_name(cluster: str) -> str:
+    """The network namespace of a cluster's real node (its pods' addresses and ClusterIPs work
+    there)."""
+    return f"marfleet-{cluster}"
+
+
 class NodeNet:
     """Addresses of one real node; `slot` keeps two clusters' nodes apart."""
 
@@ -32,7 +38,7 @@ class NodeNet:
 
     @property
     def netns(self) -> str:
-        return f"marfleet-{self.cluster}"
+        return netns_name(self.cluster)
 
     @property
     def netns_path(self) -> Path:
@@ -66,7 +72,7 @@ def _run(*command: str) -> None:
 
 def create(cluster: str) -> NodeNet:
     """Make the namespace and take the first free slot (the veth name is the lock)."""
-    _run("ip", "netns", "add", f"marfleet-{cluster}")
+    _run("ip", "netns", "add", netns_name(cluster))
     for slot in SLOTS:
         net = NodeNet(cluster, slot)
         if Path(f"/sys/class/net/{net.host_link}").exists():
@@ -102,6 +108,6 @@ def _configure(net: NodeNet) -> None:
 
 def delete(cluster: str) -> None:
     """Remove the namespace; its links, bridge, rules and the host's veth end go with it."""
-    path = Path("/run/netns") / f"marfleet-{cluster}"
+    path = Path("/run/netns") / netns_name(cluster)
     if path.exists():
         _run("ip", "netns", "delete", path.name)
