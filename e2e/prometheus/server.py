@@ -2,8 +2,9 @@
 
 The configuration is generated: one static scrape job per target with the labels a
 PodMonitor's relabelings would give a pod in Kubernetes (namespace, pod, isvc), so the chart's
-rules and dashboards see the same label set they see in a cluster. Port, data directory and
-process belong to the instance and are removed by `stop()`.
+rules and dashboards see the same label set they see in a cluster; jobs that discover their
+targets themselves (kubernetes_sd_configs against a local cluster) are passed as they are.
+Port, data directory and process belong to the instance and are removed by `stop()`.
 """
 
 from __future__ import annotations
@@ -46,9 +47,12 @@ class LocalPrometheus(Started):
         targets: Sequence[Target],
         rule_files: Sequence[Path] = (),
         interval: str = "1s",
+        scrape_configs: Sequence[Mapping[str, Any]] = (),
     ) -> None:
+        """scrape_configs: whole scrape jobs, written after the static targets' jobs."""
         self.workdir = workdir
         self.targets = tuple(targets)
+        self.scrape_configs = tuple(scrape_configs)
         self.rule_files = tuple(rule_files)
         self.interval = interval
         self.port = 0
@@ -74,7 +78,8 @@ class LocalPrometheus(Started):
                     ],
                 }
                 for job, group in jobs.items()
-            ],
+            ]
+            + [dict(job) for job in self.scrape_configs],
         }
 
     def start(self, timeout: float = 30) -> None:
@@ -151,10 +156,11 @@ class LocalPrometheus(Started):
         return result
 
     def wait_for_targets(self, timeout: float = 30) -> None:
-        """Return once every target has been scraped successfully."""
+        """Return once every static target has been scraped successfully."""
+        jobs = {t.job for t in self.targets}
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            active = self.api("targets")["activeTargets"]
+            active = [t for t in self.api("targets")["activeTargets"] if t["scrapePool"] in jobs]
             if len(active) == len(self.targets) and all(t["health"] == "up" for t in active):
                 return
             time.sleep(0.5)
