@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from . import compare, labels, render, rollout, spec, status
+from . import compare, labels, render, rollout, spec, status, traffic
 from .kube import FIELD_MANAGER, ApiError, KubeAPI, Ref
 from .metrics import OperatorMetrics
 from .store import Key, Store, key_of, owned_by
@@ -146,7 +146,8 @@ class Controller:
             return
         isvc = spec.parse(obj)
         ctx = self.render_context()
-        desired = render.render(isvc, ctx)
+        ready = traffic.router_ready(isvc, self.store.children_of(key))
+        desired = render.render(isvc, ctx, router_ready=ready)
         try:
             results = await asyncio.gather(*(self._ensure(key, isvc, w) for w in desired.objects))
             errors = [error for error in results if error is not None]

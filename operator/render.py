@@ -123,8 +123,10 @@ class Desired:
     traffic: traffic.TrafficPlan
 
 
-def render(isvc: InferenceService, ctx: RenderContext) -> Desired:
-    plan = traffic.plan(isvc, ctx.router_enabled)
+def render(isvc: InferenceService, ctx: RenderContext, router_ready: bool = True) -> Desired:
+    """`router_ready`: whether the router Deployment has an available pod (observed by the
+    controller; see traffic.plan)."""
+    plan = traffic.plan(isvc, ctx.router_enabled, router_ready)
     objects: list[dict[str, Any]] = []
     blocked: dict[str, str] = {}
     for variant in isvc.variants:

@@ -135,16 +135,13 @@ def _models_condition(isvc: InferenceService, desired: Desired, children: Childr
 def _traffic_condition(
     isvc: InferenceService, plan: traffic.TrafficPlan, children: Children
 ) -> Condition:
-    if plan.uses_router:
-        router = _deployment(children, labels.router_name(isvc))
-        available = int(((router or {}).get("status") or {}).get("availableReplicas", 0))
-        if available < 1:
-            return Condition(
-                TRAFFIC_READY,
-                False,
-                "RouterNotReady",
-                f"no ready pod in router Deployment {labels.router_name(isvc)} yet",
-            )
+    if plan.uses_router and not traffic.router_ready(isvc, children):
+        return Condition(
+            TRAFFIC_READY,
+            False,
+            "RouterNotReady",
+            f"no ready pod in router Deployment {labels.router_name(isvc)} yet; {plan.message}",
+        )
     if ("Service", isvc.name) not in children:
         return Condition(
             TRAFFIC_READY, False, "ServiceMissing", f"Service {isvc.name} not created yet"

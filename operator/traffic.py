@@ -9,7 +9,9 @@ Once `router` is registered in the CLI the same operator renders the router with
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from marfleet.runtime.cli import SUBCOMMANDS
 
@@ -32,8 +34,19 @@ class TrafficPlan:
     message: str
 
 
-def plan(isvc: InferenceService, router_enabled: bool) -> TrafficPlan:
-    """Decide the stable Service's target and how TrafficReady describes it."""
+def router_ready(isvc: InferenceService, children: Mapping[tuple[str, str], Any]) -> bool:
+    """Whether the router Deployment has a pod that can take the stable Service's traffic."""
+    router = children.get(("Deployment", labels.router_name(isvc))) or {}
+    return int((router.get("status") or {}).get("availableReplicas", 0)) >= 1
+
+
+def plan(isvc: InferenceService, router_enabled: bool, router_is_ready: bool = True) -> TrafficPlan:
+    """Decide the stable Service's target and how TrafficReady describes it.
+
+    A second variant brings the router up, but the stable Service keeps sending to the first
+    variant until a router pod is available (`router_is_ready`, observed by the controller):
+    pointing it at router pods that do not exist yet would refuse every request meanwhile.
+    """
     first = isvc.variants[0].name
     weights = weights_summary(isvc)
     if not isvc.multi_variant:
@@ -42,6 +55,16 @@ def plan(isvc: InferenceService, router_enabled: bool) -> TrafficPlan:
             selector=labels.variant_selector(isvc, first),
             reason="SingleVariant",
             message=f"Service {isvc.name} sends all traffic to variant {first!r}",
+        )
+    if router_enabled and not router_is_ready:
+        return TrafficPlan(
+            uses_router=True,
+            selector=labels.variant_selector(isvc, first),
+            reason="RouterStarting",
+            message=(
+                f"router {labels.router_name(isvc)} is starting: Service {isvc.name} sends all "
+                f"traffic to variant {first!r} until it is available"
+            ),
         )
     if router_enabled:
         return TrafficPlan(

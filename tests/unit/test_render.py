@@ -635,3 +635,25 @@ def test_every_example_renders(path: Path) -> None:
             "Deployment",
             f"{obj['metadata']['name']}-{obj['spec']['variants'][0]['name']}",
         ) in {(o["kind"], o["metadata"]["name"]) for o in desired.objects}
+
+
+def test_the_stable_service_waits_for_a_router_pod_before_switching_to_it() -> None:
+    obj = minimal(
+        variants=[
+            {"name": "main", "weight": 90, "model": {"uri": "https://h/bert.mar"}},
+            {"name": "next", "weight": 10, "model": {"uri": "https://h/bert2.mar"}},
+        ]
+    )
+    ctx = render.RenderContext(default_image="img", router_enabled=True)
+    starting = render.render(spec.parse(obj), ctx, router_ready=False)
+    service = next(
+        o for o in starting.objects if (o["kind"], o["metadata"]["name"]) == ("Service", "bert")
+    )
+    assert service["spec"]["selector"][labels.VARIANT] == "main"
+    assert starting.traffic.reason == "RouterStarting"
+    assert any(o["metadata"]["name"] == "bert-router" for o in starting.objects)
+    routed = render.render(spec.parse(obj), ctx, router_ready=True)
+    service = next(
+        o for o in routed.objects if (o["kind"], o["metadata"]["name"]) == ("Service", "bert")
+    )
+    assert service["spec"]["selector"][labels.COMPONENT] == labels.ROUTER
