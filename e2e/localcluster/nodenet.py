@@ -23,13 +23,13 @@ class NodeNetError(RuntimeError):
     pass
 
 
-@dataclass(frozen=True)
 def netns_name(cluster: str) -> str:
     """The network namespace of a cluster's real node (its pods' addresses and ClusterIPs work
     there)."""
     return f"marfleet-{cluster}"
 
 
+@dataclass(frozen=True)
 class NodeNet:
     """Addresses of one real node; `slot` keeps two clusters' nodes apart."""
 
