@@ -2,6 +2,7 @@
 
     python examples/demo/build.py --out models                 # models/classifier.mar, version 1.0
     python examples/demo/build.py --out models/2.0 --version 2.0 --seed 2
+    python examples/demo/build.py --out models --archiver torch-model-archiver   # TorchServe's tool
 
 The weights are random (seeded, so a version always gets the same ones): the point is the
 serving, not the answers. The archive is a TorchServe .mar; TorchServe serves it as well.
@@ -25,16 +26,20 @@ MODEL_NAME = "classifier"
 CLASSES = ("setosa", "versicolor", "virginica")
 
 
-def marfleet_command() -> str:
-    """The `marfleet` next to this Python (a virtualenv's), else the one on PATH."""
-    sibling = Path(sys.executable).with_name("marfleet")
-    found = str(sibling) if sibling.exists() else shutil.which("marfleet")
+ARCHIVERS = {"marfleet": ["archive"], "torch-model-archiver": []}
+"""Each archiver's command and the arguments before the ones they share."""
+
+
+def archiver_command(name: str) -> list[str]:
+    """The archiver next to this Python (a virtualenv's), else the one on PATH."""
+    sibling = Path(sys.executable).with_name(name)
+    found = str(sibling) if sibling.exists() else shutil.which(name)
     if found is None:
-        raise SystemExit("marfleet is not installed here: run `make setup` first")
-    return found
+        raise SystemExit(f"{name} is not installed here: run `make setup` first")
+    return [found, *ARCHIVERS[name]]
 
 
-def build(out: Path, version: str, seed: int) -> Path:
+def build(out: Path, version: str, seed: int, archiver: str = "marfleet") -> Path:
     """Write `out/classifier.mar` and return its path."""
     sys.path.insert(0, str(HERE))
     from model import Classifier
@@ -47,14 +52,13 @@ def build(out: Path, version: str, seed: int) -> Path:
         labels = Path(scratch) / "index_to_name.json"
         labels.write_text(json.dumps({str(i): name for i, name in enumerate(CLASSES)}))
         command = [
-            marfleet_command(),
-            "archive",
+            *archiver_command(archiver),
             *("--model-name", MODEL_NAME, "--version", version),
             *("--model-file", str(HERE / "model.py"), "--serialized-file", str(weights)),
             *("--handler", str(HERE / "handler.py"), "--extra-files", str(labels)),
             *("--export-path", str(out), "--force"),
         ]
-        print("$ " + shlex.join(["marfleet", *command[1:]]), flush=True)
+        print("$ " + shlex.join([archiver, *command[1:]]), flush=True)
         subprocess.run(command, check=True)
     return out / f"{MODEL_NAME}.mar"
 
@@ -64,8 +68,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True, help="directory for classifier.mar")
     parser.add_argument("--version", default="1.0", help="model version (default 1.0)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the random weights")
+    parser.add_argument("--archiver", choices=sorted(ARCHIVERS), default="marfleet")
     args = parser.parse_args()
-    build(args.out, args.version, args.seed)
+    build(args.out, args.version, args.seed, args.archiver)
     return 0
 
 

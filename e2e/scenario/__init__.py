@@ -1,0 +1,1 @@
+"""The real-node end-to-end scenario (`python -m e2e.scenario`, `make real`)."""
