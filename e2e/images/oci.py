@@ -79,6 +79,11 @@ def assemble(
     for source, destination in layers:
         run("umoci", "insert", "--image", target, str(source), destination)
     run("umoci", "config", "--image", target, "--config.user=0:0", *config)
+    write_archive(image, layout)
+
+
+def write_archive(image: Image, layout: Path) -> None:
+    """The OCI layout (its one tag being `image.key`) as the image's archive, put in place whole."""
     IMAGES_CACHE.mkdir(parents=True, exist_ok=True)
     partial = image.archive.with_suffix(".partial")
     with tarfile.open(partial, "w") as archive:
