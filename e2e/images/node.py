@@ -1,4 +1,5 @@
-"""The images a real node needs: the pod sandbox (our static `pause`) and a Debian base.
+"""The images a real node needs: the pod sandbox (our static `pause`), a Debian base, and
+CoreDNS for cluster DNS (its static binary from the toolchain cache, alone in the image).
 
 The base root filesystem comes from `debootstrap` (Debian's packages, minbase variant plus
 busybox for small servers and clients in tests), added as one layer with umoci. Both are
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from e2e.localcluster.toolchain import COREDNS
 
 from .oci import Image, assemble, build_cached, files_key, require, run
 
@@ -69,3 +72,14 @@ def _build_base(image: Image, work: Path) -> None:
         ],
         work,
     )
+
+
+def coredns() -> Image:
+    key = files_key([Path(__file__)], COREDNS.version, COREDNS.recipe)
+    return build_cached(Image("coredns", key), _build_coredns)
+
+
+def _build_coredns(image: Image, work: Path) -> None:
+    COREDNS.build()
+    binary = COREDNS.path("coredns")
+    assemble(image, [(binary, "/coredns")], ["--config.entrypoint=/coredns"], work)

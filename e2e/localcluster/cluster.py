@@ -25,7 +25,7 @@ from pathlib import Path
 
 from e2e.support import free_port
 
-from . import nodenet, pki, realnode
+from . import dns, nodenet, pki, realnode
 from .toolchain import KUBERNETES, KWOK, etcd_binary, require_built
 
 DATA_DIR = Path(__file__).resolve().parent
@@ -125,7 +125,8 @@ class LocalCluster:
         )
 
     def up(self, timeout: float = 90) -> None:
-        """Start the cluster and return once every node (simulated, and the real one) is Ready."""
+        """Start the cluster and return once every node (simulated, and the real one) is Ready
+        and, with a real node, cluster DNS answers there."""
         require_built()
         if self.real_node:
             realnode.require_tools()
@@ -172,7 +173,10 @@ class LocalCluster:
                     lambda name, command, wrap: self._start(state, name, command, wrap),
                     deadline,
                 )
+                dns.deploy(self)
             self._wait_nodes_ready(deadline)
+            if net:
+                dns.wait_until_answering(self, net, deadline)
         except BaseException:
             self.down()
             raise

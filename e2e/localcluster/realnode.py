@@ -30,9 +30,11 @@ from pathlib import Path
 from e2e import images
 
 from .nodenet import BRIDGE, NodeNet
-from .toolchain import KUBERNETES_NODE
+from .toolchain import COREDNS, KUBERNETES_NODE
 
 NODE_NAME = "real-node"
+# pods' only nameserver: the kube-dns Service (dns.py), inside the cluster's service CIDR
+CLUSTER_DNS_IP = "10.96.0.10"
 CGROUP_FS = Path("/sys/fs/cgroup")
 # what the kubelet's container manager would write to the host's /proc/sys otherwise
 KERNEL_TUNABLES = {
@@ -59,7 +61,7 @@ def require_tools() -> None:
 
     missing = [tool for tool in DEBIAN_TOOLS if which(tool) is None]
     missing += [str(CNI_DIR / p) for p in ("bridge", "host-local") if not (CNI_DIR / p).exists()]
-    missing += [str(KUBERNETES_NODE.path(c)) for c in KUBERNETES_NODE.missing()]
+    missing += [str(tool.path(c)) for tool in (KUBERNETES_NODE, COREDNS) for c in tool.missing()]
     if os.geteuid() != 0:
         missing.append("root (a real node needs namespaces, cgroups and mounts)")
     if missing:
@@ -285,8 +287,10 @@ def _kubelet_config(cluster: str, node_dir: Path, net: NodeNet) -> Path:
         "authentication": {"anonymous": {"enabled": True}, "webhook": {"enabled": False}},
         "authorization": {"mode": "AlwaysAllow"},
         "clusterDomain": "cluster.local",
+        "clusterDNS": [CLUSTER_DNS_IP],
         "failSwapOn": False,
-        # the host's resolver is not reachable from pods: no nameserver fails fast instead
+        # the host's resolver is not reachable from pods and must never be used: pods with
+        # dnsPolicy Default (CoreDNS itself) get no nameserver, the others only cluster DNS
         "resolvConf": "",
         "evictionHard": {
             "memory.available": "100Mi",

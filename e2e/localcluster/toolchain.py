@@ -32,6 +32,10 @@ class GoTool:
     cache_prefix: str
     # Go variables that carry the release version (set with -X so `version` reports it).
     version_vars: tuple[str, ...] = ()
+    # Without cgo: a self-contained binary that can be the only file in an image.
+    static: bool = False
+    # Go files of ours in module_dir that are compiled in (a main package): part of the recipe.
+    sources: tuple[str, ...] = ()
 
     @property
     def version(self) -> str:
@@ -66,7 +70,12 @@ class GoTool:
     @property
     def recipe(self) -> str:
         """Identifies how the binaries were built: a changed recipe rebuilds them."""
-        return hashlib.sha256(f"{self.packages}{self.ldflags()}".encode()).hexdigest()[:16]
+        recipe = f"{self.packages}{self.ldflags()}" + (" static" if self.static else "")
+        recipe += "".join(
+            hashlib.sha256((self.module_dir / name).read_bytes()).hexdigest()
+            for name in self.sources
+        )
+        return hashlib.sha256(recipe.encode()).hexdigest()[:16]
 
     def missing(self) -> list[str]:
         commands = [p.rsplit("/", 1)[-1] for p in self.packages]
@@ -86,6 +95,8 @@ class GoTool:
         staging = self.bin_dir.with_name(self.bin_dir.name + ".partial")
         staging.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "GOSUMDB": "off", "GOFLAGS": "-mod=mod -buildvcs=false"}
+        if self.static:
+            env["CGO_ENABLED"] = "0"
         started = time.monotonic()
         print(f"building {', '.join(missing)} {self.version} (once per version)", file=sys.stderr)
         subprocess.run(
@@ -156,9 +167,20 @@ PROMETHEUS_ADAPTER = GoTool(
     packages=("sigs.k8s.io/prometheus-adapter/cmd/adapter",),
     cache_prefix="prometheus-adapter",
 )
+# The real node's cluster DNS: CoreDNS with only the plugins its Corefile uses (main.go), so
+# the cloud providers' SDKs of the full build are neither fetched nor compiled; static for
+# an image that holds nothing else.
+COREDNS = GoTool(
+    module_dir=TOOLCHAIN_DIR / "coredns",
+    pinned_module="github.com/coredns/coredns",
+    packages=("marfleet.dev/e2e/coredns",),
+    cache_prefix="coredns",
+    static=True,
+    sources=("main.go",),
+)
 TOOLS = (KUBERNETES, KWOK, HELM)
 # What `make node-setup` builds on top of TOOLS.
-NODE_TOOLS = (KUBERNETES_NODE, PROMETHEUS_ADAPTER)
+NODE_TOOLS = (KUBERNETES_NODE, PROMETHEUS_ADAPTER, COREDNS)
 
 
 def etcd_binary() -> Path:
