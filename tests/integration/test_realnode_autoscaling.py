@@ -17,7 +17,7 @@ from marfleet.operator import render, spec
 
 from e2e import images
 from e2e.localcluster import LocalCluster, realnode
-from e2e.prometheus.adapter import CustomMetrics
+from e2e.prometheus.adapter import API_SERVICE, CustomMetrics
 from e2e.support import wait_for
 
 pytestmark = pytest.mark.slow
@@ -147,3 +147,5 @@ def test_hpa_scales_a_real_deployment_from_prometheus(
             return result.stdout == str(service.autoscaling.max_replicas)
 
         wait_for(replicas, 60, f"{target} to scale up to {service.autoscaling.max_replicas}")
+    gone = cluster.kubectl("get", "apiservice", API_SERVICE, check=False)
+    assert gone.returncode != 0 and "NotFound" in gone.stderr, gone.stdout
