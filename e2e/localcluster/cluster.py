@@ -182,13 +182,14 @@ class LocalCluster:
             raise
 
     def down(self) -> None:
-        """Stop every process this cluster started (by pid) and remove its state."""
+        """Stop every process this cluster started (by pid) and remove its state. A real node
+        goes first: its pods' open watches (CoreDNS's) would hold the apiserver's shutdown."""
+        realnode.teardown(self.name)
         if self.state_file.exists():
             state = self.state
             for name, pid in reversed(list(state.pids.items())):
                 _stop(pid, state.binaries.get(name, ""))
             shutil.rmtree(state.etcd_data, ignore_errors=True)
-        realnode.teardown(self.name)
         nodenet.delete(self.name)
         shutil.rmtree(self.dir, ignore_errors=True)
 
