@@ -322,6 +322,10 @@ class LocalCluster:
             "--use-service-account-credentials=true",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             f"--cert-dir={self.dir / 'kcm-certs'}",
+            # each controller fetches its own credentials at start: at the default 20 QPS the
+            # last ones (replicaset among them) start 4 s late
+            "--kube-api-qps=200",
+            "--kube-api-burst=400",
         ]
 
     def _write_kubeconfig(
