@@ -1,6 +1,7 @@
 """The real node runs pods for real: an image built from Debian packages without a registry
 serves HTTP in a container, a Service reaches it through kube-proxy, a pod reaches the
-apiserver through the kubernetes Service, and teardown leaves nothing on the host."""
+apiserver through the kubernetes Service, pods find Services by name through cluster DNS,
+and teardown leaves nothing on the host."""
 
 from __future__ import annotations
 
@@ -72,6 +73,30 @@ spec:
       https://$KUBERNETES_SERVICE_HOST/apis/authentication.k8s.io/v1/selfsubjectreviews
 """
 
+# busybox's nslookup asks the nameserver directly; getent and wget go through glibc's
+# resolver and the search path, as applications do
+DNS_CLIENT = """
+apiVersion: v1
+kind: Pod
+metadata: {name: dns-client, namespace: default}
+spec:
+  nodeSelector: {kubernetes.io/hostname: real-node}
+  restartPolicy: Never
+  containers:
+  - name: client
+    image: %(image)s
+    imagePullPolicy: Never
+    command:
+    - sh
+    - -c
+    - >-
+      cat /etc/resolv.conf && echo --- &&
+      busybox nslookup kubernetes.default.svc.cluster.local && echo --- &&
+      getent hosts web && echo --- &&
+      busybox wget -q -O- http://web/ && echo --- &&
+      ! getent hosts example.com
+"""
+
 
 def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
@@ -80,6 +105,33 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
             return
         time.sleep(0.5)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def run_pod(cluster: LocalCluster, manifest: str, name: str) -> str:
+    """Apply a pod that runs to completion and return its log."""
+    cluster.kubectl("apply", "-f", "-", input=manifest)
+
+    def finished() -> bool:
+        phase = cluster.kubectl("get", "pod", name, "-o", "jsonpath={.status.phase}").stdout
+        assert phase != "Failed", cluster.kubectl("logs", name, check=False).stdout
+        return phase == "Succeeded"
+
+    wait_for(finished, 60, f"the {name} pod to finish")
+    return cluster.kubectl("logs", name).stdout
+
+
+def deploy_web(cluster: LocalCluster) -> set[str]:
+    """The web Deployment and Service, rolled out; returns the pods' names."""
+    cluster.kubectl("apply", "-f", "-", input=WEB % {"image": images.base().ref})
+    cluster.kubectl("rollout", "status", "deployment/web", "--timeout=90s", timeout=100)
+    pods = json.loads(cluster.kubectl("get", "pods", "-l", "app=web", "-o", "json").stdout)
+    return {p["metadata"]["name"] for p in pods["items"]}
+
+
+def cluster_ip(cluster: LocalCluster, service: str, namespace: str = "default") -> str:
+    return cluster.kubectl(
+        "get", "service", service, "-n", namespace, "-o", "jsonpath={.spec.clusterIP}"
+    ).stdout
 
 
 @pytest.fixture(scope="module")
@@ -95,11 +147,8 @@ def real_cluster() -> Iterator[LocalCluster]:
 
 def test_pods_serve_through_a_service_and_reach_the_apiserver(real_cluster: LocalCluster) -> None:
     cluster = real_cluster
-    image = images.base().ref
-    cluster.kubectl("apply", "-f", "-", input=WEB % {"image": image})
-    cluster.kubectl("rollout", "status", "deployment/web", "--timeout=90s", timeout=100)
+    names = deploy_web(cluster)
     pods = json.loads(cluster.kubectl("get", "pods", "-l", "app=web", "-o", "json").stdout)
-    names = {p["metadata"]["name"] for p in pods["items"]}
     for pod in pods["items"]:
         assert pod["spec"]["nodeName"] == realnode.NODE_NAME
         # the host reaches pod addresses through the node's veth
@@ -107,19 +156,28 @@ def test_pods_serve_through_a_service_and_reach_the_apiserver(real_cluster: Loca
         with urllib.request.urlopen(url, timeout=5) as response:
             assert response.read().decode().strip() == pod["metadata"]["name"]
 
-    cluster.kubectl("apply", "-f", "-", input=CLIENT % {"image": image})
-
-    def finished() -> bool:
-        phase = cluster.kubectl("get", "pod", "client", "-o", "jsonpath={.status.phase}").stdout
-        assert phase != "Failed", cluster.kubectl("logs", "client", check=False).stdout
-        return phase == "Succeeded"
-
-    wait_for(finished, 60, "the client pod to finish")
-    output = cluster.kubectl("logs", "client").stdout
+    output = run_pod(cluster, CLIENT % {"image": images.base().ref}, "client")
     served_by, api_answer = output.split("\n", 1)
     assert served_by in names
     user = json.loads(api_answer)["status"]["userInfo"]["username"]
     assert user == "system:serviceaccount:default:default"
+
+
+def test_pods_find_services_by_name(real_cluster: LocalCluster) -> None:
+    cluster = real_cluster
+    names = deploy_web(cluster)
+    assert cluster_ip(cluster, "kube-dns", "kube-system") == realnode.CLUSTER_DNS_IP
+
+    output = run_pod(cluster, DNS_CLIENT % {"image": images.base().ref}, "dns-client")
+    resolv_conf, nslookup, getent, served_by, outside = output.split("---\n")
+    # the kube-dns Service is the only nameserver: the host's resolver is never used
+    nameservers = [line for line in resolv_conf.splitlines() if line.startswith("nameserver")]
+    assert nameservers == [f"nameserver {realnode.CLUSTER_DNS_IP}"]
+    assert "search default.svc.cluster.local svc.cluster.local cluster.local" in resolv_conf
+    assert f"Address: {cluster_ip(cluster, 'kubernetes')}" in nslookup
+    assert getent.split() == [cluster_ip(cluster, "web"), "web.default.svc.cluster.local"]
+    assert served_by.strip() in names
+    assert outside == ""
 
 
 def test_down_leaves_nothing_behind(real_cluster: LocalCluster) -> None:
