@@ -3,6 +3,7 @@
 #   make test      setup, lint, type check, all tests (FAST=1 skips the slow end-to-end ones)
 #   make cluster-up / cluster-down   the local Kubernetes control plane (CLUSTER=name,
 #                                    NODE=real adds a real containerd+kubelet node; root)
+#   make real      the real-node scenario: marfleet's images as real pods, real HPA (root)
 
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -32,7 +33,7 @@ NODE_FLAG := --real-node
 CLUSTER_SETUP := node-setup
 endif
 
-.PHONY: setup apt venv toolchain node-setup test lint format typecheck unit cluster-up cluster-down demo demo-down bench clean
+.PHONY: setup apt venv toolchain node-setup test lint format typecheck unit cluster-up cluster-down demo demo-down real bench clean
 
 setup: apt venv toolchain
 
@@ -98,6 +99,9 @@ demo: setup
 
 demo-down: venv
 	@$(PY) -m e2e.demo down
+
+real: setup node-setup
+	@$(PY) -m e2e.scenario $(if $(KEEP),--keep)
 
 bench: setup
 	$(PY) -m e2e.bench.run --duration $(or $(BENCH_SECONDS),10) --rounds 3 --out bench-results/serve-vs-torchserve.json

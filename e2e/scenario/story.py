@@ -1,0 +1,437 @@
+"""The real-node scenario: marfleet's own images serving real requests in the local cluster.
+
+What a team does with marfleet, end to end, with nothing simulated on the serving path: the
+chart installs the operator, which runs in-cluster from its image; an InferenceService points
+at an archive that TorchServe's `torch-model-archiver` built and a host serves over HTTP; the
+init container fetches it and runtime pods answer predictions through the stable Service.
+Then real load: Prometheus scrapes the pods, prometheus-adapter serves the HPA its metric, and
+the HPA scales the variant up and, once the load stops, back down. Under that load a runtime
+pod is deleted and a new model version is rolled in at 90/10 behind the router.
+
+Each step judges what it saw and raises ScenarioError with the evidence when something is
+wrong, so `python -m e2e.scenario` and the slow test enforce the same things. The KWOK nodes
+are tainted for the run, so every pod lands on the real node.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from marfleet.operator import labels
+
+from e2e.demo import kube
+from e2e.demo.console import Check, Console, Probe
+from e2e.demo.console import DemoError as ScenarioError
+from e2e.images import marfleet as marfleet_images
+from e2e.images.oci import Image, import_into
+from e2e.localcluster import LocalCluster, realnode
+from e2e.localcluster.nodenet import netns_name
+from e2e.prometheus import chart
+from e2e.prometheus.adapter import CustomMetrics
+
+from . import archives
+from .load import Load, Summary
+
+NAMESPACE = "shop"
+ISVC = "classifier"
+RELEASE = "marfleet"
+CHART_NAMESPACE = "marfleet-system"
+SIMULATED_TAINT = "marfleet.io/simulated=true:NoSchedule"
+TARGET_PER_REPLICA = 4  # requests per second one replica should carry
+MAX_REPLICAS = 3
+LOAD_RATE = 16.0  # requests per second: the HPA wants ceil(16 / 4) = 4, capped at 3
+SCALE_DOWN_SECONDS = 20
+SETTLE_SECONDS = 20  # load observed after each change before judging it
+STEPS = 10
+
+
+@dataclass
+class Settings:
+    cluster: str = "scenario"
+    workdir: Path = Path("/tmp/marfleet-scenario")
+    timeout: float = 300.0
+    keep: bool = False  # leave the cluster up afterwards (for looking around)
+
+
+@dataclass
+class Report:
+    """What the scenario measured: durations of its steps and the load's outcome per phase."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    load: dict[str, Summary] = field(default_factory=dict)
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+def inference_service(variants: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "apiVersion": "serving.marfleet.io/v1alpha1",
+        "kind": "InferenceService",
+        "metadata": {"name": ISVC, "namespace": NAMESPACE},
+        "spec": {
+            "variants": variants,
+            "runtime": {
+                "workersPerDevice": 1,
+                "batching": {"maxBatchSize": 4, "maxBatchDelayMs": 5},
+            },
+            "resources": {
+                "requests": {"cpu": "100m", "memory": "256Mi"},
+                "limits": {"memory": "1Gi"},
+            },
+            "autoscaling": {
+                "minReplicas": 1,
+                "maxReplicas": MAX_REPLICAS,
+                "metric": "requestsPerSecond",
+                "targetPerReplica": TARGET_PER_REPLICA,
+                "scaleDownStabilizationSeconds": SCALE_DOWN_SECONDS,
+            },
+        },
+    }
+
+
+def deployment_of(variant: str) -> str:
+    """The Deployment (and HPA) the operator names after a variant."""
+    return f"{ISVC}-{variant}"
+
+
+def variant(name: str, version: str, uri: str, weight: int) -> dict[str, Any]:
+    return {
+        "name": name,
+        "weight": weight,
+        "model": {"uri": uri, "name": archives.MODEL, "version": version},
+    }
+
+
+class Scenario:
+    def __init__(self, settings: Settings, console: Console) -> None:
+        self.settings = settings
+        self.out = console
+        self.cluster = LocalCluster(settings.cluster, real_node=True)
+        self.report = Report()
+        self.images: dict[str, Image] = {}
+        self.metrics: CustomMetrics | None = None
+        self.server: archives.ArchiveServer | None = None
+        self.load: Load | None = None
+        self.urls: dict[str, str] = {}
+
+    # ----- the whole story -----
+    def run(self) -> Report:
+        started = time.monotonic()
+        try:
+            for title, step in (
+                ("a local cluster with a real node", self._cluster),
+                ("marfleet's images, built from Debian packages and imported", self._images),
+                ("Prometheus and prometheus-adapter for the HPA", self._metrics),
+                ("install the chart: the operator runs in-cluster", self._chart),
+                ("model archives by torch-model-archiver, served over HTTP", self._archives),
+                ("apply an InferenceService; real pods fetch the model and serve", self._apply),
+                ("load: the HPA scales the variant up", self._scale_up),
+                ("delete a runtime pod under load", self._delete_pod),
+                ("roll in version 2.0 at 90/10 under load", self._roll),
+                ("stop the load: the HPA scales back down; delete everything", self._wind_down),
+            ):
+                self._timed(title, step)
+        finally:
+            self._stop_helpers()
+            if not self.settings.keep:
+                self.cluster.down()
+        self.report.seconds["total"] = time.monotonic() - started
+        return self.report
+
+    def _timed(self, title: str, step: Callable[[], None]) -> None:
+        self.out.step(title)
+        started = time.monotonic()
+        step()
+        self.report.seconds[step.__name__.strip("_")] = elapsed = time.monotonic() - started
+        self.out.line(f"({elapsed:.1f} s)")
+
+    # ----- steps -----
+    def _cluster(self) -> None:
+        self.cluster.down()
+        self.cluster.up()
+        self.cluster.kubectl("taint", "nodes", "-l", "type=kwok", SIMULATED_TAINT, "--overwrite")
+        self.out.line(f"KUBECONFIG={self.cluster.kubeconfig}")
+        self.out.block(self.cluster.kubectl("get", "nodes", "-o", "wide").stdout)
+
+    def _images(self) -> None:
+        socket = realnode.containerd_socket(self.cluster.dir / "node")
+        for name, build in (
+            ("runtime", marfleet_images.runtime),
+            ("operator", marfleet_images.operator),
+        ):
+            began = time.monotonic()
+            image = build()
+            built = time.monotonic() - began
+            import_into(image, socket)
+            self.images[name] = image
+            size = image.archive.stat().st_size / 2**20
+            self.out.line(
+                f"{image.ref}: {size:.0f} MiB, built or found in {built:.1f} s, "
+                f"imported in {time.monotonic() - began - built:.1f} s"
+            )
+
+    def _metrics(self) -> None:
+        self.metrics = CustomMetrics(self.cluster, self.settings.workdir / "metrics")
+        self.metrics.start()
+        self.out.line(
+            f"Prometheus {self.metrics.prometheus.url if self.metrics.prometheus else ''}"
+        )
+        self.out.line("APIService v1beta1.custom.metrics.k8s.io: Available")
+
+    def _chart(self) -> None:
+        operator, runtime = self.images["operator"], self.images["runtime"]
+        values = {
+            "operator.replicas": "1",
+            "operator.image.repository": operator.ref.rsplit(":", 1)[0],
+            "operator.image.tag": operator.key,
+            "operator.image.pullPolicy": "Never",
+            "runtime.image.repository": runtime.ref.rsplit(":", 1)[0],
+            "runtime.image.tag": runtime.key,
+            "router.image.repository": operator.ref.rsplit(":", 1)[0],
+            "router.image.tag": operator.key,
+        }
+        args = [
+            *("upgrade", "--install", RELEASE, str(chart.CHART_DIR)),
+            *("--namespace", CHART_NAMESPACE, "--create-namespace", "--wait", "--timeout", "180s"),
+            *(f"--set={key}={value}" for key, value in values.items()),
+        ]
+        self.out.command(["helm", *args])
+        chart.helm(*args, "--kubeconfig", str(self.cluster.kubeconfig), env=self.cluster.env())
+        selector = {labels.INSTANCE: RELEASE, labels.COMPONENT: "operator"}
+
+        def leading() -> Probe:
+            lease = kube.get_json(self.cluster, "lease", "marfleet-operator", "-n", CHART_NAMESPACE)
+            holder = lease["spec"].get("holderIdentity", "")
+            return Probe(bool(holder), f"Lease held by {holder or 'nobody'}")
+
+        self.out.wait([Check("operator elected leader", leading)], self.settings.timeout)
+        pod = kube.running_pods(self.cluster, CHART_NAMESPACE, selector)[0]
+        self.out.line(f"operator pod {pod['metadata']['name']} on {pod['spec']['nodeName']}")
+
+    def _archives(self) -> None:
+        directory = self.settings.workdir / "models"
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True)
+        built = {
+            version: archives.build(directory, version, seed)
+            for version, seed in (("1.0", 1), ("2.0", 2))
+        }
+        self.server = archives.ArchiveServer(directory, self.cluster.state.host)
+        self.server.start()
+        for version, path in built.items():
+            self.urls[version] = f"{self.server.base_url}/{path.name}"
+            self.out.line(f"{version}: {self.urls[version]} ({path.stat().st_size} bytes)")
+
+    def _apply(self) -> None:
+        self.cluster.kubectl("create", "namespace", NAMESPACE)
+        isvc = inference_service([variant("stable", "1.0", self.urls["1.0"], 100)])
+        self.out.line(kube.apply(self.cluster, [isvc]).strip())
+        self.out.wait([Check(f"InferenceService {ISVC} Ready", self._ready)], self.settings.timeout)
+        self.out.block(
+            self.cluster.kubectl("get", "pods,svc,hpa", "-n", NAMESPACE, "-o", "wide").stdout
+        )
+        service = kube.get_json(self.cluster, "service", ISVC, "-n", NAMESPACE)
+        url = f"http://{service['spec']['clusterIP']}/predictions/{archives.MODEL}"
+        self.load = Load(
+            netns_name(self.cluster.name), url, LOAD_RATE, self.settings.workdir / "load.jsonl"
+        )
+        self.load.record.path.unlink(missing_ok=True)
+        self.out.line(f"stable Service {ISVC}: {url} (reached from the node's network namespace)")
+
+    def _scale_up(self) -> None:
+        assert self.load is not None
+        began = time.time()
+        self.load.start()
+        self.out.line(f"{LOAD_RATE:.0f} requests/s, {TARGET_PER_REPLICA} per replica wanted")
+        deployment = deployment_of("stable")
+        self.out.wait(
+            [
+                Check(
+                    f"{deployment} at {MAX_REPLICAS} ready replicas",
+                    lambda: self._scaled(deployment, MAX_REPLICAS, at_least=True),
+                )
+            ],
+            self.settings.timeout,
+        )
+        self.report.facts["hpa_up"] = self._hpa(deployment)
+        self.out.line(f"HPA: {self.report.facts['hpa_up']}")
+        self._judge("scale_up", began, zero_failures=True)
+
+    def _delete_pod(self) -> None:
+        assert self.load is not None
+        deployment = deployment_of("stable")
+        pods = kube.running_pods(
+            self.cluster, NAMESPACE, {labels.ISVC: ISVC, labels.VARIANT: "stable"}
+        )
+        victim = pods[-1]["metadata"]["name"]
+        began = time.time()
+        self.out.command(["kubectl", "delete", "pod", victim, "-n", NAMESPACE])
+        self.cluster.kubectl("delete", "pod", victim, "-n", NAMESPACE, "--wait=false")
+
+        def replaced() -> Probe:
+            current = kube.running_pods(
+                self.cluster, NAMESPACE, {labels.ISVC: ISVC, labels.VARIANT: "stable"}
+            )
+            names = {p["metadata"]["name"] for p in current if _pod_ready(p)}
+            return Probe(
+                victim not in names and len(names) >= MAX_REPLICAS, f"ready: {sorted(names)}"
+            )
+
+        self.out.wait([Check(f"{victim} replaced", replaced)], self.settings.timeout)
+        time.sleep(5)
+        self._judge("delete_pod", began, zero_failures=True)
+        self.report.facts["deleted_pod"] = victim
+        self.out.line(f"{deployment}: {victim} gone, a new pod took its place")
+
+    def _roll(self) -> None:
+        assert self.load is not None
+        began = time.time()
+        isvc = inference_service(
+            [
+                variant("stable", "1.0", self.urls["1.0"], 90),
+                variant("canary", "2.0", self.urls["2.0"], 10),
+            ]
+        )
+        self.out.line(kube.apply(self.cluster, [isvc]).strip())
+        self.out.wait(
+            [
+                Check(
+                    "canary Ready", lambda: self._scaled(deployment_of("canary"), 1, at_least=True)
+                ),
+                Check("traffic routed", self._routed),
+            ],
+            self.settings.timeout,
+        )
+        routed_at = time.time()
+        time.sleep(SETTLE_SECONDS * 1.5)
+        split = Summary.of(self.load.record.between(routed_at))
+        share = 100 * split.versions.get("2.0", 0) / max(1, split.requests - split.failed)
+        self.report.facts["canary_share"] = share
+        self.out.line(
+            f"after the router took over: {split.describe()}; version 2.0 got {share:.1f} %"
+        )
+        self._judge("roll", began, zero_failures=True)
+        if not 4 <= share <= 18:
+            raise ScenarioError(
+                f"version 2.0 answered {share:.1f} % of requests, weight 10: {split.describe()}"
+            )
+
+    def _wind_down(self) -> None:
+        assert self.load is not None
+        self.load.stop()
+        self.report.load["all"] = total = Summary.of(self.load.record.outcomes())
+        self.out.line(f"the whole run: {total.describe()}")
+        deployment = deployment_of("stable")
+        began = time.monotonic()
+        self.out.wait(
+            [
+                Check(
+                    f"{deployment} back to 1 replica",
+                    lambda: self._scaled(deployment, 1, at_least=False),
+                )
+            ],
+            self.settings.timeout,
+        )
+        self.report.seconds["scale_down"] = time.monotonic() - began
+        self.out.command(["kubectl", "delete", "inferenceservice", ISVC, "-n", NAMESPACE])
+        self.cluster.kubectl("delete", "inferenceservice", ISVC, "-n", NAMESPACE, "--timeout=120s")
+        self.out.wait([Check(f"nothing of {ISVC} left", self._nothing_left)], self.settings.timeout)
+        self.out.command(["helm", "uninstall", RELEASE, "-n", CHART_NAMESPACE, "--wait"])
+        chart.helm(
+            "uninstall",
+            RELEASE,
+            "-n",
+            CHART_NAMESPACE,
+            "--wait",
+            "--kubeconfig",
+            str(self.cluster.kubeconfig),
+            env=self.cluster.env(),
+        )
+        left = self.cluster.kubectl(
+            "get", "all", "-n", CHART_NAMESPACE, "-o", "name"
+        ).stdout.split()
+        if left:
+            raise ScenarioError(f"helm uninstall left {left} in {CHART_NAMESPACE}")
+
+    # ----- probes and judgements -----
+    def _ready(self) -> Probe:
+        obj = kube.get_json(self.cluster, "inferenceservice", ISVC, "-n", NAMESPACE)
+        ready = kube.condition(obj, "Ready")
+        return Probe(ready.get("status") == "True", ready.get("message", "no Ready condition yet"))
+
+    def _routed(self) -> Probe:
+        obj = kube.get_json(self.cluster, "inferenceservice", ISVC, "-n", NAMESPACE)
+        traffic = kube.condition(obj, "TrafficReady")
+        return Probe(traffic.get("reason") == "Routed", traffic.get("message", ""))
+
+    def _scaled(self, deployment: str, replicas: int, at_least: bool) -> Probe:
+        assert self.load is not None
+        self.load.check()
+        obj = kube.get_json(self.cluster, "deployment", deployment, "-n", NAMESPACE)
+        spec = int(obj["spec"].get("replicas", 0))
+        ready = int(obj.get("status", {}).get("readyReplicas", 0))
+        done = spec >= replicas and ready >= replicas if at_least else spec == ready == replicas
+        return Probe(done, f"{ready}/{spec} ready; HPA {self._hpa(deployment)}")
+
+    def _hpa(self, name: str) -> str:
+        hpa = kube.get_json(self.cluster, "hpa", name, "-n", NAMESPACE)
+        status = hpa.get("status", {})
+        values = [
+            m.get("pods", {}).get("current", {}).get("averageValue", "?")
+            for m in status.get("currentMetrics") or []
+        ]
+        replicas = f"{status.get('currentReplicas')}→{status.get('desiredReplicas')}"
+        return f"current {values or ['<unknown>']} per pod, replicas {replicas}"
+
+    def _nothing_left(self) -> Probe:
+        selector = f"{labels.ISVC}={ISVC}"
+        kinds = (
+            "deployments,replicasets,pods,services,configmaps,hpa,poddisruptionbudgets,"
+            "serviceaccounts,roles,rolebindings"
+        )
+        left = self.cluster.kubectl(
+            "get", kinds, "-n", NAMESPACE, "-l", selector, "-o", "name"
+        ).stdout.split()
+        return Probe(not left, f"left: {left}")
+
+    def _judge(self, phase: str, began: float, zero_failures: bool) -> None:
+        assert self.load is not None
+        summary = Summary.of(self.load.record.between(began, time.time()))
+        self.report.load[phase] = summary
+        self.out.line(f"load during this step: {summary.describe()}")
+        if summary.requests == 0:
+            raise ScenarioError(f"{phase}: the load generator recorded no requests")
+        if zero_failures and summary.failed:
+            raise ScenarioError(f"{phase}: {summary.failed} requests failed: {summary.describe()}")
+
+    def _stop_helpers(self) -> None:
+        for helper in (self.load, self.server, self.metrics):
+            if helper is not None:
+                try:
+                    helper.stop()
+                except Exception as exc:  # teardown goes on; the cluster still comes down
+                    self.out.line(f"stopping {type(helper).__name__} failed: {exc}")
+
+
+def _pod_ready(pod: Mapping[str, Any]) -> bool:
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in pod.get("status", {}).get("conditions") or []
+    )
+
+
+def summary_json(report: Report) -> str:
+    return json.dumps(
+        {
+            "seconds": {k: round(v, 1) for k, v in report.seconds.items()},
+            "load": {k: s.describe() for k, s in report.load.items()},
+            "facts": report.facts,
+        },
+        indent=2,
+        default=str,
+    )

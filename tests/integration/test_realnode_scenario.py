@@ -1,0 +1,33 @@
+"""The issue's whole story on a real node (e2e/scenario): chart, in-cluster operator, an
+archive fetched over HTTP, predictions through the Service and the router, the HPA scaling a
+variant 1 -> 3 -> 1 on Prometheus data, a pod deleted and a 90/10 roll under load with no failed
+request, and nothing left afterwards. The scenario judges each step itself (ScenarioError);
+this test restates the numbers that make the claims."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from e2e.demo.console import Console
+from e2e.scenario.story import MAX_REPLICAS, STEPS, Scenario, Settings, summary_json
+
+pytestmark = pytest.mark.slow
+
+
+def test_real_pods_serve_scale_survive_a_deleted_pod_and_roll_without_failures(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(cluster="scenario-test", workdir=tmp_path)
+    report = Scenario(settings, Console(sys.stdout, STEPS)).run()
+    print(summary_json(report))
+    assert f"replicas {MAX_REPLICAS}→" in report.facts["hpa_up"]
+    for phase in ("scale_up", "delete_pod", "roll"):
+        assert report.load[phase].requests > 0, phase
+        assert report.load[phase].failed == 0, report.load[phase].describe()
+    assert report.load["all"].failed == 0, report.load["all"].describe()
+    assert 4 <= report.facts["canary_share"] <= 18
+    assert set(report.load["roll"].versions) == {"1.0", "2.0"}
+    assert report.seconds["scale_down"] > 0
