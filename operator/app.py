@@ -89,6 +89,9 @@ async def _lead(
             registry=build_registry(controller),
             settings=kopf_settings(),
             standalone=True,
+            # kopf would otherwise ask the passwd database for a user name, which a container
+            # running as an arbitrary uid (65532 in the chart) may not have.
+            identity=settings.controller.identity,
             clusterwide=not settings.namespaces,
             namespaces=settings.namespaces,
             stop_flag=stop,

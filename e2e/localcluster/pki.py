@@ -101,8 +101,21 @@ def _new_ca(d: Path, name: str, common_name: str) -> None:
         f"{name}.crt",
         "-subj",
         f"/CN={common_name}",
+        # Strict verifiers (Python 3.13's default SSL context among them) refuse a CA without
+        # a key usage extension.
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
         cwd=d,
     )
+
+
+# Every issued certificate names its issuer's key and its own use, as strict verifiers require.
+LEAF_EXTENSIONS = (
+    "basicConstraints=critical,CA:FALSE",
+    "keyUsage=critical,digitalSignature,keyEncipherment",
+    "subjectKeyIdentifier=hash",
+    "authorityKeyIdentifier=keyid,issuer",
+)
 
 
 def _issue(d: Path, name: str, common_name: str, ca: str, extensions: Sequence[str]) -> None:
@@ -120,7 +133,8 @@ def _issue(d: Path, name: str, common_name: str, ca: str, extensions: Sequence[s
         f"/CN={common_name}",
         cwd=d,
     )
-    (d / f"{name}.ext").write_text("".join(f"{line}\n" for line in extensions))
+    lines = [*LEAF_EXTENSIONS, *extensions]
+    (d / f"{name}.ext").write_text("".join(f"{line}\n" for line in lines))
     _openssl(
         "x509",
         "-req",
