@@ -317,7 +317,7 @@ def _check_upper(upper: Path, lowers: Sequence[Path]) -> None:
             elif (
                 name in dirs
                 and "trusted.overlay.opaque" in os.listxattr(path, follow_symlinks=False)
-                and any((lower / relative).exists() for lower in lowers)
+                and any(os.path.lexists(lower / relative) for lower in lowers)
             ):
                 deleted.append(f"{relative}/*")
     if deleted:
@@ -391,7 +391,11 @@ def _cached(target: Path, build: Callable[[Path], None]) -> Path:
     scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         build(scratch / "out")
-        (scratch / "out").rename(target)
+        try:
+            (scratch / "out").rename(target)
+        except OSError:
+            if not target.exists():  # else a build running beside this one finished first
+                raise
     finally:
         _remove(scratch)
     _prune(target.parent, target.name.rsplit("-", 1)[0] + "-*")
