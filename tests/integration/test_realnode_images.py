@@ -13,14 +13,14 @@ import os
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import pytest
 import torch
 from marfleet.operator.render import CONTAINER_SECURITY, POD_SECURITY
 
-from e2e.images import import_into, marfleet
+from e2e.images import Image, import_into, marfleet
 from e2e.localcluster import LocalCluster, realnode
 from e2e.support import wait_for
 from tests.handler_sources import MLP_HANDLER, write_handler
@@ -66,20 +66,30 @@ print(json.dumps({"imported": names, "uid": os.getuid(), "torch": has_torch, "lo
 """
 
 
+class Node(NamedTuple):
+    cluster: LocalCluster
+    runtime: Image
+    operator: Image
+
+
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
+def node() -> Iterator[Node]:
+    """A real-node cluster holding both images, as built once here: the working tree is shared,
+    and a later build could have another key."""
     runtime, operator = marfleet.runtime(), marfleet.operator()
     local = LocalCluster(f"pytest-images-{os.getpid()}", real_node=True)
     local.up()
     try:
         for image in (runtime, operator):
             import_into(image, realnode.containerd_socket(local.dir / "node"))
-        yield local
+        yield Node(local, runtime, operator)
     finally:
         local.down()
 
 
 def pod(name: str, containers: list[dict[str, Any]], **spec: Any) -> str:
+    """A Pod on the real node whose containers run as the operator's do (read-only root file
+    system, no capabilities) with an emptyDir at /tmp."""
     for container in containers:
         container |= {"imagePullPolicy": "Never", "securityContext": CONTAINER_SECURITY}
         container["volumeMounts"] = [
@@ -114,14 +124,13 @@ def make_archives(folder: Path) -> Path:
     return store
 
 
-def test_runtime_image_serves_archives_made_with_a_newer_torch(
-    cluster: LocalCluster, tmp_path: Path
-) -> None:
+def test_runtime_image_serves_archives_made_with_a_newer_torch(node: Node, tmp_path: Path) -> None:
+    cluster = node.cluster
     store = make_archives(tmp_path)
     cluster.kubectl("create", "configmap", "models", f"--from-file={store}")
     server = {
         "name": "server",
-        "image": marfleet.runtime().ref,
+        "image": node.runtime.ref,
         "workingDir": "/tmp",
         "args": ["serve", "--foreground", "--ts-config", "/mnt/models/config.properties",
                  "--model-store", "/mnt/models", "--models", "mlp=mlp.mar", "eager=eager.mar"],
@@ -157,10 +166,8 @@ def _prediction(url: str) -> dict[str, Any] | None:
     return answer
 
 
-def test_operator_image_runs_the_operator_and_router_without_torch(
-    cluster: LocalCluster,
-) -> None:
-    image = marfleet.operator().ref
+def test_operator_image_runs_the_operator_and_router_without_torch(node: Node) -> None:
+    cluster, image = node.cluster, node.operator.ref
     containers: list[dict[str, Any]] = [
         {"name": "operator", "image": image, "args": ["operator", "--help"]},
         {"name": "router", "image": image, "args": ["router", "--help"]},
