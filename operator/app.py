@@ -15,6 +15,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 
 import kopf
+from kopf._core.engines.peering import Identity  # the NewType kopf.operator() declares
 
 from .controller import Controller, ControllerSettings
 from .handlers import build_registry, kopf_settings
@@ -91,7 +92,7 @@ async def _lead(
             standalone=True,
             # kopf would otherwise ask the passwd database for a user name, which a container
             # running as an arbitrary uid (65532 in the chart) may not have.
-            identity=settings.controller.identity,
+            identity=Identity(settings.controller.identity),
             clusterwide=not settings.namespaces,
             namespaces=settings.namespaces,
             stop_flag=stop,

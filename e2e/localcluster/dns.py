@@ -24,9 +24,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from e2e.images import import_into
-from e2e.images.node import coredns
-
 from . import realnode
 from .nodenet import NodeNet
 
@@ -117,6 +114,11 @@ class DnsError(RuntimeError):
 
 def deploy(cluster: LocalCluster) -> None:
     """Load the CoreDNS image into the node's containerd and apply the DNS objects."""
+    # Imported here: e2e.images builds with the toolchain this package defines, so importing
+    # it at the top would make `import e2e.images` circular.
+    from e2e.images.node import coredns
+    from e2e.images.oci import import_into
+
     image = coredns()
     import_into(image, realnode.containerd_socket(cluster.dir / "node"))
     manifest = MANIFEST % {

@@ -156,6 +156,17 @@ class Summary:
         return text
 
 
+def probe(netns: str, url: str) -> Outcome:
+    """One prediction from inside the network namespace; its outcome."""
+    command = [sys.executable, "-m", "e2e.scenario.load", url, "0", "-"]
+    result = subprocess.run(
+        ["ip", "netns", "exec", netns, *command], capture_output=True, text=True, timeout=30
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"the probe failed to run: {result.stderr.strip()[-500:]}")
+    return Outcome(**json.loads(result.stdout))
+
+
 class Load(Started):
     """The generator as a child process in a network namespace, writing to `record`."""
 
@@ -188,10 +199,15 @@ class Load(Started):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m e2e.scenario.load", description=__doc__)
     parser.add_argument("url", help="http://host[:port]/predictions/<model>")
-    parser.add_argument("rate", type=float, help="requests per second")
-    parser.add_argument("record", type=Path, help="file to append one JSON line per request to")
+    parser.add_argument("rate", type=float, help="requests per second; 0: one request")
+    parser.add_argument("record", help="file to append one JSON line per request to; - stdout")
     args = parser.parse_args(argv)
-    generate(args.url, args.rate, args.record)
+    if args.rate <= 0:
+        parts = urlsplit(args.url)
+        outcome = _one(parts.hostname or "", parts.port or 80, parts.path)
+        print(json.dumps(outcome.__dict__))
+        return 0
+    generate(args.url, args.rate, Path(args.record))
     return 0
 
 
