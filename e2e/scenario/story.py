@@ -265,8 +265,9 @@ class Scenario:
             ],
             self.settings.timeout,
         )
-        self.report.facts["hpa_up"] = self._hpa(deployment)
-        self.out.line(f"HPA: {self.report.facts['hpa_up']}")
+        scaled = kube.get_json(self.cluster, "deployment", deployment, "-n", NAMESPACE)
+        self.report.facts["ready_replicas_under_load"] = scaled["status"]["readyReplicas"]
+        self.out.line(f"HPA: {self._hpa(deployment)}")
         self._judge("scale_up", began, zero_failures=True)
 
     def _delete_pod(self) -> None:
@@ -350,20 +351,16 @@ class Scenario:
         self.out.wait([Check(f"nothing of {ISVC} left", self._nothing_left)], self.settings.timeout)
         self.out.command(["helm", "uninstall", RELEASE, "-n", CHART_NAMESPACE, "--wait"])
         chart.helm(
-            "uninstall",
-            RELEASE,
-            "-n",
-            CHART_NAMESPACE,
-            "--wait",
-            "--kubeconfig",
-            str(self.cluster.kubeconfig),
+            *("uninstall", RELEASE, "-n", CHART_NAMESPACE, "--wait"),
+            *("--kubeconfig", str(self.cluster.kubeconfig)),
             env=self.cluster.env(),
         )
-        left = self.cluster.kubectl(
-            "get", "all", "-n", CHART_NAMESPACE, "-o", "name"
-        ).stdout.split()
-        if left:
-            raise ScenarioError(f"helm uninstall left {left} in {CHART_NAMESPACE}")
+
+        def release_gone() -> Probe:
+            left = self.cluster.kubectl("get", "all", "-n", CHART_NAMESPACE, "-o", "name")
+            return Probe(not left.stdout.split(), f"left: {left.stdout.split()}")
+
+        self.out.wait([Check("nothing of the release left", release_gone)], self.settings.timeout)
 
     # ----- probes and judgements -----
     def _ready(self) -> Probe:
