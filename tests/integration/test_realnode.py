@@ -6,7 +6,6 @@ and teardown leaves nothing on the host."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 import urllib.request
@@ -17,6 +16,7 @@ import pytest
 
 from e2e import images
 from e2e.localcluster import LocalCluster, realnode
+from tests.realnode import real_node_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -136,13 +136,8 @@ def cluster_ip(cluster: LocalCluster, service: str, namespace: str = "default") 
 
 @pytest.fixture(scope="module")
 def real_cluster() -> Iterator[LocalCluster]:
-    local = LocalCluster(f"pytest-real-{os.getpid()}", real_node=True)
-    local.up()
-    try:
-        images.import_into(images.base(), realnode.containerd_socket(local.dir / "node"))
+    with real_node_cluster("pytest-real", (images.base(),)) as local:
         yield local
-    finally:
-        local.down()
 
 
 def test_pods_serve_through_a_service_and_reach_the_apiserver(real_cluster: LocalCluster) -> None:

@@ -6,7 +6,6 @@ aggregation layer, and the controller-manager's HPA controller acts on it."""
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from e2e import images
 from e2e.localcluster import LocalCluster, realnode
 from e2e.prometheus.adapter import API_SERVICE, CustomMetrics
 from e2e.support import wait_for
+from tests.realnode import real_node_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -87,13 +87,8 @@ def quantity(text: str) -> float:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:
-    local = LocalCluster(f"pytest-hpa-{os.getpid()}", real_node=True)
-    local.up()
-    try:
-        images.import_into(images.base(), realnode.containerd_socket(local.dir / "node"))
+    with real_node_cluster("pytest-hpa", (images.base(),)) as local:
         yield local
-    finally:
-        local.down()
 
 
 def test_hpa_scales_a_real_deployment_from_prometheus(

@@ -9,7 +9,6 @@ system and an emptyDir at /tmp.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -20,11 +19,12 @@ import pytest
 import torch
 from marfleet.operator.render import CONTAINER_SECURITY, POD_SECURITY
 
-from e2e.images import Image, import_into, marfleet
+from e2e.images import Image, marfleet
 from e2e.localcluster import LocalCluster, realnode
 from e2e.support import wait_for
 from tests.handler_sources import MLP_HANDLER, write_handler
 from tests.models import TinyMLP, build, write_eager, write_torchscript
+from tests.realnode import real_node_cluster
 from tests.serving import archive
 
 pytestmark = pytest.mark.slow
@@ -77,14 +77,8 @@ def node() -> Iterator[Node]:
     """A real-node cluster holding both images, as built once here: the working tree is shared,
     and a later build could have another key."""
     runtime, operator = marfleet.runtime(), marfleet.operator()
-    local = LocalCluster(f"pytest-images-{os.getpid()}", real_node=True)
-    local.up()
-    try:
-        for image in (runtime, operator):
-            import_into(image, realnode.containerd_socket(local.dir / "node"))
+    with real_node_cluster("pytest-images", (runtime, operator)) as local:
         yield Node(local, runtime, operator)
-    finally:
-        local.down()
 
 
 def pod(name: str, containers: list[dict[str, Any]], **spec: Any) -> str:
