@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "down":
         demo.down()
         return 0
+    # A shell that starts `make demo &` without job control hands it SIGINT ignored; Ctrl-C
+    # (or `kill -INT`) must still clean up, so both signals are taken explicitly.
+    signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         demo.up()
