@@ -146,7 +146,7 @@ class Controller:
             return
         isvc = spec.parse(obj)
         ctx = self.render_context()
-        ready = traffic.router_ready(isvc, self.store.children_of(key))
+        ready = traffic.router_ready(isvc, await self._children_with_router(key, isvc, ctx))
         desired = render.render(isvc, ctx, router_ready=ready)
         try:
             results = await asyncio.gather(*(self._ensure(key, isvc, w) for w in desired.objects))
@@ -157,6 +157,22 @@ class Controller:
             if not _going_away(error):
                 raise
             log.info("namespace or object is being deleted", extra={"isvc": "/".join(key)})
+
+    async def _children_with_router(
+        self, key: Key, isvc: spec.InferenceService, ctx: render.RenderContext
+    ) -> dict[tuple[str, str], dict[str, Any]]:
+        """The stored children, with the router Deployment read from the API server when the
+        store has not seen it yet (just after a restart, before its watch has listed it):
+        judging the router absent then would point the stable Service away from it and back."""
+        children = self.store.children_of(key)
+        wanted = ("Deployment", labels.router_name(isvc))
+        if isvc.multi_variant and ctx.router_enabled and wanted not in children:
+            ref = Ref("apps/v1", "Deployment", key[0], wanted[1])
+            found = await self._call(self.api.get, ref)
+            if found is not None:
+                self.store.put_child(found)
+                children = self.store.children_of(key)
+        return children
 
     async def _ensure(
         self, key: Key, isvc: spec.InferenceService, want: dict[str, Any]

@@ -7,6 +7,7 @@ restart it or start a second replica leave a running leader behind for the next 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -26,8 +27,11 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
+from marfleet.operator.cli import parser, settings_from
+from marfleet.operator.controller import Controller
 from marfleet.operator.kube import KubeAPI
 from marfleet.operator.leader import LeaderElector, LeaseSettings
+from marfleet.operator.metrics import OperatorMetrics
 from marfleet.operator.traffic import router_available
 
 from e2e.localcluster import LocalCluster
@@ -41,6 +45,7 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "resnet50-canary.ya
 GROUP, VERSION, PLURAL = "serving.marfleet.io", "v1alpha1", "inferenceservices"
 ISVC_LABEL = "serving.marfleet.io/inferenceservice"
 LEASE_SECONDS = "6"
+RUNTIME_IMAGE = "registry.example/marfleet:test"
 
 
 @dataclass
@@ -121,7 +126,7 @@ class Operators:
                     "--lease-seconds",
                     LEASE_SECONDS,
                     "--runtime-image",
-                    "registry.example/marfleet:test",
+                    RUNTIME_IMAGE,
                     *extra,
                 ],
                 env=self.cluster.env(),
@@ -499,6 +504,25 @@ def wait_quiet(operator: OperatorProcess, quiet: float = 3.0, timeout: float = 3
             last, since = now, time.monotonic()
 
 
+def writes_before_children_are_listed(cluster: LocalCluster, obj: dict[str, Any]) -> float:
+    """Reconcile `obj` once in a new in-process controller, configured as the operator process,
+    that has seen the InferenceService but none of its children: the moment just after a
+    restart, before the children's watches have listed them. Return how many writes it made."""
+    env = cluster.env()
+    args = ["--kubeconfig", str(cluster.kubeconfig), "--runtime-image", RUNTIME_IMAGE]
+    settings = settings_from(parser(env).parse_args(args), env)
+    controller = Controller(
+        KubeAPI(str(cluster.kubeconfig)), settings.controller, OperatorMetrics()
+    )
+    asyncio.run(controller.reconcile(controller.store.put_isvc(obj)))
+    return sum(
+        sample.value
+        for family in controller.metrics.registry.collect()
+        for sample in family.samples
+        if sample.name == "marfleet_operator_writes_total"
+    )
+
+
 def test_restart_on_a_converged_cluster_writes_nothing(
     cluster: LocalCluster, api: k8s.ApiClient, namespace: str, operators: Operators
 ) -> None:
@@ -521,6 +545,8 @@ def test_restart_on_a_converged_cluster_writes_nothing(
 
     before = versions()
     assert ("PodDisruptionBudget", "bert-main") in before
+    for name in ("resnet50", "bert"):
+        assert writes_before_children_are_listed(cluster, get_isvc(api, namespace, name)) == 0
     operators.current.stop()
     restarted = operators.start()
 

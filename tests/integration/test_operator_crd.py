@@ -3,10 +3,14 @@ messages that say what to fix, and `kubectl explain` documents every field."""
 
 from __future__ import annotations
 
+import json
+import time
+import uuid
 from pathlib import Path
 
 import pytest
 import yaml
+from marfleet.operator.spec import GROUP, KIND, VERSION
 
 from e2e.localcluster import LocalCluster
 
@@ -19,6 +23,48 @@ CRD_NAME = "inferenceservices.serving.marfleet.io"
 def install_crd(cluster: LocalCluster) -> None:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
     cluster.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s")
+    wait_garbage_collector_knows_crd(cluster)
+
+
+def wait_garbage_collector_knows_crd(cluster: LocalCluster, timeout: float = 90) -> None:
+    """Wait until the controller manager's garbage collector collects the dependents of a gone
+    InferenceService.
+
+    It learns of new resource types at its own 30-second discovery sync; an InferenceService
+    deleted before then keeps its children until a retry whose backoff has grown past a
+    test's patience. Each probe is a ConfigMap owned by an InferenceService that does not
+    exist, made fresh each round so its retries start from no backoff."""
+    deadline = time.monotonic() + timeout
+    while True:
+        probe = f"gc-probe-{uuid.uuid4().hex[:8]}"
+        owner = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": KIND,
+            "name": probe,
+            "uid": str(uuid.uuid4()),
+        }
+        cm = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": probe, "namespace": "default", "ownerReferences": [owner]},
+        }
+        cluster.kubectl("create", "-f", "-", input=json.dumps(cm))
+        collected = cluster.kubectl(
+            "wait",
+            "--for=delete",
+            f"configmap/{probe}",
+            "-n",
+            "default",
+            "--timeout=3s",
+            check=False,
+        )
+        if collected.returncode == 0:
+            return
+        cluster.kubectl("delete", "configmap", probe, "-n", "default", "--ignore-not-found")
+        assert time.monotonic() < deadline, (
+            f"the garbage collector did not learn of {CRD_NAME} within {timeout:.0f}s; "
+            "see kube-controller-manager.log in the cluster's directory"
+        )
 
 
 @pytest.fixture(scope="module")
