@@ -146,7 +146,7 @@ class Controller:
             return
         isvc = spec.parse(obj)
         ctx = self.render_context()
-        ready = traffic.router_ready(isvc, await self._children_with_router(key, isvc, ctx))
+        ready = await self._router_ready(key, isvc, ctx)
         desired = render.render(isvc, ctx, router_ready=ready)
         try:
             results = await asyncio.gather(*(self._ensure(key, isvc, w) for w in desired.objects))
@@ -158,32 +158,34 @@ class Controller:
                 raise
             log.info("namespace or object is being deleted", extra={"isvc": "/".join(key)})
 
-    async def _children_with_router(
+    async def _router_ready(
         self, key: Key, isvc: spec.InferenceService, ctx: render.RenderContext
-    ) -> dict[tuple[str, str], dict[str, Any]]:
-        """The stored children, with the router Deployment read from the API server when the
-        store has not seen it yet (just after a restart, before its watch has listed it):
-        judging the router absent then would point the stable Service away from it and back."""
-        children = self.store.children_of(key)
-        wanted = ("Deployment", labels.router_name(isvc))
-        if isvc.multi_variant and ctx.router_enabled and wanted not in children:
-            ref = Ref("apps/v1", "Deployment", key[0], wanted[1])
-            found = await self._call(self.api.get, ref)
-            if found is not None:
-                self.store.put_child(found)
-                children = self.store.children_of(key)
-        return children
+    ) -> bool:
+        """Whether a router pod can take the stable Service's traffic. The router Deployment is
+        read from the API server when the store has not seen it yet (just after a restart,
+        before its watch has listed it): judging it absent then would point the stable
+        Service away from the router and back."""
+        if not (isvc.multi_variant and ctx.router_enabled):
+            return False
+        ref = Ref("apps/v1", "Deployment", key[0], labels.router_name(isvc))
+        await self._stored_or_live(key, ref)
+        return traffic.router_ready(isvc, self.store.children_of(key))
+
+    async def _stored_or_live(self, key: Key, ref: Ref) -> Mapping[str, Any] | None:
+        """A child as the store has it, or else as the API server has it (then stored)."""
+        have: Mapping[str, Any] | None = self.store.children_of(key).get((ref.kind, ref.name))
+        if have is None:
+            have = await self._call(self.api.get, ref)
+            if have is not None:
+                self.store.put_child(have)
+        return have
 
     async def _ensure(
         self, key: Key, isvc: spec.InferenceService, want: dict[str, Any]
     ) -> str | None:
         """Make one child match `want`; return a message if that cannot be done by retrying."""
         kind, name = want["kind"], want["metadata"]["name"]
-        have: Mapping[str, Any] | None = self.store.children_of(key).get((kind, name))
-        if have is None:
-            have = await self._call(self.api.get, Ref.of(want))
-            if have is not None:
-                self.store.put_child(have)
+        have = await self._stored_or_live(key, Ref.of(want))
         if have is not None and not owned_by(have, isvc.uid):
             return (
                 f"{kind} {name} already exists and belongs to something else; delete or rename "
