@@ -32,7 +32,11 @@ def variant_object_name(isvc: InferenceService, variant: str) -> str:
 
 
 def router_name(isvc: InferenceService) -> str:
-    return f"{isvc.name}-{ROUTER}"
+    return router_name_of(isvc.name)
+
+
+def router_name_of(isvc_name: str) -> str:
+    return f"{isvc_name}-{ROUTER}"
 
 
 def common(isvc: InferenceService, component: str) -> dict[str, str]:

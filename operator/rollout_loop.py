@@ -7,6 +7,12 @@ the rest of the status neither erase nor fight them. After a write the Inference
 queued for reconciliation, which publishes the new weights in `status.variants[].weight`
 (`rollout.effective_weights`), where the routers pick them up. The state lives in the object,
 so a restarted operator carries on where the last one stopped.
+
+Numbers are read only from routers this InferenceService owns (its `<name>-router` Service,
+as the store has it, carries its controller reference): a name taken by someone else's Service
+would otherwise let that someone's pods judge, or stall, the rollout. Every InferenceService
+is advanced concurrently (at most `MAX_CONCURRENT` at a time), each reading bounded by its
+source's deadline, so one slow router holds back only its own rollout.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import rollout
+from . import labels, rollout
 from .kube import KubeAPI
 from .rollout_metrics import (
     MetricsSource,
@@ -27,11 +33,12 @@ from .rollout_metrics import (
     RouterScrape,
     Subject,
 )
-from .store import Key, Store
+from .store import Key, Store, owned_by
 
 log = logging.getLogger("marfleet.operator.rollout")
 
 FIELD_MANAGER = "marfleet-rollout"
+MAX_CONCURRENT = 16
 
 RecordEvent = Callable[[Mapping[str, Any], str, str, str], Awaitable[None]]
 """(InferenceService, Normal|Warning, reason, message) → a Kubernetes Event."""
@@ -56,6 +63,7 @@ class RolloutLoop:
         self._record_event = record_event
         self._interval = interval
         self._clock = clock
+        self._slots = asyncio.Semaphore(MAX_CONCURRENT)
 
     async def run(self) -> None:
         while True:
@@ -63,7 +71,10 @@ class RolloutLoop:
             await asyncio.sleep(self._interval)
 
     async def tick(self) -> None:
-        for key, obj in list(self._store.isvcs.items()):
+        await asyncio.gather(*(self._advance(k, o) for k, o in list(self._store.isvcs.items())))
+
+    async def _advance(self, key: Key, obj: Mapping[str, Any]) -> None:
+        async with self._slots:
             try:
                 await self.advance(key, obj)
             except Exception as error:
@@ -87,7 +98,10 @@ class RolloutLoop:
                 window_id=f"{state.target}/{state.step}/{state.step_started}",
                 window_seconds=now - state.step_started,
             )
+            foreign = self._foreign_router(key, obj)
             try:
+                if foreign:
+                    raise MetricsUnavailable(foreign)
                 observed = await self._source.observe(subject)
             except MetricsUnavailable as error:
                 decision = rollout.hold(state, str(error))
@@ -104,6 +118,17 @@ class RolloutLoop:
                 extra={"isvc": "/".join(key), "reason": event.reason, "detail": event.message},
             )
             await self._record_event(obj, event.type, event.reason, event.message)
+
+    def _foreign_router(self, key: Key, obj: Mapping[str, Any]) -> str:
+        """Why the routers' numbers cannot be trusted (empty: they can)."""
+        name = labels.router_name_of(key[1])
+        service = self._store.children_of(key).get(("Service", name))
+        if service is not None and owned_by(service, obj["metadata"].get("uid", "")):
+            return ""
+        return (
+            f"Service {name} is not (yet) this InferenceService's router Service: its "
+            "metrics are not read"
+        )
 
     async def _write(
         self, key: Key, obj: Mapping[str, Any], plan: rollout.Plan, state: rollout.State, now: float

@@ -8,7 +8,10 @@ Two sources, one interface (`observe`):
 - `RouterScrape` reads every router's /metrics itself when there is no Prometheus: the URL
   template's host is resolved to all its addresses (a headless Service gives one per router
   pod), the counters are summed, and the first reading of a step is its baseline. Counters
-  that went down (a router restarted) start a new baseline.
+  that went down (a router restarted) start a new baseline. Every router of an
+  InferenceService is read at once under one deadline for the whole reading, and a body larger
+  than `max_bytes` is cut off: a router that trickles or floods (or a pod that only pretends to
+  be one) costs at most the deadline and the cap, never the other InferenceServices' turn.
 
 Both read `marfleet_router_requests_total` and `marfleet_router_request_duration_seconds`
 (docs/metrics.md); p99 is interpolated within histogram buckets as histogram_quantile does.
@@ -34,6 +37,8 @@ REQUESTS = "marfleet_router_requests_total"
 DURATION_BUCKET = "marfleet_router_request_duration_seconds_bucket"
 MIN_PROMETHEUS_WINDOW = 10
 FIVE_XX = ',code_class="5xx"'
+MAX_METRICS_BYTES = 4 * 1024 * 1024
+"""A router's /metrics is a few KiB per variant; anything near this is not a router."""
 
 
 class MetricsUnavailable(Exception):
@@ -135,9 +140,17 @@ def observation(per_variant: Mapping[str, Tally], subject: Subject) -> Observati
 class RouterScrape:
     """Reads the routers' /metrics directly; see the module docstring."""
 
-    def __init__(self, url_template: str, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        url_template: str,
+        timeout: float = 5.0,
+        deadline: float = 10.0,
+        max_bytes: int = MAX_METRICS_BYTES,
+    ) -> None:
         self._template = url_template
         self._timeout = timeout
+        self._deadline = deadline
+        self._max_bytes = max_bytes
         self._baselines: dict[tuple[str, str], tuple[str, dict[str, Tally]]] = {}
 
     async def observe(self, subject: Subject) -> Observation:
@@ -154,18 +167,50 @@ class RouterScrape:
 
     async def _read(self, subject: Subject) -> dict[str, Tally]:
         url = self._template.format(isvc=subject.isvc, namespace=subject.namespace)
-        urls = await _each_address(url)
+        try:
+            async with asyncio.timeout(self._deadline):
+                texts = await self._read_all(url)
+        except TimeoutError:
+            raise MetricsUnavailable(
+                f"reading router metrics at {url}: no complete answer within {self._deadline:g}s"
+            ) from None
         total: dict[str, Tally] = {}
-        async with httpx.AsyncClient(timeout=self._timeout) as client:
-            for address in urls:
-                try:
-                    response = await client.get(address)
-                    response.raise_for_status()
-                except httpx.HTTPError as exc:
-                    raise MetricsUnavailable(f"reading router metrics at {address}: {exc}") from exc
-                for name, tally in tallies(response.text, subject.namespace, subject.isvc).items():
-                    total.setdefault(name, Tally()).add(tally)
+        for text in texts:
+            for name, tally in tallies(text, subject.namespace, subject.isvc).items():
+                total.setdefault(name, Tally()).add(tally)
         return total
+
+    async def _read_all(self, url: str) -> list[str]:
+        """Every router's /metrics text, read concurrently; the first failure ends them all."""
+        urls = await _each_address(url)
+        try:
+            async with (
+                httpx.AsyncClient(timeout=self._timeout) as client,
+                asyncio.TaskGroup() as group,
+            ):
+                reads = [group.create_task(self._fetch(client, address)) for address in urls]
+        except ExceptionGroup as failures:
+            first = failures.exceptions[0]
+            if isinstance(first, MetricsUnavailable):
+                raise first from None
+            raise
+        return [read.result() for read in reads]
+
+    async def _fetch(self, client: httpx.AsyncClient, address: str) -> str:
+        body = bytearray()
+        try:
+            async with client.stream("GET", address) as response:
+                response.raise_for_status()
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > self._max_bytes:
+                        raise MetricsUnavailable(
+                            f"router metrics at {address} exceed {self._max_bytes} bytes: "
+                            "that is no marfleet router"
+                        )
+        except httpx.HTTPError as exc:
+            raise MetricsUnavailable(f"reading router metrics at {address}: {exc}") from exc
+        return body.decode(errors="replace")
 
 
 async def _each_address(url: str) -> list[str]:

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
 import pytest
 from marfleet.operator.rollout_metrics import (
+    MetricsUnavailable,
+    RouterScrape,
     Subject,
     Tally,
     observation,
@@ -67,3 +73,64 @@ def test_prometheus_vectors_skip_windows_without_data() -> None:
         {"metric": {"variant": "stable"}, "value": [1.0, "NaN"]},
     ]
     assert parse_vector(result) == [({"variant": "canary"}, 12.5)]
+
+
+# ----- a hostile /metrics endpoint: real sockets on loopback -----
+
+
+async def _serve(handler: Callable[[asyncio.StreamWriter], Awaitable[None]]) -> asyncio.Server:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        try:
+            await handler(writer)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(answer, "127.0.0.1", 0)
+
+
+async def _trickle(writer: asyncio.StreamWriter) -> None:
+    """Headers, then one byte every 0.2 s: each read is quick, the whole body never ends."""
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+    for _ in range(1000):
+        writer.write(b"#")
+        await writer.drain()
+        await asyncio.sleep(0.2)
+
+
+async def _flood(writer: asyncio.StreamWriter) -> None:
+    """A chunked body without end, as fast as the reader takes it."""
+    writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    chunk = b"# " + b"x" * 65534 + b"\n"
+    for _ in range(10_000):
+        writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        await writer.drain()
+
+
+async def _observe_hostile(handler: Callable[[asyncio.StreamWriter], Awaitable[None]]) -> str:
+    server = await _serve(handler)
+    port = server.sockets[0].getsockname()[1]
+    scrape = RouterScrape(
+        f"http://127.0.0.1:{port}/metrics", timeout=5.0, deadline=1.0, max_bytes=1024 * 1024
+    )
+    try:
+        with pytest.raises(MetricsUnavailable) as refused:
+            await scrape.observe(SUBJECT)
+    finally:
+        server.close()
+    return str(refused.value)
+
+
+def test_a_trickling_router_costs_the_deadline_not_a_timeout_per_read() -> None:
+    started = time.monotonic()
+    message = asyncio.run(_observe_hostile(_trickle))
+    took = time.monotonic() - started
+    assert "no complete answer within 1s" in message
+    assert took < 4.0, took
+
+
+def test_a_flooding_router_is_cut_off_at_the_body_cap() -> None:
+    message = asyncio.run(_observe_hostile(_flood))
+    assert f"exceed {1024 * 1024} bytes" in message
