@@ -1,5 +1,5 @@
 """Maps the top-level folders operator/ and runtime/ onto the import packages
-marfleet.operator and marfleet.runtime (the layout DESIGN.md fixes)."""
+marfleet.operator and marfleet.runtime (the layout docs/architecture.md describes)."""
 
 from setuptools import find_packages, setup
 

@@ -18,7 +18,6 @@ from .controller import ControllerSettings
 from .leader import LeaseSettings
 from .render import RenderContext
 from .rollout_loop import RolloutSettings
-from .traffic import router_available
 
 DEFAULT_IMAGE = "ghcr.io/marfleet/marfleet:0.1.0"
 
@@ -127,7 +126,6 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> OperatorS
         gpu_image=args.runtime_gpu_image,
         router_image=args.router_image,
         cluster_domain=args.cluster_domain,
-        router_enabled=router_available(),
         prometheus_url=args.prometheus_url,
         keda_authentication_ref=args.keda_authentication_ref,
         service_monitor_labels=dict(_key_value(item) for item in args.service_monitor_label),

@@ -146,7 +146,7 @@ class Controller:
             return
         isvc = spec.parse(obj)
         ctx = self.render_context()
-        ready = await self._router_ready(key, isvc, ctx)
+        ready = await self._router_ready(key, isvc)
         desired = render.render(isvc, ctx, router_ready=ready)
         try:
             results = await asyncio.gather(*(self._ensure(key, isvc, w) for w in desired.objects))
@@ -158,14 +158,12 @@ class Controller:
                 raise
             log.info("namespace or object is being deleted", extra={"isvc": "/".join(key)})
 
-    async def _router_ready(
-        self, key: Key, isvc: spec.InferenceService, ctx: render.RenderContext
-    ) -> bool:
+    async def _router_ready(self, key: Key, isvc: spec.InferenceService) -> bool:
         """Whether a router pod can take the stable Service's traffic. The router Deployment is
         read from the API server when the store has not seen it yet (just after a restart,
         before its watch has listed it): judging it absent then would point the stable
         Service away from the router and back."""
-        if not (isvc.multi_variant and ctx.router_enabled):
+        if not isvc.multi_variant:
             return False
         ref = Ref("apps/v1", "Deployment", key[0], labels.router_name(isvc))
         await self._stored_or_live(key, ref)

@@ -104,7 +104,6 @@ class RenderContext:
     router_image: str = ""
     """Image of the router pods (default: default_image)."""
     cluster_domain: str = "cluster.local"
-    router_enabled: bool = False
     keda_installed: bool = False
     service_monitor_installed: bool = False
     prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
@@ -126,7 +125,7 @@ class Desired:
 def render(isvc: InferenceService, ctx: RenderContext, router_ready: bool = True) -> Desired:
     """`router_ready`: whether the router Deployment has an available pod (observed by the
     controller; see traffic.plan)."""
-    plan = traffic.plan(isvc, ctx.router_enabled, router_ready)
+    plan = traffic.plan(isvc, router_ready)
     objects: list[dict[str, Any]] = []
     blocked: dict[str, str] = {}
     for variant in isvc.variants:

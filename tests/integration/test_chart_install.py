@@ -1,7 +1,8 @@
 """`helm install` into the local control plane, then the real operator run with nothing but the
-chart's ServiceAccount token: it reconciles DESIGN.md's InferenceService to Ready (the RBAC is
-enough), the same token is refused everything outside the operator's job (the RBAC is narrow),
-and `helm uninstall` leaves only the CRD behind."""
+chart's ServiceAccount token: it reconciles the example InferenceService
+(examples/resnet50-canary.yaml) to Ready (the RBAC is enough), the same token is refused
+everything outside the operator's job (the RBAC is narrow), and `helm uninstall` leaves only the
+CRD behind."""
 
 from __future__ import annotations
 

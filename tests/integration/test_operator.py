@@ -32,7 +32,6 @@ from marfleet.operator.controller import Controller
 from marfleet.operator.kube import KubeAPI
 from marfleet.operator.leader import LeaderElector, LeaseSettings
 from marfleet.operator.metrics import OperatorMetrics
-from marfleet.operator.traffic import router_available
 
 from e2e.localcluster import LocalCluster
 from e2e.support import free_port, wait_for
@@ -336,27 +335,25 @@ def test_design_example_becomes_a_placed_ready_fleet(
     placed = [p["spec"]["nodeName"] for p in plain(api, pods)["items"]]
     assert placed == ["gpu-h100-node", "gpu-h100-node"]
     stable = plain(api, k8s.CoreV1Api(api).read_namespaced_service("resnet50", namespace))
-    expected_target = "router" if router_available() else "runtime"
-    assert stable["spec"]["selector"]["app.kubernetes.io/component"] == expected_target
+    assert stable["spec"]["selector"]["app.kubernetes.io/component"] == "router"
     router = deployment(api, namespace, "resnet50-router")
-    assert (router is not None) == router_available()
-    if router is not None:
-        args = router["spec"]["template"]["spec"]["containers"][0]["args"]
-        assert args == ["router", "--isvc", "resnet50"]
-        account = f"system:serviceaccount:{namespace}:resnet50-router"
-        for target, allowed in (("resnet50", "yes"), ("another", "no")):
-            answer = cluster.kubectl(
-                "auth",
-                "can-i",
-                "watch",
-                f"inferenceservices/{target}",
-                "-n",
-                namespace,
-                "--as",
-                account,
-                check=False,
-            ).stdout.strip()
-            assert answer == allowed, (target, answer)
+    assert router is not None
+    args = router["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args == ["router", "--isvc", "resnet50"]
+    account = f"system:serviceaccount:{namespace}:resnet50-router"
+    for target, allowed in (("resnet50", "yes"), ("another", "no")):
+        answer = cluster.kubectl(
+            "auth",
+            "can-i",
+            "watch",
+            f"inferenceservices/{target}",
+            "-n",
+            namespace,
+            "--as",
+            account,
+            check=False,
+        ).stdout.strip()
+        assert answer == allowed, (target, answer)
     status = obj["status"]
     assert status["url"] == f"http://resnet50.{namespace}.svc.cluster.local"
     assert status["traffic"] == "stable=90,canary=10"
@@ -369,11 +366,7 @@ def test_design_example_becomes_a_placed_ready_fleet(
     assert condition(obj, "ModelsReady")["status"] == "True"
     traffic = condition(obj, "TrafficReady")
     assert traffic["status"] == "True"
-    if router_available():
-        assert traffic["reason"] == "Routed"
-    else:
-        assert traffic["reason"] == "RouterNotAvailable"
-        assert "weights stable=90,canary=10 are not applied" in traffic["message"]
+    assert traffic["reason"] == "Routed"
     recorded = wait_for(lambda: events(api, namespace, "resnet50"), 10, "events")
     assert (
         "Normal",

@@ -13,7 +13,7 @@ from marfleet.operator import render, spec
 from e2e.demo.localpods import LocalPodError, local_pod
 
 CANARY = Path(__file__).resolve().parents[2] / "examples" / "demo" / "canary.yaml"
-CTX = render.RenderContext(default_image="registry.example/marfleet:1", router_enabled=True)
+CTX = render.RenderContext(default_image="registry.example/marfleet:1")
 MARFLEET = Path("/venv/bin/marfleet")
 ROOT = Path("/state/pods/p")
 

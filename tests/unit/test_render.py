@@ -65,6 +65,12 @@ def test_design_example_objects() -> None:
             ("Service", "resnet50-canary"),
             ("HorizontalPodAutoscaler", "resnet50-canary"),
             ("Service", "resnet50"),
+            ("ServiceAccount", "resnet50-router"),
+            ("Role", "resnet50-router"),
+            ("RoleBinding", "resnet50-router"),
+            ("Deployment", "resnet50-router"),
+            ("PodDisruptionBudget", "resnet50-router"),
+            ("Service", "resnet50-router"),
         ]
     )
 
@@ -408,28 +414,8 @@ def test_variant_service() -> None:
     assert svc["metadata"]["labels"][labels.SCRAPE] == "true"
 
 
-def test_stable_service_targets_first_variant_without_router() -> None:
-    objects = rendered(design_example())
-    svc = objects[("Service", "resnet50")]
-    assert svc["spec"]["selector"] == labels.variant_selector(
-        spec.parse(design_example()), "stable"
-    )
-    assert [p["name"] for p in svc["spec"]["ports"]] == ["http", "inference"]
-    assert svc["spec"]["ports"][0] == {
-        "name": "http",
-        "port": 80,
-        "targetPort": "inference",
-        "protocol": "TCP",
-    }
-    assert labels.SCRAPE not in svc["metadata"]["labels"]
-    assert not [key for key in objects if key[1] == "resnet50-router"]
-    plan = render.render(spec.parse(design_example()), CTX).traffic
-    assert (plan.uses_router, plan.reason) == (False, "RouterNotAvailable")
-    assert "weights stable=90,canary=10 are not applied" in plan.message
-
-
 def test_router_when_available() -> None:
-    ctx = render.RenderContext(default_image="img", router_image="router-img", router_enabled=True)
+    ctx = render.RenderContext(default_image="img", router_image="router-img")
     objects = rendered(design_example(), ctx)
     svc = objects[("Service", "resnet50")]
     assert svc["spec"]["selector"] == {labels.ISVC: "resnet50", labels.COMPONENT: "router"}
@@ -484,7 +470,7 @@ def test_router_when_available() -> None:
 
 
 def test_single_variant_never_gets_a_router() -> None:
-    ctx = render.RenderContext(default_image="img", router_enabled=True)
+    ctx = render.RenderContext(default_image="img")
     objects = rendered(minimal(), ctx)
     assert ("Deployment", "bert-router") not in objects
     assert objects[("Service", "bert")]["spec"]["selector"][labels.VARIANT] == "main"
@@ -644,7 +630,7 @@ def test_the_stable_service_waits_for_a_router_pod_before_switching_to_it() -> N
             {"name": "next", "weight": 10, "model": {"uri": "https://h/bert2.mar"}},
         ]
     )
-    ctx = render.RenderContext(default_image="img", router_enabled=True)
+    ctx = render.RenderContext(default_image="img")
     starting = render.render(spec.parse(obj), ctx, router_ready=False)
     service = next(
         o for o in starting.objects if (o["kind"], o["metadata"]["name"]) == ("Service", "bert")

@@ -42,6 +42,7 @@ def children(ready: int = 1) -> dict[tuple[str, str], Any]:
     return {
         ("Deployment", "m-a"): deployment("m-a", ready),
         ("Deployment", "m-b"): deployment("m-b", ready),
+        ("Deployment", "m-router"): deployment("m-router", 2, wanted=2),
         ("Service", "m"): {"metadata": {"name": "m"}},
     }
 
@@ -75,7 +76,7 @@ def test_nothing_created_yet() -> None:
     assert conditions(st) == {
         "Ready": ("False", "VariantsNotReady"),
         "ModelsReady": ("False", "VariantsNotReady"),
-        "TrafficReady": ("False", "ServiceMissing"),
+        "TrafficReady": ("False", "RouterNotReady"),
         "AutoscalingReady": ("True", "HorizontalPodAutoscaler"),
     }
     assert "a: Deployment m-a not created yet" in st["conditions"][1]["message"]
@@ -86,7 +87,7 @@ def test_converged_status_and_fields() -> None:
     st, _ = compute(isvc_obj(), children())
     assert conditions(st)["Ready"] == ("True", "Ready")
     assert conditions(st)["ModelsReady"] == ("True", "ModelsServing")
-    assert conditions(st)["TrafficReady"] == ("True", "RouterNotAvailable")
+    assert conditions(st)["TrafficReady"] == ("True", "Routed")
     assert st["observedGeneration"] == 4
     assert st["url"] == "http://m.ns.svc.cluster.local"
     assert st["traffic"] == "a=70,b=30"
@@ -190,12 +191,11 @@ def test_hpa_without_metrics_is_reported() -> None:
 
 
 def test_router_must_be_available_when_used() -> None:
-    ctx = render.RenderContext(default_image="img", router_enabled=True)
-    st, _ = compute(isvc_obj(), children(), ctx=ctx)
-    assert conditions(st)["TrafficReady"] == ("False", "RouterNotReady")
     kids = children()
-    kids[("Deployment", "m-router")] = deployment("m-router", 2, wanted=2)
-    st, _ = compute(isvc_obj(), kids, ctx=ctx)
+    del kids[("Deployment", "m-router")]
+    st, _ = compute(isvc_obj(), kids)
+    assert conditions(st)["TrafficReady"] == ("False", "RouterNotReady")
+    st, _ = compute(isvc_obj(), children())
     assert conditions(st)["TrafficReady"] == ("True", "Routed")
 
 

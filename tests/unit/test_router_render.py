@@ -9,7 +9,7 @@ import yaml
 from marfleet.operator import labels, render, spec
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "resnet50-canary.yaml"
-CTX = render.RenderContext(default_image="img", router_enabled=True)
+CTX = render.RenderContext(default_image="img")
 
 
 def objects() -> dict[tuple[str, str], dict[str, Any]]:
