@@ -45,6 +45,21 @@ class TopTwo(ImageClassifier):
         return [{"best": next(iter(labels)), "top2": labels} for labels in ranked]
 """
 
+# TorchServe's MNIST example: ImageClassifier with its own 1-channel transform (grayscale in).
+MNIST_HANDLER = """
+from torchvision import transforms
+from ts.torch_handler.image_classifier import ImageClassifier
+
+
+class MNISTDigitClassifier(ImageClassifier):
+    image_processing = transforms.Compose(
+        [transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))]
+    )
+
+    def postprocess(self, data):
+        return data.argmax(1).tolist()
+"""
+
 # A module:function handler that loads a TorchScript model itself.
 FUNCTION_HANDLER = """
 import os

@@ -47,6 +47,18 @@ class TinyImageClassifier(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
+class TinyDigitClassifier(nn.Module):
+    """TorchServe's MNIST shape: a 1x28x28 grayscale image in, 10 digit scores out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, kernel_size=7, stride=7)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(torch.relu(self.conv(x)), 1))
+
+
 class TinySegmenter(nn.Module):
     """torchvision's segmentation output shape: {"out": [N, 3 classes, H/8, W/8]}."""
 
@@ -129,12 +141,12 @@ def write_vocab(directory: Path, words: list[str]) -> Path:
 
 
 def image_bytes(
-    image_format: str = "PNG", size: tuple[int, int] = (64, 48), seed: int = 0
+    image_format: str = "PNG", size: tuple[int, int] = (64, 48), seed: int = 0, mode: str = "RGB"
 ) -> bytes:
-    """A random RGB picture encoded as PNG or JPEG."""
+    """A random RGB picture encoded as PNG or JPEG, stored in `mode` ("L": grayscale)."""
     pixels = numpy.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), numpy.uint8)
     buffer = io.BytesIO()
-    Image.fromarray(pixels, "RGB").save(buffer, format=image_format)
+    Image.fromarray(pixels, "RGB").convert(mode).save(buffer, format=image_format)
     return buffer.getvalue()
 
 

@@ -16,9 +16,16 @@ from marfleet.runtime import ts_compat
 from marfleet.runtime.archive.reader import load_archive
 from marfleet.runtime.handlers.service import InferenceRequest, ModelService
 
-from tests.handler_sources import FUNCTION_HANDLER, MLP_HANDLER, TOP_TWO_HANDLER, write_handler
+from tests.handler_sources import (
+    FUNCTION_HANDLER,
+    MLP_HANDLER,
+    MNIST_HANDLER,
+    TOP_TWO_HANDLER,
+    write_handler,
+)
 from tests.marfleet_runner import Answer, Call, run_without_torchserve, same_json
 from tests.models import (
+    TinyDigitClassifier,
     TinyImageClassifier,
     image_bytes,
     write_eager,
@@ -39,6 +46,11 @@ BATCHES: list[Batch] = [
     ("top2", [Call(image_bytes(seed=5), "image/png")], False),
     ("fn", [Call(b"[1, 2, 3, 4]", JSON)], False),
     ("fn", [Call(b"words", "text/plain")], False),
+    (
+        "mnist",
+        [Call(image_bytes(size=(28, 28), seed=s, mode="L"), "image/png") for s in (6, 7)],
+        False,
+    ),
 ]
 
 
@@ -51,6 +63,8 @@ def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     mlp = write_handler(folder, "mlp_handler", MLP_HANDLER)
     top2 = write_handler(folder, "top_two", TOP_TWO_HANDLER)
     fn = write_handler(folder, "fn_handler", FUNCTION_HANDLER)
+    mnist = write_handler(folder, "mnist_handler", MNIST_HANDLER)
+    write_eager(folder, TinyDigitClassifier, stem="digits")
     torchscript: list[str | Path] = ["--serialized-file", folder / "model.pt"]
     eager: list[str | Path] = ["--model-file", folder / "classifier.py"]
     eager += ["--serialized-file", folder / "classifier.pth"]
@@ -58,6 +72,10 @@ def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "mlp": [*torchscript, "--handler", mlp],
         "top2": [*eager, "--handler", top2, "--extra-files", folder / "index_to_name.json"],
         "fn": [*torchscript, "--handler", f"{fn.with_suffix('')}:infer"],
+        "mnist": [
+            *["--model-file", folder / "digits.py", "--serialized-file", folder / "digits.pth"],
+            *["--handler", mnist],
+        ],
     }
     dirs = {}
     for name, extra in flags.items():
@@ -98,7 +116,7 @@ def test_handlers_run_the_same_without_torchserve(
     assert Path(facts["ts_file"]).parent.parent == Path(ts_compat.SHIM_ROOT)
     native = serve_here(model_dirs, BATCHES)
     statuses = [[answer.status for answer in batch] for batch in shimmed]
-    assert statuses == [[200, 200], [400], [200], [200], [422]]
+    assert statuses == [[200, 200], [400], [200], [200], [422], [200, 200]]
     for ours, theirs in zip(shimmed, native, strict=True):
         for mine, reference in zip(ours, theirs, strict=True):
             assert (mine.status, mine.content_type, mine.headers) == (

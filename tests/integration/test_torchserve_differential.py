@@ -27,18 +27,20 @@ from tests.handler_sources import (
     ECHO_HANDLER,
     FUNCTION_HANDLER,
     MLP_HANDLER,
+    MNIST_HANDLER,
     TOP_TWO_HANDLER,
     write_handler,
 )
 from tests.marfleet_runner import Answer, Call, run_without_torchserve, same_json
 from tests.models import (
+    TinyDigitClassifier,
     TinyImageClassifier,
     image_bytes,
     write_eager,
     write_index_to_name,
     write_torchscript,
 )
-from tests.torchserve_tools import TorchServe
+from tests.torchserve_tools import TorchServe, torch_model_archiver
 
 pytestmark = pytest.mark.slow
 
@@ -77,6 +79,10 @@ CALLS: dict[str, list[tuple[bool, Call]]] = {
         (False, Call(form={"data": b"\x89PNG...", "name": b"value"})),
         (True, Call(b"why?", "text/plain")),
     ],
+    "mnist": [
+        (False, Call(image_bytes(size=(28, 28), seed=seed, mode="L"), "image/png"))
+        for seed in (6, 7, 8)
+    ],
     "contract": [
         (False, Call(mode.encode(), "text/plain"))
         for mode in ("prediction-exception", "memory", "cuda", "too-many", "not-a-list", "teapot")
@@ -85,7 +91,8 @@ CALLS: dict[str, list[tuple[bool, Call]]] = {
 
 
 def pack(folder: Path, store: Path) -> dict[str, str]:
-    """Pack every model with `marfleet archive`; model name -> archive file name."""
+    """Pack every model with `marfleet archive`, the grayscale one (TorchServe's MNIST example)
+    with the real torch-model-archiver; model name -> archive file name."""
     write_torchscript(folder)
     write_eager(folder, TinyImageClassifier, stem="classifier")
     labels = str(write_index_to_name(folder, 10))
@@ -119,7 +126,14 @@ def pack(folder: Path, store: Path) -> dict[str, str]:
     for name, extra in flags.items():
         argv = ["--model-name", name, "-v", "1.0", "--export-path", str(store), *extra]
         assert marfleet_archive(argv) == 0
-    return {name: f"{name}.tar.gz" if name == "fn" else f"{name}.mar" for name in flags}
+    mnist = write_handler(folder, "mnist_handler", MNIST_HANDLER)
+    digits, digit_weights = write_eager(folder, TinyDigitClassifier, stem="digits")
+    torch_model_archiver(
+        *["--model-name", "mnist", "-v", "1.0", "--export-path", store, "--handler", mnist],
+        *["--model-file", digits, "--serialized-file", digit_weights],
+    )
+    archives = {name: f"{name}.tar.gz" if name == "fn" else f"{name}.mar" for name in flags}
+    return {**archives, "mnist": "mnist.mar"}
 
 
 def ask_torchserve(server: TorchServe, model: str, explain: bool, call: Call) -> Answer:
@@ -200,5 +214,6 @@ def test_the_differences_checked_are_not_vacuous(
     assert statuses["fn"] == [200, 422]
     assert statuses["contract"] == [422, 507, 507, 503, 503, 418]
     assert len(answers["classifier"][0][0].json()) == 5
+    assert [ts.status for ts, _ in answers["mnist"]] == [200, 200, 200]
     echo_form = answers["echo"][3][0].json()
     assert echo_form["row"] == {"data": ["bytes", "\x89PNG..."], "name": ["bytes", "value"]}

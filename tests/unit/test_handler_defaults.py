@@ -21,6 +21,7 @@ from torchvision.transforms.functional import to_tensor
 
 from tests.models import (
     TinyDetector,
+    TinyDigitClassifier,
     TinyImageClassifier,
     TinyMLP,
     TinySegmenter,
@@ -126,11 +127,30 @@ def test_image_classifier_takes_nested_lists(classifier: ModelService) -> None:
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P"])
-def test_image_classifier_accepts_other_image_modes(classifier: ModelService, mode: str) -> None:
-    buffer = io.BytesIO()
-    Image.open(io.BytesIO(image_bytes())).convert(mode).save(buffer, format="PNG")
-    (output,) = payloads(classifier, [post(buffer.getvalue(), "image/png")])
-    assert len(output) == 5
+def test_image_classifier_fails_on_other_image_modes_as_torchserve_does(
+    classifier: ModelService, mode: str
+) -> None:
+    """The stock 3-channel transform gets the image as stored (no RGB conversion): TorchServe's
+    handler fails on these too, and a 1-channel handler (MNIST) needs its grayscale image."""
+    (result,) = classifier.handle([post(image_bytes(mode=mode), "image/png")])
+    assert result.status == 500
+
+
+def test_a_one_channel_transform_gets_the_grayscale_image(tmp_path: Path) -> None:
+    model_dir = eager_model_dir(tmp_path, "digits", TinyDigitClassifier)
+    (model_dir / "digits.py").write_text(
+        "from torchvision import transforms\n"
+        "from marfleet.runtime.handlers.defaults.image_classifier import ImageClassifier\n\n\n"
+        "class Digits(ImageClassifier):\n"
+        "    image_processing = transforms.ToTensor()\n\n"
+        "    def postprocess(self, data):\n"
+        "        return data.tolist()\n"
+    )
+    gray = image_bytes(size=(28, 28), seed=6, mode="L")
+    (scores,) = payloads(load(model_dir), [post(gray, "image/png")])
+    pixels = to_tensor(Image.open(io.BytesIO(gray)))
+    assert pixels.shape == (1, 28, 28)
+    assert scores == pytest.approx(build(TinyDigitClassifier)(pixels[None])[0].tolist(), abs=1e-5)
 
 
 def test_an_unreadable_image_fails_the_batch_with_400(classifier: ModelService) -> None:

@@ -1,9 +1,11 @@
 """VisionHandler: images (JPEG/PNG bytes, base64 text, or nested lists) into a batch tensor.
 
 Subclasses set `image_processing` (a torchvision transform from a PIL image to a tensor); rows
-that already are nested lists become float tensors untouched. Images are converted to RGB
-first, so grayscale, palette and RGBA inputs work where TorchServe's handler would fail; RGB
-inputs give exactly TorchServe's tensors. An unreadable image fails the batch with 400.
+that already are nested lists become float tensors untouched. Images reach the transform in
+the mode they were stored in, exactly as in TorchServe: a handler with a 1-channel transform
+(TorchServe's MNIST example) gets its grayscale image, and the stock 3-channel transform fails
+on a grayscale, palette or RGBA image as TorchServe's does. An unreadable image fails the batch
+with 400 (decoded here, so a truncated file is told apart from a handler error).
 """
 
 from __future__ import annotations
@@ -58,7 +60,8 @@ def pixel_limit(setting: bool | int | None) -> int | None:
 def open_image(payload: bytes, row: int) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(payload))
-        return image.convert("RGB")
+        image.load()
+        return image
     except Image.DecompressionBombError:
         raise PredictionException(
             f"request {row}: the image has more pixels than limit_max_image_pixels allows",
