@@ -68,14 +68,13 @@ def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     torchscript: list[str | Path] = ["--serialized-file", folder / "model.pt"]
     eager: list[str | Path] = ["--model-file", folder / "classifier.py"]
     eager += ["--serialized-file", folder / "classifier.pth"]
+    digits: list[str | Path] = ["--model-file", folder / "digits.py"]
+    digits += ["--serialized-file", folder / "digits.pth"]
     flags: dict[str, list[str | Path]] = {
         "mlp": [*torchscript, "--handler", mlp],
         "top2": [*eager, "--handler", top2, "--extra-files", folder / "index_to_name.json"],
         "fn": [*torchscript, "--handler", f"{fn.with_suffix('')}:infer"],
-        "mnist": [
-            *["--model-file", folder / "digits.py", "--serialized-file", folder / "digits.pth"],
-            *["--handler", mnist],
-        ],
+        "mnist": [*digits, "--handler", mnist],
     }
     dirs = {}
     for name, extra in flags.items():

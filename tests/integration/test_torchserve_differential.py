@@ -128,10 +128,9 @@ def pack(folder: Path, store: Path) -> dict[str, str]:
         assert marfleet_archive(argv) == 0
     mnist = write_handler(folder, "mnist_handler", MNIST_HANDLER)
     digits, digit_weights = write_eager(folder, TinyDigitClassifier, stem="digits")
-    torch_model_archiver(
-        *["--model-name", "mnist", "-v", "1.0", "--export-path", store, "--handler", mnist],
-        *["--model-file", digits, "--serialized-file", digit_weights],
-    )
+    mnist_flags: list[str | Path] = ["--model-name", "mnist", "-v", "1.0", "--handler", mnist]
+    mnist_flags += ["--model-file", digits, "--serialized-file", digit_weights]
+    torch_model_archiver(*mnist_flags, "--export-path", store)
     archives = {name: f"{name}.tar.gz" if name == "fn" else f"{name}.mar" for name in flags}
     return {**archives, "mnist": "mnist.mar"}
 
