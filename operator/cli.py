@@ -18,6 +18,7 @@ from .controller import ControllerSettings
 from .leader import LeaseSettings
 from .render import RenderContext
 from .rollout_loop import RolloutSettings
+from .tenancy import TenancyPolicy
 
 DEFAULT_IMAGE = "ghcr.io/marfleet/marfleet:0.1.0"
 
@@ -90,6 +91,13 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     parser.add_argument(
         "--rollout-interval", type=float, default=5.0, help="seconds between rollout checks"
     )
+    parser.add_argument(
+        "--tenancy-policy",
+        default=env.get("MARFLEET_TENANCY", ""),
+        metavar="JSON",
+        help="what InferenceServices may reference beyond marfleet's own images: the chart's "
+        "`tenancy` values as JSON (env MARFLEET_TENANCY); default: nothing",
+    )
     parser.add_argument("--workers", type=int, default=4, help="concurrent reconciliations")
     parser.add_argument("--resync-seconds", type=float, default=600.0)
     parser.add_argument("--host", default="0.0.0.0", help="address of /metrics and /healthz")
@@ -130,6 +138,13 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> OperatorS
         keda_authentication_ref=args.keda_authentication_ref,
         service_monitor_labels=dict(_key_value(item) for item in args.service_monitor_label),
     )
+    try:
+        policy = TenancyPolicy.from_json(
+            args.tenancy_policy,
+            own_images=(render.default_image, render.gpu_image, render.router_image),
+        )
+    except ValueError as error:
+        raise SystemExit(f"marfleet operator: --tenancy-policy: {error}") from None
     lease = None
     if not args.no_leader_election:
         lease = LeaseSettings(
@@ -145,6 +160,7 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> OperatorS
             identity=identity,
             workers=args.workers,
             resync_seconds=args.resync_seconds,
+            tenancy=policy,
         ),
         namespaces=tuple(args.namespace if args.namespace is not None else args.watch_default),
         kubeconfig=args.kubeconfig,

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from . import compare, labels, render, rollout, spec, status, traffic
+from . import compare, labels, render, rollout, spec, status, tenancy, traffic
 from .kube import FIELD_MANAGER, ApiError, KubeAPI, Ref
 from .metrics import OperatorMetrics
 from .store import Key, Store, key_of, owned_by
@@ -44,6 +44,7 @@ class ControllerSettings:
     identity: str
     workers: int = 4
     resync_seconds: float = 600.0
+    tenancy: tenancy.TenancyPolicy = field(default_factory=tenancy.TenancyPolicy)
     now: Callable[[], str] = field(
         default=lambda: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), compare=False
     )
@@ -146,13 +147,18 @@ class Controller:
             return
         isvc = spec.parse(obj)
         ctx = self.render_context()
-        ready = await self._router_ready(key, isvc)
+        refused = tuple(str(r) for r in tenancy.refusals(obj, self.settings.tenancy))
+        ready = not refused and await self._router_ready(key, isvc)
         desired = render.render(isvc, ctx, router_ready=ready)
+        errors: list[str] = []
         try:
-            results = await asyncio.gather(*(self._ensure(key, isvc, w) for w in desired.objects))
-            errors = [error for error in results if error is not None]
-            await self._prune(key, isvc, desired)
-            await self._update_status(key, obj, isvc, desired, ctx, errors)
+            if not refused:
+                results = await asyncio.gather(
+                    *(self._ensure(key, isvc, w) for w in desired.objects)
+                )
+                errors = [error for error in results if error is not None]
+                await self._prune(key, isvc, desired)
+            await self._update_status(key, obj, isvc, desired, ctx, errors, refused)
         except ApiError as error:
             if not _going_away(error):
                 raise
@@ -225,7 +231,10 @@ class Controller:
         desired: render.Desired,
         ctx: render.RenderContext,
         errors: list[str],
+        refused: tuple[str, ...] = (),
     ) -> None:
+        """Apply the computed status; an Event for each condition transition, each new apply
+        error and each new refusal by the tenancy policy (`refused`)."""
         previous = obj.get("status") or {}
         computed, transitions = status.compute(
             isvc,
@@ -234,6 +243,7 @@ class Controller:
             ctx,
             previous=previous,
             errors=errors,
+            refused=refused,
             now=self.settings.now(),
             weights=rollout.effective_weights(obj),
         )
@@ -249,10 +259,11 @@ class Controller:
                 f"{change.type} is {change.status}: {change.message}",
             )
         reported = self._reported_errors.get(key, ())
-        for error in errors:
-            if error not in reported:
-                await self.record_event(obj, "Warning", "ApplyFailed", error)
-        self._reported_errors[key] = tuple(errors)
+        for reason, problems in (("ApplyFailed", errors), (status.POLICY_REFUSED, refused)):
+            for problem in problems:
+                if problem not in reported:
+                    await self.record_event(obj, "Warning", reason, problem)
+        self._reported_errors[key] = (*errors, *refused)
 
     async def record_event(
         self, obj: Mapping[str, Any], kind: str, reason: str, message: str

@@ -25,6 +25,7 @@ TRAFFIC_READY = "TrafficReady"
 AUTOSCALING_READY = "AutoscalingReady"
 OWN_CONDITIONS = (READY, MODELS_READY, TRAFFIC_READY, AUTOSCALING_READY)
 OWN_FIELDS = ("observedGeneration", "url", "traffic", "conditions", "variants")
+POLICY_REFUSED = "PolicyRefused"
 PROGRESSING = frozenset({"VariantsNotReady", "ServiceMissing", "RouterNotReady"})
 """Reasons of a False condition that is on its way to True (not worth an Event at creation)."""
 
@@ -62,16 +63,18 @@ def compute(
     errors: Sequence[str],
     now: str,
     weights: Mapping[str, int] | None = None,
+    refused: Sequence[str] = (),
 ) -> tuple[dict[str, Any], list[Transition]]:
     """Return (the operator's part of the status, the condition transitions it implies).
 
+    `refused`: what the tenancy policy does not allow (tenancy.refusals); Ready then says so.
     `weights` are the weights in force when a rollout sets them (rollout.effective_weights);
     without them the spec's weights are in force."""
     weights = weights or {v.name: v.weight for v in isvc.variants}
     models = _models_condition(isvc, desired, children)
     routing = _traffic_condition(isvc, desired.traffic, children)
     scaling = _autoscaling_condition(isvc, children, ctx)
-    ready = _ready_condition(models, routing, errors)
+    ready = _ready_condition(models, routing, errors, refused)
     conditions, transitions = _with_transitions(
         [ready, models, routing, scaling], previous.get("conditions") or [], isvc.generation, now
     )
@@ -192,7 +195,17 @@ def _autoscaling_condition(
     )
 
 
-def _ready_condition(models: Condition, routing: Condition, errors: Sequence[str]) -> Condition:
+def _ready_condition(
+    models: Condition, routing: Condition, errors: Sequence[str], refused: Sequence[str]
+) -> Condition:
+    if refused:
+        return Condition(
+            READY,
+            False,
+            POLICY_REFUSED,
+            "; ".join(refused) + ". Nothing is created or changed until the spec is allowed: "
+            "remove these, or ask the cluster admin to allow them (chart values tenancy.*)",
+        )
     if errors:
         return Condition(READY, False, "ApplyFailed", "; ".join(errors))
     for part in (models, routing):

@@ -22,6 +22,8 @@
   value: {{ .Values.autoscaling.keda.prometheusAddress | quote }}
 - name: MARFLEET_KEDA_AUTHENTICATION_REF
   value: {{ .Values.autoscaling.keda.authenticationRef | quote }}
+- name: MARFLEET_TENANCY
+  value: {{ toJson .Values.tenancy | quote }}
 {{- end }}
 
 {{- define "marfleet.leaseName" -}}
