@@ -34,6 +34,10 @@ class WorkQueue(Generic[K]):
         self._waiting.add(key)
         self._queue.put_nowait(key)
 
+    def depth(self) -> int:
+        """Keys waiting for a worker (not counting those being worked on)."""
+        return len(self._waiting)
+
     async def get(self) -> K:
         key = await self._queue.get()
         self._waiting.discard(key)
@@ -61,6 +65,12 @@ class WorkQueue(Generic[K]):
         if timer is not None:
             timer.cancel()
         self._timers[key] = asyncio.get_running_loop().call_later(delay, self._fire, key)
+
+    def shutdown(self) -> None:
+        """Cancel every pending retry."""
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
 
     def _fire(self, key: K) -> None:
         self._timers.pop(key, None)
