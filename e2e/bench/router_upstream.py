@@ -22,9 +22,14 @@ import sys
 from collections.abc import AsyncIterator
 
 import uvloop
-from marfleet.runtime.router.front import RouterHttpServer, StreamedResponse
 from marfleet.runtime.server.errors import error_response
-from marfleet.runtime.server.http import HttpLimits, Request, Response
+from marfleet.runtime.server.http import (
+    HttpLimits,
+    HttpServer,
+    Request,
+    Response,
+    StreamedResponse,
+)
 
 
 class _Ticker:
@@ -75,7 +80,7 @@ class Upstream:
 
 
 async def serve(name: str, host: str, port: int, delay: float) -> None:
-    server = RouterHttpServer(Upstream(name, delay), HttpLimits(), error_response=error_response)
+    server = HttpServer(Upstream(name, delay), HttpLimits(), error_response=error_response)
     await server.start(host, port)
     await asyncio.Event().wait()
 

@@ -15,7 +15,6 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from marfleet.runtime.metrics import CONTENT_TYPE
-from marfleet.runtime.router.front import RouterHttpServer
 from marfleet.runtime.router.metrics import RouterMetrics
 from marfleet.runtime.router.proxy import Proxy
 from marfleet.runtime.router.source import IsvcWatch, load_kube_config
@@ -106,7 +105,7 @@ async def run(settings: RouterSettings) -> int:
         if not await _first_of(router.routed.wait(), stop.wait()):
             metrics.begin_shutdown()
             return 0
-    front = RouterHttpServer(
+    front = HttpServer(
         router.proxy,
         settings.limits,
         error_response=error_response,

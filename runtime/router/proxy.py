@@ -21,12 +21,11 @@ import logging
 import time
 from urllib.parse import quote
 
-from marfleet.runtime.router.front import StreamedResponse
 from marfleet.runtime.router.metrics import RouterMetrics, VariantMetrics
 from marfleet.runtime.router.table import NoRoute, Route, RoutingTable
 from marfleet.runtime.router.upstream import CONNECT, TIMEOUT, Reply, UpstreamError
 from marfleet.runtime.server.errors import error_response
-from marfleet.runtime.server.http import Request, Response
+from marfleet.runtime.server.http import Request, Response, StreamedResponse
 
 log = logging.getLogger("marfleet.router")
 

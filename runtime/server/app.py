@@ -19,6 +19,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TextIO
@@ -26,6 +27,7 @@ from typing import TextIO
 from marfleet.runtime.config import ModelSource, ServerConfig
 from marfleet.runtime.metrics import CONTENT_TYPE, RuntimeMetrics
 from marfleet.runtime.server.auth import Keys, require_token
+from marfleet.runtime.server.dataplane import DataPlane
 from marfleet.runtime.server.errors import ApiError, error_response, json_response
 from marfleet.runtime.server.http import Handler, HttpLimits, HttpServer, Request, Response
 from marfleet.runtime.server.inference_api import InferenceApi
@@ -93,6 +95,12 @@ class ModelServer:
             config, self.registry, gpu_count=self.gpu_count, extract_root=self._extract_root
         )
         self.keys: Keys | None = None
+        self.plane = DataPlane(
+            self.registry,
+            max_response_bytes=config.max_response_size,
+            is_healthy=self.healthy,
+            server_version=self.version,
+        )
         self._servers: dict[str, HttpServer] = {}
         self._startup_done = False
         self._draining = False
@@ -112,9 +120,9 @@ class ModelServer:
         inference = self._api_router("TorchServe inference API", self._inference_routes)
         management = self._api_router("TorchServe management API", self._management_routes)
         if not config.disable_token_authorization:
-            self.keys = Keys.generate()
+            self.keys = self.plane.keys = Keys.generate()
             self.keys.write(self._key_file)
-            management = require_token(self.keys.management, management)
+            management = require_token(partial(self.plane.authorize, "management"), management)
         metrics = Router(_render_error)
         metrics.add("GET", "/metrics", self._metrics, "Prometheus metrics.")
         for name, app, address in (
@@ -186,12 +194,7 @@ class ModelServer:
         return _api_errors(router)
 
     def _inference_routes(self, router: Router) -> None:
-        InferenceApi(
-            self.registry,
-            max_response_bytes=self.config.max_response_size,
-            is_healthy=self.healthy,
-            server_version=self.version,
-        ).routes(router)
+        InferenceApi(self.plane).routes(router)
 
     def _management_routes(self, router: Router) -> None:
         ManagementApi(

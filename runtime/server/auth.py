@@ -2,21 +2,22 @@
 
 At start the server writes `key_file.json` (TorchServe's layout: management, inference and API
 keys) where the operator or user can read it, and the management API then requires
-`Authorization: Bearer <management key>`, compared in constant time. A missing or wrong token is
+`Authorization: Bearer <management key>`, compared in constant time by `DataPlane.authorize`
+(the one check every transport calls). A missing or wrong token is
 TorchServe's 400 InvalidKeyException. Inference stays open (Kubernetes probes and in-cluster
 clients call it); `disable_token_authorization=true` turns the check off.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from marfleet.runtime.server.errors import error_response
+from marfleet.runtime.server.errors import ApiError
 from marfleet.runtime.server.http import Handler, Request, Response
 
 INVALID_TOKEN = (
@@ -45,15 +46,15 @@ class Keys:
             json.dump(document, handle, indent=2)
 
 
-def require_token(key: str, app: Handler) -> Handler:
-    """Wrap `app` so that every request must carry `Authorization: Bearer <key>`."""
-    expected = key.encode()
+def require_token(authorize: Callable[[str | None], None], app: Handler) -> Handler:
+    """Wrap `app` so that `authorize(<Authorization header>)` must pass first (it raises
+    `ApiError`, e.g. `DataPlane.authorize` bound to an API)."""
 
     async def guarded(request: Request) -> Response:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
-            return error_response(400, INVALID_TOKEN, type="InvalidKeyException")
+        try:
+            authorize(request.headers.get("authorization"))
+        except ApiError as error:
+            return error.response()
         return await app(request)
 
     return guarded

@@ -13,6 +13,12 @@ connections alive, cancels the handler when the client goes away (so queued work
 dropped), writes responses, and shuts down gracefully. The router (`routing.py`) and the API
 modules sit on top; `marfleet router` reuses the same core.
 
+A handler whose answer's end is not known yet returns a `StreamedResponse`: its `chunks` are
+written with chunked transfer encoding as they arrive, the writer waits while the client reads
+slowly (so the producer is paused, not buffered), and when the client goes away the chunks are
+closed, which stops whatever produces them. The model server streams a handler's intermediate
+responses this way, and the router relays an upstream's streamed answer through it.
+
     server = HttpServer(app, HttpLimits(max_body_bytes=6_553_500), error_response=render)
     await server.start("127.0.0.1", 8080)
     ...
@@ -24,11 +30,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import cast
+from typing import Protocol, cast
 from urllib.parse import parse_qsl, unquote
 
 import httptools
@@ -63,6 +69,23 @@ class Response:
     body: bytes = b""
     content_type: str | None = "application/json"
     headers: Mapping[str, str] | None = None
+
+
+class Chunks(Protocol):
+    """An async iterator of body parts; `close()` stops its producer (the client left)."""
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class StreamedResponse(Response):
+    """A response whose body arrives as `chunks`; `finished(ok)` runs once it has been sent
+    (`ok` is False when the client left or the chunks broke off, so the body was cut)."""
+
+    chunks: Chunks | None = None
+    finished: Callable[[bool], None] | None = None
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -136,6 +159,7 @@ class _Connection(asyncio.Protocol):
         self._pending: deque[tuple[Request, bool]] = deque()
         self._task: asyncio.Task[None] | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._writable: asyncio.Event | None = None  # made by the first pause_writing()
         self.closing = False
 
     # asyncio.Protocol
@@ -157,9 +181,20 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._reject(400, f"Malformed HTTP request: {exc}")
 
+    def pause_writing(self) -> None:
+        if self._writable is None:
+            self._writable = asyncio.Event()
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None:
+            self._writable.set()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
         self._transport = None
+        if self._writable is not None:
+            self._writable.set()
         self._cancel_idle_timer()
         self._pending.clear()
         if self._task is not None and not self._task.done():
@@ -249,22 +284,62 @@ class _Connection(asyncio.Protocol):
         except Exception as exc:
             server.log_unhandled(request, exc)
             response = server.error_response(500, f"{type(exc).__name__} while handling request")
+        keep_alive = keep_alive and not self.closing
+        if isinstance(response, StreamedResponse):
+            keep_alive = await self._stream(response, keep_alive)
+        elif self._transport is not None:
+            self._write(request, response, keep_alive)
         transport = self._transport
         if transport is None:
             return
-        keep_alive = keep_alive and not self.closing
-        head = encode_head(response, keep_alive=keep_alive)
-        if request.method == "HEAD":
-            transport.write(head)  # the length of the body a GET would get, and no body
-        elif len(response.body) <= _DIRECT_WRITE_BYTES:
-            transport.write(head + response.body)
-        else:
-            transport.write(head)
-            transport.write(response.body)
         if server.on_complete is not None:
             server.on_complete(request, response)
         if not keep_alive:
             transport.close()
+
+    def _write(self, request: Request, response: Response, keep_alive: bool) -> None:
+        assert self._transport is not None
+        head = encode_head(response, keep_alive=keep_alive)
+        if request.method == "HEAD":
+            self._transport.write(head)  # the length of the body a GET would get, and no body
+        elif len(response.body) <= _DIRECT_WRITE_BYTES:
+            self._transport.write(head + response.body)
+        else:
+            self._transport.write(head)
+            self._transport.write(response.body)
+
+    async def _stream(self, response: StreamedResponse, keep_alive: bool) -> bool:
+        """Write the chunks as they come; False when the connection cannot be kept (cut body)."""
+        assert response.chunks is not None
+        sent = False
+        try:
+            if self._transport is None:
+                return False
+            head = encode_head(response, keep_alive=keep_alive)
+            # encode_head writes `content-length: <len(body)>` right after the date; a streamed
+            # body is delimited by chunks instead.
+            self._transport.write(
+                head.replace(b"content-length: 0\r\n", b"transfer-encoding: chunked\r\n", 1)
+            )
+            async for chunk in response.chunks:
+                if self._transport is None:
+                    return False
+                if chunk:
+                    self._transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+                if self._writable is not None:
+                    await self._writable.wait()
+            if self._transport is None:
+                return False
+            self._transport.write(b"0\r\n\r\n")
+            sent = True
+        except Exception:
+            return False  # the producer broke off mid-body; closing tells the client so
+        finally:
+            if not sent:
+                response.chunks.close()
+            if response.finished is not None:
+                response.finished(sent)
+        return keep_alive
 
     def _served(self, task: asyncio.Task[None]) -> None:
         self._task = None

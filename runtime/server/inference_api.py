@@ -1,51 +1,27 @@
-"""The inference port: TorchServe's API, KServe v1 and KServe v2, on one path to the workers.
+"""The inference port over HTTP: TorchServe's API, KServe v1 and KServe v2.
 
-Every inference route ends in `InferenceApi.infer`: look the model version up, enqueue a job,
-await its result. Refusals are immediate (404 unknown model, 503 no worker, 503 + Retry-After
-when the queue is full), and if the client disconnects while its job waits, the HTTP core
-cancels this coroutine, which cancels the job's future, which makes the batch queue drop it.
+Each route decodes its request into a `dataplane.Call` and encodes what the data plane answers;
+lookup, validation, queueing, limits and metrics are the data plane's (see `dataplane.py`),
+shared with the gRPC services. If the client disconnects while its job waits, the HTTP core
+cancels the route's coroutine, and with it the job.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
-import uuid
 from collections.abc import Awaitable, Callable
 
 from marfleet.runtime.server import kserve_v2
+from marfleet.runtime.server.dataplane import Call, DataPlane
 from marfleet.runtime.server.errors import ApiError, json_response
 from marfleet.runtime.server.http import Request, Response
 from marfleet.runtime.server.routing import Router
-from marfleet.runtime.workers.pool import Job
-from marfleet.runtime.workers.process import BatchItem, ItemResult
-from marfleet.runtime.workers.registry import (
-    ModelNotFound,
-    ModelRegistry,
-    ModelVersion,
-    NoWorkers,
-    QueueIsFull,
-    VersionNotFound,
-)
-
-RETRY_AFTER_SECONDS = "1"
-SERVER_NAME = "marfleet"
+from marfleet.runtime.workers.process import ItemResult
 
 
 class InferenceApi:
-    def __init__(
-        self,
-        registry: ModelRegistry,
-        *,
-        max_response_bytes: int,
-        is_healthy: Callable[[], bool],
-        server_version: str,
-    ) -> None:
-        self._registry = registry
-        self._max_response_bytes = max_response_bytes
-        self._is_healthy = is_healthy
-        self._server_version = server_version
+    def __init__(self, plane: DataPlane) -> None:
+        self._plane = plane
 
     def routes(self, router: Router) -> None:
         any_method = ("GET", "POST", "PUT", "DELETE", "HEAD")
@@ -100,115 +76,75 @@ class InferenceApi:
     # TorchServe and KServe v1
 
     async def ping(self, request: Request) -> Response:
-        if self._is_healthy():
+        if self._plane.healthy():
             return json_response({"status": "Healthy"})
         return json_response({"status": "Unhealthy"}, 500)
 
     def _predict_route(self, explain: bool) -> Callable[[Request], Awaitable[Response]]:
         async def route(request: Request) -> Response:
-            entry = self._lookup(request)
-            result = await self.infer(
-                entry, request, request.body, request.headers.get("content-type", ""), explain
-            )
-            return Response(result.status, result.body, result.content_type or None, result.headers)
+            content_type = request.headers.get("content-type", "")
+            result = await self._plane.predict(_call(request, request.body, content_type, explain))
+            return _response(result)
 
         return route
 
     async def v1_model(self, request: Request) -> Response:
-        entry = self._lookup(request)
+        entry = self._plane.model(request.params["model_name"], request.params.get("model_version"))
         return json_response({"name": entry.name, "ready": entry.healthy})
 
     # KServe v2
 
     async def v2_server(self, request: Request) -> Response:
-        return json_response(
-            {
-                "name": SERVER_NAME,
-                "version": self._server_version,
-                "extensions": ["binary_tensor_data"],
-            }
-        )
+        return json_response(self._plane.server_metadata())
 
     async def v2_live(self, request: Request) -> Response:
         return json_response({"live": True})
 
     async def v2_ready(self, request: Request) -> Response:
-        ready = self._is_healthy()
+        ready = self._plane.healthy()
         return json_response({"ready": ready}, 200 if ready else 503)
 
     async def v2_metadata(self, request: Request) -> Response:
-        entry = self._lookup(request)
-        versions = [v.version for v in self._registry.versions(entry.name)]
+        params = request.params
         return json_response(
-            {
-                "name": entry.name,
-                "versions": versions,
-                "platform": "pytorch",
-                "inputs": [],
-                "outputs": [],
-            }
+            self._plane.model_metadata(params["model_name"], params.get("model_version"))
         )
 
     async def v2_model_ready(self, request: Request) -> Response:
-        entry = self._lookup(request)
+        entry = self._plane.model(request.params["model_name"], request.params.get("model_version"))
         return json_response(
             {"name": entry.name, "ready": entry.healthy}, 200 if entry.healthy else 503
         )
 
     async def v2_infer(self, request: Request) -> Response:
-        entry = self._lookup(request)
+        self._plane.model(request.params["model_name"], request.params.get("model_version"))
         try:
             parsed = kserve_v2.parse_request(request.body, request.headers)
         except kserve_v2.V2Error as error:
             raise ApiError(400, f"Invalid KServe v2 request: {error}") from None
         body = json.dumps(parsed.document).encode()
-        result = await self.infer(entry, request, body, "application/json", False)
-        if result.status != 200:
-            return Response(result.status, result.body, result.content_type or None, result.headers)
-        encoded, headers = kserve_v2.build_response(parsed, entry.name, entry.version, result.body)
+        result, document = await self._plane.infer_v2(
+            _call(request, body, "application/json", False), parsed
+        )
+        if document is None:
+            return _response(result)
+        encoded, headers = kserve_v2.encode_json(document, parsed)
         return Response(200, encoded, "application/json", {**result.headers, **headers})
 
-    # shared
 
-    def _lookup(self, request: Request) -> ModelVersion:
-        params = request.params
-        try:
-            return self._registry.get(params["model_name"], params.get("model_version"))
-        except ModelNotFound as error:
-            raise ApiError(404, str(error), type="ModelNotFoundException") from None
-        except VersionNotFound as error:
-            raise ApiError(404, str(error), type="ModelVersionNotFoundException") from None
+def _call(request: Request, body: bytes, content_type: str, explain: bool) -> Call:
+    params = request.params
+    return Call(
+        params["model_name"],
+        params.get("model_version"),
+        body,
+        content_type,
+        request.headers,
+        request.query,
+        request.received_at,
+        explain,
+    )
 
-    async def infer(
-        self, entry: ModelVersion, request: Request, body: bytes, content_type: str, explain: bool
-    ) -> ItemResult:
-        """Queue one request for `entry`'s workers and wait for its result."""
-        metrics = entry.metrics
-        metrics.request_received()
-        status = 499  # the client went away before an answer
-        try:
-            future: asyncio.Future[ItemResult] = asyncio.get_running_loop().create_future()
-            request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-            item = BatchItem(request_id, content_type, request.headers, request.query, body)
-            try:
-                entry.submit(Job(item, explain, future))
-            except NoWorkers as error:
-                status = 503
-                raise ApiError(503, str(error)) from None
-            except QueueIsFull as error:
-                status = 503
-                raise ApiError(
-                    503, str(error), headers={"Retry-After": RETRY_AFTER_SECONDS}
-                ) from None
-            result = await future
-            if len(result.body) > self._max_response_bytes:
-                status = 413
-                raise ApiError(
-                    413,
-                    f"The response is {len(result.body)} bytes, over max_response_size "
-                    f"({self._max_response_bytes})",
-                )
-            status = result.status
-            return result
-        finally:
-            metrics.request_answered(status, time.perf_counter() - request.received_at)
+
+def _response(result: ItemResult) -> Response:
+    return Response(result.status, result.body, result.content_type or None, result.headers)

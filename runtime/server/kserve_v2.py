@@ -52,11 +52,18 @@ class V2Request:
 
 
 def parse_request(body: bytes, headers: Mapping[str, str]) -> V2Request:
+    """A v2 request from its HTTP body: JSON, then the binary extension's bytes if any."""
     json_part, binary = _split_binary(body, headers)
     try:
         document = json.loads(json_part)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise V2Error(f"the request body is not valid JSON: {error}") from None
+    return validate(document, binary)
+
+
+def validate(document: object, binary: bytes = b"") -> V2Request:
+    """Check a decoded v2 request; inputs given as `binary_data_size` bytes of `binary` (the
+    HTTP binary extension, gRPC's raw_input_contents) get their values as JSON `data`."""
     if not isinstance(document, dict):
         raise V2Error('the request body must be a JSON object with an "inputs" list')
     inputs = document.get("inputs")
@@ -156,10 +163,10 @@ def _binary_to_list(name: str, datatype: str, raw: bytes, expected: int) -> list
     return values
 
 
-def build_response(
+def response_document(
     request: V2Request, model: str, version: str, handler_body: bytes
-) -> tuple[bytes, dict[str, str]]:
-    """The v2 response body (and headers) for a handler's successful answer."""
+) -> dict[str, Any]:
+    """The v2 response for a handler's successful answer, every tensor's data as a list."""
     try:
         value = json.loads(handler_body)
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -174,7 +181,7 @@ def build_response(
     request_id = request.document.get("id")
     if request_id is not None:
         response.setdefault("id", request_id)
-    return _encode(response, request)
+    return response
 
 
 def _infer_tensor(name: str, value: Any) -> dict[str, Any]:
@@ -190,7 +197,8 @@ def _infer_tensor(name: str, value: Any) -> dict[str, Any]:
     return {"name": name, "datatype": datatype, "shape": list(array.shape), "data": data}
 
 
-def _encode(response: dict[str, Any], request: V2Request) -> tuple[bytes, dict[str, str]]:
+def encode_json(response: dict[str, Any], request: V2Request) -> tuple[bytes, dict[str, str]]:
+    """The HTTP body (and headers) of a v2 response: JSON, outputs asked for in binary after it."""
     chunks: list[bytes] = []
     for output in response.get("outputs", []):
         wanted = request.binary_outputs.get(output.get("name"), request.default_binary)

@@ -7,7 +7,20 @@ import struct
 
 import numpy as np
 import pytest
-from marfleet.runtime.server.kserve_v2 import HEADER_LENGTH, V2Error, build_response, parse_request
+from marfleet.runtime.server.kserve_v2 import (
+    HEADER_LENGTH,
+    V2Error,
+    V2Request,
+    encode_json,
+    parse_request,
+    response_document,
+)
+
+
+def build_response(
+    request: V2Request, model: str, version: str, body: bytes
+) -> tuple[bytes, dict[str, str]]:
+    return encode_json(response_document(request, model, version, body), request)
 
 
 def encode(document: dict[str, object], binary: bytes = b"") -> tuple[bytes, dict[str, str]]:

@@ -1,0 +1,175 @@
+"""The data plane: the one path from any transport (HTTP, gRPC) to a model's workers.
+
+Every inference API of the runtime — TorchServe's `/predictions`, KServe v1 and v2 over HTTP,
+TorchServe's gRPC Predictions and the Open Inference Protocol over gRPC — turns its request
+into a `Call` and hands it here. What must behave the same on every transport therefore lives
+only here: the token check, the model lookup, v2 tensor validation, queueing with its
+refusals, the response-size limit and the per-model request metrics. Transports only decode
+their wire format into a `Call` and encode what comes back; they never touch the registry.
+
+    plane = DataPlane(registry, max_response_bytes=..., is_healthy=..., server_version=...,
+                      keys=keys_or_None)
+    plane.authorize("management", authorization_header)   # raises ApiError 400 InvalidKey
+    entry = plane.model("mnist", None)                     # default version; ApiError 404
+    result = await plane.predict(Call("mnist", None, body, content_type, headers, query, t0))
+    result, outputs = await plane.infer_v2(call, kserve_v2.validate(document, binary))
+
+Failures the server decides are raised as `ApiError` (errors.py): an HTTP status, TorchServe's
+error type and a message saying what to do. HTTP renders it as TorchServe's JSON error body; gRPC
+maps the status to a gRPC code (`grpc_api.status_code`). A handler's own answer — including a
+failed one, which already carries TorchServe's error body — comes back as an `ItemResult`, with
+its status, untouched. If the caller's coroutine is cancelled (the client went away) while its
+job waits, the job's future is cancelled and the batch queue drops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from marfleet.runtime.server import kserve_v2
+from marfleet.runtime.server.auth import INVALID_TOKEN, Keys
+from marfleet.runtime.server.errors import ApiError
+from marfleet.runtime.workers.pool import Job
+from marfleet.runtime.workers.process import BatchItem, ItemResult
+from marfleet.runtime.workers.registry import (
+    ModelNotFound,
+    ModelRegistry,
+    ModelVersion,
+    NoWorkers,
+    QueueIsFull,
+    VersionNotFound,
+)
+
+RETRY_AFTER_SECONDS = "1"
+SERVER_NAME = "marfleet"
+Api = Literal["inference", "management"]
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One inference request, whatever transport brought it."""
+
+    model: str
+    version: str | None  # None: the model's default version
+    body: bytes
+    content_type: str
+    headers: Mapping[str, str]  # names lower-cased (HTTP headers, gRPC metadata)
+    parameters: Mapping[str, str]  # the query string, or a gRPC request's `input` map
+    received_at: float  # time.perf_counter() when the request had fully arrived
+    explain: bool = False
+
+
+class DataPlane:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        *,
+        max_response_bytes: int,
+        is_healthy: Callable[[], bool],
+        server_version: str,
+        keys: Keys | None = None,
+    ) -> None:
+        self._registry = registry
+        self._max_response_bytes = max_response_bytes
+        self._is_healthy = is_healthy
+        self.server_version = server_version
+        self.keys = keys
+
+    # who may call
+
+    def authorize(self, api: Api, authorization: str | None) -> None:
+        """Check `Authorization: Bearer <key>` for `api`; no-op with token auth disabled."""
+        if self.keys is None:
+            return
+        expected = (self.keys.management if api == "management" else self.keys.inference).encode()
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+            raise ApiError(400, INVALID_TOKEN, type="InvalidKeyException")
+
+    # health and metadata
+
+    def healthy(self) -> bool:
+        return self._is_healthy()
+
+    def model(self, name: str, version: str | None) -> ModelVersion:
+        try:
+            return self._registry.get(name, version)
+        except ModelNotFound as error:
+            raise ApiError(404, str(error), type="ModelNotFoundException") from None
+        except VersionNotFound as error:
+            raise ApiError(404, str(error), type="ModelVersionNotFoundException") from None
+
+    def server_metadata(self) -> dict[str, Any]:
+        """KServe v2 server metadata."""
+        return {
+            "name": SERVER_NAME,
+            "version": self.server_version,
+            "extensions": ["binary_tensor_data"],
+        }
+
+    def model_metadata(self, name: str, version: str | None) -> dict[str, Any]:
+        """KServe v2 model metadata (marfleet does not know tensor signatures: empty lists)."""
+        entry = self.model(name, version)
+        return {
+            "name": entry.name,
+            "versions": [v.version for v in self._registry.versions(entry.name)],
+            "platform": "pytorch",
+            "inputs": [],
+            "outputs": [],
+        }
+
+    # inference
+
+    async def predict(self, call: Call) -> ItemResult:
+        """Queue `call` for its model's workers and wait for the (last) result."""
+        return await self._run(self.model(call.model, call.version), call)
+
+    async def infer_v2(
+        self, call: Call, request: kserve_v2.V2Request
+    ) -> tuple[ItemResult, dict[str, Any] | None]:
+        """Run a validated v2 request; the v2 response document when the handler answered 200
+        (its tensors' data as lists: each transport encodes them), else None and its result."""
+        entry = self.model(call.model, call.version)
+        result = await self._run(entry, call)
+        if result.status != 200:
+            return result, None
+        return result, kserve_v2.response_document(request, entry.name, entry.version, result.body)
+
+    async def _run(self, entry: ModelVersion, call: Call) -> ItemResult:
+        metrics = entry.metrics
+        metrics.request_received()
+        status = 499  # the client went away before an answer
+        try:
+            future: asyncio.Future[ItemResult] = asyncio.get_running_loop().create_future()
+            request_id = call.headers.get("x-request-id") or uuid.uuid4().hex
+            item = BatchItem(
+                request_id, call.content_type, call.headers, call.parameters, call.body
+            )
+            try:
+                entry.submit(Job(item, call.explain, future))
+            except NoWorkers as error:
+                status = 503
+                raise ApiError(503, str(error)) from None
+            except QueueIsFull as error:
+                status = 503
+                raise ApiError(
+                    503, str(error), headers={"Retry-After": RETRY_AFTER_SECONDS}
+                ) from None
+            result = await future
+            if len(result.body) > self._max_response_bytes:
+                status = 413
+                raise ApiError(
+                    413,
+                    f"The response is {len(result.body)} bytes, over max_response_size "
+                    f"({self._max_response_bytes})",
+                )
+            status = result.status
+            return result
+        finally:
+            metrics.request_answered(status, time.perf_counter() - call.received_at)
