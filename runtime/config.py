@@ -81,6 +81,13 @@ class ServerConfig:
     workers_per_device: int = 1
     worker_threads: int = 1
     shutdown_grace_seconds: float = 30.0
+    # request-side limits of every listener (docs/operations.md)
+    max_request_head_size: int = 64 * 1024
+    request_head_timeout_seconds: float = 10.0
+    request_body_timeout_seconds: float = 30.0
+    keepalive_timeout_seconds: float = 75.0
+    max_connections: int = 1000
+    max_json_depth: int = 64
     ignored_keys: tuple[str, ...] = ()
 
 
@@ -93,6 +100,15 @@ _INT_KEYS = {
     "default_response_timeout",
     "workers_per_device",
     "worker_threads",
+    "max_request_head_size",
+    "max_connections",
+    "max_json_depth",
+}
+_FLOAT_KEYS = {
+    "shutdown_grace_seconds",
+    "request_head_timeout_seconds",
+    "request_body_timeout_seconds",
+    "keepalive_timeout_seconds",
 }
 _OPTIONAL_INT_KEYS = {"default_workers_per_model", "number_of_gpu"}
 _BOOL_KEYS = {"disable_token_authorization", "enable_model_api", "enable_envvars_config"}
@@ -102,7 +118,8 @@ _KNOWN_KEYS = (
     | _OPTIONAL_INT_KEYS
     | _BOOL_KEYS
     | _ADDRESS_KEYS
-    | {"model_store", "load_models", "models", "allowed_urls", "shutdown_grace_seconds"}
+    | _FLOAT_KEYS
+    | {"model_store", "load_models", "models", "allowed_urls"}
 )
 
 
@@ -175,7 +192,7 @@ def _build(values: Mapping[str, str]) -> ServerConfig:
             settings[key] = _as_bool(key, value)
         elif key in _ADDRESS_KEYS:
             settings[key] = Address.parse(key, value)
-        elif key == "shutdown_grace_seconds":
+        elif key in _FLOAT_KEYS:
             settings[key] = _as_float(key, value)
         elif key == "model_store":
             settings[key] = Path(value) if value else None
@@ -189,7 +206,21 @@ def _build(values: Mapping[str, str]) -> ServerConfig:
     config = replace(ServerConfig(), ignored_keys=tuple(ignored), **settings)
     if config.job_queue_size < 1:
         raise ConfigError(f"job_queue_size={config.job_queue_size}: must be at least 1")
+    for key in _POSITIVE_KEYS:
+        if getattr(config, key) <= 0:
+            raise ConfigError(f"{key}={getattr(config, key)}: must be greater than 0")
     return config
+
+
+_POSITIVE_KEYS = (
+    "max_request_size",
+    "max_request_head_size",
+    "max_connections",
+    "max_json_depth",
+    "request_head_timeout_seconds",
+    "request_body_timeout_seconds",
+    "keepalive_timeout_seconds",
+)
 
 
 def parse_load_models(value: str) -> tuple[tuple[ModelSource, ...], bool]:

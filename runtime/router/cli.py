@@ -68,7 +68,38 @@ def parser() -> argparse.ArgumentParser:
         default=120.0,
         help="seconds an upstream may take to answer (for streams: between chunks)",
     )
-    p.add_argument("--max-request-bytes", type=int, default=HttpLimits().max_body_bytes)
+    defaults = HttpLimits()
+    p.add_argument("--max-request-bytes", type=int, default=defaults.max_body_bytes)
+    p.add_argument(
+        "--max-request-head-bytes",
+        type=int,
+        default=defaults.max_head_bytes,
+        help="request line + headers at most (431/414 beyond)",
+    )
+    p.add_argument(
+        "--request-head-timeout",
+        type=float,
+        default=defaults.head_timeout,
+        help="seconds a request head may take to arrive (408 beyond)",
+    )
+    p.add_argument(
+        "--request-body-timeout",
+        type=float,
+        default=defaults.body_timeout,
+        help="seconds a request body may pause between reads (408 beyond)",
+    )
+    p.add_argument(
+        "--keepalive-timeout",
+        type=float,
+        default=defaults.keepalive_timeout,
+        help="seconds an idle client connection is kept",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=defaults.max_connections,
+        help="client connections at most (503 beyond)",
+    )
     p.add_argument("--mirror-limit", type=int, default=64, help="shadow copies in flight at most")
     p.add_argument("--drain-seconds", type=float, default=20.0, help="grace period on SIGTERM")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -104,7 +135,14 @@ def settings_from(argv: Sequence[str], environ: Mapping[str, str]) -> RouterSett
         port=args.port,
         metrics_port=args.metrics_port,
         timeouts=Timeouts(connect=args.connect_timeout, response=args.response_timeout),
-        limits=HttpLimits(max_body_bytes=args.max_request_bytes),
+        limits=HttpLimits(
+            max_body_bytes=args.max_request_bytes,
+            max_head_bytes=args.max_request_head_bytes,
+            head_timeout=args.request_head_timeout,
+            body_timeout=args.request_body_timeout,
+            keepalive_timeout=args.keepalive_timeout,
+            max_connections=args.max_connections,
+        ),
         mirror_limit=args.mirror_limit,
         drain_seconds=args.drain_seconds,
         log_level=args.log_level,

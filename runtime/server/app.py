@@ -51,6 +51,18 @@ def server_version() -> str:
         return "0+unknown"
 
 
+def http_limits(config: ServerConfig) -> HttpLimits:
+    """The request-side limits every listener enforces, from their config keys."""
+    return HttpLimits(
+        max_body_bytes=config.max_request_size,
+        max_head_bytes=config.max_request_head_size,
+        head_timeout=config.request_head_timeout_seconds,
+        body_timeout=config.request_body_timeout_seconds,
+        keepalive_timeout=config.keepalive_timeout_seconds,
+        max_connections=config.max_connections,
+    )
+
+
 def _render_error(status: int, message: str) -> Response:
     return error_response(status, message)
 
@@ -116,7 +128,7 @@ class ModelServer:
 
     async def start(self) -> None:
         config = self.config
-        limits = HttpLimits(max_body_bytes=config.max_request_size)
+        limits = http_limits(config)
         inference = self._api_router("TorchServe inference API", self._inference_routes)
         management = self._api_router("TorchServe management API", self._management_routes)
         if not config.disable_token_authorization:

@@ -13,6 +13,15 @@ connections alive, cancels the handler when the client goes away (so queued work
 dropped), writes responses, and shuts down gracefully. The router (`routing.py`) and the API
 modules sit on top; `marfleet router` reuses the same core.
 
+Every resource a client can make this core hold is bounded (`HttpLimits`, documented with their
+config keys in docs/operations.md): the request head is cut off at `max_head_bytes` *before* it
+reaches the parser (431, or 414 when the URL is what grew), so parsing cost stays linear; a head
+must complete within `head_timeout` and a body must keep arriving (`body_timeout` between reads),
+else 408; a listener holds at most `max_connections`, and the next one gets 503 and is closed.
+Refusals use a lingering close (answer, half-close, discard input for a moment), so a client
+that is still sending reads the answer instead of a reset. Response headers are checked before
+they are written: a value with CR/LF or outside latin-1 becomes a 500 that says which header.
+
 A handler whose answer's end is not known yet returns a `StreamedResponse`: its `chunks` are
 written with chunked transfer encoding as they arrive, the writer waits while the client reads
 slowly (so the producer is paused, not buffered), and when the client goes away the chunks are
@@ -28,6 +37,7 @@ responses this way, and the router relays an upstream's streamed answer through 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -95,13 +105,26 @@ CompletionHook = Callable[[Request, Response], None]
 
 @dataclass(frozen=True)
 class HttpLimits:
+    """What one client may make a listener hold; defaults and config keys: docs/operations.md."""
+
     max_body_bytes: int = 6_553_500
-    max_header_bytes: int = 64 * 1024
+    max_head_bytes: int = 64 * 1024  # request line + headers
+    head_timeout: float = 10.0  # from the first byte of a head (or the connection) to its end
+    body_timeout: float = 30.0  # longest pause between two reads of a body
     keepalive_timeout: float = 75.0
+    max_connections: int = 1000  # per listener
+
+
+class InvalidHeader(ValueError):
+    """A response header a handler set cannot be written safely; the message names it."""
 
 
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 _DIRECT_WRITE_BYTES = 64 * 1024
+_LINGER_S = 1.0  # after a refusal: how long input is read and dropped before closing
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_UNSAFE_VALUE = re.compile(r"[\r\n\x00]")
+_SUPPORTED_VERSIONS = ("1.1", "1.0")
 
 
 class _DateHeader:
@@ -123,7 +146,7 @@ _date = _DateHeader()
 
 
 def encode_head(response: Response, *, keep_alive: bool) -> bytes:
-    """Status line and headers of `response`, ready for the socket."""
+    """Status line and headers of `response`, ready for the socket; raises InvalidHeader."""
     reason = _REASONS.get(response.status, b"")
     parts = [
         b"HTTP/1.1 %d %s\r\n" % (response.status, reason),
@@ -131,21 +154,43 @@ def encode_head(response: Response, *, keep_alive: bool) -> bytes:
         b"content-length: %d\r\n" % len(response.body),
     ]
     if response.content_type:
-        parts.append(b"content-type: " + response.content_type.encode("latin-1") + b"\r\n")
+        parts.append(_header_line("content-type", response.content_type))
     if response.headers:
         for name, value in response.headers.items():
-            parts.append(f"{name}: {value}\r\n".encode("latin-1"))
+            parts.append(_header_line(name, value))
     if not keep_alive:
         parts.append(b"connection: close\r\n")
     parts.append(b"\r\n")
     return b"".join(parts)
 
 
+def _header_line(name: str, value: str) -> bytes:
+    if not isinstance(name, str) or _TOKEN.fullmatch(name) is None:
+        raise InvalidHeader(f"response header name {name!r} is not a valid HTTP token")
+    if not isinstance(value, str):
+        raise InvalidHeader(f"response header {name!r}: value must be text, got {type(value)}")
+    if _UNSAFE_VALUE.search(value):
+        raise InvalidHeader(f"response header {name!r}: value contains CR, LF or NUL")
+    try:
+        return f"{name}: {value}\r\n".encode("latin-1")
+    except UnicodeEncodeError:
+        raise InvalidHeader(
+            f"response header {name!r}: value has characters outside latin-1; "
+            "percent-encode it (RFC 8187) or put it in the body"
+        ) from None
+
+
 class _Connection(asyncio.Protocol):
-    """One client connection: parses requests and answers them in order (pipelining safe)."""
+    """One client connection: parses requests and answers them in order (pipelining safe).
+
+    One timer bounds whatever the connection is waiting for: the rest of a request head
+    (`head_timeout`, not extended by data), the next piece of a body (`body_timeout` since the
+    last read) or the next request on an idle keep-alive connection (`keepalive_timeout`).
+    """
 
     def __init__(self, server: HttpServer) -> None:
         self._server = server
+        self._limits = server.limits
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._client = ""
@@ -155,10 +200,15 @@ class _Connection(asyncio.Protocol):
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
         self._body_size = 0
+        self._in_head = True  # between requests or inside a head: input counts against the head
+        self._head_bytes = 0
+        self._head_started = False
+        self._in_body = False
+        self._last_read = 0.0
         self._rejecting = False
         self._pending: deque[tuple[Request, bool]] = deque()
         self._task: asyncio.Task[None] | None = None
-        self._idle_timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._writable: asyncio.Event | None = None  # made by the first pause_writing()
         self.closing = False
 
@@ -168,18 +218,47 @@ class _Connection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         peer = transport.get_extra_info("peername")
         self._client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")
-        self._server.connections.add(self)
-        self._arm_idle_timer()
+        server = self._server
+        if len(server.connections) >= self._limits.max_connections:
+            server.refused_connections += 1
+            self._reject(
+                503,
+                f"This listener already holds {self._limits.max_connections} connections "
+                "(max_connections); retry later",
+                headers={"Retry-After": "1"},
+            )
+            return
+        server.connections.add(self)
+        self._arm(self._limits.head_timeout, self._head_timed_out)
 
     def data_received(self, data: bytes) -> None:
         if self._rejecting:
-            return
+            return  # lingering after a refusal: input is dropped
+        self._last_read = asyncio.get_running_loop().time()
+        limit = self._limits.max_head_bytes
+        while data and not self._rejecting:
+            if not self._in_head:
+                self._feed(data)
+                return
+            # Never hand the parser more head than the limit: its cost would grow with the input.
+            room = limit - self._head_bytes
+            if room <= 0:
+                self._head_too_large()
+                return
+            piece, data = data[:room], data[room:]
+            self._head_bytes += len(piece)
+            self._feed(piece)
+
+    def _feed(self, data: bytes) -> None:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._reject(400, "Protocol upgrades are not supported")
         except httptools.HttpParserError as exc:
-            self._reject(400, f"Malformed HTTP request: {exc}")
+            if "overflow" in str(exc).lower():
+                self._reject(413, self._too_large_message())
+            else:
+                self._reject(400, f"Malformed HTTP request: {exc}")
 
     def pause_writing(self) -> None:
         if self._writable is None:
@@ -195,7 +274,7 @@ class _Connection(asyncio.Protocol):
         self._transport = None
         if self._writable is not None:
             self._writable.set()
-        self._cancel_idle_timer()
+        self._cancel_timer()
         self._pending.clear()
         if self._task is not None and not self._task.done():
             self._task.cancel()  # the client is gone: drop its queued work
@@ -204,12 +283,14 @@ class _Connection(asyncio.Protocol):
     # httptools callbacks
 
     def on_message_begin(self) -> None:
-        self._cancel_idle_timer()
         self._url = b""
         self._header_names = []
         self._header_values = []
         self._body = []
         self._body_size = 0
+        if not self._head_started:
+            self._head_started = True
+            self._arm(self._limits.head_timeout, self._head_timed_out)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -219,22 +300,27 @@ class _Connection(asyncio.Protocol):
         self._header_values.append(value)
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_started = False
+        self._cancel_timer()
         headers: dict[str, str] = {}
-        size = 0
         for raw_name, raw_value in zip(self._header_names, self._header_values, strict=True):
             name = raw_name.decode("latin-1").lower()
             value = raw_value.decode("latin-1")
-            size += len(raw_name) + len(raw_value)
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
         self._headers = headers
-        limits = self._server.limits
-        if size > limits.max_header_bytes:
-            self._reject(431, f"Request headers exceed {limits.max_header_bytes} bytes")
+        limits = self._limits
+        version = self._parser.get_http_version()
+        if version not in _SUPPORTED_VERSIONS:
+            self._reject(505, f"HTTP/{version} is not supported; send HTTP/1.1 (or 1.0)")
             return
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limits.max_body_bytes:
             self._reject(413, self._too_large_message())
             return
+        if (length is not None and length != "0") or "transfer-encoding" in headers:
+            self._in_body = True
+            self._arm(limits.body_timeout, self._body_timed_out)
         if headers.get("expect", "").lower() == "100-continue" and self._transport is not None:
             self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
@@ -242,7 +328,7 @@ class _Connection(asyncio.Protocol):
         if self._rejecting:
             return
         self._body_size += len(body)
-        if self._body_size > self._server.limits.max_body_bytes:
+        if self._body_size > self._limits.max_body_bytes:
             self._reject(413, self._too_large_message())
             return
         self._body.append(body)
@@ -250,6 +336,11 @@ class _Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self._rejecting:
             return
+        if self._in_body:
+            self._in_body = False
+            self._cancel_timer()
+        self._in_head = True
+        self._head_bytes = 0
         parsed = httptools.parse_url(self._url)
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         request = Request(
@@ -275,20 +366,42 @@ class _Connection(asyncio.Protocol):
         self._task = asyncio.get_running_loop().create_task(self._serve(request, keep_alive))
         self._task.add_done_callback(self._served)
 
-    async def _serve(self, request: Request, keep_alive: bool) -> None:
+    async def _respond(self, request: Request) -> Response:
+        """The app's response; a 500 that says what failed when the app raised."""
         server = self._server
         try:
-            response = await server.app(request)
+            return await server.app(request)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             server.log_unhandled(request, exc)
-            response = server.error_response(500, f"{type(exc).__name__} while handling request")
+            return server.error_response(
+                500,
+                f"The server failed while handling {request.method} {request.path}; "
+                "the server log has the details",
+            )
+
+    def _head(
+        self, request: Request, response: Response, keep_alive: bool
+    ) -> tuple[Response, bytes]:
+        """The response to send and its head: a 500 naming the header if one is unsafe."""
+        try:
+            return response, encode_head(response, keep_alive=keep_alive)
+        except InvalidHeader as error:
+            self._server.log_unhandled(request, error)
+            refusal = self._server.error_response(
+                500, f"The handler's answer was not sent: {error}"
+            )
+            return refusal, encode_head(refusal, keep_alive=keep_alive)
+
+    async def _serve(self, request: Request, keep_alive: bool) -> None:
+        server = self._server
+        response = await self._respond(request)
         keep_alive = keep_alive and not self.closing
         if isinstance(response, StreamedResponse):
-            keep_alive = await self._stream(response, keep_alive)
+            keep_alive = await self._stream(request, response, keep_alive)
         elif self._transport is not None:
-            self._write(request, response, keep_alive)
+            response = self._write(request, response, keep_alive)
         transport = self._transport
         if transport is None:
             return
@@ -297,9 +410,10 @@ class _Connection(asyncio.Protocol):
         if not keep_alive:
             transport.close()
 
-    def _write(self, request: Request, response: Response, keep_alive: bool) -> None:
+    def _write(self, request: Request, response: Response, keep_alive: bool) -> Response:
+        """Write `response` (or the 500 that replaces it, which is returned)."""
         assert self._transport is not None
-        head = encode_head(response, keep_alive=keep_alive)
+        response, head = self._head(request, response, keep_alive)
         if request.method == "HEAD":
             self._transport.write(head)  # the length of the body a GET would get, and no body
         elif len(response.body) <= _DIRECT_WRITE_BYTES:
@@ -307,15 +421,19 @@ class _Connection(asyncio.Protocol):
         else:
             self._transport.write(head)
             self._transport.write(response.body)
+        return response
 
-    async def _stream(self, response: StreamedResponse, keep_alive: bool) -> bool:
+    async def _stream(self, request: Request, response: StreamedResponse, keep_alive: bool) -> bool:
         """Write the chunks as they come; False when the connection cannot be kept (cut body)."""
         assert response.chunks is not None
         sent = False
         try:
             if self._transport is None:
                 return False
-            head = encode_head(response, keep_alive=keep_alive)
+            checked, head = self._head(request, response, keep_alive)
+            if checked is not response:
+                self._transport.write(head + checked.body)  # an unsafe header: the 500 instead
+                return keep_alive
             # encode_head writes `content-length: <len(body)>` right after the date; a streamed
             # body is delimited by chunks instead.
             self._transport.write(
@@ -350,37 +468,102 @@ class _Connection(asyncio.Protocol):
             self._start_next()
         elif self.closing:
             self._transport.close()
-        else:
-            self._arm_idle_timer()
+        elif not self._head_started:
+            self._arm(self._limits.keepalive_timeout, self.close_if_idle)
 
-    def _reject(self, status: int, message: str) -> None:
-        """Answer an unusable request and close: the rest of the stream cannot be trusted."""
+    # refusals
+
+    def _reject(
+        self, status: int, message: str, *, headers: Mapping[str, str] | None = None
+    ) -> None:
+        """Answer an unusable request and close: the rest of the stream cannot be trusted.
+
+        The answer is followed by a half-close, and input is read and dropped for a moment
+        before the socket closes, so a client still sending its request reads the answer
+        rather than a connection reset.
+        """
         self._rejecting = True
         self._pending.clear()
-        if self._transport is not None and not self._transport.is_closing():
-            response = self._server.error_response(status, message)
-            self._transport.write(encode_head(response, keep_alive=False) + response.body)
-            self._transport.close()
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        response = self._server.error_response(status, message)
+        if headers:
+            response.headers = {**(response.headers or {}), **headers}
+        transport.write(encode_head(response, keep_alive=False) + response.body)
+        if transport.can_write_eof():
+            transport.write_eof()
+            self._arm(_LINGER_S, transport.close)
+        else:
+            transport.close()
+
+    def _head_too_large(self) -> None:
+        limit = self._limits.max_head_bytes
+        if len(self._url) * 2 > self._head_bytes:
+            self._reject(
+                414,
+                f"The request URL exceeds the {limit}-byte head limit "
+                "(max_request_head_size); send parameters in the body",
+            )
+        else:
+            self._reject(
+                431,
+                f"The request headers exceed the {limit}-byte head limit "
+                "(max_request_head_size); send fewer or shorter headers",
+            )
 
     def _too_large_message(self) -> str:
-        limit = self._server.limits.max_body_bytes
+        limit = self._limits.max_body_bytes
         return f"Request body exceeds the {limit}-byte limit (max_request_size); send less data"
+
+    # timers: head, body, keep-alive idle, linger
+
+    def _arm(self, delay: float, callback: Callable[[], object]) -> None:
+        self._cancel_timer()
+        self._timer = asyncio.get_running_loop().call_later(delay, callback)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _head_timed_out(self) -> None:
+        self._timer = None
+        if self._task is not None or self._pending:
+            # a pipelined head waits while an earlier request is served; its clock starts after
+            self._arm(self._limits.head_timeout, self._head_timed_out)
+            return
+        if not self._head_started:
+            if self._transport is not None:
+                self._transport.close()  # connected, sent nothing: nobody to answer
+            return
+        self._reject(
+            408,
+            f"The request head did not arrive within {self._limits.head_timeout:g} s "
+            "(request_head_timeout_seconds)",
+        )
+
+    def _body_timed_out(self) -> None:
+        self._timer = None
+        idle = asyncio.get_running_loop().time() - self._last_read
+        if idle < self._limits.body_timeout:
+            self._arm(self._limits.body_timeout - idle, self._body_timed_out)
+            return
+        self._reject(
+            408,
+            f"The request body stopped arriving for {self._limits.body_timeout:g} s "
+            "(request_body_timeout_seconds)",
+        )
 
     # idle keep-alive connections and shutdown
 
-    def _arm_idle_timer(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._idle_timer = loop.call_later(
-            self._server.limits.keepalive_timeout, self.close_if_idle
-        )
-
-    def _cancel_idle_timer(self) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
-
     def close_if_idle(self) -> None:
-        if self._task is None and not self._pending and self._transport is not None:
+        if (
+            self._task is None
+            and not self._pending
+            and not self._head_started
+            and self._transport is not None
+        ):
             self._transport.close()
 
     def begin_close(self) -> None:
@@ -407,6 +590,7 @@ class HttpServer:
         self._on_unhandled = on_unhandled
         self._server: asyncio.Server | None = None
         self.connections: set[_Connection] = set()
+        self.refused_connections = 0  # over max_connections, since start
         self._all_closed = asyncio.Event()
 
     async def start(self, host: str, port: int) -> None:

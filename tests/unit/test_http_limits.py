@@ -1,0 +1,252 @@
+"""The HTTP core's request-side limits, over real loopback sockets against a real `HttpServer`.
+
+Each test speaks raw bytes (no client library would send these requests) to a server started
+with short limits, so a hang shows up as a socket timeout of a few seconds, not 75.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import closing, suppress
+
+import pytest
+from marfleet.runtime.server.errors import error_response
+from marfleet.runtime.server.http import HttpLimits, HttpServer, Request, Response
+
+LIMITS = HttpLimits(
+    max_body_bytes=100_000,
+    max_head_bytes=8 * 1024,
+    head_timeout=0.5,
+    body_timeout=0.5,
+    keepalive_timeout=5.0,
+    max_connections=4,
+)
+
+
+async def app(request: Request) -> Response:
+    if request.path == "/raise":
+        raise RuntimeError("secret detail")
+    if request.path == "/crlf":
+        return Response(200, b"{}", headers={"x-split": "a\r\nset-cookie: evil=1"})
+    if request.path == "/latin":
+        return Response(200, b"{}", headers={"x-name": "caf\u00e9 \u2603"})
+    return Response(200, json.dumps({"path": request.path, "size": len(request.body)}).encode())
+
+
+class Running:
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.server = HttpServer(app, LIMITS, error_response=lambda s, m: error_response(s, m))
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self) -> Running:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start("127.0.0.1", 0), self.loop).result(5)
+        self.port = self.server.port
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        async def stop() -> None:
+            self.server.begin_shutdown()
+            for connection in list(self.server.connections):
+                if connection._transport is not None:
+                    connection._transport.abort()
+            await self.server.wait_closed(2)
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+    def connect(self) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        return sock
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Running]:
+    with Running() as running:
+        yield running
+
+
+def read_response(
+    sock: socket.socket, buffer: bytearray | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """One response off the socket (content-length framed); raises on timeout or EOF.
+
+    Pass the same `buffer` to read pipelined responses: what arrived past one is kept.
+    """
+    data = buffer if buffer is not None else bytearray()
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed without an answer after {bytes(data)!r}")
+        data += chunk
+    end = data.index(b"\r\n\r\n")
+    lines = data[:end].decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    length = int(headers.get("content-length", "0"))
+    while len(data) < end + 4 + length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    body = bytes(data[end + 4 : end + 4 + length])
+    del data[: end + 4 + length]
+    return status, headers, body
+
+
+def send_quietly(sock: socket.socket, data: bytes) -> None:
+    """Send what the server still accepts (it may close once it has answered)."""
+    with suppress(OSError):
+        sock.sendall(data)
+
+
+def test_a_normal_request_is_answered(server: Running) -> None:
+    with closing(server.connect()) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
+        status, _, body = read_response(sock)
+    assert status == 200 and json.loads(body) == {"path": "/echo", "size": 3}
+
+
+def test_an_endless_header_line_is_431_once_past_the_head_limit(server: Running) -> None:
+    with closing(server.connect()) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Grow: ")
+        for _ in range(40):  # 400 KiB, far past the 8 KiB limit, never ending the line
+            send_quietly(sock, b"a" * 10_240)
+        status, headers, body = read_response(sock)
+    assert status == 431
+    assert headers["connection"] == "close"
+    assert "max_request_head_size" in json.loads(body)["message"]
+
+
+def test_an_endless_url_is_414(server: Running) -> None:
+    with closing(server.connect()) as sock:
+        sock.sendall(b"GET /")
+        for _ in range(40):
+            send_quietly(sock, b"a" * 10_240)
+        status, _, _ = read_response(sock)
+    assert status == 414
+
+
+def test_many_small_headers_count_against_the_head_limit(server: Running) -> None:
+    headers = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 100) for i in range(200))  # ~21 KiB
+    with closing(server.connect()) as sock:
+        send_quietly(sock, b"GET / HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
+        status, _, _ = read_response(sock)
+    assert status == 431
+
+
+def test_a_head_that_does_not_complete_in_time_is_408(server: Running) -> None:
+    with closing(server.connect()) as sock:
+        started = time.monotonic()
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        for _ in range(8):  # a slowloris: a byte now and then, the head never finishes
+            send_quietly(sock, b"X")
+            time.sleep(0.1)
+        status, _, body = read_response(sock)
+    assert status == 408
+    assert "request_head_timeout_seconds" in json.loads(body)["message"]
+    assert time.monotonic() - started < 4
+
+
+def test_a_silent_connection_is_closed_after_the_head_timeout(server: Running) -> None:
+    with closing(server.connect()) as sock:
+        started = time.monotonic()
+        assert sock.recv(100) == b""  # closed by the server: the head timeout, not keep-alive
+        assert time.monotonic() - started < LIMITS.keepalive_timeout / 2
+
+
+def test_a_body_that_stops_arriving_is_408(server: Running) -> None:
+    with closing(server.connect()) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 50000\r\n\r\n" + b"a" * 10)
+        status, _, body = read_response(sock)
+    assert status == 408
+    assert "request_body_timeout_seconds" in json.loads(body)["message"]
+
+
+def test_a_slow_but_steady_body_is_accepted(server: Running) -> None:
+    with closing(server.connect()) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\n")
+        for _ in range(8):  # 0.8 s in all, longer than the body timeout, but never 0.5 s idle
+            time.sleep(0.1)
+            sock.sendall(b"a")
+        status, _, body = read_response(sock)
+    assert status == 200 and json.loads(body)["size"] == 8
+
+
+def test_connections_over_the_cap_get_503(server: Running) -> None:
+    held = [server.connect() for _ in range(LIMITS.max_connections)]
+    try:
+        for sock in held:
+            sock.sendall(b"GET / HTTP/1.1\r\n")  # each holds a slot until its head times out
+        time.sleep(0.1)
+        with closing(server.connect()) as extra:
+            send_quietly(extra, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, headers, body = read_response(extra)
+        assert status == 503
+        assert headers["retry-after"] == "1"
+        assert "max_connections" in json.loads(body)["message"]
+    finally:
+        for sock in held:
+            sock.close()
+    deadline = time.monotonic() + 3
+    while server.server.connections and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with closing(server.connect()) as sock:  # slots are free again
+        sock.sendall(b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(sock)[0] == 200
+
+
+@pytest.mark.parametrize("path", ["/crlf", "/latin"])
+def test_an_unsafe_response_header_becomes_a_500_that_names_it(server: Running, path: str) -> None:
+    with closing(server.connect()) as sock:
+        sock.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode())
+        status, headers, body = read_response(sock)
+        assert "set-cookie" not in headers
+        message = json.loads(body)["message"]
+        assert status == 500 and ("x-split" in message or "x-name" in message)
+        sock.sendall(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")  # the connection still works
+        assert read_response(sock)[0] == 200
+
+
+def test_an_app_exception_is_a_500_with_a_message_and_no_details(server: Running) -> None:
+    with closing(server.connect()) as sock:
+        sock.sendall(b"GET /raise HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, _, body = read_response(sock)
+    message = json.loads(body)["message"]
+    assert status == 500
+    assert "GET /raise" in message and "log" in message
+    assert "secret" not in message and "RuntimeError" not in message
+
+
+@pytest.mark.parametrize("request_line", [b"GET /\r\n\r\n", b"GET / HTTP/0.9\r\n\r\n"])
+def test_http_0_9_is_refused(server: Running, request_line: bytes) -> None:
+    with closing(server.connect()) as sock:
+        sock.sendall(request_line)
+        status, _, _ = read_response(sock)
+    assert status == 505
+
+
+def test_a_chunk_size_that_overflows_is_413(server: Running) -> None:
+    with closing(server.connect()) as sock:
+        sock.sendall(
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"ffffffffffffffffffffff\r\n"
+        )
+        status, _, _ = read_response(sock)
+    assert status == 413
+
+
+def test_pipelined_requests_are_answered_in_order(server: Running) -> None:
+    with closing(server.connect()) as sock:
+        sock.sendall(b"".join(b"GET /p%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(3)))
+        buffer = bytearray()
+        paths = [json.loads(read_response(sock, buffer)[2])["path"] for _ in range(3)]
+    assert paths == ["/p0", "/p1", "/p2"]
