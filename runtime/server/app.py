@@ -112,6 +112,7 @@ class ModelServer:
             max_response_bytes=config.max_response_size,
             is_healthy=self.healthy,
             server_version=self.version,
+            max_json_depth=config.max_json_depth,
         )
         self._servers: dict[str, HttpServer] = {}
         self._startup_done = False

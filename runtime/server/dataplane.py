@@ -35,6 +35,7 @@ from typing import Any, Literal
 from marfleet.runtime.server import kserve_v2
 from marfleet.runtime.server.auth import INVALID_TOKEN, Keys
 from marfleet.runtime.server.errors import ApiError
+from marfleet.runtime.server.jsondepth import DEFAULT_MAX_DEPTH, TooDeep, check_depth
 from marfleet.runtime.workers.pool import Job
 from marfleet.runtime.workers.process import BatchItem, ItemResult
 from marfleet.runtime.workers.registry import (
@@ -74,8 +75,10 @@ class DataPlane:
         is_healthy: Callable[[], bool],
         server_version: str,
         keys: Keys | None = None,
+        max_json_depth: int = DEFAULT_MAX_DEPTH,
     ) -> None:
         self._registry = registry
+        self.max_json_depth = max_json_depth
         self._max_response_bytes = max_response_bytes
         self._is_healthy = is_healthy
         self.server_version = server_version
@@ -128,7 +131,13 @@ class DataPlane:
 
     async def predict(self, call: Call) -> ItemResult:
         """Queue `call` for its model's workers and wait for the (last) result."""
-        return await self._run(self.model(call.model, call.version), call)
+        entry = self.model(call.model, call.version)
+        if "json" in call.content_type.lower():
+            try:
+                check_depth(call.body, self.max_json_depth)
+            except TooDeep as error:
+                raise ApiError(400, f"Invalid request: {error}") from None
+        return await self._run(entry, call)
 
     async def infer_v2(
         self, call: Call, request: kserve_v2.V2Request

@@ -119,7 +119,9 @@ class InferenceApi:
     async def v2_infer(self, request: Request) -> Response:
         self._plane.model(request.params["model_name"], request.params.get("model_version"))
         try:
-            parsed = kserve_v2.parse_request(request.body, request.headers)
+            parsed = kserve_v2.parse_request(
+                request.body, request.headers, max_depth=self._plane.max_json_depth
+            )
         except kserve_v2.V2Error as error:
             raise ApiError(400, f"Invalid KServe v2 request: {error}") from None
         body = json.dumps(parsed.document).encode()

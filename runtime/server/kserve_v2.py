@@ -7,6 +7,15 @@ element count matches its data (JSON `data`, or bytes from the binary tensor ext
 `/v2/models/{m}/infer` route — the request object `{"id", "inputs": [...], "parameters"}` as
 JSON — with binary inputs turned into JSON `data` so it never has to know the extension.
 
+Tensor data is checked as strictly as shapes: a shape whose element count does not fit in int64
+is refused (it cannot be allocated, and a wrapped product could pass as 0), numeric tensors take
+numbers only (integer and BOOL tensors: whole numbers and booleans; FP tensors: any number),
+nested `data` lists must be regular (no ragged rows), and BYTES elements in the binary extension
+must be as long as their length prefix says. Non-finite floats follow one rule: JSON `NaN`,
+`Infinity` and `-Infinity` (Python's extension of JSON, which TorchServe's handlers also accept)
+are allowed in FP16/FP32/FP64 tensors only, binary FP data carries IEEE values as they are, and
+responses write non-finite floats as those same literals.
+
 A handler may answer with a full v2 response (a dict with `outputs`) or with a plain value
 (list, number, string); a plain value becomes one output tensor whose shape and datatype are
 inferred. Outputs the client asked for in binary come back in the binary extension's layout.
@@ -15,11 +24,13 @@ inferred. Outputs the client asked for in binary come back in the binary extensi
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from marfleet.runtime.server.jsondepth import DEFAULT_MAX_DEPTH, TooDeep, check_depth
 
 HEADER_LENGTH = "inference-header-content-length"
 
@@ -38,6 +49,9 @@ _NUMPY_TYPES: dict[str, Any] = {
     "FP64": np.float64,
 }
 DATATYPES = (*_NUMPY_TYPES, "BYTES")
+_INT64_MAX = 2**63 - 1
+# numpy kinds of JSON data each datatype accepts: b bool, i/u integer, f float
+_ACCEPTED_KINDS = {name: "fiub" if name.startswith("FP") else "iub" for name in _NUMPY_TYPES}
 
 
 class V2Error(ValueError):
@@ -51,12 +65,18 @@ class V2Request:
     default_binary: bool = False
 
 
-def parse_request(body: bytes, headers: Mapping[str, str]) -> V2Request:
-    """A v2 request from its HTTP body: JSON, then the binary extension's bytes if any."""
+def parse_request(
+    body: bytes, headers: Mapping[str, str], *, max_depth: int = DEFAULT_MAX_DEPTH
+) -> V2Request:
+    """A v2 request from its HTTP body: JSON (at most `max_depth` levels deep), then the binary
+    extension's bytes if any."""
     json_part, binary = _split_binary(body, headers)
     try:
+        check_depth(json_part, max_depth)
         document = json.loads(json_part)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except TooDeep as error:
+        raise V2Error(str(error)) from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
         raise V2Error(f"the request body is not valid JSON: {error}") from None
     return validate(document, binary)
 
@@ -114,9 +134,13 @@ def _check_input(index: int, tensor: object, binary: bytes, offset: int) -> int:
     if datatype not in DATATYPES:
         raise V2Error(f"input {name!r}: datatype {datatype!r} is not one of {', '.join(DATATYPES)}")
     shape = tensor.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
         raise V2Error(f"input {name!r}: shape must be a list of non-negative integers")
-    expected = int(np.prod(shape)) if shape else 1
+    expected = math.prod(shape)
+    if expected > _INT64_MAX:
+        raise V2Error(f"input {name!r}: shape {shape} has more elements than int64 can count")
     parameters = tensor.get("parameters") or {}
     size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
     if size is not None:
@@ -127,16 +151,37 @@ def _check_input(index: int, tensor: object, binary: bytes, offset: int) -> int:
         return offset + size
     if "data" not in tensor:
         raise V2Error(f"input {name!r} has no data")
-    count = _element_count(tensor["data"])
+    count = _checked_count(name, datatype, tensor["data"])
     if count != expected:
         raise V2Error(f"input {name!r}: shape {shape} needs {expected} elements, data has {count}")
     return offset
 
 
-def _element_count(data: object) -> int:
-    if isinstance(data, list):
-        return sum(_element_count(item) for item in data)
-    return 1
+def _checked_count(name: str, datatype: str, data: object) -> int:
+    """How many elements `data` holds, refusing ragged lists and values of the wrong kind."""
+    ragged = f"input {name!r}: data is a ragged nested list; every row must have the same length"
+    if not isinstance(data, list):
+        data = [data]
+    try:
+        array = np.asarray(data, dtype=object if datatype == "BYTES" else None)
+    except ValueError:
+        raise V2Error(ragged) from None
+    if datatype == "BYTES":
+        if any(isinstance(item, list) for item in array.flat):
+            raise V2Error(ragged)
+        return int(array.size)
+    if array.size and array.dtype.kind not in _ACCEPTED_KINDS[datatype]:
+        wanted = "numbers" if datatype.startswith("FP") else "whole numbers or booleans"
+        raise V2Error(f"input {name!r}: {datatype} data must be {wanted}, got {_kind(array)}")
+    return int(array.size)
+
+
+def _kind(array: np.ndarray) -> str:
+    if array.dtype.kind in "US":
+        return "strings"
+    if array.dtype.kind == "f":
+        return "fractional numbers"
+    return "mixed or non-numeric values"
 
 
 def _binary_to_list(name: str, datatype: str, raw: bytes, expected: int) -> list[Any]:
@@ -148,6 +193,11 @@ def _binary_to_list(name: str, datatype: str, raw: bytes, expected: int) -> list
                 raise V2Error(f"input {name!r}: truncated BYTES element length")
             length = int.from_bytes(raw[position : position + 4], "little")
             position += 4
+            if position + length > len(raw):
+                raise V2Error(
+                    f"input {name!r}: truncated BYTES element ({length} bytes announced, "
+                    f"{len(raw) - position} left)"
+                )
             items.append(raw[position : position + length].decode("utf-8", "replace"))
             position += length
         values = items

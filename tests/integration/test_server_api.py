@@ -23,6 +23,7 @@ from tests.models import TinyMLP, build
 from tests.serving import Server, serve
 
 MAX_REQUEST = 256 * 1024
+MAX_HEAD = 16 * 1024
 ERROR_KEYS = {"code", "type", "message"}
 
 
@@ -34,6 +35,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "enable_model_api": "true",
         "max_request_size": str(MAX_REQUEST),
         "worker_threads": "1",
+        "max_request_head_size": str(MAX_HEAD),
+        "max_json_depth": "20",
     }
     with serve(store, root / "run", models=["echo.mar", "mlp.mar"], properties=properties) as srv:
         yield srv
@@ -127,6 +130,25 @@ def test_oversized_body_is_413(server: Server) -> None:
     )
     assert response.status_code == 413
     assert "max_request_size" in response.json()["message"]
+    assert httpx.get(f"{server.inference}/ping").status_code == 200
+
+
+def test_request_side_limits_come_from_config_properties(server: Server) -> None:
+    header = httpx.get(f"{server.inference}/ping", headers={"x-big": "a" * MAX_HEAD})
+    assert header.status_code == 431 and "max_request_head_size" in header.json()["message"]
+    url = httpx.get(f"{server.inference}/ping?" + "a" * MAX_HEAD)
+    assert url.status_code == 414
+    deep = httpx.post(
+        f"{server.inference}/predictions/echo",
+        content=b"[" * 21 + b"]" * 21,
+        headers={"content-type": "application/json"},
+    )
+    assert deep.status_code == 400 and "max_json_depth" in deep.json()["message"]
+    overflow = httpx.post(
+        f"{server.inference}/v2/models/echo/infer",
+        json={"inputs": [{"name": "x", "shape": [2**32, 2**32], "datatype": "FP32", "data": []}]},
+    )
+    assert overflow.status_code == 400 and "int64" in overflow.json()["message"]
     assert httpx.get(f"{server.inference}/ping").status_code == 200
 
 

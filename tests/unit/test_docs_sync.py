@@ -74,3 +74,16 @@ def test_relative_links_lead_to_files(page: Path) -> None:
             continue
         path = (page.parent / target.split("#", 1)[0]).resolve()
         assert path.exists(), f"{page.name} links to {target}, which does not exist"
+
+
+def test_operations_lists_each_request_limit_with_its_real_default() -> None:
+    page = (REPO / "docs" / "operations.md").read_text()
+    rows = markdown.table(page, ["key", "default", "beyond it"])
+    defaults = ServerConfig()
+    assert len(rows) >= 8
+    for key_cell, default_cell, _ in rows:
+        (key,) = markdown.unquote(key_cell)
+        (default,) = markdown.unquote(default_cell)
+        assert load_server_config({key: default}, {}) == defaults, (
+            f"operations.md: {key} default {default} is not the default"
+        )

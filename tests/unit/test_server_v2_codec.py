@@ -169,3 +169,76 @@ def test_a_full_v2_answer_from_the_handler_is_kept() -> None:
     }
     body, _ = build_response(request, "m", "1.0", json.dumps(answer).encode())
     assert json.loads(body) == {**answer, "model_version": "1.0"}
+
+
+def _one_input(datatype: str, shape: list[int], data: object) -> dict[str, object]:
+    return {"inputs": [{"name": "x", "shape": shape, "datatype": datatype, "data": data}]}
+
+
+@pytest.mark.parametrize(
+    ("document", "fragment"),
+    [
+        (_one_input("FP32", [2**32, 2**32], []), "more elements than int64"),
+        (_one_input("INT64", [2**40, 2**40, 2**40], []), "more elements than int64"),
+        (_one_input("FP32", [2], [1.0, "two"]), "FP32 data must be numbers, got strings"),
+        (_one_input("INT32", [2], ["1", "2"]), "got strings"),
+        (_one_input("INT32", [2], [1, None]), "mixed or non-numeric"),
+        (_one_input("INT32", [2], [1, 2.5]), "whole numbers or booleans, got fractional"),
+        (_one_input("INT32", [4], [[1, 2], [3]]), "ragged"),
+        (_one_input("FP32", [3], [[1.0], [2.0, 3.0]]), "ragged"),
+        (_one_input("BYTES", [3], [["a"], ["b", "c"]]), "ragged"),
+        (_one_input("INT32", [1], [float("nan")]), "fractional"),
+        (_one_input("FP32", [True], [1.0]), "non-negative integers"),
+    ],
+)
+def test_tensor_data_is_checked_strictly(document: dict[str, object], fragment: str) -> None:
+    body, headers = encode(document)
+    with pytest.raises(V2Error) as raised:
+        parse_request(body, headers)
+    assert fragment in str(raised.value)
+
+
+def test_a_truncated_bytes_element_is_refused() -> None:
+    raw = struct.pack("<I", 100) + b"short"
+    body, headers = encode(
+        {
+            "inputs": [
+                {
+                    "name": "w",
+                    "shape": [1],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ]
+        },
+        raw,
+    )
+    with pytest.raises(V2Error, match="truncated BYTES element"):
+        parse_request(body, headers)
+
+
+def test_non_finite_floats_are_allowed_in_fp_tensors_only() -> None:
+    body = b'{"inputs": [{"name": "x", "shape": [3], "datatype": "FP64", '
+    body += b'"data": [NaN, Infinity, -Infinity]}]}'
+    (tensor,) = parse_request(body, {}).document["inputs"]
+    assert np.isnan(tensor["data"][0]) and tensor["data"][1:] == [np.inf, -np.inf]
+    with pytest.raises(V2Error, match="whole numbers"):
+        parse_request(body.replace(b"FP64", b"INT64"), {})
+
+
+def test_nesting_deeper_than_the_limit_is_refused_before_parsing() -> None:
+    data = "[" * 40 + "1" + "]" * 40
+    body = json.dumps(_one_input("FP32", [1], "DATA")).replace('"DATA"', data)
+    assert parse_request(body.encode(), {}, max_depth=64)  # 42 levels in all
+    with pytest.raises(V2Error, match="max_json_depth"):
+        parse_request(body.encode(), {}, max_depth=30)
+    deep = b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with pytest.raises(V2Error, match="max_json_depth"):
+        parse_request(deep, {})
+
+
+def test_regular_nested_data_is_still_accepted() -> None:
+    request = parse_request(*encode(_one_input("INT32", [2, 2], [[1, 2], [3, True]])))
+    assert request.document["inputs"][0]["data"] == [[1, 2], [3, True]]
+    request = parse_request(*encode(_one_input("BYTES", [2, 1], [["a"], ["b"]])))
+    assert request.document["inputs"][0]["data"] == [["a"], ["b"]]
