@@ -311,7 +311,9 @@ def test_describe_matches_torchserve_fields(server: Server) -> None:
 
 def test_register_scale_set_default_unregister(server: Server) -> None:
     mgmt, auth = server.management, server.auth
-    registered = httpx.post(f"{mgmt}/models?url=echo-v2.mar&initial_workers=1", headers=auth)
+    registered = httpx.post(
+        f"{mgmt}/models?url=echo-v2.mar&initial_workers=1", headers=auth, timeout=60
+    )
     assert registered.status_code == 200, registered.text
     assert registered.json() == {
         "status": 'Model "echo" Version: 2.0 registered with 1 initial workers'
