@@ -33,7 +33,7 @@ NODE_FLAG := --real-node
 CLUSTER_SETUP := node-setup
 endif
 
-.PHONY: setup apt venv toolchain node-setup test lint format typecheck unit cluster-up cluster-down demo demo-down real bench clean
+.PHONY: setup apt venv toolchain node-setup test lint format typecheck unit cluster-up cluster-down demo demo-down real bench bench-gpu clean
 
 setup: apt venv toolchain
 
@@ -105,6 +105,9 @@ real: setup node-setup
 
 bench: setup
 	$(PY) -m e2e.bench.run --duration $(or $(BENCH_SECONDS),10) --rounds 3 --out bench-results/serve-vs-torchserve.json
+
+bench-gpu: setup
+	$(PY) -m e2e.bench.gpu --out bench-results/resnet50-gpu
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

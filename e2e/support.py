@@ -3,9 +3,11 @@ condition with a deadline that names what it was waiting for, and stopping a chi
 
 from __future__ import annotations
 
+import importlib.util
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from types import TracebackType
@@ -18,6 +20,16 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def archiver_command() -> list[str]:
+    """The real torch-model-archiver, run as its module under this Python: that also works
+    where it was installed with `pip --target` (no console scripts), as on a GPU machine."""
+    if importlib.util.find_spec("model_archiver") is None:
+        raise FileNotFoundError(
+            "torch-model-archiver is not installed for this Python: run `make setup` (dev extra)"
+        )
+    return [sys.executable, "-m", "model_archiver.model_packaging"]
 
 
 def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.25) -> Any:

@@ -24,9 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from e2e.support import free_port
-
-ARCHIVER = Path(sys.executable).parent / "torch-model-archiver"
+from e2e.support import archiver_command, free_port
 
 
 def archive(
@@ -41,9 +39,8 @@ def archive(
     extra_files: Sequence[Path] = (),
 ) -> Path:
     """Pack a .mar with the real torch-model-archiver; returns its path."""
-    if not ARCHIVER.exists():
-        raise FileNotFoundError(f"{ARCHIVER} is missing: run `make setup` (dev extra)")
-    command = [str(ARCHIVER), "--model-name", name, "--version", version, "--handler", str(handler)]
+    command = [*archiver_command(), "--model-name", name, "--version", version]
+    command += ["--handler", str(handler)]
     command += ["--export-path", str(export_path), "--force"]
     for flag, path in (
         ("--serialized-file", serialized_file),

@@ -1,13 +1,13 @@
 """The benchmark's models, packed by the real torch-model-archiver so both servers load the
-very same `.mar`: a tiny TorchScript MLP with a JSON handler (the overhead floor) and a
-random-weight TorchScript ResNet-18 behind the built-in `image_classifier` handler.
+very same `.mar`: a tiny TorchScript MLP with a JSON handler (the overhead floor) and
+random-weight TorchScript ResNets (18 here, 50 on a GPU) behind the built-in
+`image_classifier` handler.
 """
 
 from __future__ import annotations
 
 import io
 import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -17,7 +17,7 @@ import torchvision
 from PIL import Image
 from torch import nn
 
-ARCHIVER = Path(sys.executable).parent / "torch-model-archiver"
+from e2e.support import archiver_command
 
 MLP_HANDLER = '''"""JSON rows of 16 numbers in, 4 scores out (the overhead-floor model)."""
 
@@ -54,7 +54,7 @@ def _script(model: nn.Module, path: Path) -> Path:
 def _archive(store: Path, name: str, handler: str, weights: Path) -> Path:
     subprocess.run(
         [
-            str(ARCHIVER),
+            *archiver_command(),
             "--model-name",
             name,
             "--version",
@@ -78,9 +78,15 @@ def build_archives(store: Path, work: Path) -> dict[str, Path]:
     handler = work / "tiny_mlp_handler.py"
     handler.write_text(MLP_HANDLER)
     mlp = _archive(store, "mlp", str(handler), _script(TinyMLP(), work / "mlp.pt"))
-    resnet_weights = _script(torchvision.models.resnet18(weights=None), work / "resnet18.pt")
-    resnet = _archive(store, "resnet18", "image_classifier", resnet_weights)
-    return {"mlp": mlp, "resnet18": resnet}
+    return {"mlp": mlp, "resnet18": resnet_archive(store, work, "resnet18")}
+
+
+def resnet_archive(store: Path, work: Path, arch: str) -> Path:
+    """`<arch>.mar`: torchvision's `arch` (random weights, seed 0) as TorchScript behind the
+    built-in image_classifier handler."""
+    torch.manual_seed(0)
+    weights = _script(getattr(torchvision.models, arch)(weights=None), work / f"{arch}.pt")
+    return _archive(store, arch, "image_classifier", weights)
 
 
 def mlp_body() -> bytes:

@@ -1,11 +1,14 @@
 """A handler's throughput with no server at all: the denominator of serving efficiency.
 
-Runs in its own process with one torch thread (as the servers' workers do) and calls the
+Runs in its own process with as many torch threads as the servers' workers get (one unless
+--threads says otherwise), on the GPU that --gpu-id names (the CPU without it), and calls the
 handler back to back on batches of the benchmark's JPEG, the way each server's worker calls it:
 `marfleet` through ModelService.handle, `torchserve` through TorchServe 0.12's own Context and
-handler classes. Prints {"rps": ..., "cpu_us_per_request": ...}.
+handler classes. Prints {"batch": ..., "rps": ..., "cpu_us_per_request": ...} per batch size
+given, one line each, with the model loaded once.
 
     python -m e2e.bench.inprocess --impl marfleet --model-dir DIR --batch 8 --seconds 10
+    python -m e2e.bench.inprocess --impl torchserve --model-dir DIR --batch 1 8 32 --gpu-id 0
 """
 
 from __future__ import annotations
@@ -27,10 +30,10 @@ from e2e.bench.archives import jpeg_body
 BatchRunner = Callable[[list[bytes]], object]
 
 
-def marfleet_runner(model_dir: Path, batch: int) -> BatchRunner:
+def marfleet_runner(model_dir: Path, batch: int, gpu_id: int | None) -> BatchRunner:
     from marfleet.runtime.handlers.service import InferenceRequest, ModelService
 
-    service = ModelService.load(model_dir, gpu_id=None, batch_size=batch)
+    service = ModelService.load(model_dir, gpu_id=gpu_id, batch_size=batch)
 
     def run(bodies: list[bytes]) -> object:
         requests = [
@@ -41,7 +44,7 @@ def marfleet_runner(model_dir: Path, batch: int) -> BatchRunner:
     return run
 
 
-def torchserve_runner(model_dir: Path, batch: int) -> BatchRunner:
+def torchserve_runner(model_dir: Path, batch: int, gpu_id: int | None) -> BatchRunner:
     import ts
     from ts.context import Context, RequestProcessor
     from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
@@ -56,7 +59,7 @@ def torchserve_runner(model_dir: Path, batch: int) -> BatchRunner:
         str(model_dir),
         manifest,
         batch,
-        None,
+        gpu_id,
         "0.12.0",
         metrics=metrics,
         model_yaml_config={},
@@ -91,15 +94,21 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="inprocess", description=__doc__.splitlines()[0])
     parser.add_argument("--impl", choices=("marfleet", "torchserve"), required=True)
     parser.add_argument("--model-dir", type=Path, required=True)
-    parser.add_argument("--batch", type=int, required=True)
+    parser.add_argument("--batch", type=int, nargs="+", required=True)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads, as each worker")
+    parser.add_argument("--gpu-id", type=int, default=None, help="run on this GPU")
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     os.chdir(args.model_dir)
     sys.path.insert(0, str(args.model_dir))
     factory = marfleet_runner if args.impl == "marfleet" else torchserve_runner
-    rps, cpu = measure(factory(args.model_dir, args.batch), args.batch, args.seconds)
-    print(json.dumps({"rps": round(rps, 2), "cpu_us_per_request": round(cpu, 1)}))
+    # the batch size only sizes the Context: one loaded model serves every batch size here
+    run = factory(args.model_dir, max(args.batch), args.gpu_id)
+    for batch in args.batch:
+        rps, cpu = measure(run, batch, args.seconds)
+        result = {"batch": batch, "rps": round(rps, 2), "cpu_us_per_request": round(cpu, 1)}
+        print(json.dumps(result), flush=True)
     return 0
 
 

@@ -4,7 +4,10 @@
 seconds (after `warmup` seconds that are not counted) and the run prints one JSON line:
 requests, errors by status, req/s, p50/p99 latency in ms. It is deliberately small (asyncio
 streams + uvloop, no HTTP library) so that it costs the 2-core machine as little CPU as possible:
-both servers under test pay the same load-generator tax.
+both servers under test pay the same load-generator tax. Where one process could become the
+bottleneck (thousands of requests per second on a GPU machine), `--processes N` forks N such
+loops that share the connections between them; their latencies are pooled before the
+percentiles are taken.
 
     python -m e2e.bench.loadgen --url http://127.0.0.1:8080/predictions/mlp \
         --body-file x.json --content-type application/json --concurrency 16 --duration 10
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import sys
 import time
 from dataclasses import dataclass, field
@@ -70,7 +74,8 @@ def build_request(url: str, body: bytes, content_type: str, headers: list[str]) 
 
 async def run(
     url: str, request: bytes, concurrency: int, duration: float, warmup: float
-) -> dict[str, object]:
+) -> tuple[Tally, float]:
+    """Load `url` from `concurrency` connections; the tally and the seconds it counted."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     tally = Tally()
@@ -84,22 +89,43 @@ async def run(
     tally.counting = True
     counted_from = time.perf_counter()
     await asyncio.gather(*tasks)
-    elapsed = time.perf_counter() - counted_from
-    latencies = sorted(tally.latencies)
+    return tally, time.perf_counter() - counted_from
+
+
+def summarise(runs: list[tuple[Tally, float]], concurrency: int) -> dict[str, object]:
+    """One result for runs that went on side by side: req/s add up, latencies are pooled."""
+    latencies = sorted(latency for tally, _ in runs for latency in tally.latencies)
     count = len(latencies)
+    errors: dict[int, int] = {}
+    for tally, _ in runs:
+        for status, times in tally.errors.items():
+            errors[status] = errors.get(status, 0) + times
+    rps = sum(len(tally.latencies) / elapsed for tally, elapsed in runs if elapsed > 0)
 
     def percentile(p: float) -> float:
         return round(latencies[min(count - 1, int(p * count))] * 1000, 3) if count else 0.0
 
     return {
         "requests": count,
-        "errors": tally.errors,
-        "rps": round(count / elapsed, 1),
+        "errors": errors,
+        "rps": round(rps, 1),
         "p50_ms": percentile(0.50),
         "p99_ms": percentile(0.99),
         "concurrency": concurrency,
-        "seconds": round(elapsed, 2),
+        "seconds": round(max(elapsed for _, elapsed in runs), 2),
     }
+
+
+def _one_process(
+    url: str, request: bytes, concurrency: int, duration: float, warmup: float
+) -> tuple[Tally, float]:
+    return uvloop.run(run(url, request, concurrency, duration, warmup))
+
+
+def split(concurrency: int, processes: int) -> list[int]:
+    """Connections per process, as even as possible, no process without one."""
+    processes = max(1, min(processes, concurrency))
+    return [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
 
 
 def main(argv: list[str]) -> int:
@@ -111,10 +137,17 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--processes", type=int, default=1, help="load-generating processes")
     args = parser.parse_args(argv)
     request = build_request(args.url, args.body_file.read_bytes(), args.content_type, args.header)
-    result = uvloop.run(run(args.url, request, args.concurrency, args.duration, args.warmup))
-    print(json.dumps(result))
+    shares = split(args.concurrency, args.processes)
+    jobs = [(args.url, request, share, args.duration, args.warmup) for share in shares]
+    if len(jobs) == 1:
+        runs = [_one_process(*jobs[0])]
+    else:
+        with multiprocessing.get_context("fork").Pool(len(jobs)) as pool:
+            runs = pool.starmap(_one_process, jobs)
+    print(json.dumps(summarise(runs, args.concurrency)))
     return 0
 
 

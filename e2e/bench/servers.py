@@ -1,8 +1,11 @@
 """Start, configure and stop the two servers under test with identical settings.
 
 Both get the same config.properties (loopback ports, no token, model API on, a 1000-deep
-queue), the same model store, one worker per model and one torch/OpenMP thread per worker;
-each runs in its own session so stopping it takes every worker with it.
+queue), the same model store, one worker per model unless registered with more, and the same
+torch/OpenMP threads per worker (one unless asked; marfleet's `worker_threads`, TorchServe's
+OMP_NUM_THREADS, which is what its workers' torch reads); each runs in its own session so
+stopping it takes every worker with it. TorchServe is started as `python -m ts.model_server`
+(its console script's module), so it also runs where it was installed with `pip --target`.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ import psutil
 
 from e2e.bench.procs import free_port
 
-THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+def thread_env(threads: int) -> dict[str, str]:
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
 
 @dataclass
@@ -50,7 +55,9 @@ class RunningServer:
                     frontend += used
         return {"frontend": frontend, "workers": workers}
 
-    def register(self, url: str, name: str, batch_size: int, max_batch_delay: int) -> None:
+    def register(
+        self, url: str, name: str, batch_size: int, max_batch_delay: int, workers: int = 1
+    ) -> None:
         response = httpx.post(
             f"{self.url('management')}/models",
             params={
@@ -58,7 +65,7 @@ class RunningServer:
                 "model_name": name,
                 "batch_size": batch_size,
                 "max_batch_delay": max_batch_delay,
-                "initial_workers": 1,
+                "initial_workers": workers,
                 "synchronous": "true",
             },
             timeout=300,
@@ -81,7 +88,7 @@ def _is_worker(proc: psutil.Process) -> bool:
     return "model_service_worker" in command or "worker_main" in command
 
 
-def start(name: str, store: Path, workdir: Path) -> RunningServer:
+def start(name: str, store: Path, workdir: Path, threads: int = 1) -> RunningServer:
     workdir.mkdir(parents=True, exist_ok=True)
     ports = {api: free_port() for api in ("inference", "management", "metrics")}
     config = workdir / "config.properties"
@@ -94,15 +101,10 @@ def start(name: str, store: Path, workdir: Path) -> RunningServer:
         "job_queue_size=1000",
     ]
     if name == "marfleet":
-        lines.append("worker_threads=1")
+        lines.append(f"worker_threads={threads}")
         command = [sys.executable, "-m", "marfleet.runtime.cli", "serve", "--foreground"]
     else:
-        command = [
-            str(Path(sys.executable).parent / "torchserve"),
-            "--start",
-            "--foreground",
-            "--ncs",
-        ]
+        command = [sys.executable, "-m", "ts.model_server", "--start", "--foreground", "--ncs"]
     config.write_text("\n".join(lines) + "\n")
     command += ["--model-store", str(store), "--ts-config", str(config)]
     with (workdir / "server.log").open("wb") as log:
@@ -113,7 +115,7 @@ def start(name: str, store: Path, workdir: Path) -> RunningServer:
             stderr=subprocess.STDOUT,
             env={
                 **os.environ,
-                **THREAD_ENV,
+                **thread_env(threads),
                 "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
             },
             start_new_session=True,

@@ -12,7 +12,11 @@ import pytest
 import torch
 from marfleet.runtime.handlers.defaults.insights import integrated_gradients
 from marfleet.runtime.handlers.defaults.text_handler import normalise_text, with_ngrams
-from marfleet.runtime.handlers.defaults.vision_handler import imagenet_transform
+from marfleet.runtime.handlers.defaults.vision_handler import (
+    ImagenetTransform,
+    imagenet_transform,
+    map_on_threads,
+)
 from marfleet.runtime.handlers.errors import ModelLoadError
 from marfleet.runtime.handlers.metrics import HandlerMetric
 from marfleet.runtime.handlers.service import InferenceRequest, ModelService
@@ -151,6 +155,53 @@ def test_a_one_channel_transform_gets_the_grayscale_image(tmp_path: Path) -> Non
     pixels = to_tensor(Image.open(io.BytesIO(gray)))
     assert pixels.shape == (1, 28, 28)
     assert scores == pytest.approx(build(TinyDigitClassifier)(pixels[None])[0].tolist(), abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("mode", "size"),
+    [("RGB", (320, 240)), ("RGB", (100, 80)), ("L", (240, 500)), ("RGBA", (64, 48))],
+)
+def test_the_batched_imagenet_road_gives_torchvisions_tensor_bit_for_bit(
+    mode: str, size: tuple[int, int]
+) -> None:
+    image = Image.open(io.BytesIO(image_bytes("JPEG", size=size, seed=7))).convert(mode)
+    image = image.convert("RGB")
+    fast = ImagenetTransform()
+    batch = torch.from_numpy(fast.geometry(image)).unsqueeze(0)
+    reference = imagenet_transform()(image)
+    assert torch.equal(fast.normalise(batch)[0], reference)
+    assert torch.equal(fast(image), reference)  # still usable as a plain transform
+
+
+def test_a_batch_decoded_on_threads_answers_as_one_thread_does(
+    classifier: ModelService,
+) -> None:
+    jpegs = [image_bytes("JPEG", size=(96 + 8 * i, 72), seed=i) for i in range(6)]
+    batch = [post(jpeg, "image/jpeg") for jpeg in jpegs]
+    torch.set_num_threads(3)
+    try:
+        threaded = payloads(classifier, batch)
+        bad = [*batch[:4], post(b"not an image", "image/jpeg"), batch[5]]
+        failed = classifier.handle(bad)
+    finally:
+        torch.set_num_threads(1)
+    assert threaded == payloads(classifier, batch)
+    for output, jpeg in zip(threaded, jpegs, strict=True):
+        assert output == pytest.approx(expected_top5(Image.open(io.BytesIO(jpeg))))
+    assert {r.status for r in failed} == {400}
+    assert json.loads(failed[0].body)["message"].startswith("request 4:")
+
+
+def test_map_on_threads_keeps_order_and_raises_the_first_failure() -> None:
+    assert map_on_threads(lambda x: x * x, list(range(20)), 4) == [x * x for x in range(20)]
+
+    def fail_on_odd(x: int) -> int:
+        if x % 2:
+            raise ValueError(f"item {x}")
+        return x
+
+    with pytest.raises(ValueError, match="item 1"):
+        map_on_threads(fail_on_odd, list(range(10)), 4)
 
 
 def test_an_unreadable_image_fails_the_batch_with_400(classifier: ModelService) -> None:

@@ -10,14 +10,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from marfleet.runtime.handlers.defaults.vision_handler import VisionHandler, imagenet_transform
+from marfleet.runtime.handlers.defaults.vision_handler import ImagenetTransform, VisionHandler
 from marfleet.runtime.handlers.timer import timed
 from marfleet.runtime.handlers.util import map_class_to_label
 
 
 class ImageClassifier(VisionHandler):
     topk = 5
-    image_processing = imagenet_transform()
+    image_processing = ImagenetTransform()
 
     def set_max_result_classes(self, topk: int) -> None:
         self.topk = topk

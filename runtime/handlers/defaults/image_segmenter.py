@@ -9,12 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from marfleet.runtime.handlers.defaults.vision_handler import VisionHandler, imagenet_transform
+from marfleet.runtime.handlers.defaults.vision_handler import ImagenetTransform, VisionHandler
 from marfleet.runtime.handlers.timer import timed
 
 
 class ImageSegmenter(VisionHandler):
-    image_processing = imagenet_transform()
+    image_processing = ImagenetTransform()
 
     @timed
     def postprocess(self, data: Any) -> list[Any]:
