@@ -182,7 +182,12 @@ def run_checks(out: Path, gpus: int) -> dict[str, Any]:
     command = [sys.executable, "-m", "pytest", "--noconftest", "-p", "no:cacheprovider"]
     command += ["-q", "-rA", CHECKS]
     started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=300)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=240)
+    except subprocess.TimeoutExpired as expired:
+        (out / "checks.log").write_text(str(expired.stdout or "") + str(expired.stderr or ""))
+        print("correctness checks: timed out after 240 s", flush=True)
+        return {"passed": False, "summary": "timed out after 240 s"}
     (out / "checks.log").write_text(done.stdout + done.stderr)
     summary = (done.stdout.strip().splitlines() or ["(no output)"])[-1]
     print(f"correctness checks: {summary}", flush=True)
@@ -201,7 +206,7 @@ def in_process(
     command += ["--seconds", str(seconds), "--threads", str(threads)]
     if gpu is not None:
         command += ["--gpu-id", str(gpu)]
-    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    output = subprocess.run(command, check=True, capture_output=True, text=True, timeout=300).stdout
     rows = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
     return {str(row.pop("batch")): row for row in rows}
 
@@ -284,58 +289,60 @@ def main(argv: list[str]) -> int:
     model_dir = load_archive(mar, root / "unpacked").model_dir
     print(f"archive {mar.name} in {time.perf_counter() - started:.1f} s", flush=True)
     running: dict[str, RunningServer] = {}
-    try:
-        with ThreadPoolExecutor(len(servers)) as pool:
-            for name, server in zip(
-                servers,
-                pool.map(lambda n: start(n, store, root / n, args.threads), servers),
-                strict=True,
-            ):
-                running[name] = server
-        plan = [(b, w) for b in args.batches for w in args.workers]
-        started = time.perf_counter()
-        with ThreadPoolExecutor(8) as pool:
-            registrations = [
-                pool.submit(
-                    running[name].register,
-                    mar.name,
-                    f"r_b{batch}_w{workers}",
-                    batch,
-                    args.max_batch_delay,
-                    workers,
-                )
-                for name in servers
-                for batch, workers in plan
-            ]
-            for registration in registrations:
+    failures: dict[str, str] = results.document.setdefault("failures", {})
+    plan = [(b, w) for b in args.batches for w in args.workers]
+
+    def ready(name: str) -> RunningServer:
+        server = running[name] = start(name, store, root / name, args.threads)
+        with ThreadPoolExecutor(len(plan)) as pool:
+            for registration in [
+                pool.submit(server.register, mar.name, f"r_b{b}_w{w}", b, args.max_batch_delay, w)
+                for b, w in plan
+            ]:
                 registration.result()
-        print(f"registered {len(registrations)} models in {time.perf_counter() - started:.1f} s")
+        return server
+
+    try:
+        started = time.perf_counter()
+        with ThreadPoolExecutor(len(servers)) as pool:
+            futures = {name: pool.submit(ready, name) for name in servers}
+            for name, future in futures.items():
+                try:
+                    future.result()
+                except (RuntimeError, TimeoutError) as error:  # one server down, not the run
+                    failures[name] = f"start or registration failed: {error}"
+        servers = [name for name in servers if name not in failures]
+        print(f"servers ready in {time.perf_counter() - started:.1f} s: {servers}", flush=True)
         for name in servers:
-            results.document["in_process"][name] = in_process(
-                name, model_dir, args.batches, args.duration, args.threads, gpu
-            )
-            print(f"in-process {name}: {results.document['in_process'][name]}", flush=True)
+            try:
+                limits = in_process(name, model_dir, args.batches, args.duration, args.threads, gpu)
+            except subprocess.CalledProcessError as error:
+                failures[f"{name} in-process"] = str(error.stderr)[-2000:]
+                continue
+            results.document["in_process"][name] = limits
+            print(f"in-process {name}: {limits}", flush=True)
             results.save()
         for batch, workers in plan:
             concurrency = max(4, 2 * batch * workers)
             for name in servers:
-                row = load(
-                    running[name],
-                    f"r_b{batch}_w{workers}",
-                    body,
-                    concurrency,
-                    args,
-                    gpu is not None,
-                )
+                model = f"r_b{batch}_w{workers}"
+                try:
+                    row = load(running[name], model, body, concurrency, args, gpu is not None)
+                except RuntimeError as error:
+                    failures[f"{name} {model}"] = str(error)
+                    continue
                 results.document["served"][f"{name}/{batch}/{workers}"] = row
                 print(f"{name} batch {batch} workers {workers}: {json.dumps(row)}", flush=True)
                 results.save()
     finally:
+        results.save()
         for server in running.values():
             server.stop()
             keep_tail(server.workdir / "server.log", args.out / f"{server.name}.log")
     print(table(results.document))
-    return 0
+    if failures:
+        print(f"failures: {json.dumps(failures)}")
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":
