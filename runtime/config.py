@@ -75,6 +75,7 @@ class ServerConfig:
     default_response_timeout: int = 120
     allowed_urls: tuple[str, ...] = (r"file://.*|http(s)?://.*",)
     disable_token_authorization: bool = False
+    token_expiration_min: int = 60
     enable_model_api: bool = False
     enable_envvars_config: bool = False
     # marfleet's own keys
@@ -88,6 +89,7 @@ class ServerConfig:
     keepalive_timeout_seconds: float = 75.0
     max_connections: int = 1000
     max_json_depth: int = 64
+    disable_inference_token_authorization: bool = False
     ignored_keys: tuple[str, ...] = ()
 
 
@@ -100,6 +102,7 @@ _INT_KEYS = {
     "default_response_timeout",
     "workers_per_device",
     "worker_threads",
+    "token_expiration_min",
     "max_request_head_size",
     "max_connections",
     "max_json_depth",
@@ -111,7 +114,12 @@ _FLOAT_KEYS = {
     "keepalive_timeout_seconds",
 }
 _OPTIONAL_INT_KEYS = {"default_workers_per_model", "number_of_gpu"}
-_BOOL_KEYS = {"disable_token_authorization", "enable_model_api", "enable_envvars_config"}
+_BOOL_KEYS = {
+    "disable_token_authorization",
+    "disable_inference_token_authorization",
+    "enable_model_api",
+    "enable_envvars_config",
+}
 _ADDRESS_KEYS = {"inference_address", "management_address", "metrics_address"}
 _KNOWN_KEYS = (
     _INT_KEYS
@@ -204,6 +212,8 @@ def _build(values: Mapping[str, str]) -> ServerConfig:
             sources, load_all = parse_load_models(value)
             settings["load_models"], settings["load_all_models"] = sources, load_all
     config = replace(ServerConfig(), ignored_keys=tuple(ignored), **settings)
+    if config.token_expiration_min < 1:
+        raise ConfigError(f"token_expiration_min={config.token_expiration_min}: must be at least 1")
     if config.job_queue_size < 1:
         raise ConfigError(f"job_queue_size={config.job_queue_size}: must be at least 1")
     for key in _POSITIVE_KEYS:

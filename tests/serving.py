@@ -76,10 +76,15 @@ class Server:
     @property
     def auth(self) -> dict[str, str]:
         """The management Authorization header (empty when token auth is off)."""
+        return self.bearer("management")
+
+    def bearer(self, kind: str) -> dict[str, str]:
+        """`Authorization: Bearer <kind key>` from key_file.json (empty when token auth is off);
+        kind is management, inference or API. Read each time: keys rotate."""
         key_file = self.workdir / "key_file.json"
         if not key_file.exists():
             return {}
-        return {"Authorization": f"Bearer {json.loads(key_file.read_text())['management']['key']}"}
+        return {"Authorization": f"Bearer {json.loads(key_file.read_text())[kind]['key']}"}
 
     def log(self) -> str:
         return (self.workdir / "serve.log").read_text(errors="replace")
@@ -110,10 +115,15 @@ def serve(
     env: Mapping[str, str] | None = None,
     ready_timeout: float = 90,
 ) -> Iterator[Server]:
-    """Start `marfleet serve --foreground`, wait until /ping is healthy, always end it."""
+    """Start `marfleet serve --foreground`, wait until /ping is healthy, always end it.
+
+    Like the operator's pods, the inference API needs no token unless `properties` says
+    `disable_inference_token_authorization=false`; the management API needs its key.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     ports = {name: free_port() for name in ("inference", "management", "metrics")}
     settings = {f"{name}_address": f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    settings["disable_inference_token_authorization"] = "true"
     settings.update(properties or {})
     config = workdir / "config.properties"
     config.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
@@ -146,7 +156,10 @@ def _wait_healthy(server: Server, timeout: float) -> None:
         if server.process.poll() is not None:
             raise RuntimeError(f"marfleet serve exited early:\n{server.log()[-4000:]}")
         try:
-            if httpx.get(f"{server.inference}/ping", timeout=2).status_code == 200:
+            ping = httpx.get(
+                f"{server.inference}/ping", headers=server.bearer("inference"), timeout=2
+            )
+            if ping.status_code == 200:
                 return
         except httpx.TransportError:
             pass

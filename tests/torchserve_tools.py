@@ -10,6 +10,7 @@ and `stop()` always leaves no process behind.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -74,10 +75,20 @@ class TorchServe:
     its own, so it runs beside any other TorchServe on the machine.
     """
 
-    def __init__(self, home: Path, model_store: Path, models: dict[str, str]) -> None:
+    def __init__(
+        self,
+        home: Path,
+        model_store: Path,
+        models: dict[str, str],
+        *,
+        token_auth: bool = False,
+        properties: dict[str, str] | None = None,
+    ) -> None:
         self.home = home
         self.model_store = model_store
         self.models = models
+        self.token_auth = token_auth
+        self.properties = properties or {}
         self.inference = f"http://127.0.0.1:{free_port()}"
         self.management = f"http://127.0.0.1:{free_port()}"
         self.process: subprocess.Popen[bytes] | None = None
@@ -104,12 +115,15 @@ class TorchServe:
             "install_py_dep_per_model=false\n"
             "disable_system_metrics=true\n"
             f"vmargs=-Xmx512m -XX:+UseSerialGC -Djava.io.tmpdir={self.home / 'tmp'}\n"
+            + "".join(f"{key}={value}\n" for key, value in self.properties.items())
         )
         command = [
-            str(tool("torchserve")), "--start", "--foreground", "--ncs", "--disable-token-auth",
+            str(tool("torchserve")), "--start", "--foreground", "--ncs",
             "--model-store", str(self.model_store), "--ts-config", str(config),
             "--models", *(f"{name}={file}" for name, file in self.models.items()),
         ]  # fmt: skip
+        if not self.token_auth:
+            command.append("--disable-token-auth")
         log = (self.home / "torchserve.out").open("wb")
         self.process = subprocess.Popen(
             command, cwd=self.home, env=self.env, stdout=log, stderr=subprocess.STDOUT,
@@ -134,10 +148,21 @@ class TorchServe:
                 f"see {self.home / 'logs'}"
             )
 
+    def keys(self) -> dict[str, str]:
+        """type -> key from the key_file.json TorchServe wrote in its working directory."""
+        document = json.loads((self.home / "key_file.json").read_text())
+        return {kind: entry["key"] for kind, entry in document.items()}
+
+    def bearer(self, kind: str) -> dict[str, str]:
+        """The Authorization header with the `kind` key (none when token auth is off)."""
+        return {"Authorization": f"Bearer {self.keys()[kind]}"} if self.token_auth else {}
+
     def _worker_ready(self, name: str) -> bool:
         try:
-            described = httpx.get(f"{self.management}/models/{name}", timeout=5).json()
-        except (httpx.HTTPError, ValueError):
+            described = httpx.get(
+                f"{self.management}/models/{name}", headers=self.bearer("management"), timeout=5
+            ).json()
+        except (httpx.HTTPError, ValueError, OSError, KeyError):  # key file not written yet
             return False
         workers = described[0].get("workers", []) if isinstance(described, list) else []
         return any(worker.get("status") == "READY" for worker in workers)

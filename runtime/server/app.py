@@ -19,14 +19,13 @@ import socket
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TextIO
 
 from marfleet.runtime.config import ModelSource, ServerConfig
 from marfleet.runtime.metrics import CONTENT_TYPE, RuntimeMetrics
-from marfleet.runtime.server.auth import Keys, require_token
+from marfleet.runtime.server.auth import Tokens, require_token, token_api
 from marfleet.runtime.server.dataplane import DataPlane
 from marfleet.runtime.server.errors import ApiError, error_response, json_response
 from marfleet.runtime.server.http import Handler, HttpLimits, HttpServer, Request, Response
@@ -106,7 +105,6 @@ class ModelServer:
         self.loader = ModelLoader(
             config, self.registry, gpu_count=self.gpu_count, extract_root=self._extract_root
         )
-        self.keys: Keys | None = None
         self.plane = DataPlane(
             self.registry,
             max_response_bytes=config.max_response_size,
@@ -130,12 +128,17 @@ class ModelServer:
     async def start(self) -> None:
         config = self.config
         limits = http_limits(config)
+        if not config.disable_token_authorization:
+            self.plane.tokens = Tokens(
+                self._key_file,
+                lifetime_s=config.token_expiration_min * 60.0,
+                guard_inference=not config.disable_inference_token_authorization,
+            )
         inference = self._api_router("TorchServe inference API", self._inference_routes)
         management = self._api_router("TorchServe management API", self._management_routes)
-        if not config.disable_token_authorization:
-            self.keys = self.plane.keys = Keys.generate()
-            self.keys.write(self._key_file)
-            management = require_token(partial(self.plane.authorize, "management"), management)
+        if self.plane.tokens is not None:
+            inference = require_token(self.plane.authorize, "inference", inference)
+            management = require_token(self.plane.authorize, "management", management)
         metrics = Router(_render_error)
         metrics.add("GET", "/metrics", self._metrics, "Prometheus metrics.")
         for name, app, address in (
@@ -157,7 +160,7 @@ class ModelServer:
             extra={
                 **{name: server.port for name, server in self._servers.items()},
                 "gpus": self.gpu_count,
-                "token_authorization": self.keys is not None,
+                "token_authorization": self.plane.tokens is not None,
             },
         )
         self._startup_task = asyncio.get_running_loop().create_task(self._load_startup_models())
@@ -213,6 +216,9 @@ class ModelServer:
         ManagementApi(
             self.registry, self.loader, enable_model_api=self.config.enable_model_api
         ).routes(router)
+        if self.plane.tokens is not None:
+            summary = "A new management or inference key (?type=), with the API key."
+            router.add("GET", "/token", token_api(self.plane.tokens), summary)
 
     async def _metrics(self, request: Request) -> Response:
         return Response(200, self.metrics.registry.render(), CONTENT_TYPE)

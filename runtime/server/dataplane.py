@@ -8,7 +8,7 @@ refusals, the response-size limit and the per-model request metrics. Transports 
 their wire format into a `Call` and encode what comes back; they never touch the registry.
 
     plane = DataPlane(registry, max_response_bytes=..., is_healthy=..., server_version=...,
-                      keys=keys_or_None)
+                      tokens=tokens_or_None)
     plane.authorize("management", authorization_header)   # raises ApiError 400 InvalidKey
     entry = plane.model("mnist", None)                     # default version; ApiError 404
     result = await plane.predict(Call("mnist", None, body, content_type, headers, query, t0))
@@ -25,15 +25,14 @@ job waits, the job's future is cancelled and the batch queue drops it.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from marfleet.runtime.server import kserve_v2
-from marfleet.runtime.server.auth import INVALID_TOKEN, Keys
+from marfleet.runtime.server.auth import Kind, Tokens
 from marfleet.runtime.server.errors import ApiError
 from marfleet.runtime.server.jsondepth import DEFAULT_MAX_DEPTH, TooDeep, check_depth
 from marfleet.runtime.workers.pool import Job
@@ -49,7 +48,6 @@ from marfleet.runtime.workers.registry import (
 
 RETRY_AFTER_SECONDS = "1"
 SERVER_NAME = "marfleet"
-Api = Literal["inference", "management"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +72,7 @@ class DataPlane:
         max_response_bytes: int,
         is_healthy: Callable[[], bool],
         server_version: str,
-        keys: Keys | None = None,
+        tokens: Tokens | None = None,
         max_json_depth: int = DEFAULT_MAX_DEPTH,
     ) -> None:
         self._registry = registry
@@ -82,18 +80,15 @@ class DataPlane:
         self._max_response_bytes = max_response_bytes
         self._is_healthy = is_healthy
         self.server_version = server_version
-        self.keys = keys
+        self.tokens = tokens
 
     # who may call
 
-    def authorize(self, api: Api, authorization: str | None) -> None:
-        """Check `Authorization: Bearer <key>` for `api`; no-op with token auth disabled."""
-        if self.keys is None:
-            return
-        expected = (self.keys.management if api == "management" else self.keys.inference).encode()
-        scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
-            raise ApiError(400, INVALID_TOKEN, type="InvalidKeyException")
+    def authorize(self, kind: Kind, authorization: str | None) -> None:
+        """Check `Authorization: Bearer <key>` for an API ("token": the token API's key);
+        no-op with token auth disabled. TorchServe's rules are `Tokens.check`'s."""
+        if self.tokens is not None:
+            self.tokens.check(kind, authorization)
 
     # health and metadata
 
