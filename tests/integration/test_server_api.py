@@ -323,7 +323,9 @@ def test_register_scale_set_default_unregister(server: Server) -> None:
     all_versions = httpx.get(f"{mgmt}/models/echo/all", headers=auth).json()
     assert [v["modelVersion"] for v in all_versions] == ["1.0", "2.0"]
 
-    scaled = httpx.put(f"{mgmt}/models/echo/2.0?min_worker=2&synchronous=true", headers=auth)
+    scaled = httpx.put(
+        f"{mgmt}/models/echo/2.0?min_worker=2&synchronous=true", headers=auth, timeout=60
+    )
     assert scaled.json() == {"status": "Workers scaled to 2 for model: echo, version: 2.0"}
     (described,) = httpx.get(f"{mgmt}/models/echo/2.0", headers=auth).json()
     assert [w["status"] for w in described["workers"]] == ["READY", "READY"]
