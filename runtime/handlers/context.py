@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from marfleet.runtime.handlers.metrics import HandlerMetrics
+from marfleet.runtime.handlers.streaming import OtfSocket, PartSink
 
 
 class RequestProcessor:
@@ -86,10 +87,19 @@ class Context:
         self._request_processor: list[RequestProcessor] = []
         self.metrics = metrics if metrics is not None else HandlerMetrics()
         self.model_yaml_config: dict[str, Any] = model_yaml_config or {}
+        self.part_sink: PartSink | None = None  # set by the worker for each batch (streaming.py)
+        self.stopping_criteria: list[Any] | None = None  # read by TorchServe's streaming call
 
     @property
     def system_properties(self) -> dict[str, Any]:
         return self._system_properties
+
+    @property
+    def cl_socket(self) -> OtfSocket:
+        """Where TorchServe's own `send_intermediate_predict_response` writes its parts."""
+        if self.part_sink is None:
+            raise RuntimeError("intermediate responses can only be sent while handling a batch")
+        return OtfSocket(self.part_sink, lambda: self.request_ids)
 
     @property
     def request_processor(self) -> list[RequestProcessor]:

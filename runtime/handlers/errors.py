@@ -1,4 +1,5 @@
-"""Errors a handler raises on purpose, and the one the runtime raises when a model cannot load."""
+"""Errors a handler raises on purpose, and the ones the runtime raises: a model cannot load,
+or every client of a streaming batch went away."""
 
 from __future__ import annotations
 
@@ -17,3 +18,7 @@ class PredictionException(Exception):
 
 class ModelLoadError(Exception):
     """A model could not be loaded; the message says which file or handler and why."""
+
+
+class RequestCancelled(Exception):
+    """Every client of the batch went away: the handler's work has no one to go to."""

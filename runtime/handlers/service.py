@@ -41,10 +41,11 @@ from marfleet.runtime.handlers.codec import (
     request_properties,
 )
 from marfleet.runtime.handlers.context import Context, RequestProcessor
-from marfleet.runtime.handlers.errors import ModelLoadError, PredictionException
+from marfleet.runtime.handlers.errors import ModelLoadError, PredictionException, RequestCancelled
 from marfleet.runtime.handlers.loader import EntryPoint, enter_model_dir, load_entry_point
 from marfleet.runtime.handlers.messages import InferenceRequest, InferenceResult
 from marfleet.runtime.handlers.metrics import HandlerMetric, HandlerMetrics
+from marfleet.runtime.handlers.streaming import PartSink
 from marfleet.runtime.handlers.util import get_yaml_config
 
 __all__ = [
@@ -65,6 +66,7 @@ COUNT_MISMATCH = (503, "number of batch response mismatched")
 UNSERIALISABLE = (503, "Unsupported model output data type.")
 OUT_OF_RESOURCES = (507, "Out of resources")
 PREDICTION_FAILED = (500, "Prediction failed")
+CANCELLED = (499, "Every client of the batch closed its request")
 
 MetricsSink = Callable[[list[HandlerMetric]], None]
 
@@ -182,17 +184,24 @@ class ModelService:
         return service
 
     def handle(
-        self, batch: Sequence[InferenceRequest], *, explain: bool = False
+        self,
+        batch: Sequence[InferenceRequest],
+        *,
+        explain: bool = False,
+        part_sink: PartSink | None = None,
     ) -> list[InferenceResult]:
-        """Run one batch through the handler; one result per request, in order. Never raises."""
+        """Run one batch through the handler; one result per request, in order. Never raises.
+        Parts the handler sends before returning (streaming.py) go to `part_sink`."""
         if not batch:
             return []
+        self.context.part_sink = part_sink
         try:
             return self._handle(batch, explain)
         except Exception as error:  # the promise is "never raises": a bug here fails the batch
             self._log_failure(PREDICTION_FAILED[0], "batch failed outside the handler", error)
             return _failed(len(batch), *PREDICTION_FAILED)
         finally:
+            self.context.part_sink = None
             self._flush_metrics()
 
     def _handle(self, batch: Sequence[InferenceRequest], explain: bool) -> list[InferenceResult]:
@@ -207,6 +216,9 @@ class ModelService:
         start = time.perf_counter()
         try:
             outputs = self._entry_point.handle(rows, self.context)
+        except RequestCancelled:
+            logger.info("batch abandoned by its clients", extra={"model": self.model_name})
+            return _failed(len(batch), *CANCELLED)
         except Exception as error:
             status, message = failure_status(error)
             self._log_failure(status, "handler failed", error)

@@ -125,7 +125,9 @@ class DataPlane:
     # inference
 
     async def predict(self, call: Call) -> ItemResult:
-        """Queue `call` for its model's workers and wait for the (last) result."""
+        """Queue `call` for its model's workers and wait for its result. When the handler streams
+        (sends intermediate responses), this is the first part, as soon as it is sent, and
+        `result.rest` yields the others, the final result last; `rest.close()` stops the work."""
         entry = self.model(call.model, call.version)
         if "json" in call.content_type.lower():
             try:
@@ -141,6 +143,9 @@ class DataPlane:
         (its tensors' data as lists: each transport encodes them), else None and its result."""
         entry = self.model(call.model, call.version)
         result = await self._run(entry, call)
+        if result.rest is not None:  # the v2 protocol has one answer: the handler's last
+            async for part in result.rest:
+                result = part
         if result.status != 200:
             return result, None
         return result, kserve_v2.response_document(request, entry.name, entry.version, result.body)

@@ -14,8 +14,9 @@ from collections.abc import Awaitable, Callable
 from marfleet.runtime.server import kserve_v2
 from marfleet.runtime.server.dataplane import Call, DataPlane
 from marfleet.runtime.server.errors import ApiError, json_response
-from marfleet.runtime.server.http import Request, Response
+from marfleet.runtime.server.http import Request, Response, StreamedResponse
 from marfleet.runtime.server.routing import Router
+from marfleet.runtime.workers.parts import Parts
 from marfleet.runtime.workers.process import ItemResult
 
 
@@ -149,4 +150,29 @@ def _call(request: Request, body: bytes, content_type: str, explain: bool) -> Ca
 
 
 def _response(result: ItemResult) -> Response:
-    return Response(result.status, result.body, result.content_type or None, result.headers)
+    if result.rest is None:
+        return Response(result.status, result.body, result.content_type or None, result.headers)
+    chunks = _Bodies(result.body, result.rest)
+    return StreamedResponse(
+        result.status, b"", result.content_type or None, result.headers, chunks=chunks
+    )
+
+
+class _Bodies:
+    """A streamed answer's bodies, for HTTP chunked transfer: the first part's, then the rest's."""
+
+    def __init__(self, first: bytes, rest: Parts) -> None:
+        self._first: bytes | None = first
+        self._rest = rest
+
+    def __aiter__(self) -> _Bodies:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
+        return (await self._rest.__anext__()).body
+
+    def close(self) -> None:
+        self._rest.close()

@@ -20,10 +20,12 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Protocol
 
 from marfleet.runtime.batching import BatchQueue
+from marfleet.runtime.workers.parts import Parts
 from marfleet.runtime.workers.process import (
     BatchItem,
     ItemResult,
@@ -57,6 +59,7 @@ class Job:
     explain: bool
     future: asyncio.Future[ItemResult]
     enqueued_at: float = field(default_factory=time.perf_counter)
+    stream: Parts | None = None  # once the handler sent an intermediate response (parts.py)
 
 
 def job_is_live(job: Job) -> bool:
@@ -283,8 +286,13 @@ class WorkerPool:
         self._observer.batch_started(jobs, time.perf_counter())
         for explain, group in itertools.groupby(jobs, key=lambda job: job.explain):
             batch = list(group)
+            for index, job in enumerate(batch):
+                job.future.add_done_callback(partial(_cancel_if_abandoned, process, index))
             results, metrics = await process.run(
-                [job.item for job in batch], explain=explain, timeout=self.policy.response_timeout_s
+                [job.item for job in batch],
+                explain=explain,
+                timeout=self.policy.response_timeout_s,
+                on_partial=partial(_deliver_part, process, batch),
             )
             if metrics:
                 self._observer.handler_metrics(metrics)
@@ -292,11 +300,34 @@ class WorkerPool:
             for code in failed:
                 self._observer.handler_failed(code)
             for job, result in zip(batch, results, strict=False):
-                if not job.future.done():
-                    job.future.set_result(result)
+                _deliver(job, result)
 
     @staticmethod
     def _fail(jobs: Sequence[Job]) -> None:
         for job in jobs:
-            if not job.future.done():
-                job.future.set_result(WORKER_DIED)
+            _deliver(job, WORKER_DIED)
+
+
+def _deliver(job: Job, result: ItemResult) -> None:
+    """The final result: the end of a stream, or the whole answer."""
+    if job.stream is not None:
+        job.stream.finish(result)
+    elif not job.future.done():
+        job.future.set_result(result)
+
+
+def _deliver_part(process: WorkerProcess, batch: list[Job], index: int, part: ItemResult) -> None:
+    """An intermediate response: the first resolves the job's future, the rest follow it."""
+    job = batch[index]
+    if job.stream is not None:
+        job.stream.put(part)
+    elif not job.future.done():
+        job.stream = Parts(on_close=partial(process.cancel, index))
+        job.future.set_result(replace(part, rest=job.stream))
+
+
+def _cancel_if_abandoned(
+    process: WorkerProcess, index: int, future: asyncio.Future[ItemResult]
+) -> None:
+    if future.cancelled():
+        process.cancel(index)

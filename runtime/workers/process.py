@@ -11,6 +11,7 @@ native code ignores anything gentler), and its batch fails with reason "timeout"
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import pickle
@@ -21,7 +22,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from marfleet.runtime.workers.protocol import LENGTH, Header, frame
+from marfleet.runtime.workers.parts import Parts
+from marfleet.runtime.workers.protocol import CANCEL, LENGTH, Header, frame
 
 WORKER_MODULE = "marfleet.runtime.workers.worker_main"
 _STREAM_LIMIT = 1 << 20
@@ -53,6 +55,10 @@ class ItemResult:
     body: bytes
     content_type: str
     headers: Mapping[str, str]
+    rest: Parts | None = None  # a streamed answer: this is its first part, `rest` the others
+
+
+PartCallback = Callable[[int, ItemResult], None]  # (index in the batch, intermediate response)
 
 
 MetricRecord = tuple[object, ...]  # (name, value, unit, dimensions, kind) from the handler
@@ -85,15 +91,23 @@ class WorkerProcess:
         self._reader_task: asyncio.Task[None] | None = None
         self._pending: asyncio.Future[tuple[list[ItemResult], list[MetricRecord]]] | None = None
         self._batch_ids = 0
+        self._control: socket.socket | None = None
+        self._on_partial: PartCallback | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timeout = 0.0
+        self._load_seconds = 0.0
         self._exit_reason = "crash"
         self.alive = False
 
     async def start(self) -> float:
         """Spawn the process and wait until it loaded the model; returns the load time."""
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._control, control_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._control.setblocking(False)
         spec = self.spec
         argument = {
             "fd": child.fileno(),
+            "control_fd": control_child.fileno(),
             "model_dir": str(spec.model_dir),
             "model_name": spec.model_name,
             "gpu_id": spec.gpu_id,
@@ -106,23 +120,36 @@ class WorkerProcess:
                 "-m",
                 WORKER_MODULE,
                 json.dumps(argument),
-                pass_fds=(child.fileno(),),
+                pass_fds=(child.fileno(), control_child.fileno()),
                 env={**os.environ, **spec.env},
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=sys.stderr.fileno(),  # handler prints join the logs, not the access log
             )
         finally:
             child.close()
+            control_child.close()
         self.pid = self._process.pid
         self._reader, self._writer = await asyncio.open_unix_connection(
             sock=parent, limit=_STREAM_LIMIT
         )
         try:
-            header = await asyncio.wait_for(self._read_header(), spec.load_timeout)
+            await self._wait_ready(spec.load_timeout)
+        except BaseException:
+            self._writer.close()
+            self._control.close()
+            raise
+        self.alive = True
+        self._reader_task = asyncio.get_running_loop().create_task(self._read_loop())
+        return self._load_seconds
+
+    async def _wait_ready(self, load_timeout: float) -> None:
+        assert self._process is not None
+        try:
+            header = await asyncio.wait_for(self._read_header(), load_timeout)
         except TimeoutError:
             self.kill()
             raise WorkerLoadError(
-                f"the worker did not load the model within {spec.load_timeout:.0f} s "
+                f"the worker did not load the model within {load_timeout:.0f} s "
                 "(raise startupTimeout in model-config.yaml if loading is slow)"
             ) from None
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -134,14 +161,19 @@ class WorkerProcess:
         if header[0] != "ready":
             await self._process.wait()
             raise WorkerLoadError(str(header[1]))
-        self.alive = True
-        self._reader_task = asyncio.get_running_loop().create_task(self._read_loop())
-        return float(str(header[2]))
+        self._load_seconds = float(str(header[2]))
 
     async def run(
-        self, items: Sequence[BatchItem], *, explain: bool, timeout: float
+        self,
+        items: Sequence[BatchItem],
+        *,
+        explain: bool,
+        timeout: float,
+        on_partial: PartCallback | None = None,
     ) -> tuple[list[ItemResult], list[MetricRecord]]:
-        """Send one batch and wait for its results; raises WorkerDied."""
+        """Send one batch and wait for its results; raises WorkerDied. Intermediate responses
+        go to `on_partial` as they come, and each restarts the response timeout (a handler
+        that streams is making progress)."""
         if not self.alive or self._writer is None:
             raise WorkerDied("crash")
         loop = asyncio.get_running_loop()
@@ -158,12 +190,23 @@ class WorkerProcess:
             ],
         )
         self._writer.writelines(frame(header, [item.body for item in items]))
-        timer = loop.call_later(timeout, self._time_out)
+        self._on_partial = on_partial
+        self._timeout = timeout
+        self._timer = loop.call_later(timeout, self._time_out)
         try:
             return await pending
         finally:
-            timer.cancel()
+            self._timer.cancel()
             self._pending = None
+            self._on_partial = None
+
+    def cancel(self, index: int) -> None:
+        """Tell the worker the client of item `index` of the batch in flight went away."""
+        if self._control is None or self._pending is None:
+            return
+        # A worker that is gone or a full control buffer: the answer is dropped anyway.
+        with contextlib.suppress(OSError):
+            self._control.send(CANCEL.pack(self._batch_ids, index))
 
     def kill(self) -> None:
         if self._process is not None and self._process.returncode is None:
@@ -184,6 +227,18 @@ class WorkerProcess:
         if self._reader_task is not None:
             await asyncio.gather(self._reader_task, return_exceptions=True)
 
+    async def _partial(self, header: Header) -> None:
+        assert self._reader is not None
+        _, batch_id, summaries = header
+        for index, status, ctype, hdrs, length in summaries:  # type: ignore[attr-defined]
+            body = await self._reader.readexactly(length) if length else b""
+            if batch_id != self._batch_ids or self._on_partial is None:
+                continue
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = asyncio.get_running_loop().call_later(self._timeout, self._time_out)
+            self._on_partial(index, ItemResult(status, body, ctype, hdrs))
+
     def _time_out(self) -> None:
         self._exit_reason = "timeout"
         self.kill()
@@ -200,6 +255,9 @@ class WorkerProcess:
         try:
             while True:
                 header = await self._read_header()
+                if header[0] == "partial":
+                    await self._partial(header)
+                    continue
                 if header[0] != "results":
                     continue
                 _, _, summaries, metrics = header
@@ -217,6 +275,8 @@ class WorkerProcess:
             self.alive = False
             if self._writer is not None:
                 self._writer.close()
+            if self._control is not None:
+                self._control.close()
             if self._pending is not None and not self._pending.done():
                 self._pending.set_exception(WorkerDied(self._exit_reason))
             if self._process is not None:

@@ -15,6 +15,13 @@ Messages (header tuples):
                         ("load_failed", message)
                         ("results", batch_id, [(status, content_type, headers, body_length), ...],
                          [(name, value, unit, dimensions, kind), ...]) + bodies
+                        ("partial", batch_id, [(index, status, content_type, headers,
+                         body_length)]) + body   (an intermediate response, before "results")
+
+Cancellations travel on a second socket pair of kind SOCK_SEQPACKET, one `CANCEL` record
+(batch_id, index) per message: the worker is busy inside the handler when they matter, so it
+polls that socket without blocking between a streaming handler's parts, and a record never has
+to be told apart from a frame half-read into a buffer.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from collections.abc import Sequence
 from typing import BinaryIO
 
 LENGTH = struct.Struct("!I")
+CANCEL = struct.Struct("!QI")  # batch_id, index in the batch
 
 Header = tuple[object, ...]
 
@@ -64,3 +72,18 @@ def read_exact(stream: BinaryIO, length: int) -> bytes:
     if len(data) != length:
         raise EOFError(f"worker socket closed after {len(data)} of {length} bytes")
     return data
+
+
+def read_cancellations(control: socket.socket, batch_id: object) -> set[int]:
+    """Indexes of `batch_id` cancelled since the last call (non-blocking; the worker side)."""
+    indexes: set[int] = set()
+    while True:
+        try:
+            record = control.recv(CANCEL.size)
+        except (BlockingIOError, InterruptedError):
+            return indexes
+        if len(record) != CANCEL.size:
+            return indexes  # the frontend closed its end
+        cancelled_batch, index = CANCEL.unpack(record)
+        if cancelled_batch == batch_id:
+            indexes.add(index)

@@ -4,7 +4,9 @@ Started by `process.WorkerProcess` as `python -m marfleet.runtime.workers.worker
 (SPEC is JSON) with one end of a Unix socket pair inherited as `SPEC["fd"]`. It is
 single-threaded and blocking on purpose: one batch at a time, exactly like a TorchServe worker.
 It exits when the frontend says stop or the socket closes (the frontend is gone), so a killed
-server never leaves workers behind. SIGINT is ignored: the frontend owns the shutdown.
+server never leaves workers behind. SIGINT is ignored: the frontend owns the shutdown. A second
+socket (SPEC["control_fd"]) carries only cancellations, which a streaming handler's
+`send_intermediate_predict_response` checks between parts (see protocol.py).
 """
 
 from __future__ import annotations
@@ -19,9 +21,16 @@ import traceback
 from pathlib import Path
 from typing import BinaryIO, cast
 
+from marfleet.runtime.handlers.errors import RequestCancelled
+from marfleet.runtime.handlers.messages import InferenceResult
 from marfleet.runtime.workers.forms import parse_form
 from marfleet.runtime.workers.logs import configure_logging
-from marfleet.runtime.workers.protocol import read_exact, read_header, send_frame
+from marfleet.runtime.workers.protocol import (
+    read_cancellations,
+    read_exact,
+    read_header,
+    send_frame,
+)
 
 
 def main(argv: list[str]) -> int:
@@ -29,6 +38,8 @@ def main(argv: list[str]) -> int:
     configure_logging()
     spec = json.loads(argv[0])
     sock = socket.socket(fileno=int(spec["fd"]))
+    control = socket.socket(fileno=int(spec["control_fd"]))
+    control.setblocking(False)
     import torch
 
     torch.set_num_threads(int(spec["threads"]))
@@ -74,10 +85,30 @@ def main(argv: list[str]) -> int:
             requests.append(
                 InferenceRequest(request_id, body, content_type, headers, parameters, form)
             )
-        results = service.handle(requests, explain=bool(explain))
+        send_part = _PartSender(sock, control, batch_id, len(requests))
+        results = service.handle(requests, explain=bool(explain), part_sink=send_part)
         summaries = [(r.status, r.content_type, r.headers, len(r.body)) for r in results]
         send_frame(sock, ("results", batch_id, summaries, metrics[:]), [r.body for r in results])
         metrics.clear()
+
+
+class _PartSender:
+    """The part sink of one batch: sends a streaming handler's parts, unless their client left."""
+
+    def __init__(self, sock: socket.socket, control: socket.socket, batch_id: object, size: int):
+        self._sock = sock
+        self._control = control
+        self._batch_id = batch_id
+        self._size = size
+        self._cancelled = read_cancellations(control, batch_id)  # also drops stale records
+
+    def __call__(self, index: int, part: InferenceResult) -> None:
+        self._cancelled |= read_cancellations(self._control, self._batch_id)
+        if len(self._cancelled) >= self._size:
+            raise RequestCancelled()
+        if index not in self._cancelled:
+            summary = [(index, part.status, part.content_type, part.headers, len(part.body))]
+            send_frame(self._sock, ("partial", self._batch_id, summary), [part.body])
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 echo (1.0 and 2.0), slow, victim: the `behaviour` test handler with different model-config.yaml
 settings; mlp: a random-weight TorchScript TinyMLP; loadfail: a handler that cannot initialise;
+stream: a handler that answers in parts (intermediate responses);
 broken.mar: bytes that are no archive at all.
 """
 
@@ -45,5 +46,7 @@ def build_store(root: Path) -> Path:
     weights = write_torchscript(work, TinyMLP)
     archive(store, "mlp", HANDLERS / "mlp.py", serialized_file=weights)
     archive(store, "loadfail", HANDLERS / "failing.py")
+    stream_config = _config(work, "stream", {"batchSize": 1, "maxBatchDelay": 1})
+    archive(store, "stream", HANDLERS / "streaming.py", config_file=stream_config)
     (store / "broken.mar").write_bytes(b"this is not a model archive" * 10)
     return store

@@ -11,6 +11,7 @@ import json
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -18,6 +19,7 @@ import pytest
 import torch
 import tritonclient.http as triton
 
+from e2e.bench.router_procs import router
 from tests.integration.server_archives import build_store
 from tests.models import TinyMLP, build
 from tests.serving import Server, serve
@@ -38,7 +40,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "max_request_head_size": str(MAX_HEAD),
         "max_json_depth": "20",
     }
-    with serve(store, root / "run", models=["echo.mar", "mlp.mar"], properties=properties) as srv:
+    with serve(
+        store, root / "run", models=["echo.mar", "mlp.mar", "stream.mar"], properties=properties
+    ) as srv:
         yield srv
 
 
@@ -172,6 +176,62 @@ def test_form_bodies_become_fields(server: Server) -> None:
     response = httpx.post(f"{server.inference}/predictions/echo", files={"data": b"abc"})
     assert response.status_code == 200
     assert response.json()["echo"] is None  # a form row has no "body" key, only its fields
+
+
+# streaming (intermediate responses)
+
+
+def _read_stream(url: str, body: dict[str, object], log: Path) -> tuple[list[bytes], list[int]]:
+    """The chunks of a streamed answer, and how many parts the handler had sent at each."""
+    chunks: list[bytes] = []
+    sent: list[int] = []
+    with httpx.stream("POST", url, json=body, timeout=30) as response:
+        assert response.status_code == 200
+        assert response.headers["transfer-encoding"] == "chunked"
+        for chunk in response.iter_raw():
+            chunks.append(chunk)
+            sent.append(len(log.read_text().splitlines()) if log.exists() else 0)
+    return chunks, sent
+
+
+@pytest.mark.parametrize("via", ["ts", "marfleet"])
+def test_intermediate_responses_arrive_one_by_one_as_http_chunks(
+    server: Server, tmp_path: Path, via: str
+) -> None:
+    log = tmp_path / "parts.log"
+    body = {"parts": 5, "delay": 0.4, "log": str(log), "via": via}
+    chunks, sent = _read_stream(f"{server.inference}/predictions/stream", body, log)
+    parts = [json.loads(line) for line in b"".join(chunks).splitlines()]
+    assert parts == [{"part": index} for index in range(5)]
+    # the first part reached the client while the handler still had parts to send
+    assert sent[0] < 4, sent
+
+
+def test_intermediate_responses_pass_through_the_router_one_by_one(
+    server: Server, tmp_path: Path
+) -> None:
+    log = tmp_path / "parts.log"
+    body = {"parts": 5, "delay": 0.4, "log": str(log)}
+    with router({"stable": server.inference}, "--weights", "stable=100") as proc:
+        chunks, sent = _read_stream(f"{proc.url}/predictions/stream", body, log)
+    parts = [json.loads(line) for line in b"".join(chunks).splitlines()]
+    assert parts == [{"part": index} for index in range(5)]
+    assert sent[0] < 4, sent
+
+
+def test_a_client_leaving_mid_stream_stops_the_handler(server: Server, tmp_path: Path) -> None:
+    log = tmp_path / "parts.log"
+    body = {"parts": 60, "delay": 0.1, "log": str(log), "via": "ts"}
+    with httpx.stream(
+        "POST", f"{server.inference}/predictions/stream", json=body, timeout=30
+    ) as response:
+        next(response.iter_raw())
+    time.sleep(2.0)
+    stopped_at = len(log.read_text().splitlines())
+    time.sleep(1.0)
+    assert len(log.read_text().splitlines()) == stopped_at < 59
+    answer = httpx.post(f"{server.inference}/predictions/stream", json={"parts": 1}, timeout=30)
+    assert answer.status_code == 200 and answer.json() == {"part": 0}
 
 
 # KServe v2
