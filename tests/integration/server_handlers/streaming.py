@@ -14,10 +14,12 @@ from typing import Any
 
 def _sender(via: str) -> Any:
     if via == "marfleet":
-        from marfleet.runtime.handlers.streaming import send_intermediate_predict_response
-    else:
-        from ts.protocol.otf_message_handler import send_intermediate_predict_response
-    return send_intermediate_predict_response
+        from marfleet.runtime.handlers import streaming
+
+        return streaming.send_intermediate_predict_response
+    from ts.protocol import otf_message_handler
+
+    return otf_message_handler.send_intermediate_predict_response
 
 
 def handle(data: list[dict[str, Any]] | None, context: Any) -> list[str] | None:
