@@ -182,9 +182,11 @@ def _torch_layout() -> Path:
 
 
 def _requirements() -> list[str]:
-    """pyproject's dependencies less those the torch layer installs from Debian."""
+    """pyproject's dependencies with its `runtime` and `operator` extras (both images share
+    this layer), less those the torch layer installs from Debian."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    dependencies: list[str] = project["dependencies"]
+    extras = project["optional-dependencies"]
+    dependencies: list[str] = [*project["dependencies"], *extras["runtime"], *extras["operator"]]
     return [dep for dep in dependencies if _requirement_name(dep) not in FROM_DEBIAN]
 
 

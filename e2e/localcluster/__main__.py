@@ -10,7 +10,7 @@ import time
 from e2e import images
 
 from .cluster import LocalCluster
-from .toolchain import NODE_TOOLS, TOOLS
+from .toolchain import NODE_TOOLS, STORE_TOOLS, TOOLS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.action == "build":
-        for tool in (*TOOLS, *NODE_TOOLS) if args.real_node else TOOLS:
+        for tool in (*TOOLS, *STORE_TOOLS, *(NODE_TOOLS if args.real_node else ())):
             tool.build()
         if args.real_node:
             images.pause()

@@ -178,7 +178,26 @@ COREDNS = GoTool(
     static=True,
     sources=("main.go",),
 )
+# Object stores the storage tests fetch models from (tests/integration/test_fetch_objects.py):
+# SeaweedFS's `weed` for S3 (Apache-2.0; its S3 gateway checks SigV4 keys) and
+# fake-gcs-server for the GCS JSON API (BSD-2). Static: nothing to link on the test machine.
+SEAWEEDFS = GoTool(
+    module_dir=TOOLCHAIN_DIR / "seaweedfs",
+    pinned_module="github.com/seaweedfs/seaweedfs",
+    packages=("github.com/seaweedfs/seaweedfs/weed",),
+    cache_prefix="seaweedfs",
+    static=True,
+)
+FAKE_GCS_SERVER = GoTool(
+    module_dir=TOOLCHAIN_DIR / "fake-gcs-server",
+    pinned_module="github.com/fsouza/fake-gcs-server",
+    packages=("github.com/fsouza/fake-gcs-server",),
+    cache_prefix="fake-gcs-server",
+    static=True,
+)
 TOOLS = (KUBERNETES, KWOK, HELM)
+# What `make toolchain` builds beside TOOLS for the storage tests (not needed by a cluster).
+STORE_TOOLS = (SEAWEEDFS, FAKE_GCS_SERVER)
 # What `make node-setup` builds on top of TOOLS.
 NODE_TOOLS = (KUBERNETES_NODE, PROMETHEUS_ADAPTER, COREDNS)
 

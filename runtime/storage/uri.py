@@ -8,13 +8,22 @@ same functions, so the two can never disagree about a file name or a scheme.
 from __future__ import annotations
 
 import posixpath
+import re
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-SUPPORTED_SCHEMES: tuple[str, ...] = ("http", "https", "file", "pvc")
-"""Schemes `marfleet fetch` can read today."""
+SUPPORTED_SCHEMES: tuple[str, ...] = ("http", "https", "file", "pvc", "s3", "gs")
+"""Schemes `marfleet fetch` can read."""
+
+OBJECT_STORE_SCHEMES: tuple[str, ...] = ("s3", "gs")
+"""Schemes whose location is a bucket and whose path may be a prefix (a folder of objects)."""
 
 DEFAULT_ARCHIVE_NAME = "model.mar"
+DEFAULT_FOLDER_NAME = "model"
+
+
+BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,221}[a-z0-9]")
+"""S3 and GCS bucket names: lower case, digits, dots, dashes, underscores (GCS)."""
 
 
 class ModelURIError(ValueError):
@@ -29,6 +38,16 @@ class ModelURI:
     scheme: str
     location: str
     path: str
+
+    @property
+    def is_prefix(self) -> bool:
+        """An object-store URI naming a folder of objects (s3://bucket/dir/), not one object."""
+        return self.scheme in OBJECT_STORE_SCHEMES and (self.path.endswith("/") or not self.key)
+
+    @property
+    def key(self) -> str:
+        """The object key (or key prefix) inside the bucket, for object-store URIs."""
+        return self.path.lstrip("/")
 
     @property
     def redacted(self) -> str:
@@ -56,8 +75,8 @@ def parse(uri: str) -> ModelURI:
     if scheme not in SUPPORTED_SCHEMES:
         raise ModelURIError(
             f"model URI scheme {scheme!r} is not supported yet (supported: "
-            f"{', '.join(SUPPORTED_SCHEMES)}); serve the archive over HTTP(S) or put it on a "
-            "PersistentVolumeClaim and use pvc://<claim>/<path>"
+            f"{', '.join(SUPPORTED_SCHEMES)}); serve the archive over HTTP(S), from S3 or GCS, "
+            "or put it on a PersistentVolumeClaim and use pvc://<claim>/<path>"
         )
     path = unquote(parts.path)
     if scheme in ("http", "https") and not parts.hostname:
@@ -65,21 +84,37 @@ def parse(uri: str) -> ModelURI:
     if scheme == "file" and (parts.netloc or not path.startswith("/")):
         raise ModelURIError(f"model URI {uri!r}: file URIs are absolute, e.g. file:///models/x.mar")
     if scheme == "pvc":
-        if not parts.netloc:
+        if not parts.netloc or parts.netloc in (".", ".."):
             raise ModelURIError(f"model URI {uri!r}: expected pvc://<claim>/<path>")
         if ".." in path.split("/") or posixpath.normpath(path or "/") in ("/", "."):
             raise ModelURIError(
                 f"model URI {uri!r}: the path inside the claim must name a file and may not "
                 "contain '..'"
             )
+    if scheme in OBJECT_STORE_SCHEMES:
+        shown = redact(uri)
+        if parts.query or "@" in parts.netloc:
+            raise ModelURIError(
+                f"model URI {shown!r}: {scheme} URIs carry no query or credentials; give "
+                "credentials through model.storage (a Secret or a ServiceAccount)"
+            )
+        if not BUCKET.fullmatch(parts.netloc):
+            raise ModelURIError(
+                f"model URI {shown!r}: expected {scheme}://<bucket>/<key> (a key ending in / "
+                "names a folder of objects)"
+            )
+        if any(segment in (".", "..") for segment in path.lstrip("/").split("/")[:-1]):
+            raise ModelURIError(f"model URI {shown!r}: the key may not contain '.' or '..' folders")
     return ModelURI(raw=uri, scheme=scheme, location=parts.netloc, path=path)
 
 
 def archive_filename(uri: str) -> str:
-    """The file name a fetched archive gets in the model store: the URI path's last segment."""
-    name = posixpath.basename(unquote(urlsplit(uri.strip()).path))
+    """The name a fetched archive gets in the model store: the URI path's last segment (for a
+    prefix, s3://bucket/models/resnet/, the folder's name: resnet)."""
+    parts = urlsplit(uri.strip())
+    name = posixpath.basename(unquote(parts.path).rstrip("/"))
     if not name or name in (".", "..") or name.startswith("."):
-        return DEFAULT_ARCHIVE_NAME
+        return DEFAULT_FOLDER_NAME if parts.scheme in OBJECT_STORE_SCHEMES else DEFAULT_ARCHIVE_NAME
     return name
 
 

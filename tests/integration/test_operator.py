@@ -557,7 +557,7 @@ def test_unsupported_uri_is_a_condition_not_a_crash(
     cluster: LocalCluster, api: k8s.ApiClient, namespace: str, operators: Operators
 ) -> None:
     obj = small("s3", "good", "bad")
-    obj["spec"]["variants"][1]["model"]["uri"] = "s3://bucket/model.mar"
+    obj["spec"]["variants"][1]["model"]["uri"] = "s3://Bucket/model.mar"
     apply(cluster, namespace, obj)
 
     def reported() -> dict[str, Any]:
@@ -568,7 +568,7 @@ def test_unsupported_uri_is_a_condition_not_a_crash(
         lambda: reported().get("reason") == "UnsupportedModelURI" and reported(), 30, "condition"
     )
     assert models["status"] == "False"
-    assert "variant bad: model URI scheme 's3' is not supported yet" in models["message"]
+    assert "variant bad: model URI 's3://Bucket/model.mar': expected s3://<bucket>/" in models["message"]
     wait_for(lambda: deployment(api, namespace, "s3-good"), 10, "the good variant's Deployment")
     assert deployment(api, namespace, "s3-bad") is None
     warnings = wait_for(

@@ -4,6 +4,7 @@ a real subcommand, and the user they run as is the one the chart and the operato
 from __future__ import annotations
 
 import json
+import tomllib
 import re
 from pathlib import Path
 
@@ -59,3 +60,15 @@ def test_runtime_flavours_differ_only_in_pytorch_wheels() -> None:
     stages = " ".join(args for op, args in instructions(IMAGES / "runtime.Dockerfile"))
     assert "whl/cpu" in stages and "whl/cu" in stages
     assert "FROM torch-${FLAVOR}" in (IMAGES / "runtime.Dockerfile").read_text()
+
+
+@pytest.mark.parametrize(("image", "extra"), [("operator", "operator"), ("runtime", "runtime")])
+def test_images_install_the_project_extra_and_repeat_no_dependency(image: str, extra: str) -> None:
+    """pyproject.toml is the one list of dependencies and version floors."""
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    assert extra in project["optional-dependencies"]
+    runs = " ".join(
+        args for op, args in instructions(IMAGES / f"{image}.Dockerfile") if op == "RUN"
+    )
+    assert f'".[{extra}]"' in runs
+    assert not re.search(r"[A-Za-z0-9_-]+(>=|==|~=)\d", runs), runs

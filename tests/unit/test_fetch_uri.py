@@ -23,6 +23,8 @@ from marfleet.runtime.storage.uri import (
         ("http://10.0.0.1:8000/a.mar", "http", "10.0.0.1:8000", "/a.mar"),
         ("file:///models/a.mar", "file", "", "/models/a.mar"),
         ("pvc://claim-1/dir/a%20b.mar", "pvc", "claim-1", "/dir/a b.mar"),
+        ("s3://models/r/resnet.mar", "s3", "models", "/r/resnet.mar"),
+        ("gs://my_bucket.example/dir/", "gs", "my_bucket.example", "/dir/"),
     ],
 )
 def test_parse_supported(uri: str, scheme: str, location: str, path: str) -> None:
@@ -33,8 +35,13 @@ def test_parse_supported(uri: str, scheme: str, location: str, path: str) -> Non
 @pytest.mark.parametrize(
     ("uri", "fragment"),
     [
-        ("s3://bucket/model.mar", "scheme 's3' is not supported yet"),
-        ("gs://bucket/model.mar", "scheme 'gs' is not supported yet"),
+        ("ftp://host/model.mar", "scheme 'ftp' is not supported"),
+        ("s3://Bucket/model.mar", "expected s3://<bucket>/<key>"),
+        ("gs:///model.mar", "expected gs://<bucket>/<key>"),
+        ("s3://bucket/m.mar?versionId=1", "carry no query or credentials"),
+        ("s3://key:secret@bucket/m.mar", "s3://bucket/m.mar': s3 URIs carry no query"),
+        ("s3://bucket/a/../m/", "may not contain '.' or '..' folders"),
+        ("pvc://../etc/m.mar", "expected pvc://<claim>/<path>"),
         ("models/resnet.mar", "has no scheme"),
         ("https:///resnet.mar", "has no host"),
         ("file://host/models/a.mar", "file URIs are absolute"),
@@ -55,6 +62,19 @@ def test_scheme_error_is_none_for_fetchable_uris() -> None:
 
 
 @pytest.mark.parametrize(
+    ("uri", "prefix"),
+    [
+        ("s3://bkt/m.mar", False),
+        ("s3://bkt/dir/", True),
+        ("gs://bkt", True),
+        ("https://h/d/", False),
+    ],
+)
+def test_prefix_uris_name_folders(uri: str, prefix: bool) -> None:
+    assert parse(uri).is_prefix is prefix
+
+
+@pytest.mark.parametrize(
     ("uri", "name"),
     [
         ("https://h/a/resnet50-1.0.mar?X-Amz-Signature=abc", "resnet50-1.0.mar"),
@@ -62,6 +82,8 @@ def test_scheme_error_is_none_for_fetchable_uris() -> None:
         ("https://h/", "model.mar"),
         ("https://h/.hidden", "model.mar"),
         ("file:///m/x%20y.mar", "x y.mar"),
+        ("s3://bkt/models/resnet/", "resnet"),
+        ("gs://bkt/", "model"),
     ],
 )
 def test_archive_filename(uri: str, name: str) -> None:
@@ -135,3 +157,20 @@ def test_present_archive_is_not_fetched_again(tmp_path: Path) -> None:
     digest = hashlib.sha256(b"x").hexdigest()
     fetch("file:///nowhere/m.mar", store, sha256=digest, settings=FetchSettings(), report=events)
     assert events.names() == ["present"]
+
+
+def test_pvc_symlink_cannot_leave_the_claim(tmp_path: Path) -> None:
+    outside = tmp_path / "secret.txt"
+    outside.write_bytes(b"not a model")
+    claim = tmp_path / "pvc" / "claim"
+    claim.mkdir(parents=True)
+    (claim / "m.mar").symlink_to(outside)
+    with pytest.raises(FetchError, match="outside the claim's volume"):
+        fetch(
+            "pvc://claim/m.mar",
+            tmp_path / "store",
+            sha256=None,
+            settings=FetchSettings(pvc_root=tmp_path / "pvc"),
+            report=Events(),
+        )
+    assert not (tmp_path / "store" / "m.mar").exists()

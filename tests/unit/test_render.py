@@ -152,12 +152,12 @@ def test_service_monitor_only_when_installed() -> None:
 
 def test_unsupported_uri_blocks_only_that_variant() -> None:
     obj = design_example()
-    obj["spec"]["variants"][1]["model"]["uri"] = "s3://bucket/resnet50-2.0.mar"
+    obj["spec"]["variants"][1]["model"]["uri"] = "s3://Bucket/resnet50-2.0.mar"
     desired = render.render(spec.parse(obj), CTX)
     names = {o["metadata"]["name"] for o in desired.objects}
     assert "resnet50-canary" not in names
     assert "resnet50-stable" in names
-    assert "scheme 's3' is not supported yet" in desired.blocked["canary"]
+    assert "expected s3://<bucket>/<key>" in desired.blocked["canary"]
 
 
 # ----- the variant Deployment -----

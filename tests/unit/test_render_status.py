@@ -140,14 +140,14 @@ def test_rollout_in_progress_is_not_ready() -> None:
 
 
 def test_unsupported_uri_is_reported() -> None:
-    st, _ = compute(isvc_obj(uri="s3://bucket/b.mar"), children())
+    st, _ = compute(isvc_obj(uri="s3://Bucket/b.mar"), children())
     assert conditions(st)["ModelsReady"] == ("False", "UnsupportedModelURI")
     assert conditions(st)["Ready"] == ("False", "UnsupportedModelURI")
-    assert "variant b: model URI scheme 's3' is not supported yet" in st["conditions"][0]["message"]
+    assert "variant b: model URI 's3://Bucket/b.mar': expected s3://" in st["conditions"][0]["message"]
 
 
 def test_a_new_object_with_a_real_problem_gets_an_event() -> None:
-    _, transitions = compute(isvc_obj(uri="s3://bucket/b.mar"), {})
+    _, transitions = compute(isvc_obj(uri="s3://Bucket/b.mar"), {})
     assert [(t.type, t.status, t.reason) for t in transitions] == [
         ("Ready", "False", "UnsupportedModelURI"),
         ("ModelsReady", "False", "UnsupportedModelURI"),

@@ -25,7 +25,8 @@ WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
 COPY operator/ operator/
 COPY runtime/ runtime/
-RUN pip install . && rm -rf /src
+# The `runtime` extra (pyproject.toml): torch is already there, so pip adds only the rest.
+RUN pip install ".[runtime]" && rm -rf /src
 WORKDIR /
 # The operator's pod security context runs model servers as 1000 (operator/render.py RUNTIME_UID).
 USER 1000:1000
