@@ -100,7 +100,8 @@ def parse(uri: str) -> ModelURI:
             )
         if not BUCKET.fullmatch(parts.netloc):
             raise ModelURIError(
-                f"model URI {shown!r}: expected {scheme}://<bucket>/<key> (a key ending in / "
+                f"model URI {shown!r}: {parts.netloc!r} is not a bucket name (lower case, "
+                f"digits, '.', '-', '_'); expected {scheme}://<bucket>/<key> (a key ending in / "
                 "names a folder of objects)"
             )
         if any(segment in (".", "..") for segment in path.lstrip("/").split("/")[:-1]):

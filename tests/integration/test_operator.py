@@ -568,7 +568,7 @@ def test_unsupported_uri_is_a_condition_not_a_crash(
         lambda: reported().get("reason") == "UnsupportedModelURI" and reported(), 30, "condition"
     )
     assert models["status"] == "False"
-    assert "variant bad: model URI 's3://Bucket/model.mar': expected s3://<bucket>/" in models["message"]
+    assert "'Bucket' is not a bucket name" in models["message"]
     wait_for(lambda: deployment(api, namespace, "s3-good"), 10, "the good variant's Deployment")
     assert deployment(api, namespace, "s3-bad") is None
     warnings = wait_for(

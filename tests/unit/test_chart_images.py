@@ -4,8 +4,8 @@ a real subcommand, and the user they run as is the one the chart and the operato
 from __future__ import annotations
 
 import json
-import tomllib
 import re
+import tomllib
 from pathlib import Path
 
 import pytest

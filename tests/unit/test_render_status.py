@@ -143,7 +143,10 @@ def test_unsupported_uri_is_reported() -> None:
     st, _ = compute(isvc_obj(uri="s3://Bucket/b.mar"), children())
     assert conditions(st)["ModelsReady"] == ("False", "UnsupportedModelURI")
     assert conditions(st)["Ready"] == ("False", "UnsupportedModelURI")
-    assert "variant b: model URI 's3://Bucket/b.mar': expected s3://" in st["conditions"][0]["message"]
+    assert (
+        "variant b: model URI 's3://bucket/b.mar': 'Bucket' is not a bucket"
+        in st["conditions"][0]["message"]
+    )
 
 
 def test_a_new_object_with_a_real_problem_gets_an_event() -> None:
