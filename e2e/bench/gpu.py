@@ -18,7 +18,8 @@ a batch is always waiting while one runs), and reports req/s, p50/p99, mean GPU 
 (nvidia-smi sampled every 200 ms during the counted seconds) and efficiency = served req/s /
 in-process req/s of the same handler. Before the benchmark it runs the GPU correctness tests
 (tests/integration/test_gpu_serving.py). Everything lands under --out as it is measured
-(results.json, table.md, the servers' logs), so a run cut short still leaves its numbers.
+(results.json, table.md, the servers' logs and final metrics), so a run cut short still
+leaves its numbers.
 
 Without a GPU it runs the same steps on the CPU (for trying the script; numbers mean little),
 and without Java it says so and leaves TorchServe out.
@@ -40,6 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
 from marfleet.runtime.archive.reader import load_archive
 from marfleet.runtime.workers.placement import installed_gpu_count
 
@@ -234,6 +236,14 @@ def load(
     return {**result, **sampler.summary()}
 
 
+def save_metrics(server: RunningServer, path: Path) -> None:
+    """The server's Prometheus metrics at the end (queue and handler times per model)."""
+    try:
+        path.write_text(httpx.get(f"{server.url('metrics')}/metrics", timeout=10).text)
+    except httpx.HTTPError as error:
+        path.write_text(f"metrics unavailable: {error}\n")
+
+
 def keep_tail(log: Path, copy: Path, limit: int = 2 << 20) -> None:
     """The last `limit` bytes of a server's log (access logs make them long)."""
     if log.exists():
@@ -337,6 +347,7 @@ def main(argv: list[str]) -> int:
     finally:
         results.save()
         for server in running.values():
+            save_metrics(server, args.out / f"{server.name}-metrics.txt")
             server.stop()
             keep_tail(server.workdir / "server.log", args.out / f"{server.name}.log")
     print(table(results.document))
