@@ -13,8 +13,9 @@ benchmark's 320x240 JPEG in every request. For each batch size (1, 8, 32) it mea
     (b) `marfleet serve` with 1 and 2 workers on the GPU;
     (c) TorchServe with the same archive, workers, batch settings and threads per worker;
 
-with closed-loop load from `loadgen` (several processes, 2 x batch x workers connections, so
-a batch is always waiting while one runs), and reports req/s, p50/p99, mean GPU utilisation
+with closed-loop load from `loadgen` (several processes, depth x batch x workers connections,
+depth 3 by default, so a full batch is always waiting while one runs and the answered clients'
+next requests are on their way), and reports req/s, p50/p99, mean GPU utilisation
 (nvidia-smi sampled every 200 ms during the counted seconds) and efficiency = served req/s /
 in-process req/s of the same handler. Before the benchmark it runs the GPU correctness tests
 (tests/integration/test_gpu_serving.py). Everything lands under --out as it is measured
@@ -263,7 +264,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--max-batch-delay", type=int, default=20, help="ms")
     parser.add_argument("--duration", type=float, default=6.0, help="counted seconds per run")
     parser.add_argument("--warmup", type=float, default=2.0)
-    parser.add_argument("--loadgen-processes", type=int, default=4)
+    parser.add_argument("--loadgen-processes", type=int, default=2)
+    parser.add_argument("--depth", type=int, default=3, help="batches in flight per worker")
     parser.add_argument("--no-checks", action="store_true", help="skip the correctness tests")
     args = parser.parse_args(argv)
     gpus = installed_gpu_count()
@@ -333,7 +335,7 @@ def main(argv: list[str]) -> int:
             print(f"in-process {name}: {limits}", flush=True)
             results.save()
         for batch, workers in plan:
-            concurrency = max(4, 2 * batch * workers)
+            concurrency = max(4, args.depth * batch * workers)
             for name in servers:
                 model = f"r_b{batch}_w{workers}"
                 try:
