@@ -7,6 +7,8 @@ router, the chart's dashboards and ServiceMonitors) that select pods by them.
 
 from __future__ import annotations
 
+import hashlib
+
 from .spec import InferenceService
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -25,6 +27,13 @@ ENDPOINT = "endpoint"
 
 INTENT_HASH = "serving.marfleet.io/intent-hash"
 CONFIG_HASH = "serving.marfleet.io/config-hash"
+MODEL_REVISION = "serving.marfleet.io/model-revision"
+"""On a variant's Deployment: the model (name, URI, version) it was rendered for, so a rollout
+can tell when the Deployment's pods run the revision it is judging."""
+
+
+def model_revision(variant: str, uri: str, version: str) -> str:
+    return hashlib.sha256(f"{variant}|{uri}|{version}".encode()).hexdigest()[:16]
 
 
 def variant_object_name(isvc: InferenceService, variant: str) -> str:

@@ -245,6 +245,11 @@ def deployment(
         name,
         variant,
         replicas=None if autoscaler_manages_replicas(isvc, ctx) else isvc.autoscaling.min_replicas,
+        annotations={
+            labels.MODEL_REVISION: labels.model_revision(
+                variant.name, variant.model.uri, variant.model.version
+            )
+        },
         selector=labels.variant_selector(isvc, variant.name),
         pod_annotations={
             **SCRAPE_ANNOTATIONS,

@@ -6,41 +6,70 @@ while its numbers stay within `analysis`. Where the rollout stands lives in `sta
 which the routers follow, are derived from it and published in `status.variants[].weight`;
 `spec` is never rewritten (GitOps tools would see the operator fight them).
 
-`decide` takes the rollout's plan, its state, what was observed of the canary and the stable
-variants since the step began, and the time, and says what the state becomes:
+`decide` takes the rollout's plan, its state, whether the canary's current revision is rolled
+out, what was observed of the canary and the stable variants since the step began (or why that
+could not be read), and the time, and says what the state becomes:
 
-- a new canary (its model URI or version changed, or no state yet): start at the first step;
-- during a step, the canary is over a limit *and* worse than the stable variants (given enough
-  requests to judge): abort — canary weight 0, `RolloutAborted` with the numbers that failed;
-- when the step's time is up: over a limit but no worse than stable (a shared cause, not the
-  canary's fault), or no canary traffic to judge: hold the step; otherwise take the next step,
-  or, after the last one, mark the rollout `Succeeded`.
+- a new canary (its model URI or version changed, or no state yet): step 1, its clock not yet
+  running and the canary at 0 % until every canary pod runs the new revision and is Ready;
+  then the clock starts, so the old revision's answers are never this one's evidence;
+- decisions need evidence both ways: nothing is promoted or aborted on fewer than
+  `minRequests` canary answers in the step;
+- abort (canary weight 0, `RolloutAborted` with the numbers) when a limit is crossed
+  *conclusively* (a one-sided binomial test at 99 % says the canary's true share of errors,
+  or of requests slower than the latency limit, is above the limit) and the canary is worse
+  than the stable variants;
+- when the step's time is up: within the limits, take the next step (or, after the last,
+  `Succeeded`); over a limit but not conclusively, or no worse than stable (a shared cause),
+  or too few answers: hold the step, saying why and since when;
+- metrics that cannot be read hold the step (loudly: the loop records a Warning); with
+  `abortAfterMetricsUnavailableSeconds` the rollout aborts once that has lasted so long.
+
+Latency is judged as the share of requests slower than `maxLatencyP99Ms` (the p99 is under the
+limit exactly when at most 1 % are slower), counted from the routers' histogram buckets without
+interpolation: only requests above the first bucket bound at or over the limit count as slow,
+so the limit is effectively rounded up to that bound (docs/canary.md lists the bounds).
 """
 
 from __future__ import annotations
 
 import calendar
-import hashlib
+import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+from . import labels
 
 PROGRESSING = "Progressing"
 SUCCEEDED = "Succeeded"
 ABORTED = "Aborted"
 ROLLOUT_PROGRESSING = "RolloutProgressing"
 ROLLOUT_ABORTED = "RolloutAborted"
-CONDITIONS = (ROLLOUT_PROGRESSING, ROLLOUT_ABORTED)
+ROLLOUT_HOLDING = "RolloutHolding"
+CONDITIONS = (ROLLOUT_PROGRESSING, ROLLOUT_ABORTED, ROLLOUT_HOLDING)
 
-MIN_REQUESTS_TO_ABORT = 20
-"""Requests the canary must have answered in a step before a bad ratio can abort it early."""
+# Why a step holds (the RolloutHolding condition's reason).
+WAITING_FOR_CANARY = "WaitingForCanary"
+NOT_ENOUGH_TRAFFIC = "NotEnoughTraffic"
+METRICS_UNAVAILABLE = "MetricsUnavailable"
+INCONCLUSIVE = "Inconclusive"
+NO_WORSE_THAN_STABLE = "NoWorseThanStable"
+
+DEFAULT_MIN_REQUESTS = 100
+"""Canary answers a step needs before it can be promoted or aborted."""
+SIGNIFICANCE = 0.01
+"""An abort needs P(at least this many bad answers | the true share is at the limit) < 1 %."""
+LATENCY_QUANTILE = 0.99
 
 
 @dataclass(frozen=True)
 class Analysis:
     max_error_ratio: float | None = None
     max_latency_p99_ms: float | None = None
+    min_requests: int = DEFAULT_MIN_REQUESTS
+    abort_after_metrics_unavailable: float | None = None
 
 
 @dataclass(frozen=True)
@@ -49,7 +78,8 @@ class Plan:
 
     canary: str
     others: Mapping[str, int]  # the other variants and their spec weights, in spec order
-    target: str  # identifies the canary's model: a new one starts a new rollout
+    target: str  # identifies the canary's model (its revision): a new one starts a new rollout
+    version: str  # the canary's model version ("" when the spec names none)
     steps: tuple[int, ...]
     step_seconds: float
     analysis: Analysis
@@ -62,18 +92,24 @@ class State:
     target: str
     phase: str
     step: int
-    step_started: float  # seconds since the epoch
+    step_started: float | None  # seconds since the epoch; None: waiting for the canary
     message: str
+    holding: str = ""  # why the step holds (a reason above), "" when it does not
+    holding_since: float | None = None
 
     def to_status(self, plan: Plan) -> dict[str, Any]:
-        return {
+        status: dict[str, Any] = {
             "target": self.target,
             "phase": self.phase,
             "step": self.step,
             "weight": canary_weight(plan, self),
-            "stepStartedAt": _rfc3339(self.step_started),
             "message": self.message,
         }
+        if self.step_started is not None:
+            status["stepStartedAt"] = _rfc3339(self.step_started)
+        if self.holding and self.holding_since is not None:
+            status["holding"] = {"reason": self.holding, "since": _rfc3339(self.holding_since)}
+        return status
 
 
 @dataclass(frozen=True)
@@ -82,17 +118,54 @@ class Numbers:
 
     requests: float
     errors: float  # 5xx answers, including the router's own 502/503/504
-    p99_ms: float | None  # None without requests
+    buckets: Mapping[float, float] = field(default_factory=dict)  # cumulative, le → count
 
     @property
     def error_ratio(self) -> float:
         return self.errors / self.requests if self.requests else 0.0
+
+    def slower_than(self, limit_ms: float) -> float:
+        """Requests certainly slower than `limit_ms`: those above the first bucket bound at or
+        over it (no interpolation; requests within that bucket may have been faster)."""
+        bounds = sorted(b for b in self.buckets if b * 1000 >= limit_ms)
+        if not bounds:
+            return 0.0
+        return max(0.0, self.requests - self.buckets[bounds[0]])
+
+    def quantile_bucket(self, q: float) -> tuple[float, float] | None:
+        """The bucket (lower, upper bound in ms) that holds the q-quantile; None without data."""
+        ordered = sorted(self.buckets.items())
+        if not ordered or ordered[-1][1] <= 0:
+            return None
+        rank = q * ordered[-1][1]
+        lower = 0.0
+        for bound, count in ordered:
+            if count >= rank:
+                return lower * 1000, bound * 1000
+            lower = bound
+        return lower * 1000, math.inf
 
 
 @dataclass(frozen=True)
 class Observation:
     canary: Numbers
     stable: Numbers
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """The numbers could not be read, and why."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class CanaryPods:
+    """Whether the canary's current revision is fully rolled out and Ready, and if not, where
+    it stands (for the holding message)."""
+
+    ready: bool
+    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -108,6 +181,14 @@ class Decision:
     event: Event | None = None
 
 
+def revision(variant: Mapping[str, Any]) -> str:
+    """Identifies a variant's model (name, URI, version): what a rollout is for."""
+    model = variant.get("model") or {}
+    return labels.model_revision(
+        str(variant["name"]), str(model.get("uri", "")), str(model.get("version", ""))
+    )
+
+
 def plan_of(obj: Mapping[str, Any]) -> Plan | None:
     """The rollout an InferenceService asks for; None without `spec.rollout` or a second variant."""
     spec = obj.get("spec") or {}
@@ -116,18 +197,21 @@ def plan_of(obj: Mapping[str, Any]) -> Plan | None:
     if not rollout or len(variants) < 2:
         return None
     canary = variants[-1]
-    model = canary.get("model") or {}
-    identity = f"{canary['name']}|{model.get('uri', '')}|{model.get('version', '')}"
     analysis = rollout.get("analysis") or {}
     return Plan(
         canary=canary["name"],
         others={v["name"]: int(v.get("weight", 0)) for v in variants[:-1]},
-        target=hashlib.sha256(identity.encode()).hexdigest()[:16],
+        target=revision(canary),
+        version=str((canary.get("model") or {}).get("version") or ""),
         steps=tuple(int(s) for s in rollout.get("steps") or (100,)),
         step_seconds=float(rollout.get("stepSeconds", 300)),
         analysis=Analysis(
             max_error_ratio=_optional_float(analysis.get("maxErrorRatio")),
             max_latency_p99_ms=_optional_float(analysis.get("maxLatencyP99Ms")),
+            min_requests=int(analysis.get("minRequests", DEFAULT_MIN_REQUESTS)),
+            abort_after_metrics_unavailable=_optional_float(
+                rollout.get("abortAfterMetricsUnavailableSeconds")
+            ),
         ),
     )
 
@@ -136,26 +220,34 @@ def state_of(obj: Mapping[str, Any]) -> State | None:
     raw = (obj.get("status") or {}).get("rollout")
     if not raw or "target" not in raw:
         return None
+    holding = raw.get("holding") or {}
+    started = raw.get("stepStartedAt")
     return State(
         target=str(raw["target"]),
         phase=str(raw.get("phase", PROGRESSING)),
         step=int(raw.get("step", 0)),
-        step_started=_epoch(str(raw.get("stepStartedAt", ""))),
+        step_started=None if not started else _epoch(str(started)),
         message=str(raw.get("message", "")),
+        holding=str(holding.get("reason", "")),
+        holding_since=_epoch(str(holding["since"])) if holding.get("since") else None,
     )
 
 
 def canary_weight(plan: Plan, state: State | None) -> int:
-    """The canary's weight in force: 0 until its rollout has started and after an abort."""
+    """The canary's weight in force: 0 until its rollout's first step has started (its pods
+    run the new revision) and after an abort."""
     if state is None or state.target != plan.target or state.phase == ABORTED:
         return 0
     if state.phase == SUCCEEDED:
         return 100
+    if state.step_started is None:
+        return 0
     return plan.steps[min(state.step, len(plan.steps) - 1)]
 
 
 def effective_weights(obj: Mapping[str, Any]) -> dict[str, int]:
-    """Every variant's weight in force (what status.variants[].weight publishes)."""
+    """Every variant's weight in force (what status.variants[].weight publishes). Without
+    `spec.rollout` the spec's weights are in force, whatever an earlier rollout had reached."""
     variants = (obj.get("spec") or {}).get("variants") or []
     plan = plan_of(obj)
     if plan is None:
@@ -166,41 +258,63 @@ def effective_weights(obj: Mapping[str, Any]) -> dict[str, int]:
 
 
 def decide(
-    plan: Plan, state: State | None, observation: Observation | None, now: float
+    plan: Plan,
+    state: State | None,
+    pods: CanaryPods,
+    observation: Observation | Unavailable | None,
+    now: float,
 ) -> Decision:
-    """What the rollout's state becomes at `now`, given what was observed in this step."""
+    """What the rollout's state becomes at `now`. `observation` is what was seen in the
+    current step (None when nothing was read: no step running)."""
     if state is None or state.target != plan.target:
-        first = plan.steps[0]
-        message = f"canary {plan.canary} at {first}% (step 1 of {len(plan.steps)})"
+        message = f"canary {plan.canary}: new revision, waiting for its pods before step 1"
         return Decision(
-            State(plan.target, PROGRESSING, 0, now, message),
+            State(plan.target, PROGRESSING, 0, None, message),
             Event("Normal", "RolloutStarted", message),
         )
     if state.phase != PROGRESSING:
         return Decision(state)
-    failed, held = judge(plan.analysis, observation) if observation else ([], [])
-    if failed and observation is not None and observation.canary.requests >= 1:
-        step_over = now - state.step_started >= plan.step_seconds
-        if observation.canary.requests >= MIN_REQUESTS_TO_ABORT or step_over:
-            message = (
-                f"canary {plan.canary} rolled back to 0% at step {state.step + 1} of "
-                f"{len(plan.steps)}: " + "; ".join(failed)
-            )
-            return Decision(
-                replace(state, phase=ABORTED, message=message),
-                Event("Warning", "RolloutAborted", message),
-            )
-    if now - state.step_started < plan.step_seconds:
-        return Decision(state)
-    if observation is None or observation.canary.requests == 0:
-        return hold(state, f"no requests reached canary {plan.canary} in this step")
-    if held:
-        return hold(state, "; ".join(held))
+    if state.step_started is None:
+        if not pods.ready:
+            return hold(state, WAITING_FOR_CANARY, f"canary pods: {pods.detail}", now)
+        message = f"canary {plan.canary} at {plan.steps[0]}% (step 1 of {len(plan.steps)})"
+        return Decision(
+            State(plan.target, PROGRESSING, 0, now, message),
+            Event("Normal", "RolloutStepStarted", message + ": its pods run the new revision"),
+        )
+    if isinstance(observation, Unavailable):
+        return _unavailable(plan, state, observation.reason, now)
+    step_over = now - state.step_started >= plan.step_seconds
+    seen = observation.canary.requests if observation is not None else 0.0
+    if observation is None or seen < plan.analysis.min_requests:
+        if not step_over:
+            return _going(state)
+        why = (
+            f"fewer than {plan.analysis.min_requests} canary answers in this step, the "
+            f"least it is judged on ({seen:.0f} so far)"
+        )
+        return hold(state, NOT_ENOUGH_TRAFFIC, why, now)
+    verdict = judge(plan.analysis, observation)
+    if verdict.failed:
+        message = (
+            f"canary {plan.canary} rolled back to 0% at step {state.step + 1} of "
+            f"{len(plan.steps)}: " + "; ".join(verdict.failed)
+        )
+        return Decision(
+            replace(state, phase=ABORTED, message=message, holding="", holding_since=None),
+            Event("Warning", "RolloutAborted", message),
+        )
+    if not step_over:
+        return _going(state)
+    if verdict.no_worse:
+        return hold(state, NO_WORSE_THAN_STABLE, "; ".join(verdict.no_worse), now)
+    if verdict.inconclusive:
+        return hold(state, INCONCLUSIVE, "; ".join(verdict.inconclusive), now)
     if state.step + 1 >= len(plan.steps):
         message = f"canary {plan.canary} serves 100% after {len(plan.steps)} steps"
         return Decision(
-            replace(state, phase=SUCCEEDED, message=message),
-            Event("Normal", "RolloutSucceeded", message),
+            State(plan.target, SUCCEEDED, state.step, state.step_started, message),
+            Event("Normal", "RolloutSucceeded", message + "; " + summary(observation)),
         )
     step = state.step + 1
     message = f"canary {plan.canary} at {plan.steps[step]}% (step {step + 1} of {len(plan.steps)})"
@@ -210,52 +324,104 @@ def decide(
     )
 
 
-def judge(analysis: Analysis, observation: Observation) -> tuple[list[str], list[str]]:
-    """(limits the canary crossed by its own fault, limits crossed as badly by stable too)."""
+@dataclass(frozen=True)
+class Verdict:
+    failed: list[str]  # limits crossed conclusively, canary worse than stable: abort
+    no_worse: list[str]  # crossed, but stable is as bad (a shared cause): hold
+    inconclusive: list[str]  # over the limit, not (yet) conclusively: hold
+
+
+def judge(analysis: Analysis, observation: Observation) -> Verdict:
+    """Each limit of `analysis` against the canary's numbers (which the caller has checked
+    are at least `min_requests`)."""
     canary, stable = observation.canary, observation.stable
-    failed: list[str] = []
-    held: list[str] = []
-    limit = analysis.max_error_ratio
-    if limit is not None and canary.requests and canary.error_ratio > limit:
+    verdict = Verdict([], [], [])
+    checks: list[tuple[float, float, float, float, str]] = []
+    if analysis.max_error_ratio is not None:
         text = (
-            f"error ratio {canary.error_ratio:.4f} > {limit} "
-            f"({canary.errors:.0f} of {canary.requests:.0f} requests; "
-            f"stable {_ratio(stable)})"
+            f"error ratio {canary.error_ratio:.4f} > {analysis.max_error_ratio:g} "
+            f"({canary.errors:.0f} of {canary.requests:.0f} requests; stable {_ratio(stable)})"
         )
-        worse = not stable.requests or canary.error_ratio > stable.error_ratio
-        (failed if worse else held).append(text)
-    p99_limit = analysis.max_latency_p99_ms
-    if p99_limit is not None and canary.p99_ms is not None and canary.p99_ms > p99_limit:
+        checks.append(
+            (canary.errors, stable.errors, stable.requests, analysis.max_error_ratio, text)
+        )
+    if analysis.max_latency_p99_ms is not None:
+        limit = analysis.max_latency_p99_ms
+        slow, stable_slow = canary.slower_than(limit), stable.slower_than(limit)
         text = (
-            f"p99 latency {canary.p99_ms:.1f} ms > {p99_limit:g} ms (stable {_ms(stable.p99_ms)})"
+            f"p99 latency over {limit:g} ms: {slow:.0f} of {canary.requests:.0f} requests "
+            f"({_percent(slow, canary.requests)}) slower, at most 1% allowed (stable "
+            f"{_percent(stable_slow, stable.requests)})"
         )
-        worse = stable.p99_ms is None or canary.p99_ms > stable.p99_ms
-        (failed if worse else held).append(text)
-    return failed, held
+        checks.append((slow, stable_slow, stable.requests, 1 - LATENCY_QUANTILE, text))
+    for bad, stable_bad, stable_requests, limit, text in checks:
+        if bad <= limit * canary.requests:
+            continue
+        worse = not stable_requests or bad / canary.requests > stable_bad / stable_requests
+        if not worse:
+            verdict.no_worse.append(text)
+        elif exceeds(bad, canary.requests, limit):
+            verdict.failed.append(text)
+        else:
+            verdict.inconclusive.append(text + ", not yet conclusive")
+    return verdict
+
+
+def exceeds(bad: float, total: float, limit: float) -> bool:
+    """Whether `bad` of `total` says, at 99 %, that the true share is above `limit`: the chance
+    of at least that many at exactly `limit` (binomial upper tail) is under SIGNIFICANCE."""
+    n, k = round(total), round(bad)
+    if k <= limit * n:
+        return False
+    if limit <= 0:
+        return True
+    if limit >= 1:
+        return False
+    log_p, log_q = math.log(limit), math.log1p(-limit)
+    tail = 0.0
+    for i in range(k, n + 1):
+        term = math.exp(
+            math.lgamma(n + 1)
+            - math.lgamma(i + 1)
+            - math.lgamma(n - i + 1)
+            + i * log_p
+            + (n - i) * log_q
+        )
+        tail += term
+        if tail >= SIGNIFICANCE:
+            return False
+        if term < tail * 1e-12:
+            break
+    return tail < SIGNIFICANCE
 
 
 def summary(observation: Observation) -> str:
     canary, stable = observation.canary, observation.stable
     return (
         f"canary {canary.requests:.0f} requests, error ratio {canary.error_ratio:.4f}, "
-        f"p99 {_ms(canary.p99_ms)}; stable {stable.requests:.0f} requests, "
-        f"error ratio {_ratio(stable)}, p99 {_ms(stable.p99_ms)}"
+        f"p99 {_bucket(canary)}; stable {stable.requests:.0f} requests, "
+        f"error ratio {_ratio(stable)}, p99 {_bucket(stable)}"
     )
 
 
 def conditions(
     state: State, previous: Sequence[Mapping[str, Any]], now: float, generation: int
 ) -> list[dict[str, Any]]:
-    """RolloutProgressing and RolloutAborted for `state`; a transition time moves only when
-    the condition's status changes."""
+    """RolloutProgressing, RolloutAborted and RolloutHolding for `state`; a transition time
+    moves only when the condition's status changes."""
     reason = {PROGRESSING: "StepInProgress", SUCCEEDED: SUCCEEDED, ABORTED: "AnalysisFailed"}
+    progressing = reason[state.phase]
+    if state.phase == PROGRESSING and state.step_started is None:
+        progressing = WAITING_FOR_CANARY
+    holding = bool(state.holding) and state.phase == PROGRESSING
     wanted = [
-        (ROLLOUT_PROGRESSING, state.phase == PROGRESSING, reason[state.phase]),
+        (ROLLOUT_PROGRESSING, state.phase == PROGRESSING, progressing),
         (
             ROLLOUT_ABORTED,
             state.phase == ABORTED,
             "AnalysisFailed" if state.phase == ABORTED else "WithinLimits",
         ),
+        (ROLLOUT_HOLDING, holding, state.holding if holding else "NotHolding"),
     ]
     before = {c.get("type"): c for c in previous}
     result = []
@@ -278,10 +444,44 @@ def conditions(
     return result
 
 
-def hold(state: State, why: str) -> Decision:
-    """Stay on the current step, saying why (written once, not on every tick)."""
-    message = f"holding step {state.step + 1}: {why}"
-    return Decision(state if state.message == message else replace(state, message=message))
+def hold(state: State, reason: str, why: str, now: float) -> Decision:
+    """Stay on the current step, saying why and since when. The status is written when the
+    reason changes (not on every tick), with an Event: a Warning when the metrics cannot be
+    read, none while the canary's pods roll out (ModelsReady says how that goes)."""
+    if state.holding == reason and state.holding_since is not None:
+        return Decision(state)
+    message = f"holding step {state.step + 1} since {_rfc3339(now)}: {why}"
+    held = replace(state, message=message, holding=reason, holding_since=now)
+    if reason == WAITING_FOR_CANARY:
+        return Decision(held)
+    if reason == METRICS_UNAVAILABLE:
+        return Decision(held, Event("Warning", METRICS_UNAVAILABLE, message))
+    return Decision(held, Event("Normal", "RolloutHolding", message))
+
+
+def _going(state: State) -> Decision:
+    """The step runs on; a hold that no longer applies ends."""
+    if not state.holding:
+        return Decision(state)
+    message = f"step {state.step + 1} in progress ({state.holding} hold over)"
+    return Decision(replace(state, holding="", holding_since=None, message=message))
+
+
+def _unavailable(plan: Plan, state: State, why: str, now: float) -> Decision:
+    decision = hold(state, METRICS_UNAVAILABLE, why, now)
+    limit = plan.analysis.abort_after_metrics_unavailable
+    since = decision.state.holding_since
+    if limit is None or since is None or now - since < limit:
+        return decision
+    message = (
+        f"canary {plan.canary} rolled back to 0% at step {state.step + 1} of "
+        f"{len(plan.steps)}: no metrics for {now - since:.0f} s "
+        f"(abortAfterMetricsUnavailableSeconds {limit:g}): {why}"
+    )
+    return Decision(
+        replace(state, phase=ABORTED, message=message, holding="", holding_since=None),
+        Event("Warning", "RolloutAborted", message),
+    )
 
 
 def _share(total: int, weights: Mapping[str, int]) -> dict[str, int]:
@@ -305,8 +505,16 @@ def _ratio(numbers: Numbers) -> str:
     return f"{numbers.error_ratio:.4f}" if numbers.requests else "no requests"
 
 
-def _ms(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1f} ms"
+def _percent(part: float, whole: float) -> str:
+    return f"{100 * part / whole:.1f}%" if whole else "no requests"
+
+
+def _bucket(numbers: Numbers) -> str:
+    bucket = numbers.quantile_bucket(LATENCY_QUANTILE)
+    if bucket is None:
+        return "n/a"
+    lower, upper = bucket
+    return f"over {lower:g} ms" if math.isinf(upper) else f"{lower:g}-{upper:g} ms"
 
 
 def _rfc3339(epoch: float) -> str:

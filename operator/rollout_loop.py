@@ -1,7 +1,15 @@
 """The rollout loop: every `interval` seconds, for each InferenceService with `spec.rollout`,
 read the numbers, ask `rollout.decide`, and write what changed.
 
-Writes go to `status.rollout` and the RolloutProgressing/RolloutAborted conditions only, under
+A step's clock starts only once the canary's Deployment runs its current revision everywhere
+(the Deployment carries the revision it was rendered for in an annotation; its rollout must be
+complete the way `kubectl rollout status` judges it). Metrics that cannot be read are loud: a
+Warning Event and a log line when it starts, the RolloutHolding condition with reason
+MetricsUnavailable while it lasts. Without `spec.rollout` (removed, or one variant left) the
+spec's weights are in force: the loop removes `status.rollout` and its conditions and says so
+in an Event.
+
+Writes go to `status.rollout` and the Rollout* conditions only, under
 a field manager of their own (`marfleet-rollout`), so the reconciler's server-side applies of
 the rest of the status neither erase nor fight them. After a write the InferenceService is
 queued for reconciliation, which publishes the new weights in `status.variants[].weight`
@@ -24,7 +32,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import labels, rollout
+from . import labels, rollout, status
 from .kube import KubeAPI
 from .rollout_metrics import (
     MetricsSource,
@@ -84,12 +92,25 @@ class RolloutLoop:
                 )
 
     async def advance(self, key: Key, obj: Mapping[str, Any]) -> None:
-        plan = rollout.plan_of(obj)
-        if plan is None or obj["metadata"].get("deletionTimestamp"):
+        if obj["metadata"].get("deletionTimestamp"):
             return
+        plan = rollout.plan_of(obj)
         state = rollout.state_of(obj)
+        if plan is None:
+            if state is not None:
+                await self._forget(key, obj, state)
+            return
         now = self._clock()
-        if state is not None and state.target == plan.target and state.phase == rollout.PROGRESSING:
+        pods = self._canary_pods(key, plan)
+        observed: rollout.Observation | rollout.Unavailable | None = None
+        running = (
+            state is not None
+            and state.target == plan.target
+            and state.phase == rollout.PROGRESSING
+            and state.step_started is not None
+        )
+        if running:
+            assert state is not None and state.step_started is not None
             subject = Subject(
                 namespace=key[0],
                 isvc=key[1],
@@ -97,6 +118,7 @@ class RolloutLoop:
                 stable=tuple(plan.others),
                 window_id=f"{state.target}/{state.step}/{state.step_started}",
                 window_seconds=now - state.step_started,
+                version=plan.version,
             )
             foreign = self._foreign_router(key, obj)
             try:
@@ -104,20 +126,57 @@ class RolloutLoop:
                     raise MetricsUnavailable(foreign)
                 observed = await self._source.observe(subject)
             except MetricsUnavailable as error:
-                decision = rollout.hold(state, str(error))
-            else:
-                decision = rollout.decide(plan, state, observed, now)
-        else:
-            decision = rollout.decide(plan, state, None, now)
+                observed = rollout.Unavailable(str(error))
+        decision = rollout.decide(plan, state, pods, observed, now)
         if decision.state != state:
             await self._write(key, obj, plan, decision.state, now)
+            was = state.holding if state is not None else ""
+            if was == rollout.METRICS_UNAVAILABLE != decision.state.holding:
+                log.info("rollout metrics readable again", extra={"isvc": "/".join(key)})
         if decision.event is not None:
-            event = decision.event
-            log.info(
-                "rollout",
-                extra={"isvc": "/".join(key), "reason": event.reason, "detail": event.message},
+            await self._tell(key, obj, decision.event)
+
+    def _canary_pods(self, key: Key, plan: rollout.Plan) -> rollout.CanaryPods:
+        """Whether the canary Deployment runs `plan`'s revision on every pod, all Ready."""
+        name = f"{key[1]}-{plan.canary}"
+        deploy = self._store.children_of(key).get(("Deployment", name))
+        if deploy is None:
+            return rollout.CanaryPods(False, f"Deployment {name} not created yet")
+        annotations = deploy["metadata"].get("annotations") or {}
+        if annotations.get(labels.MODEL_REVISION) != plan.target:
+            return rollout.CanaryPods(False, f"Deployment {name} not yet updated to the revision")
+        complete, ready = status.rollout_progress(deploy)
+        if not complete:
+            return rollout.CanaryPods(False, f"{ready} replicas of the revision ready")
+        return rollout.CanaryPods(True)
+
+    async def _forget(self, key: Key, obj: Mapping[str, Any], state: rollout.State) -> None:
+        """`spec.rollout` is gone (or one variant is left): the spec's weights are in force;
+        remove what this loop wrote and say which weights now apply."""
+        result = await asyncio.to_thread(self._api.apply_status, obj, {}, manager=FIELD_MANAGER)
+        self._store.put_isvc(result)
+        self._requeue(key)
+        weights = rollout.effective_weights(obj)
+        in_force = ", ".join(f"{name}={weight}" for name, weight in weights.items())
+        message = f"spec.rollout removed: the spec's weights are in force ({in_force})"
+        variants = (obj.get("spec") or {}).get("variants") or []
+        canary = variants[-1]["name"] if variants else ""
+        reverted = state.phase == rollout.SUCCEEDED and weights.get(canary, 0) < 100
+        if reverted:
+            message += (
+                f"; the rollout had Succeeded with {canary} at 100%: set its spec weight "
+                "(or make it the only variant) to keep it"
             )
-            await self._record_event(obj, event.type, event.reason, event.message)
+        event = rollout.Event("Warning" if reverted else "Normal", "RolloutRemoved", message)
+        await self._tell(key, obj, event)
+
+    async def _tell(self, key: Key, obj: Mapping[str, Any], event: rollout.Event) -> None:
+        extra = {"isvc": "/".join(key), "reason": event.reason, "detail": event.message}
+        if event.type == "Warning":
+            log.warning("rollout", extra=extra)
+        else:
+            log.info("rollout", extra=extra)
+        await self._record_event(obj, event.type, event.reason, event.message)
 
     def _foreign_router(self, key: Key, obj: Mapping[str, Any]) -> str:
         """Why the routers' numbers cannot be trusted (empty: they can)."""
@@ -135,13 +194,13 @@ class RolloutLoop:
     ) -> None:
         previous = (obj.get("status") or {}).get("conditions") or []
         generation = int(obj["metadata"].get("generation", 1))
-        status = {
+        body = {
             "rollout": state.to_status(plan),
             "conditions": rollout.conditions(
                 state, [c for c in previous if c.get("type") in rollout.CONDITIONS], now, generation
             ),
         }
-        result = await asyncio.to_thread(self._api.apply_status, obj, status, manager=FIELD_MANAGER)
+        result = await asyncio.to_thread(self._api.apply_status, obj, body, manager=FIELD_MANAGER)
         self._store.put_isvc(result)
         self._requeue(key)
 

@@ -14,7 +14,11 @@ Two sources, one interface (`observe`):
   be one) costs at most the deadline and the cap, never the other InferenceServices' turn.
 
 Both read `marfleet_router_requests_total` and `marfleet_router_request_duration_seconds`
-(docs/metrics.md); p99 is interpolated within histogram buckets as histogram_quantile does.
+(docs/metrics.md), per variant and per `version` (the model version the answering server
+named; empty for the router's own 502/504 and for servers that name none). The canary's side
+counts only answers of the version under analysis (and unnamed ones: the step's clock starts
+once no other canary revision runs), so an old revision still answering is never evidence.
+Latency stays in buckets: the decision counts requests over a bound, never interpolates.
 """
 
 from __future__ import annotations
@@ -41,6 +45,10 @@ MAX_METRICS_BYTES = 4 * 1024 * 1024
 """A router's /metrics is a few KiB per variant; anything near this is not a router."""
 
 
+ANY_VERSION = ""
+"""Subject.version when the canary's spec names no model version: every canary answer counts."""
+
+
 class MetricsUnavailable(Exception):
     """The numbers could not be read; the rollout holds its step and says why."""
 
@@ -55,6 +63,7 @@ class Subject:
     stable: tuple[str, ...]
     window_id: str  # changes when a new analysis window (a new step) begins
     window_seconds: float
+    version: str = ANY_VERSION  # the canary's model version under analysis
 
 
 class MetricsSource(Protocol):
@@ -86,39 +95,23 @@ class Tally:
         return self.requests < base.requests or self.errors < base.errors
 
     def numbers(self) -> Numbers:
-        p99 = quantile(0.99, self.buckets)
-        return Numbers(self.requests, self.errors, None if p99 is None else p99 * 1000)
+        return Numbers(self.requests, self.errors, dict(self.buckets))
 
 
-def quantile(q: float, buckets: Mapping[float, float]) -> float | None:
-    """The q-quantile from cumulative buckets (upper bound → count), as histogram_quantile."""
-    ordered = sorted(buckets.items())
-    if not ordered or ordered[-1][1] <= 0:
-        return None
-    rank = q * ordered[-1][1]
-    lower_bound, lower_count = 0.0, 0.0
-    for bound, count in ordered:
-        if count >= rank:
-            if math.isinf(bound):
-                return lower_bound
-            if count == lower_count:
-                return bound
-            return lower_bound + (bound - lower_bound) * (rank - lower_count) / (
-                count - lower_count
-            )
-        lower_bound, lower_count = bound, count
-    return lower_bound
+Series = tuple[str, str]
+"""(variant, version) of a router series."""
 
 
-def tallies(text: str, namespace: str, isvc: str) -> dict[str, Tally]:
-    """Per-variant tallies of one InferenceService from a router's Prometheus text."""
-    result: dict[str, Tally] = {}
+def tallies(text: str, namespace: str, isvc: str) -> dict[Series, Tally]:
+    """Per (variant, version) tallies of one InferenceService from a router's Prometheus text."""
+    result: dict[Series, Tally] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             labels = sample.labels
             if labels.get("isvc") != isvc or labels.get("namespace") != namespace:
                 continue
-            tally = result.setdefault(labels.get("variant", ""), Tally())
+            series = (labels.get("variant", ""), labels.get("version", ""))
+            tally = result.setdefault(series, Tally())
             if sample.name == REQUESTS:
                 tally.requests += sample.value
                 if labels.get("code_class") == "5xx":
@@ -129,11 +122,16 @@ def tallies(text: str, namespace: str, isvc: str) -> dict[str, Tally]:
     return result
 
 
-def observation(per_variant: Mapping[str, Tally], subject: Subject) -> Observation:
-    canary = per_variant.get(subject.canary, Tally())
-    stable = Tally()
-    for name in subject.stable:
-        stable.add(per_variant.get(name, Tally()))
+def observation(per_series: Mapping[Series, Tally], subject: Subject) -> Observation:
+    """The canary (only its version under analysis, and answers naming none) against the
+    other variants (every version)."""
+    canary, stable = Tally(), Tally()
+    for (variant, version), tally in per_series.items():
+        if variant == subject.canary:
+            if subject.version in (ANY_VERSION, version) or version == "":
+                canary.add(tally)
+        elif variant in subject.stable:
+            stable.add(tally)
     return Observation(canary.numbers(), stable.numbers())
 
 
@@ -151,7 +149,7 @@ class RouterScrape:
         self._timeout = timeout
         self._deadline = deadline
         self._max_bytes = max_bytes
-        self._baselines: dict[tuple[str, str], tuple[str, dict[str, Tally]]] = {}
+        self._baselines: dict[tuple[str, str], tuple[str, dict[Series, Tally]]] = {}
 
     async def observe(self, subject: Subject) -> Observation:
         now = await self._read(subject)
@@ -165,7 +163,7 @@ class RouterScrape:
         delta = {name: tally.minus(base.get(name, Tally())) for name, tally in now.items()}
         return observation(delta, subject)
 
-    async def _read(self, subject: Subject) -> dict[str, Tally]:
+    async def _read(self, subject: Subject) -> dict[Series, Tally]:
         url = self._template.format(isvc=subject.isvc, namespace=subject.namespace)
         try:
             async with asyncio.timeout(self._deadline):
@@ -174,7 +172,7 @@ class RouterScrape:
             raise MetricsUnavailable(
                 f"reading router metrics at {url}: no complete answer within {self._deadline:g}s"
             ) from None
-        total: dict[str, Tally] = {}
+        total: dict[Series, Tally] = {}
         for text in texts:
             for name, tally in tallies(text, subject.namespace, subject.isvc).items():
                 total.setdefault(name, Tally()).add(tally)
@@ -242,22 +240,23 @@ class PrometheusSource:
             return f"increase({series}{{{selector}{extra}}}[{window}s])"
 
         queries = {
-            "requests": f"sum by (variant) ({increase(REQUESTS)})",
-            "errors": f"sum by (variant) ({increase(REQUESTS, FIVE_XX)})",
-            "buckets": f"sum by (variant, le) ({increase(DURATION_BUCKET)})",
+            "requests": f"sum by (variant, version) ({increase(REQUESTS)})",
+            "errors": f"sum by (variant, version) ({increase(REQUESTS, FIVE_XX)})",
+            "buckets": f"sum by (variant, version, le) ({increase(DURATION_BUCKET)})",
         }
-        per_variant: dict[str, Tally] = {}
+        per_series: dict[Series, Tally] = {}
         async with httpx.AsyncClient(timeout=self._timeout) as client:
             for what, query in queries.items():
                 for labels, value in await self._query(client, query):
-                    tally = per_variant.setdefault(labels.get("variant", ""), Tally())
+                    series = (labels.get("variant", ""), labels.get("version", ""))
+                    tally = per_series.setdefault(series, Tally())
                     if what == "requests":
                         tally.requests = value
                     elif what == "errors":
                         tally.errors = value
                     else:
                         tally.buckets[float(labels["le"])] = value
-        return observation(per_variant, subject)
+        return observation(per_series, subject)
 
     async def _query(
         self, client: httpx.AsyncClient, query: str

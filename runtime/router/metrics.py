@@ -13,25 +13,53 @@ from collections.abc import Mapping
 from marfleet.runtime.metrics import LATENCY_BUCKETS, Family, Histogram, Registry, Value
 
 LABELS = ("isvc", "namespace", "variant")
+ANSWER_LABELS = (*LABELS, "version")
+"""Requests and their durations also carry the model version that answered (the upstream's
+`x-marfleet-model-version`; empty when it named none or the router answered itself)."""
 CODE_CLASSES = ("2xx", "3xx", "4xx", "5xx")
 ERROR_REASONS = ("connect", "timeout", "reset")
+MAX_VERSIONS = 8
+"""Distinct versions labelled per variant (an upstream names whatever it likes): beyond these,
+and for names over MAX_VERSION_CHARS, answers are counted under version "other"."""
+MAX_VERSION_CHARS = 64
+OTHER_VERSION = "other"
+
+
+class Answers:
+    """The request counters and duration histogram of one variant and version."""
+
+    __slots__ = ("by_class", "duration")
+
+    def __init__(self, parent: RouterMetrics, labels: tuple[str, ...]) -> None:
+        self.by_class = {c: parent.requests.labels(*labels, c) for c in CODE_CLASSES}
+        self.duration: Histogram = parent.duration.histogram(*labels)
 
 
 class VariantMetrics:
-    __slots__ = ("by_class", "duration", "errors", "mirror_dropped", "mirrored", "weight")
+    __slots__ = ("_labels", "_parent", "errors", "mirror_dropped", "mirrored", "versions", "weight")
 
     def __init__(self, parent: RouterMetrics, variant: str) -> None:
         labels = (parent.isvc, parent.namespace, variant)
-        self.by_class = {c: parent.requests.labels(*labels, c) for c in CODE_CLASSES}
-        self.duration: Histogram = parent.duration.histogram(*labels)
+        self._parent = parent
+        self._labels = labels
+        self.versions: dict[str, Answers] = {}
         self.errors = {r: parent.upstream_errors.labels(*labels, r) for r in ERROR_REASONS}
         self.mirrored: Value = parent.mirrored.labels(*labels)
         self.mirror_dropped: Value = parent.mirror_dropped.labels(*labels)
         self.weight: Value = parent.weight.labels(*labels)
 
-    def answered(self, status: int, seconds: float) -> None:
-        self.by_class.get(f"{status // 100}xx", self.by_class["5xx"]).inc()
-        self.duration.observe(seconds)
+    def answered(self, status: int, seconds: float, version: str = "") -> None:
+        answers = self.versions.get(version) or self._bind(version)
+        answers.by_class.get(f"{status // 100}xx", answers.by_class["5xx"]).inc()
+        answers.duration.observe(seconds)
+
+    def _bind(self, version: str) -> Answers:
+        if len(version) > MAX_VERSION_CHARS or len(self.versions) >= MAX_VERSIONS:
+            version = OTHER_VERSION
+            if version in self.versions:
+                return self.versions[version]
+        answers = self.versions[version] = Answers(self._parent, (*self._labels, version))
+        return answers
 
 
 class RouterMetrics:
@@ -44,7 +72,7 @@ class RouterMetrics:
                 "marfleet_router_requests_total",
                 "Requests routed to a variant, by status class.",
                 "counter",
-                (*LABELS, "code_class"),
+                (*ANSWER_LABELS, "code_class"),
             )
         )
         self.duration = registry.add(
@@ -52,7 +80,7 @@ class RouterMetrics:
                 "marfleet_router_request_duration_seconds",
                 "Upstream round trip seen by the router.",
                 "histogram",
-                LABELS,
+                ANSWER_LABELS,
                 LATENCY_BUCKETS,
             )
         )

@@ -25,7 +25,12 @@ from marfleet.runtime.router.metrics import RouterMetrics, VariantMetrics
 from marfleet.runtime.router.table import NoRoute, Route, RoutingTable
 from marfleet.runtime.router.upstream import CONNECT, TIMEOUT, Reply, UpstreamError
 from marfleet.runtime.server.errors import error_response
-from marfleet.runtime.server.http import Request, Response, StreamedResponse
+from marfleet.runtime.server.http import (
+    MODEL_VERSION_HEADER,
+    Request,
+    Response,
+    StreamedResponse,
+)
 
 log = logging.getLogger("marfleet.router")
 
@@ -130,8 +135,9 @@ class Proxy:
             self._log_failure(route.variant, exc)
             return _error(status, f"variant {route.variant!r}: {exc.message}", route.variant)
         content_type, headers = answer(reply, route.variant)
+        version = headers.get(MODEL_VERSION_HEADER, "")
         if reply.stream is None:
-            metrics.answered(reply.status, time.perf_counter() - started)
+            metrics.answered(reply.status, time.perf_counter() - started, version)
             return Response(reply.status, reply.body, content_type, headers)
         return StreamedResponse(
             reply.status,
@@ -139,14 +145,16 @@ class Proxy:
             content_type,
             headers,
             chunks=reply.stream,
-            finished=lambda ok: self._stream_finished(metrics, reply.status, started, ok),
+            finished=lambda ok: self._stream_finished(metrics, reply.status, started, ok, version),
         )
 
     @staticmethod
-    def _stream_finished(metrics: VariantMetrics, status: int, started: float, ok: bool) -> None:
+    def _stream_finished(
+        metrics: VariantMetrics, status: int, started: float, ok: bool, version: str
+    ) -> None:
         if not ok:
             metrics.errors["reset"].inc()
-        metrics.answered(status, time.perf_counter() - started)
+        metrics.answered(status, time.perf_counter() - started, version)
 
     def _send_copy(self, request: Request, route: Route) -> None:
         metrics = self._metrics.for_variant(route.variant)

@@ -4,7 +4,8 @@ Every inference API of the runtime — TorchServe's `/predictions`, KServe v1 an
 TorchServe's gRPC Predictions and the Open Inference Protocol over gRPC — turns its request
 into a `Call` and hands it here. What must behave the same on every transport therefore lives
 only here: the token check, the model lookup, v2 tensor validation, queueing with its
-refusals, the response-size limit and the per-model request metrics. Transports only decode
+refusals, the response-size limit, the per-model request metrics, and naming the model version
+that answered (`x-marfleet-model-version`, which the router labels its series with). Transports only decode
 their wire format into a `Call` and encode what comes back; they never touch the registry.
 
     plane = DataPlane(registry, max_response_bytes=..., is_healthy=..., server_version=...,
@@ -28,12 +29,13 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from marfleet.runtime.server import kserve_v2
 from marfleet.runtime.server.auth import Kind, Tokens
 from marfleet.runtime.server.errors import ApiError
+from marfleet.runtime.server.http import MODEL_VERSION_HEADER
 from marfleet.runtime.server.jsondepth import DEFAULT_MAX_DEPTH, TooDeep, check_depth
 from marfleet.runtime.workers.pool import Job
 from marfleet.runtime.workers.process import BatchItem, ItemResult
@@ -154,6 +156,7 @@ class DataPlane:
         metrics = entry.metrics
         metrics.request_received()
         status = 499  # the client went away before an answer
+        named = {MODEL_VERSION_HEADER: entry.version}
         try:
             future: asyncio.Future[ItemResult] = asyncio.get_running_loop().create_future()
             request_id = call.headers.get("x-request-id") or uuid.uuid4().hex
@@ -164,11 +167,11 @@ class DataPlane:
                 entry.submit(Job(item, call.explain, future))
             except NoWorkers as error:
                 status = 503
-                raise ApiError(503, str(error)) from None
+                raise ApiError(503, str(error), headers=named) from None
             except QueueIsFull as error:
                 status = 503
                 raise ApiError(
-                    503, str(error), headers={"Retry-After": RETRY_AFTER_SECONDS}
+                    503, str(error), headers={"Retry-After": RETRY_AFTER_SECONDS, **named}
                 ) from None
             result = await future
             if len(result.body) > self._max_response_bytes:
@@ -177,8 +180,9 @@ class DataPlane:
                     413,
                     f"The response is {len(result.body)} bytes, over max_response_size "
                     f"({self._max_response_bytes})",
+                    headers=named,
                 )
             status = result.status
-            return result
+            return replace(result, headers={**result.headers, **named})
         finally:
             metrics.request_answered(status, time.perf_counter() - call.received_at)

@@ -49,6 +49,10 @@ from urllib.parse import parse_qsl, unquote
 
 import httptools
 
+MODEL_VERSION_HEADER = "x-marfleet-model-version"
+"""On every inference answer of `marfleet serve`: the version of the model that answered. The
+router labels its request series with it, so a rollout judges a version on its own answers."""
+
 
 @dataclass(slots=True)
 class Request:

@@ -14,7 +14,6 @@ from marfleet.operator.rollout_metrics import (
     Tally,
     observation,
     parse_vector,
-    quantile,
     tallies,
 )
 from marfleet.runtime.router.metrics import RouterMetrics
@@ -35,28 +34,37 @@ def router_text() -> str:
 SUBJECT = Subject("shop", "cart", "canary", ("stable",), "w", 30.0)
 
 
-def test_quantile_interpolates_within_buckets_like_histogram_quantile() -> None:
-    buckets = {0.1: 50.0, 0.5: 90.0, float("inf"): 100.0}
-    assert quantile(0.5, buckets) == pytest.approx(0.1)
-    assert quantile(0.7, buckets) == pytest.approx(0.3)
-    assert quantile(0.99, buckets) == pytest.approx(0.5)  # in +Inf: the last finite bound
-    assert quantile(0.99, {}) is None
-    assert quantile(0.99, {0.1: 0.0, float("inf"): 0.0}) is None
-
-
-def test_router_text_becomes_per_variant_tallies_of_one_inferenceservice() -> None:
+def test_router_text_becomes_per_variant_and_version_tallies_of_one_inferenceservice() -> None:
     result = tallies(router_text(), "shop", "cart")
-    assert (result["canary"].requests, result["canary"].errors) == (100.0, 20.0)
-    assert (result["stable"].requests, result["stable"].errors) == (900.0, 0.0)
-    assert result["canary"].buckets[0.1] == 50.0 and result["canary"].buckets[0.5] == 100.0
+    assert (result["canary", ""].requests, result["canary", ""].errors) == (100.0, 20.0)
+    assert (result["stable", ""].requests, result["stable", ""].errors) == (900.0, 0.0)
+    assert result["canary", ""].buckets[0.1] == 50.0
+    assert result["canary", ""].buckets[0.5] == 100.0
 
 
 def test_observation_compares_the_canary_with_the_other_variants_summed() -> None:
     seen = observation(tallies(router_text(), "shop", "cart"), SUBJECT)
     assert seen.canary.error_ratio == pytest.approx(0.2)
-    assert seen.canary.p99_ms == pytest.approx(495.0)  # within the (0.25, 0.5] bucket
+    assert seen.canary.slower_than(250) == 50  # the 0.4 s answers, above the 0.25 s bound
+    assert seen.canary.slower_than(300) == 0  # within (0.25, 0.5]: not certainly slower
+    assert seen.canary.quantile_bucket(0.99) == (250, 500)
     assert seen.stable.requests == 900
-    assert seen.stable.p99_ms == pytest.approx(24.85)  # within the (0.01, 0.025] bucket
+    assert seen.stable.quantile_bucket(0.99) == (10, 25)
+
+
+def test_the_canary_side_counts_only_its_version_and_unnamed_answers() -> None:
+    per_series = {
+        ("canary", "6.0-bad"): Tally(300, 90),
+        ("canary", "7.0"): Tally(50, 0),
+        ("canary", ""): Tally(2, 2),  # the router's own 502s: no server named a version
+        ("stable", "1.0"): Tally(900, 1),
+        ("stable", "0.9"): Tally(100, 0),
+    }
+    seen = observation(per_series, Subject("shop", "cart", "canary", ("stable",), "w", 30, "7.0"))
+    assert (seen.canary.requests, seen.canary.errors) == (52, 2)
+    assert seen.stable.requests == 1000
+    every = observation(per_series, Subject("shop", "cart", "canary", ("stable",), "w", 30))
+    assert every.canary.requests == 352
 
 
 def test_deltas_against_a_baseline_and_counter_resets() -> None:
