@@ -84,12 +84,24 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--router-metrics-url",
-        default=RolloutSettings.router_metrics_url,
+        default=env.get("MARFLEET_ROUTER_METRICS_URL", RolloutSettings.router_metrics_url),
         help="the routers' /metrics for rollout analysis without Prometheus ({isvc} and "
-        "{namespace} are filled in; the host resolves to every router pod)",
+        "{namespace} are filled in; the host resolves to every router pod; env "
+        "MARFLEET_ROUTER_METRICS_URL)",
     )
     parser.add_argument(
-        "--rollout-interval", type=float, default=5.0, help="seconds between rollout checks"
+        "--rollout-interval",
+        type=float,
+        default=float(env.get("MARFLEET_ROLLOUT_INTERVAL", "5")),
+        help="seconds between rollout checks (env MARFLEET_ROLLOUT_INTERVAL)",
+    )
+    parser.add_argument(
+        "--no-service-monitors",
+        action="store_true",
+        default=env.get("MARFLEET_SERVICE_MONITORS", "true").lower() == "false",
+        help="create no ServiceMonitor per InferenceService even where the Prometheus Operator "
+        "is installed, because something else (the chart's PodMonitors) scrapes the pods "
+        "(env MARFLEET_SERVICE_MONITORS=false)",
     )
     parser.add_argument(
         "--tenancy-policy",
@@ -137,6 +149,7 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> OperatorS
         prometheus_url=args.prometheus_url,
         keda_authentication_ref=args.keda_authentication_ref,
         service_monitor_labels=dict(_key_value(item) for item in args.service_monitor_label),
+        service_monitors=not args.no_service_monitors,
     )
     try:
         policy = TenancyPolicy.from_json(

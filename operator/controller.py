@@ -153,10 +153,9 @@ class Controller:
         errors: list[str] = []
         try:
             if not refused:
-                results = await asyncio.gather(
-                    *(self._ensure(key, isvc, w) for w in desired.objects)
-                )
-                errors = [error for error in results if error is not None]
+                for wave in _waves(desired.objects):
+                    results = await asyncio.gather(*(self._ensure(key, isvc, w) for w in wave))
+                    errors += [error for error in results if error is not None]
                 await self._prune(key, isvc, desired)
             await self._update_status(key, obj, isvc, desired, ctx, errors, refused)
         except ApiError as error:
@@ -306,6 +305,15 @@ class Controller:
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+
+
+def _waves(objects: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The children in the order they can be applied: RoleBindings after the rest. The API
+    server checks a RoleBinding against its Role (the operator may grant only what it holds,
+    having no `bind` verb), and refuses it with NotFound while the Role does not exist yet."""
+    later = [o for o in objects if o["kind"] == "RoleBinding"]
+    first = [o for o in objects if o["kind"] != "RoleBinding"]
+    return [wave for wave in (first, later) if wave]
 
 
 def _going_away(error: ApiError) -> bool:

@@ -110,6 +110,9 @@ class RenderContext:
     keda_authentication_ref: str = ""
     """A KEDA TriggerAuthentication the Prometheus triggers use, if Prometheus needs one."""
     service_monitor_labels: Mapping[str, str] = field(default_factory=dict)
+    service_monitors: bool = True
+    """Create a ServiceMonitor per InferenceService where the CRD exists; off when the chart's
+    PodMonitors scrape the pods instead (one scrape path, or every series counts twice)."""
 
 
 @dataclass(frozen=True)
@@ -139,7 +142,7 @@ def render(isvc: InferenceService, ctx: RenderContext, router_ready: bool = True
         objects += router_access(isvc)
         objects.append(router_deployment(isvc, ctx))
         objects += router_availability(isvc)
-    if ctx.service_monitor_installed:
+    if ctx.service_monitors and ctx.service_monitor_installed:
         objects.append(service_monitor(isvc, ctx))
     return Desired(objects=tuple(stamp(o) for o in objects), blocked=blocked, traffic=plan)
 

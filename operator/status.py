@@ -72,7 +72,7 @@ def compute(
     without them the spec's weights are in force."""
     weights = weights or {v.name: v.weight for v in isvc.variants}
     models = _models_condition(isvc, desired, children)
-    routing = _traffic_condition(isvc, desired.traffic, children)
+    routing = _traffic_condition(isvc, desired.traffic, children, weights)
     scaling = _autoscaling_condition(isvc, children, ctx)
     ready = _ready_condition(models, routing, errors, refused)
     conditions, transitions = _with_transitions(
@@ -103,15 +103,25 @@ def _deployment(children: Children, name: str) -> Mapping[str, Any] | None:
 
 
 def rollout_progress(deploy: Mapping[str, Any]) -> tuple[bool, str]:
-    """(complete, "ready/wanted") the way `kubectl rollout status` judges a Deployment."""
+    """(complete, what is missing) the way `kubectl rollout status` judges a Deployment: its
+    controller has seen the current spec, every wanted replica is updated and available, and
+    no replica of an older revision is left."""
     wanted = int(deploy.get("spec", {}).get("replicas", 1))
     st = deploy.get("status") or {}
     observed = int(st.get("observedGeneration", 0)) >= int(deploy["metadata"].get("generation", 1))
     updated = int(st.get("updatedReplicas", 0))
     available = int(st.get("availableReplicas", 0))
     total = int(st.get("replicas", 0))
-    complete = observed and updated >= wanted and available >= wanted and total == updated
-    return complete, f"{int(st.get('readyReplicas', 0))}/{wanted}"
+    missing = []
+    if not observed:
+        missing.append("the Deployment's latest change is not yet picked up by its controller")
+    if updated < wanted:
+        missing.append(f"{updated}/{wanted} replicas updated")
+    if available < wanted:
+        missing.append(f"{available}/{wanted} replicas available")
+    if total > updated:
+        missing.append(f"{total - updated} replicas of the previous revision still running")
+    return not missing, ", ".join(missing) or f"{available}/{wanted} replicas available"
 
 
 def _models_condition(isvc: InferenceService, desired: Desired, children: Children) -> Condition:
@@ -125,9 +135,9 @@ def _models_condition(isvc: InferenceService, desired: Desired, children: Childr
         if deploy is None:
             waiting.append(f"{variant.name}: Deployment {name} not created yet")
             continue
-        complete, ready = rollout_progress(deploy)
+        complete, progress = rollout_progress(deploy)
         if not complete:
-            waiting.append(f"{variant.name}: {ready} replicas ready and updated")
+            waiting.append(f"{variant.name}: {progress}")
     if waiting:
         return Condition(MODELS_READY, False, "VariantsNotReady", "; ".join(waiting))
     count = len(isvc.variants)
@@ -136,7 +146,10 @@ def _models_condition(isvc: InferenceService, desired: Desired, children: Childr
 
 
 def _traffic_condition(
-    isvc: InferenceService, plan: traffic.TrafficPlan, children: Children
+    isvc: InferenceService,
+    plan: traffic.TrafficPlan,
+    children: Children,
+    weights: Mapping[str, int],
 ) -> Condition:
     if plan.uses_router and not traffic.router_ready(isvc, children):
         return Condition(
@@ -149,6 +162,8 @@ def _traffic_condition(
         return Condition(
             TRAFFIC_READY, False, "ServiceMissing", f"Service {isvc.name} not created yet"
         )
+    if plan.reason == traffic.ROUTED:  # the weights in force, which a rollout may set
+        return Condition(TRAFFIC_READY, True, plan.reason, traffic.routed_message(isvc, weights))
     return Condition(TRAFFIC_READY, True, plan.reason, plan.message)
 
 

@@ -15,6 +15,7 @@ from . import labels
 from .spec import InferenceService
 
 ROUTER_SUBCOMMAND = "router"
+ROUTED = "Routed"
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,6 @@ def plan(isvc: InferenceService, router_is_ready: bool = True) -> TrafficPlan:
     pointing it at router pods that do not exist yet would refuse every request meanwhile.
     """
     first = isvc.variants[0].name
-    weights = weights_summary(isvc)
     if not isvc.multi_variant:
         return TrafficPlan(
             uses_router=False,
@@ -60,10 +60,11 @@ def plan(isvc: InferenceService, router_is_ready: bool = True) -> TrafficPlan:
     return TrafficPlan(
         uses_router=True,
         selector=labels.router_selector(isvc),
-        reason="Routed",
-        message=f"router {labels.router_name(isvc)} splits traffic {weights}",
+        reason=ROUTED,
+        message=routed_message(isvc, {v.name: v.weight for v in isvc.variants}),
     )
 
 
-def weights_summary(isvc: InferenceService) -> str:
-    return ",".join(f"{v.name}={v.weight}" for v in isvc.variants)
+def routed_message(isvc: InferenceService, weights: Mapping[str, int]) -> str:
+    summary = ",".join(f"{v.name}={weights.get(v.name, 0)}" for v in isvc.variants)
+    return f"router {labels.router_name(isvc)} splits traffic {summary}"

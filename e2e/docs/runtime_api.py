@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from marfleet.runtime.server.http import MODEL_VERSION_HEADER
 
 from e2e.support import free_port
 
@@ -138,6 +139,10 @@ def render(descriptions: Mapping[str, Mapping[str, Any]]) -> str:
         "Predictions take the request body as the handler's input (JSON, text or bytes, by",
         "`Content-Type`; multipart forms give one input per field). `{model_version}` is",
         "optional wherever a route exists without it: the default version answers.",
+        "Every inference answer (predictions, explanations, KServe v1 and v2 inference, errors",
+        "included once a model was found) names the model version that answered in",
+        f"`{MODEL_VERSION_HEADER}`, a header TorchServe does not send: the router labels its",
+        "series with it, so a canary is judged on its own version's answers (canary.md).",
         "",
         *_table(inference),
         "",

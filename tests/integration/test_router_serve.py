@@ -22,6 +22,7 @@ pytestmark = pytest.mark.slow
 HANDLER = Path(__file__).parent / "server_handlers" / "mlp.py"
 ROW = [0.5, -1.0, 2.0, 0.25]
 SEEDS = {"1.0": 1, "2.0": 2}
+VERSIONS = {"stable": "1.0", "canary": "2.0"}
 
 
 def scores(version: str) -> list[float]:
@@ -67,6 +68,8 @@ def test_real_model_servers_split_90_10_and_each_answers_with_its_version(
             assert status == 200, data
             variant = headers["x-marfleet-variant"]
             assert json.loads(data) == pytest.approx(expected[variant], abs=1e-5)
+            # The server names the version that answered, and the router keeps the header.
+            assert headers["x-marfleet-model-version"] == VERSIONS[variant]
             seen.append(variant)
         # KServe v2 and versioned TorchServe paths pass through as well.
         v2 = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": ROW}]}
@@ -87,3 +90,11 @@ def test_real_model_servers_split_90_10_and_each_answers_with_its_version(
     assert Counter(seen) == {"stable": 900, "canary": 100}
     assert metric(text, "marfleet_router_requests_total", variant="canary", code_class="2xx") >= 100
     assert metric(text, "marfleet_router_requests_total", code_class="4xx") == 1
+    # Every inference answer is counted under the version that gave it (what a rollout judges
+    # on); the metadata call and the unknown version's 404 named none.
+    named = sum(
+        metric(text, "marfleet_router_requests_total", variant=variant, version=version)
+        for variant, version in VERSIONS.items()
+    )
+    assert named == 1_001
+    assert metric(text, "marfleet_router_requests_total", version="") == 2

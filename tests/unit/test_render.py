@@ -122,6 +122,24 @@ def test_keda_without_keda_runs_fixed_replicas() -> None:
     assert ("ScaledObject", "bert-main") not in objects
 
 
+def test_no_service_monitor_when_the_charts_pod_monitors_scrape_the_pods() -> None:
+    ctx = render.RenderContext(
+        default_image="i", service_monitor_installed=True, service_monitors=False
+    )
+    assert ("ServiceMonitor", "bert") not in rendered(minimal(), ctx)
+
+
+def test_a_variant_deployment_names_the_model_revision_it_runs() -> None:
+    deployment = rendered(minimal())[("Deployment", "bert-main")]
+    revision = deployment["metadata"]["annotations"][labels.MODEL_REVISION]
+    variant = minimal()["spec"]["variants"][0]
+    assert revision == labels.model_revision(
+        "main", variant["model"]["uri"], variant["model"].get("version", "")
+    )
+    # On the Deployment, not its pods: stamping it rolls no pod.
+    assert labels.MODEL_REVISION not in deployment["spec"]["template"]["metadata"]["annotations"]
+
+
 def test_service_monitor_only_when_installed() -> None:
     assert ("ServiceMonitor", "bert") not in rendered(minimal())
     ctx = render.RenderContext(

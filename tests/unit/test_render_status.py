@@ -136,7 +136,37 @@ def test_rollout_in_progress_is_not_ready() -> None:
     kids[("Deployment", "m-b")] = deployment("m-b", 1, observed=False)
     st, _ = compute(isvc_obj(), kids)
     assert conditions(st)["ModelsReady"] == ("False", "VariantsNotReady")
-    assert "b: 1/1 replicas ready and updated" in st["conditions"][1]["message"]
+    # It says what is missing, not "1/1 replicas ready" as if nothing were.
+    message = st["conditions"][1]["message"]
+    assert message == "b: the Deployment's latest change is not yet picked up by its controller"
+
+
+def test_a_deployment_with_old_replicas_left_is_not_rolled_out() -> None:
+    kids = children()
+    old_left = deployment("m-b", 1)
+    old_left["status"].update(replicas=2, updatedReplicas=1)
+    kids[("Deployment", "m-b")] = old_left
+    st, _ = compute(isvc_obj(), kids)
+    assert st["conditions"][1]["message"] == "b: 1 replicas of the previous revision still running"
+
+
+def test_traffic_ready_names_the_weights_in_force() -> None:
+    isvc = spec.parse(isvc_obj())
+    kids = {**children(), ("Deployment", "m-router"): {"status": {"availableReplicas": 1}}}
+    ctx = render.RenderContext(default_image="img")
+    st, _ = status.compute(
+        isvc,
+        render.render(isvc, ctx, router_ready=True),
+        kids,
+        ctx,
+        previous={},
+        errors=[],
+        now=T0,
+        weights={"a": 100, "b": 0},
+    )
+    traffic_ready = next(c for c in st["conditions"] if c["type"] == "TrafficReady")
+    assert traffic_ready["message"] == "router m-router splits traffic a=100,b=0"
+    assert st["traffic"] == "a=100,b=0"
 
 
 def test_unsupported_uri_is_reported() -> None:

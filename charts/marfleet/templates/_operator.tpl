@@ -24,6 +24,15 @@
   value: {{ .Values.autoscaling.keda.authenticationRef | quote }}
 - name: MARFLEET_TENANCY
   value: {{ toJson .Values.tenancy | quote }}
+- name: MARFLEET_ROLLOUT_PROMETHEUS_URL
+  value: {{ .Values.rollout.prometheusUrl | quote }}
+- name: MARFLEET_ROUTER_METRICS_URL
+  value: {{ .Values.rollout.routerMetricsUrl | quote }}
+- name: MARFLEET_ROLLOUT_INTERVAL
+  value: {{ .Values.rollout.intervalSeconds | quote }}
+{{- /* One scrape path per pod: the chart's PodMonitors, or else the operator's ServiceMonitors. */}}
+- name: MARFLEET_SERVICE_MONITORS
+  value: {{ not .Values.monitoring.podMonitors.enabled | quote }}
 {{- end }}
 
 {{- define "marfleet.leaseName" -}}
