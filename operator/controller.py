@@ -17,7 +17,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -307,7 +307,7 @@ class Controller:
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
 
 
-def _waves(objects: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+def _waves(objects: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     """The children in the order they can be applied: RoleBindings after the rest. The API
     server checks a RoleBinding against its Role (the operator may grant only what it holds,
     having no `bind` verb), and refuses it with NotFound while the Role does not exist yet."""
