@@ -18,16 +18,16 @@ import yaml
 
 from e2e.prometheus import chart
 from e2e.prometheus.server import LocalPrometheus, Target
-from e2e.support import free_port
 
 from .console import DemoError
 from .processes import Entry, ProcessBook
 
 
 def start(
-    book: ProcessBook, targets: Sequence[Target], workdir: Path, log: Path
-) -> tuple[Entry, str]:
-    """Start Prometheus; returns its process and its URL (not yet ready)."""
+    book: ProcessBook, targets: Sequence[Target], workdir: Path, log: Path, port: int
+) -> Entry:
+    """Start Prometheus on `port` (chosen before the chart is installed, which names it as
+    the rollouts' metrics source); returns its process (not yet ready)."""
     binary = shutil.which("prometheus")
     if binary is None:
         raise DemoError("prometheus is not installed: run `make setup` (Debian's prometheus)")
@@ -38,7 +38,6 @@ def start(
     settings = LocalPrometheus(workdir, targets, rule_files=[rules], interval="2s")
     config = workdir / "prometheus.yml"
     config.write_text(yaml.safe_dump(settings.config(), sort_keys=False))
-    port = free_port()
     entry = book.start(
         "prometheus",
         [
@@ -53,7 +52,7 @@ def start(
         log=log,
         cwd=workdir,
     )
-    return entry, f"http://127.0.0.1:{port}"
+    return entry
 
 
 def targets_up(url: str) -> tuple[int, int]:

@@ -18,6 +18,7 @@ that fails or is interrupted leaves nothing behind.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import subprocess
@@ -32,6 +33,7 @@ from typing import Any
 import httpx
 import yaml
 from marfleet.operator import labels
+from marfleet.operator.rollout_metrics import PrometheusSource, Subject
 
 from e2e.localcluster import LocalCluster
 from e2e.localcluster.toolchain import HELM, KUBERNETES, KWOK, require_built
@@ -90,7 +92,8 @@ class Demo:
         self.targets: list[Target] = []
         self.router_url = ""
         self.router_metrics = ""
-        self.prometheus_url = ""
+        self.prometheus_port = free_port()
+        self.prometheus_url = f"http://127.0.0.1:{self.prometheus_port}"
         self.operator: Entry | None = None
 
     # ----- the two commands -----
@@ -157,9 +160,13 @@ class Demo:
 
     def _chart(self) -> None:
         self.out.step("install the Helm chart")
+        # The operator runs on this machine, where cluster DNS does not reach the routers: it
+        # reads their numbers for rollouts from the demo's Prometheus (chart rollout.*).
         args = [
             *("upgrade", "--install", RELEASE, "charts/marfleet"),
             *("--namespace", CHART_NAMESPACE, "--create-namespace", "--wait", "--timeout", "120s"),
+            "--set",
+            f"rollout.prometheusUrl={self.prometheus_url}",
         ]
         self.out.command(["helm", *args])
         chart.helm(
@@ -360,11 +367,12 @@ class Demo:
 
     def _prometheus(self) -> None:
         self.out.step("Prometheus scrapes them, with the chart's rules and alerts")
-        entry, self.prometheus_url = monitoring.start(
+        entry = monitoring.start(
             self.book,
             self.targets,
             self.settings.state_dir / "prometheus",
             self.logs / "prometheus.log",
+            self.prometheus_port,
         )
 
         def scraping() -> Probe:
@@ -408,6 +416,29 @@ class Demo:
         self.out.line(f"the router followed {time.monotonic() - changed:.1f} s after the patch")
         self._send(requests, NEW_WEIGHTS, show_samples=False)
         self._prometheus_counts(2 * requests)
+        self._rollout_numbers(time.monotonic() - changed)
+
+    def _rollout_numbers(self, seconds: float) -> None:
+        """What a progressive rollout of the canary would be judged on, read the way the
+        operator reads it (the Prometheus the chart's rollout.prometheusUrl names)."""
+        source = PrometheusSource(self.prometheus_url)
+        subject = Subject(
+            self.namespace, CANARY, "canary", ("stable",), "demo", seconds, version="2.0"
+        )
+
+        def judged() -> Probe:
+            seen = asyncio.run(source.observe(subject))
+            detail = (
+                f"canary {seen.canary.requests:.0f} answers of version 2.0, error ratio "
+                f"{seen.canary.error_ratio:.4f}; stable {seen.stable.requests:.0f}"
+            )
+            return Probe(seen.canary.requests > 0 and seen.stable.requests > 0, detail)
+
+        self.out.say("")
+        self.out.line(
+            f"a rollout's numbers, as the operator reads them from {self.prometheus_url}:"
+        )
+        self.out.wait([Check("rollout analysis source", judged)], 30)
 
     def _send(self, requests: int, weights: Mapping[str, int], show_samples: bool) -> None:
         started = time.monotonic()

@@ -2,15 +2,23 @@
 
 Real processes throughout: the apiserver (KWOK nodes), a `marfleet operator` serving one
 namespace, a `marfleet router` outside the cluster following the InferenceService's published
-weights through a watch, and two upstream processes behind it. KWOK pods run nothing, so the
+weights through a watch, and upstream processes behind it. KWOK pods run nothing, so the
 variants' traffic goes to those loopback upstreams, and the operator reads the router's
 /metrics directly (`--router-metrics-url`). Load runs through the router during the whole
 rollout; the InferenceService's status is what the tests observe.
+
+Where a canary's *version* matters (a new version shipped while the old one still answers),
+the canary upstream is a real `marfleet serve` holding both versions of the model (archives
+from the real torch-model-archiver), and which version answers is switched with the
+management API's set-default: what the canary Service's pods do when the new revision's pods
+take over, without waiting for a process to start.
 """
 
 from __future__ import annotations
 
+import calendar
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -19,11 +27,12 @@ import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+import httpx
 import pytest
 import yaml
 from kubernetes import client as k8s
@@ -34,6 +43,7 @@ from e2e.bench.router_procs import Client, Proc, metric, router, upstream
 from e2e.localcluster import LocalCluster
 from e2e.support import wait_for
 from tests.integration.test_operator_crd import install_crd
+from tests.serving import Server, archive, serve
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +55,7 @@ class Load:
     """Sequential requests through the router from a thread, recording every answer."""
 
     url: str
-    answers: list[tuple[float, int, str]] = field(default_factory=list)
+    answers: list[tuple[float, int, str, str]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -57,7 +67,9 @@ class Load:
         client = Client(self.url)
         while not self._stop.is_set():
             status, headers, _ = client.request("POST", "/predictions/m", b'{"x": 1}')
-            self.answers.append((time.monotonic(), status, headers.get("x-marfleet-variant", "")))
+            variant = headers.get("x-marfleet-variant", "")
+            version = headers.get("x-marfleet-model-version", "")
+            self.answers.append((time.monotonic(), status, variant, version))
             time.sleep(0.004)
 
     def stop(self) -> None:
@@ -66,7 +78,15 @@ class Load:
             self._thread.join(30)
 
     def since(self, moment: float) -> Counter[str]:
-        return Counter(variant for at, _, variant in self.answers if at >= moment)
+        return Counter(variant for at, _, variant, _ in self.answers if at >= moment)
+
+    def versions_since(self, moment: float) -> Counter[tuple[str, int]]:
+        """(version, status) of the canary's answers from `moment` on."""
+        return Counter(
+            (version, status)
+            for at, status, variant, version in self.answers
+            if at >= moment and variant == "canary"
+        )
 
 
 @dataclass
@@ -75,7 +95,7 @@ class Rollout:
     namespace: str
     name: str
     router: Proc
-    canary: Proc
+    canary: Proc | None  # the stand-in canary, when the test did not bring its own
     load: Load
     router_credentials: Path
     operator: Operator
@@ -100,6 +120,17 @@ class Rollout:
             self.namespace, field_selector=f"involvedObject.name={self.name}"
         )
         return [(str(e.type), str(e.reason), str(e.message)) for e in listing.items]
+
+    def phase(self) -> str:
+        return str((self.status().get("rollout") or {}).get("phase", ""))
+
+    def holding(self) -> str:
+        return str(((self.status().get("rollout") or {}).get("holding") or {}).get("reason", ""))
+
+    def patch(self, *operations: dict[str, Any]) -> None:
+        k8s.CustomObjectsApi(self.api).patch_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, self.name, list(operations)
+        )
 
 
 def manifest(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
@@ -165,6 +196,7 @@ class Operator:
     namespace: str
     log: Path
     router_metrics_port: int
+    metrics_url: str = ""  # default: the router's, on router_metrics_port
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -185,7 +217,7 @@ class Operator:
                     "--port",
                     str(free_port()),
                     "--router-metrics-url",
-                    f"http://127.0.0.1:{self.router_metrics_port}/metrics",
+                    self.metrics_url or f"http://127.0.0.1:{self.router_metrics_port}/metrics",
                     "--rollout-interval",
                     "0.5",
                 ],
@@ -207,29 +239,38 @@ class Operator:
 
 @contextmanager
 def running(
-    cluster: LocalCluster, api: k8s.ApiClient, workdir: Path, **spec: Any
+    cluster: LocalCluster,
+    api: k8s.ApiClient,
+    workdir: Path,
+    *,
+    canary_url: str = "",
+    metrics_url: str = "",
+    **spec: Any,
 ) -> Iterator[Rollout]:
     """An InferenceService, the operator serving its namespace, and a router (with the
-    router's own credentials) in front of two upstream processes; all ended afterwards."""
+    router's own credentials) in front of two upstreams (a stand-in stable, and the stand-in
+    canary unless `canary_url` names one); all ended afterwards."""
     namespace = f"ro-{uuid.uuid4().hex[:8]}"
     name = "cart"
     cluster.kubectl("create", "namespace", namespace)
     k8s.CustomObjectsApi(api).create_namespaced_custom_object(
         GROUP, VERSION, namespace, PLURAL, manifest(name, namespace, **spec)
     )
-    operator = Operator(cluster, namespace, workdir / "operator.log", free_port())
+    operator = Operator(cluster, namespace, workdir / "operator.log", free_port(), metrics_url)
     operator.start()
     try:
         credentials = router_kubeconfig(cluster, namespace, name, workdir / "router.kubeconfig")
         watch = ("--isvc", name, "--namespace", namespace, "--kubeconfig", str(credentials))
-        with upstream("stable") as stable, upstream("canary") as canary:
-            backends = {"stable": stable.url, "canary": canary.url}
-            with router(backends, *watch, metrics_port=operator.router_metrics_port) as proc:
-                load = Load(proc.url)
-                try:
-                    yield Rollout(api, namespace, name, proc, canary, load, credentials, operator)
-                finally:
-                    load.stop()
+        with ExitStack() as stack:
+            stable = stack.enter_context(upstream("stable"))
+            canary = None if canary_url else stack.enter_context(upstream("canary"))
+            backends = {"stable": stable.url, "canary": canary_url or cast(Proc, canary).url}
+            proc = stack.enter_context(
+                router(backends, *watch, metrics_port=operator.router_metrics_port)
+            )
+            load = Load(proc.url)
+            stack.callback(load.stop)
+            yield Rollout(api, namespace, name, proc, canary, load, credentials, operator)
     finally:
         operator.stop()
         print(operator.log.read_text(errors="replace")[-3000:])
@@ -243,6 +284,13 @@ def rollout(cluster: LocalCluster, api: k8s.ApiClient, tmp_path: Path) -> Iterat
 
 
 def test_a_healthy_canary_is_promoted_through_every_step(rollout: Rollout) -> None:
+    # No traffic yet: when the first step's time is up it holds, and says why.
+    wait_for(lambda: rollout.holding() == "NotEnoughTraffic", 30, "a hold for lack of traffic")
+    holding = rollout.condition("RolloutHolding")
+    assert (holding["status"], holding["reason"]) == ("True", "NotEnoughTraffic"), holding
+    assert "fewer than 100 canary answers in this step" in holding["message"]
+    assert rollout.weights()["canary"] == 20
+    # ...and takes the next step as soon as enough answers arrive.
     rollout.load.start()
     seen: list[int] = []
 
@@ -250,10 +298,11 @@ def test_a_healthy_canary_is_promoted_through_every_step(rollout: Rollout) -> No
         weight = rollout.weights().get("canary")
         if weight is not None and (not seen or seen[-1] != weight):
             seen.append(weight)
-        return (rollout.status().get("rollout") or {}).get("phase") == "Succeeded"
+        return rollout.phase() == "Succeeded"
 
     # An operator restarted mid-rollout carries on from the same step.
     wait_for(lambda: succeeded() or seen[-1] == 50, 30, "the second step")
+    assert rollout.condition("RolloutHolding")["status"] == "False"
     rollout.operator.stop()
     time.sleep(1)
     rollout.operator.start()
@@ -266,13 +315,33 @@ def test_a_healthy_canary_is_promoted_through_every_step(rollout: Rollout) -> No
     # The spec keeps the user's intent: only the status says what is in force.
     assert [v["weight"] for v in rollout.isvc()["spec"]["variants"]] == [100, 0]
     reasons = [reason for _, reason, _ in rollout.events()]
-    assert Counter(reasons)["RolloutStarted"] == 1, reasons
-    assert Counter(reasons)["RolloutStepAdvanced"] == 2, reasons
-    assert Counter(reasons)["RolloutSucceeded"] == 1, reasons
+    for reason, count in {
+        "RolloutStarted": 1,
+        "RolloutStepStarted": 1,
+        "RolloutStepAdvanced": 2,
+        "RolloutSucceeded": 1,
+    }.items():
+        assert Counter(reasons)[reason] == count, reasons
+    # (and once more, maybe, after the restart: the operator's new reading starts the window)
+    assert Counter(reasons)["RolloutHolding"] in (1, 2), reasons
     # The router followed within seconds, and the weight changes failed no request.
     moment = time.monotonic() + 2
     wait_for(lambda: sum(rollout.load.since(moment).values()) >= 100, 30, "more traffic")
     assert set(rollout.load.since(moment)) == {"canary"}
+
+    # Removing spec.rollout: the spec's weights are in force again, as documented, and the
+    # status no longer claims a rollout.
+    rollout.patch({"op": "remove", "path": "/spec/rollout"})
+    wait_for(lambda: "rollout" not in rollout.status(), 10, "status.rollout to go")
+    wait_for(lambda: rollout.weights() == {"stable": 100, "canary": 0}, 10, "the spec's weights")
+    kinds = {c["type"] for c in rollout.status()["conditions"]}
+    assert not kinds & {"RolloutProgressing", "RolloutAborted", "RolloutHolding"}, kinds
+    removed = [(t, m) for t, reason, m in rollout.events() if reason == "RolloutRemoved"]
+    assert removed and removed[0][0] == "Warning", removed
+    assert "the spec's weights are in force (stable=100, canary=0)" in removed[0][1]
+    moment = time.monotonic() + 2
+    wait_for(lambda: sum(rollout.load.since(moment).values()) >= 100, 30, "traffic after")
+    assert set(rollout.load.since(moment)) == {"stable"}
     rollout.load.stop()
     failed = [answer for answer in rollout.load.answers if answer[1] != 200]
     assert not failed, failed[:5]
@@ -282,6 +351,7 @@ def test_a_canary_whose_handler_starts_failing_is_rolled_back(rollout: Rollout) 
     rollout.load.start()
     wait_for(lambda: rollout.weights().get("canary") == 20, 30, "the first step")
     # Inject the failure: from now on the canary's handler answers 500.
+    assert rollout.canary is not None
     urllib.request.urlopen(
         urllib.request.Request(f"{rollout.canary.url}/admin/fail?status=500", method="POST")
     ).close()
@@ -301,6 +371,147 @@ def test_a_canary_whose_handler_starts_failing_is_rolled_back(rollout: Rollout) 
     wait_for(lambda: sum(rollout.load.since(moment).values()) >= 100, 30, "more traffic")
     assert set(rollout.load.since(moment)) == {"stable"}
     print(yaml.safe_dump(rollout.status().get("rollout")))
+
+
+HANDLER = Path(__file__).parent / "server_handlers" / "versioned.py"
+BAD, FIXED = "6.0-bad", "7.0"
+"""The canary's two versions: 6.0-bad fails every third request, 7.0 answers them all."""
+
+
+@dataclass
+class Versions:
+    """One `marfleet serve` holding both canary versions; `answer_with` picks the one that
+    answers (set-default), as the canary Service's pods would when a revision takes over."""
+
+    server: Server
+
+    def answer_with(self, version: str) -> None:
+        reply = httpx.put(
+            f"{self.server.management}/models/m/{version}/set-default", headers=self.server.auth
+        )
+        assert reply.status_code == 200, reply.text
+
+
+@pytest.fixture(scope="module")
+def versions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Versions]:
+    root = tmp_path_factory.mktemp("versions")
+    store = root / "store"
+    store.mkdir()
+    for version in (BAD, FIXED):
+        (root / version).mkdir()
+        built = archive(root / version, "m", HANDLER, version=version)
+        shutil.move(built, store / f"m-{version}.mar")
+    properties = {"default_workers_per_model": "1", "enable_model_api": "true"}
+    with serve(store, root / "run", models=["all"], properties=properties) as server:
+        yield Versions(server)
+
+
+def fast_rollout(**analysis: Any) -> dict[str, Any]:
+    return {
+        "steps": [50, 100],
+        "stepSeconds": 2,
+        "analysis": {"maxErrorRatio": 0.05, "minRequests": 30, **analysis},
+    }
+
+
+def with_canary_version(version: str) -> dict[str, Any]:
+    return {"op": "replace", "path": "/spec/variants/1/model/version", "value": version}
+
+
+def test_a_fixed_version_shipped_while_the_bad_one_still_serves_is_judged_on_its_own_answers(
+    cluster: LocalCluster, api: k8s.ApiClient, tmp_path: Path, versions: Versions
+) -> None:
+    versions.answer_with(BAD)
+    spec_variants = manifest("x", "x")["spec"]["variants"]
+    spec_variants[1]["model"]["version"] = BAD
+    with running(
+        cluster,
+        api,
+        tmp_path,
+        canary_url=versions.server.inference,
+        variants=spec_variants,
+        rollout=fast_rollout(),
+    ) as rollout:
+        rollout.load.start()
+        wait_for(lambda: rollout.phase() == "Aborted", 30, f"{BAD} to be aborted")
+        assert "error ratio" in rollout.condition("RolloutAborted")["message"]
+        # Ship the fix while the bad version's pods still answer every canary request.
+        rollout.patch(with_canary_version(FIXED))
+        shipped = time.monotonic()
+        wait_for(lambda: rollout.holding() == "NotEnoughTraffic", 30, "a hold for its own answers")
+        old_answers = rollout.load.versions_since(shipped)
+        assert old_answers[BAD, 500] >= 10, old_answers  # the old version's errors were there
+        assert rollout.phase() == "Progressing" and rollout.weights()["canary"] == 50
+        assert "0 so far" in rollout.condition("RolloutHolding")["message"]
+        # Its own pods take over: judged on their answers, it is promoted.
+        versions.answer_with(FIXED)
+        wait_for(lambda: rollout.phase() == "Succeeded", 30, f"{FIXED} to be promoted")
+        advanced = [m for _, reason, m in rollout.events() if reason == "RolloutStepAdvanced"]
+        assert advanced and "error ratio 0.0000" in advanced[-1], advanced
+
+
+def test_a_slow_starting_bad_version_is_not_promoted_on_the_old_versions_answers(
+    cluster: LocalCluster, api: k8s.ApiClient, tmp_path: Path, versions: Versions
+) -> None:
+    versions.answer_with(FIXED)  # the version that serves while the new one starts
+    unschedulable = {"requests": {"cpu": "100000"}}
+    spec_variants = manifest("x", "x")["spec"]["variants"]
+    spec_variants[1]["model"]["version"] = BAD
+    with running(
+        cluster,
+        api,
+        tmp_path,
+        canary_url=versions.server.inference,
+        variants=spec_variants,
+        resources=unschedulable,
+        rollout=fast_rollout(),
+    ) as rollout:
+        rollout.load.start()
+        # Its pods cannot start: the first step waits, the canary at 0 %.
+        wait_for(lambda: rollout.holding() == "WaitingForCanary", 30, "a wait for its pods")
+        time.sleep(2.5)  # longer than a step
+        assert rollout.condition("RolloutProgressing")["reason"] == "WaitingForCanary"
+        assert "stepStartedAt" not in rollout.status()["rollout"]
+        assert rollout.weights()["canary"] == 0
+        # Its pods are scheduled, but the old version still answers: no promotion on that.
+        rollout.patch({"op": "remove", "path": "/spec/resources"})
+        started = time.monotonic()
+        wait_for(lambda: rollout.holding() == "NotEnoughTraffic", 30, "a hold for its own answers")
+        assert rollout.load.versions_since(started)[FIXED, 200] >= 30
+        assert rollout.phase() == "Progressing" and rollout.status()["rollout"]["step"] == 0
+        # The new version answers at last, and is rolled back on its own errors.
+        versions.answer_with(BAD)
+        wait_for(lambda: rollout.phase() == "Aborted", 30, f"{BAD} to be aborted")
+        assert rollout.weights()["canary"] == 0
+
+
+def test_unreadable_metrics_are_loud_at_once_and_can_abort(
+    cluster: LocalCluster, api: k8s.ApiClient, tmp_path: Path
+) -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}/metrics"  # nothing listens there
+    spec = fast_rollout()
+    spec["abortAfterMetricsUnavailableSeconds"] = 3
+    with running(cluster, api, tmp_path, metrics_url=nowhere, rollout=spec) as rollout:
+        wait_for(lambda: rollout.holding() == "MetricsUnavailable", 30, "MetricsUnavailable")
+        state = rollout.status()["rollout"]
+        since, started = (_epoch(state["holding"]["since"]), _epoch(state["stepStartedAt"]))
+        assert since - started <= 1, state  # the first reading after the step began (0.5 s)
+        holding = rollout.condition("RolloutHolding")
+        assert (holding["status"], holding["reason"]) == ("True", "MetricsUnavailable")
+        assert "reading router metrics at" in holding["message"], holding
+        warnings = [
+            m for t, r, m in rollout.events() if (t, r) == ("Warning", "MetricsUnavailable")
+        ]
+        assert warnings and "reading router metrics at" in warnings[0], warnings
+        log = rollout.operator.log.read_text()
+        assert '"reason": "MetricsUnavailable"' in log or "MetricsUnavailable" in log
+        # abortAfterMetricsUnavailableSeconds: 3
+        wait_for(lambda: rollout.phase() == "Aborted", 15, "the abort without metrics")
+        assert "no metrics for" in rollout.condition("RolloutAborted")["message"]
+
+
+def _epoch(text: str) -> float:
+    return float(calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ")))
 
 
 def router_weight(rollout: Rollout, variant: str) -> float:
@@ -354,7 +565,7 @@ def test_weights_edited_in_spec_reach_the_router_within_seconds_without_a_failed
             )
     print(f"weights applied by the router {applied_after:.2f} s after the edit")
     assert applied_after < 5
-    before = Counter(v for at, _, v in plain.load.answers if at < changed_at)
+    before = Counter(v for at, _, v, _ in plain.load.answers if at < changed_at)
     assert abs(before["canary"] / sum(before.values()) - 0.10) <= 0.02, before
     after = plain.load.since(settled)
     assert abs(after["canary"] / sum(after.values()) - 0.50) <= 0.02, after

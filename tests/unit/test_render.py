@@ -129,6 +129,26 @@ def test_no_service_monitor_when_the_charts_pod_monitors_scrape_the_pods() -> No
     assert ("ServiceMonitor", "bert") not in rendered(minimal(), ctx)
 
 
+def test_the_operators_service_monitor_reaches_each_router_pod_through_one_service() -> None:
+    two = minimal(
+        variants=[
+            {"name": "main", "weight": 90, "model": {"uri": "https://h/a.mar"}},
+            {"name": "canary", "weight": 10, "model": {"uri": "https://h/b.mar"}},
+        ]
+    )
+    ctx = render.RenderContext(default_image="i", service_monitor_installed=True)
+    objects = rendered(two, ctx)
+    selector = objects[("ServiceMonitor", "bert")]["spec"]["selector"]["matchLabels"]
+    scraped = [
+        o
+        for (kind, _), o in objects.items()
+        if kind == "Service" and selector.items() <= o["metadata"]["labels"].items()
+    ]
+    routers = [o for o in scraped if o["spec"]["selector"].get(labels.COMPONENT) == labels.ROUTER]
+    assert [o["metadata"]["name"] for o in routers] == ["bert"]  # not also bert-router
+    assert len(scraped) == 3  # and each variant's Service once
+
+
 def test_a_variant_deployment_names_the_model_revision_it_runs() -> None:
     deployment = rendered(minimal())[("Deployment", "bert-main")]
     revision = deployment["metadata"]["annotations"][labels.MODEL_REVISION]
