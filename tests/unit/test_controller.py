@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any, cast
 
@@ -318,3 +319,35 @@ def test_child_events_queue_only_their_known_owner(h: Harness) -> None:
     assert queue.depth() == 0
     h.controller.on_child("MODIFIED", h.api.stored("v1", "ConfigMap", NS, "m-main"))
     assert queue.depth() == 1
+
+
+class RbacCheckingAPI(FakeKubeAPI):
+    """Refuses a RoleBinding whose Role does not exist yet, as the API server does when the
+    operator (holding no `bind` verb) creates one: it checks the Role's rules against the
+    operator's own, and answers NotFound without the Role. Applying a Role takes a moment, as
+    over the network. (A fake because the local control plane's admin credentials skip that
+    check.)"""
+
+    def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        meta = obj["metadata"]
+        if obj["kind"] == "Role":
+            time.sleep(0.05)
+        if obj["kind"] == "RoleBinding":
+            role = obj["roleRef"]["name"]
+            if (
+                "rbac.authorization.k8s.io/v1",
+                "Role",
+                meta["namespace"],
+                role,
+            ) not in self.objects:
+                raise ApiError(
+                    404, "NotFound", f'roles.rbac.authorization.k8s.io "{role}" not found'
+                )
+        return super().apply(obj)
+
+
+def test_a_new_router_gets_its_role_before_the_binding_so_creation_reports_no_failure() -> None:
+    h = Harness(RbacCheckingAPI())
+    converge(h, isvc("a", "b"))
+    assert ("RoleBinding", "m-router") in h.children()
+    assert [e for e in h.events() if e[1] == "ApplyFailed"] == []
