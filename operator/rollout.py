@@ -150,6 +150,9 @@ class Numbers:
 class Observation:
     canary: Numbers
     stable: Numbers
+    elsewhere: Mapping[str, float] = field(default_factory=dict)
+    """Canary answers that named another version than the one under analysis (version →
+    count): not evidence, but worth saying when the step waits for answers."""
 
 
 @dataclass(frozen=True)
@@ -293,6 +296,13 @@ def decide(
             f"fewer than {plan.analysis.min_requests} canary answers in this step, the "
             f"least it is judged on ({seen:.0f} so far)"
         )
+        if observation is not None and observation.elsewhere:
+            named = ", ".join(f"{v}: {n:.0f}" for v, n in sorted(observation.elsewhere.items()))
+            why += (
+                f"; not counted, answers of other versions ({named}): another revision's pods "
+                f"still answer, or the archive's version is not {plan.version!r} as "
+                "spec.variants[].model.version says"
+            )
         return hold(state, NOT_ENOUGH_TRAFFIC, why, now)
     verdict = judge(plan.analysis, observation)
     if verdict.failed:

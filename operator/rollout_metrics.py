@@ -126,13 +126,16 @@ def observation(per_series: Mapping[Series, Tally], subject: Subject) -> Observa
     """The canary (only its version under analysis, and answers naming none) against the
     other variants (every version)."""
     canary, stable = Tally(), Tally()
+    elsewhere: dict[str, float] = {}
     for (variant, version), tally in per_series.items():
         if variant == subject.canary:
             if subject.version in (ANY_VERSION, version) or version == "":
                 canary.add(tally)
+            elif tally.requests > 0:
+                elsewhere[version] = elsewhere.get(version, 0.0) + tally.requests
         elif variant in subject.stable:
             stable.add(tally)
-    return Observation(canary.numbers(), stable.numbers())
+    return Observation(canary.numbers(), stable.numbers(), elsewhere)
 
 
 class RouterScrape:

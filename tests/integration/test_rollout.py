@@ -442,7 +442,8 @@ def test_a_fixed_version_shipped_while_the_bad_one_still_serves_is_judged_on_its
         old_answers = rollout.load.versions_since(shipped)
         assert old_answers[BAD, 500] >= 10, old_answers  # the old version's errors were there
         assert rollout.phase() == "Progressing" and rollout.weights()["canary"] == 50
-        assert "0 so far" in rollout.condition("RolloutHolding")["message"]
+        message = rollout.condition("RolloutHolding")["message"]
+        assert "0 so far" in message and f"answers of other versions ({BAD}: " in message
         # Its own pods take over: judged on their answers, it is promoted.
         versions.answer_with(FIXED)
         wait_for(lambda: rollout.phase() == "Succeeded", 30, f"{FIXED} to be promoted")

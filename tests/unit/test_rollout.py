@@ -227,6 +227,15 @@ def test_nothing_is_decided_on_fewer_than_min_requests_either_way() -> None:
     assert (promoted.step, promoted.holding) == (1, "")
 
 
+def test_a_hold_for_answers_names_the_versions_that_answered_instead() -> None:
+    p = plan()
+    elsewhere = Observation(numbers(0), numbers(900), {"1.0": 250})
+    held = at(p, started(p), elsewhere, T0 + 60)
+    assert held.holding == NOT_ENOUGH_TRAFFIC
+    assert "answers of other versions (1.0: 250)" in held.message
+    assert "the archive's version is not '2.0'" in held.message
+
+
 def test_min_requests_is_configurable() -> None:
     p = plan_of(isvc({**ROLLOUT, "analysis": {"maxErrorRatio": 0.1, "minRequests": 20}}))
     assert p is not None and p.analysis.min_requests == 20

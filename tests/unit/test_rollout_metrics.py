@@ -62,6 +62,7 @@ def test_the_canary_side_counts_only_its_version_and_unnamed_answers() -> None:
     }
     seen = observation(per_series, Subject("shop", "cart", "canary", ("stable",), "w", 30, "7.0"))
     assert (seen.canary.requests, seen.canary.errors) == (52, 2)
+    assert seen.elsewhere == {"6.0-bad": 300}
     assert seen.stable.requests == 1000
     every = observation(per_series, Subject("shop", "cart", "canary", ("stable",), "w", 30))
     assert every.canary.requests == 352
