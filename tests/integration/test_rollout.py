@@ -504,8 +504,14 @@ def test_unreadable_metrics_are_loud_at_once_and_can_abort(
             m for t, r, m in rollout.events() if (t, r) == ("Warning", "MetricsUnavailable")
         ]
         assert warnings and "reading router metrics at" in warnings[0], warnings
-        log = rollout.operator.log.read_text()
-        assert '"reason": "MetricsUnavailable"' in log or "MetricsUnavailable" in log
+        text = rollout.operator.log.read_text()
+        lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+        logged = [
+            line
+            for line in lines
+            if line.get("level") == "warning" and line.get("reason") == "MetricsUnavailable"
+        ]
+        assert logged and "reading router metrics at" in logged[0]["detail"], lines[-5:]
         # abortAfterMetricsUnavailableSeconds: 3
         wait_for(lambda: rollout.phase() == "Aborted", 15, "the abort without metrics")
         assert "no metrics for" in rollout.condition("RolloutAborted")["message"]
