@@ -4,9 +4,10 @@ Every inference API of the runtime — TorchServe's `/predictions`, KServe v1 an
 TorchServe's gRPC Predictions and the Open Inference Protocol over gRPC — turns its request
 into a `Call` and hands it here. What must behave the same on every transport therefore lives
 only here: the token check, the model lookup, v2 tensor validation, queueing with its
-refusals, the response-size limit, the per-model request metrics, and naming the model version
-that answered (`x-marfleet-model-version`, which the router labels its series with). Transports only decode
-their wire format into a `Call` and encode what comes back; they never touch the registry.
+refusals, the response-size limit, the per-model request metrics, and naming the model
+version that answered (`x-marfleet-model-version`, which the router labels its series with).
+Transports only decode their wire format into a `Call` and encode what comes back; they never
+touch the registry.
 
     plane = DataPlane(registry, max_response_bytes=..., is_healthy=..., server_version=...,
                       tokens=tokens_or_None)
