@@ -27,7 +27,7 @@ import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -414,6 +414,28 @@ def fast_rollout(**analysis: Any) -> dict[str, Any]:
     }
 
 
+def with_versions(
+    cluster: LocalCluster,
+    api: k8s.ApiClient,
+    workdir: Path,
+    versions: Versions,
+    canary_version: str,
+    **spec: Any,
+) -> AbstractContextManager[Rollout]:
+    """`running` with the real server as the canary, whose spec names `canary_version`."""
+    variants = manifest("x", "x")["spec"]["variants"]
+    variants[1]["model"]["version"] = canary_version
+    return running(
+        cluster,
+        api,
+        workdir,
+        canary_url=versions.server.inference,
+        variants=variants,
+        rollout=fast_rollout(),
+        **spec,
+    )
+
+
 def with_canary_version(version: str) -> dict[str, Any]:
     return {"op": "replace", "path": "/spec/variants/1/model/version", "value": version}
 
@@ -422,16 +444,7 @@ def test_a_fixed_version_shipped_while_the_bad_one_still_serves_is_judged_on_its
     cluster: LocalCluster, api: k8s.ApiClient, tmp_path: Path, versions: Versions
 ) -> None:
     versions.answer_with(BAD)
-    spec_variants = manifest("x", "x")["spec"]["variants"]
-    spec_variants[1]["model"]["version"] = BAD
-    with running(
-        cluster,
-        api,
-        tmp_path,
-        canary_url=versions.server.inference,
-        variants=spec_variants,
-        rollout=fast_rollout(),
-    ) as rollout:
+    with with_versions(cluster, api, tmp_path, versions, BAD) as rollout:
         rollout.load.start()
         wait_for(lambda: rollout.phase() == "Aborted", 30, f"{BAD} to be aborted")
         assert "error ratio" in rollout.condition("RolloutAborted")["message"]
@@ -456,17 +469,7 @@ def test_a_slow_starting_bad_version_is_not_promoted_on_the_old_versions_answers
 ) -> None:
     versions.answer_with(FIXED)  # the version that serves while the new one starts
     unschedulable = {"requests": {"cpu": "100000"}}
-    spec_variants = manifest("x", "x")["spec"]["variants"]
-    spec_variants[1]["model"]["version"] = BAD
-    with running(
-        cluster,
-        api,
-        tmp_path,
-        canary_url=versions.server.inference,
-        variants=spec_variants,
-        resources=unschedulable,
-        rollout=fast_rollout(),
-    ) as rollout:
+    with with_versions(cluster, api, tmp_path, versions, BAD, resources=unschedulable) as rollout:
         rollout.load.start()
         # Its pods cannot start: the first step waits, the canary at 0 %.
         wait_for(lambda: rollout.holding() == "WaitingForCanary", 30, "a wait for its pods")
