@@ -33,7 +33,7 @@ NODE_FLAG := --real-node
 CLUSTER_SETUP := node-setup
 endif
 
-.PHONY: setup apt venv toolchain node-setup test lint format typecheck unit cluster-up cluster-down demo demo-down real bench bench-gpu clean
+.PHONY: protos setup apt venv toolchain node-setup test lint format typecheck unit cluster-up cluster-down demo demo-down real bench bench-gpu clean
 
 setup: apt venv toolchain
 
@@ -111,3 +111,10 @@ bench-gpu: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+
+# runtime/server/protos/*_pb2.py(i): TorchServe 0.12's gRPC interfaces (inference.proto,
+# management.proto, open_inference_grpc.proto, as shipped in its model-server.jar)
+protos:
+	cd runtime/server/protos && rm -f *_pb2.py *_pb2.pyi && $(CURDIR)/$(PY) -m grpc_tools.protoc -I . \
+	  -I "$$($(CURDIR)/$(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
+	  --python_out=. --pyi_out=. inference.proto management.proto open_inference_grpc.proto

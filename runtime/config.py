@@ -90,6 +90,8 @@ class ServerConfig:
     max_connections: int = 1000
     max_json_depth: int = 64
     disable_inference_token_authorization: bool = False
+    # gRPC (TorchServe's key; 0 = no gRPC listener, see docs/runtime-api.md)
+    grpc_inference_port: int = 0
     ignored_keys: tuple[str, ...] = ()
 
 
@@ -106,6 +108,7 @@ _INT_KEYS = {
     "max_request_head_size",
     "max_connections",
     "max_json_depth",
+    "grpc_inference_port",
 }
 _FLOAT_KEYS = {
     "shutdown_grace_seconds",

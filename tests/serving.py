@@ -74,6 +74,11 @@ class Server:
         return f"http://127.0.0.1:{self.ports['metrics']}"
 
     @property
+    def grpc(self) -> str:
+        """host:port of the gRPC inference services."""
+        return f"127.0.0.1:{self.ports['grpc']}"
+
+    @property
     def auth(self) -> dict[str, str]:
         """The management Authorization header (empty when token auth is off)."""
         return self.bearer("management")
@@ -121,8 +126,12 @@ def serve(
     `disable_inference_token_authorization=false`; the management API needs its key.
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    ports = {name: free_port() for name in ("inference", "management", "metrics")}
-    settings = {f"{name}_address": f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    ports = {name: free_port() for name in ("inference", "management", "metrics", "grpc")}
+    settings = {
+        f"{name}_address": f"http://127.0.0.1:{ports[name]}"
+        for name in ("inference", "management", "metrics")
+    }
+    settings["grpc_inference_port"] = str(ports["grpc"])
     settings["disable_inference_token_authorization"] = "true"
     settings.update(properties or {})
     config = workdir / "config.properties"

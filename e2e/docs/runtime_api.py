@@ -101,6 +101,46 @@ def _table(description: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _grpc_section() -> list[str]:
+    """The gRPC services `grpc_api` serves, read from the descriptors it serves them with."""
+    from marfleet.runtime.server import grpc_api
+    from marfleet.runtime.server.protos import inference_pb2, open_inference_grpc_pb2
+
+    rows = []
+    services = (
+        (grpc_api.TS_INFERENCE, inference_pb2.DESCRIPTOR.services_by_name["InferenceAPIsService"]),
+        *(
+            (name, open_inference_grpc_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"])
+            for name in grpc_api.OIP_SERVICES
+        ),
+    )
+    for name, service in services:
+        for method in service.methods:
+            kind = {
+                (False, False): "unary",
+                (False, True): "server stream",
+                (True, True): "bidirectional stream",
+            }[(method.client_streaming, method.server_streaming)]
+            rows.append(f"| `{name}` | `{method.name}` | {kind} |")
+    return [
+        "## gRPC (port `grpc_inference_port`, TorchServe's 7070)",
+        "",
+        "With `grpc_inference_port` set (the operator sets 7070), the inference services answer",
+        "over gRPC as well, with the same models, tokens (metadata `authorization: Bearer",
+        "<key>`), limits and metrics as HTTP. Messages and field numbers are TorchServe 0.12's",
+        "(`inference.proto`, `open_inference_grpc.proto`); the Open Inference Protocol is served",
+        "under TorchServe's package and KServe's `inference` package, so tritonclient and KServe",
+        "clients work unchanged. A `PredictionsRequest`'s `input` map gives the handler one",
+        "input per entry, as bytes. Errors map HTTP statuses to gRPC codes: 400",
+        "INVALID_ARGUMENT, 404 NOT_FOUND, 413 and 507 RESOURCE_EXHAUSTED, 500 INTERNAL,",
+        "503 UNAVAILABLE. StreamPredictions sends one message per intermediate response.",
+        "",
+        "| service | method | kind |",
+        "|---|---|---|",
+        *rows,
+    ]
+
+
 def render(descriptions: Mapping[str, Mapping[str, Any]]) -> str:
     inference, management = descriptions["inference"], descriptions["management"]
     error_schema = next(
@@ -163,6 +203,8 @@ def render(descriptions: Mapping[str, Mapping[str, Any]]) -> str:
         "- list: `GET /models?limit=&next_page_token=` (paginated).",
         "",
         *_table(management),
+        "",
+        *_grpc_section(),
         "",
         f"## Metrics (port {PORTS['metrics']})",
         "",

@@ -23,8 +23,10 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TextIO
 
+import grpc
 from marfleet.runtime.config import ModelSource, ServerConfig
 from marfleet.runtime.metrics import CONTENT_TYPE, RuntimeMetrics
+from marfleet.runtime.server import grpc_api
 from marfleet.runtime.server.auth import Tokens, require_token, token_api
 from marfleet.runtime.server.dataplane import DataPlane
 from marfleet.runtime.server.errors import ApiError, error_response, json_response
@@ -117,6 +119,8 @@ class ModelServer:
         self._draining = False
         self._stop = asyncio.Event()
         self._startup_task: asyncio.Task[None] | None = None
+        self._grpc: grpc.aio.Server | None = None
+        self._grpc_port = 0
 
     # health
 
@@ -155,10 +159,19 @@ class ModelServer:
             )
             await server.start(address.host, address.port)
             self._servers[name] = server
+        if config.grpc_inference_port:
+            self._grpc, self._grpc_port = await grpc_api.start_server(
+                self.plane,
+                config.inference_address.host,
+                config.grpc_inference_port,
+                max_request_bytes=config.max_request_size,
+                max_response_bytes=config.max_response_size,
+            )
         log.info(
             "listening",
             extra={
                 **{name: server.port for name, server in self._servers.items()},
+                "grpc_inference": self._grpc_port,
                 "gpus": self.gpu_count,
                 "token_authorization": self.plane.tokens is not None,
             },
@@ -166,6 +179,8 @@ class ModelServer:
         self._startup_task = asyncio.get_running_loop().create_task(self._load_startup_models())
 
     def port(self, name: str) -> int:
+        if name == "grpc_inference":
+            return self._grpc_port
         return self._servers[name].port
 
     def request_stop(self) -> None:
@@ -187,6 +202,8 @@ class ModelServer:
         front = [self._servers[n] for n in ("inference", "management") if n in self._servers]
         for server in front:
             server.begin_shutdown()
+        if self._grpc is not None:
+            await self._grpc.stop(max(0.0, grace - (time.monotonic() - started)))
         for server in front:
             await server.wait_closed(max(0.0, grace - (time.monotonic() - started)))
         await self.registry.shutdown(drain_timeout=max(0.0, grace - (time.monotonic() - started)))

@@ -54,6 +54,11 @@ _INT64_MAX = 2**63 - 1
 _ACCEPTED_KINDS = {name: "fiub" if name.startswith("FP") else "iub" for name in _NUMPY_TYPES}
 
 
+def numpy_type(datatype: str) -> Any:
+    """The numpy dtype of a numeric v2 datatype (KeyError for BYTES and unknown names)."""
+    return _NUMPY_TYPES[datatype]
+
+
 class V2Error(ValueError):
     """The request breaks the v2 protocol; the message says which input and how."""
 

@@ -12,12 +12,18 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
+import grpc
 import httpx
 import numpy as np
 import pytest
 import torch
+import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton
+import tritonclient.utils as triton_utils
+from google.protobuf import empty_pb2
+from marfleet.runtime.server.protos import inference_pb2 as ts_pb2
 
 from e2e.bench.router_procs import router
 from tests.integration.server_archives import build_store
@@ -232,6 +238,82 @@ def test_a_client_leaving_mid_stream_stops_the_handler(server: Server, tmp_path:
     assert len(log.read_text().splitlines()) == stopped_at < 59
     answer = httpx.post(f"{server.inference}/predictions/stream", json={"parts": 1}, timeout=30)
     assert answer.status_code == 200 and answer.json() == {"part": 0}
+
+
+# gRPC: TorchServe's inference service and the Open Inference Protocol (tritonclient)
+
+TS_SERVICE = "/org.pytorch.serve.grpc.inference.InferenceAPIsService"
+
+
+def _ts_call(
+    channel: grpc.Channel, method: str, request: Any, reply: Any, stream: bool = False
+) -> Any:
+    factory = channel.unary_stream if stream else channel.unary_unary
+    return factory(
+        f"{TS_SERVICE}/{method}",
+        request_serializer=type(request).SerializeToString,
+        response_deserializer=reply.FromString,
+    )(request, timeout=30)
+
+
+def test_grpc_ping_predictions_and_errors(server: Server) -> None:
+    row = [0.1, 0.2, 0.3, 0.4]
+    with grpc.insecure_channel(server.grpc) as channel:
+        health = _ts_call(channel, "Ping", empty_pb2.Empty(), ts_pb2.TorchServeHealthResponse)
+        assert json.loads(health.health) == {"status": "Healthy"}
+        request = ts_pb2.PredictionsRequest(
+            model_name="mlp", input={"body": json.dumps(row).encode()}
+        )
+        answer = _ts_call(channel, "Predictions", request, ts_pb2.PredictionResponse)
+        assert json.loads(answer.prediction) == pytest.approx(mlp_scores(row), abs=1e-5)
+        missing = ts_pb2.PredictionsRequest(model_name="nope", input={"body": b"[]"})
+        with pytest.raises(grpc.RpcError) as error:
+            _ts_call(channel, "Predictions", missing, ts_pb2.PredictionResponse)
+        assert error.value.code() == grpc.StatusCode.NOT_FOUND
+        assert "nope" in str(error.value.details())
+        bad = ts_pb2.PredictionsRequest(model_name="mlp", input={"body": b"[1, 2]"})
+        with pytest.raises(grpc.RpcError) as error:
+            _ts_call(channel, "Predictions", bad, ts_pb2.PredictionResponse)
+        assert error.value.code() == grpc.StatusCode.INTERNAL
+
+
+def test_grpc_stream_predictions_deliver_parts_one_by_one(server: Server, tmp_path: Path) -> None:
+    log = tmp_path / "parts.log"
+    body = json.dumps({"parts": 5, "delay": 0.4, "log": str(log)}).encode()
+    request = ts_pb2.PredictionsRequest(model_name="stream", input={"body": body})
+    parts, sent = [], []
+    with grpc.insecure_channel(server.grpc) as channel:
+        for reply in _ts_call(
+            channel, "StreamPredictions", request, ts_pb2.PredictionResponse, stream=True
+        ):
+            parts.append(json.loads(reply.prediction))
+            sent.append(len(log.read_text().splitlines()) if log.exists() else 0)
+    assert parts == [{"part": index} for index in range(5)]
+    assert sent[0] < 4, sent
+
+
+def test_tritonclient_grpc_live_metadata_and_infer(server: Server) -> None:
+    client = triton_grpc.InferenceServerClient(server.grpc)
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("mlp")
+    metadata = client.get_model_metadata("mlp")
+    assert metadata.name == "mlp" and metadata.platform == "pytorch"
+    row = np.array([[0.1, 0.2, 0.3, 0.4]], dtype=np.float32)
+    tensor = triton_grpc.InferInput("input-0", [1, 4], "FP32")
+    tensor.set_data_from_numpy(row)
+    result = client.infer("mlp", [tensor])
+    response = result.get_response()
+    assert response.model_name == "mlp"
+    values = result.as_numpy(response.outputs[0].name)
+    assert values is not None and values.dtype == np.float32
+    assert values.reshape(-1).tolist() == pytest.approx(mlp_scores(row[0].tolist()), abs=1e-5)
+    words = triton_grpc.InferInput("text", [2], "BYTES")
+    words.set_data_from_numpy(np.array([b"hello", b"world"], dtype=object))
+    echoed = client.infer("echo", [words]).get_response()
+    assert echoed.model_name == "echo" and echoed.outputs
+    with pytest.raises(triton_utils.InferenceServerException) as error:
+        client.infer("nope", [tensor])
+    assert "nope" in str(error.value)
 
 
 # KServe v2

@@ -4,6 +4,7 @@ It also accepts the KServe v2 request object ({"inputs": [{"data": ...}]}) that 
 TorchServe hand a handler on the v2 infer route.
 """
 
+import json
 from typing import Any
 
 import torch
@@ -15,6 +16,8 @@ class MLPHandler(BaseHandler):
         rows = []
         for row in data:
             body = row.get("body")
+            if isinstance(body, (bytes, bytearray)):  # gRPC inputs reach handlers as bytes
+                body = json.loads(body)
             if isinstance(body, dict) and "inputs" in body:
                 body = body["inputs"][0]["data"]
             rows.append(torch.as_tensor(body, dtype=torch.float32).reshape(1, 4))

@@ -26,6 +26,8 @@ def handle(data: list[dict[str, Any]] | None, context: Any) -> list[str] | None:
     if data is None:
         return None
     body = data[0].get("body") or {}
+    if isinstance(body, (bytes, bytearray)):  # gRPC inputs reach handlers as bytes
+        body = json.loads(body)
     parts, delay = int(body.get("parts", 5)), float(body.get("delay", 0.3))
     send = _sender(str(body.get("via", "ts")))
     log = body.get("log")
