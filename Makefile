@@ -2,7 +2,9 @@
 #   make demo      the quickstart (see README)
 #   make test      setup, lint, type check, all tests (FAST=1 skips the slow end-to-end ones)
 #   make cluster-up / cluster-down   the local Kubernetes control plane (CLUSTER=name,
-#                                    NODE=real adds a real containerd+kubelet node; root)
+#                                    NODE=real adds a real containerd+kubelet node; root;
+#                                    NODES=50: 50 simulated CPU nodes, the scale profile)
+#   make bench-operator   the operator at 100/300/1,000 InferenceServices (docs/scale.md)
 #   make real      the real-node scenario: marfleet's images as real pods, real HPA (root)
 
 SHELL := /bin/bash
@@ -89,7 +91,7 @@ unit: venv
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 cluster-up: setup $(CLUSTER_SETUP)
-	@$(PY) -m e2e.localcluster up --name $(CLUSTER) $(NODE_FLAG)
+	@$(PY) -m e2e.localcluster up --name $(CLUSTER) $(NODE_FLAG) $(if $(NODES),--nodes $(NODES))
 
 cluster-down: venv
 	@$(PY) -m e2e.localcluster down --name $(CLUSTER)

@@ -1,4 +1,4 @@
-"""`python -m e2e.localcluster build|up|down|status [--name NAME] [--real-node]`:
+"""`python -m e2e.localcluster build|up|down|status [--name NAME] [--real-node] [--nodes N]`:
 what the Makefile calls."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import time
 
 from e2e import images
 
-from .cluster import LocalCluster
+from .cluster import BASE_CPU_NODES, LocalCluster
 from .toolchain import NODE_TOOLS, STORE_TOOLS, TOOLS
 
 
@@ -20,6 +20,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--real-node", action="store_true", help="also a real containerd+kubelet node (root)"
     )
+    parser.add_argument(
+        "--nodes",
+        type=int,
+        default=BASE_CPU_NODES,
+        help=f"simulated CPU nodes (default {BASE_CPU_NODES}; e.g. 50 for 1,000 InferenceServices)",
+    )
     args = parser.parse_args(argv)
     if args.action == "build":
         for tool in (*TOOLS, *STORE_TOOLS, *(NODE_TOOLS if args.real_node else ())):
@@ -27,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.real_node:
             images.pause()
         return 0
-    cluster = LocalCluster(args.name, real_node=args.real_node)
+    cluster = LocalCluster(args.name, real_node=args.real_node, cpu_nodes=args.nodes)
     if args.action == "down":
         cluster.down()
         print(f"cluster {args.name!r} stopped and its state removed")

@@ -32,6 +32,8 @@ DATA_DIR = Path(__file__).resolve().parent
 NODES_FILE = DATA_DIR / "nodes.yaml"
 STAGES_FILE = DATA_DIR / "kwok-stages.yaml"
 CLUSTERS_ROOT = Path(os.environ.get("MARFLEET_CLUSTERS", "/tmp/marfleet-clusters"))
+BASE_CPU_NODES = 2
+"""CPU nodes in nodes.yaml; the scale profile (`cpu_nodes`) adds more of the same shape."""
 SERVICE_CIDR = "10.96.0.0/16"
 POD_CIDR = "10.244.0.0/16"
 
@@ -47,6 +49,7 @@ class ClusterState:
     etcd_data: str
     host: str = "127.0.0.1"  # where clients reach the apiserver; a real node's uplink if any
     real_node: bool = False
+    cpu_nodes: int = BASE_CPU_NODES
     pids: dict[str, int] = field(default_factory=dict)
     binaries: dict[str, str] = field(default_factory=dict)
 
@@ -56,9 +59,21 @@ class ClusterError(RuntimeError):
 
 
 class LocalCluster:
-    def __init__(self, name: str, root: Path = CLUSTERS_ROOT, real_node: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        root: Path = CLUSTERS_ROOT,
+        real_node: bool = False,
+        cpu_nodes: int = BASE_CPU_NODES,
+    ) -> None:
+        """cpu_nodes: simulated CPU nodes (16 CPUs, 110 pods each); more than nodes.yaml's two
+        is the scale profile, e.g. 50 nodes for 1,000 InferenceServices. KWOK nodes cost
+        a Node object and a Lease renewal each, no process."""
+        if cpu_nodes < BASE_CPU_NODES:
+            raise ClusterError(f"cpu_nodes must be at least {BASE_CPU_NODES}, got {cpu_nodes}")
         self.name = name
         self.real_node = real_node
+        self.cpu_nodes = cpu_nodes
         self.dir = root / name
         self.state_file = self.dir / "cluster.json"
 
@@ -147,6 +162,7 @@ class LocalCluster:
             etcd_data=str(etcd_root / f"marfleet-etcd-{self.name}-{os.getpid()}"),
             host=net.host_ip if net else "127.0.0.1",
             real_node=net is not None,
+            cpu_nodes=self.cpu_nodes,
         )
         self._save(state)
         creds = pki.generate(self.dir / "pki", extra_ips=[net.host_ip] if net else ())
@@ -162,6 +178,9 @@ class LocalCluster:
                 self._write_kubeconfig(config, state, creds, user)
                 self._start(state, component, self._component_command(component, config, creds))
             self.kubectl("apply", "-f", str(NODES_FILE))
+            if self.cpu_nodes > BASE_CPU_NODES:
+                extra = [cpu_node(i) for i in range(BASE_CPU_NODES + 1, self.cpu_nodes + 1)]
+                self.kubectl("apply", "-f", "-", input="\n".join(map(json.dumps, extra)))
             if net:
                 realnode.start(
                     self.name,
@@ -311,6 +330,11 @@ class LocalCluster:
             "--leader-elect=false",
             "--bind-address=127.0.0.1",
             f"--secure-port={free_port()}",
+            # each controller fetches its own credentials at start: at the default 20 QPS the
+            # last ones (replicaset among them) start 4 s late; the scheduler binds one pod per
+            # request, so at its default 50 QPS 1,000 new pods (the scale profile) wait 20 s
+            "--kube-api-qps=200",
+            "--kube-api-burst=400",
         ]
         if component == "kube-scheduler":
             return [str(KUBERNETES.path(component)), *common]
@@ -322,10 +346,6 @@ class LocalCluster:
             "--use-service-account-credentials=true",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             f"--cert-dir={self.dir / 'kcm-certs'}",
-            # each controller fetches its own credentials at start: at the default 20 QPS the
-            # last ones (replicaset among them) start 4 s late
-            "--kube-api-qps=200",
-            "--kube-api-burst=400",
         ]
 
     def _write_kubeconfig(
@@ -372,6 +392,7 @@ class LocalCluster:
 
     def _wait_nodes_ready(self, deadline: float) -> None:
         expected = self._expected_nodes()
+        expected |= {cpu_node_name(i) for i in range(1, self.state.cpu_nodes + 1)}
         if self.state.real_node:
             expected.add(realnode.NODE_NAME)
         while time.monotonic() < deadline:
@@ -405,6 +426,31 @@ class LocalCluster:
         for name, pid in state.pids.items():
             if not _alive(pid, state.binaries[name]):
                 raise ClusterError(f"{name} died: see {self.dir / (name + '.log')}")
+
+
+def cpu_node_name(index: int) -> str:
+    return f"cpu-node-{index}"
+
+
+def cpu_node(index: int) -> dict[str, object]:
+    """One more simulated CPU node, shaped like nodes.yaml's."""
+    name = cpu_node_name(index)
+    resources = {"cpu": "16", "memory": "64Gi", "pods": "110"}
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": {"kwok.x-k8s.io/node": "fake"},
+            "labels": {
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "type": "kwok",
+            },
+        },
+        "status": {"capacity": resources, "allocatable": resources},
+    }
 
 
 def _alive(pid: int, binary: str) -> bool:
