@@ -35,7 +35,7 @@ NODE_FLAG := --real-node
 CLUSTER_SETUP := node-setup
 endif
 
-.PHONY: protos setup apt venv toolchain node-setup test lint format typecheck unit cluster-up cluster-down demo demo-down real bench bench-gpu clean
+.PHONY: protos setup apt venv toolchain node-setup test lint format typecheck unit cluster-up cluster-down demo demo-down real bench bench-gpu bench-operator clean
 
 setup: apt venv toolchain
 
@@ -110,6 +110,13 @@ bench: setup
 
 bench-gpu: setup
 	$(PY) -m e2e.bench.gpu --out bench-results/resnet50-gpu
+
+# not part of `make test`: minutes of a 50-node simulated cluster (docs/scale.md).
+# COUNTS="100 300 1000" NODES=50 BEFORE=/other/tree/.venv/bin/marfleet (measured side by side)
+bench-operator: setup
+	$(PY) -m e2e.bench.operator_scale --nodes $(or $(NODES),50) --counts $(or $(COUNTS),100 300 1000) \
+	  $(if $(BEFORE),--operator before=$(BEFORE)) --operator current=$(VENV)/bin/marfleet \
+	  --out bench-results/operator-scale.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

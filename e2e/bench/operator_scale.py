@@ -1,0 +1,567 @@
+"""`make bench-operator`: the operator at fleet scale, on the local control plane's scale profile.
+
+For each N (default 100, 300 and 1,000) and each operator build given (e.g. the code before and
+after a change, side by side in one run), in a fresh namespace:
+
+1. start `marfleet operator` (leader election on, watching that namespace only);
+2. `kubectl apply --server-side` N InferenceServices in one call: one in three has two variants
+   at 90/10 (with a router), the rest one; every other one HPA-scaled, the others a fixed
+   replica (`engine: none`); CPU only;
+3. follow them with a watch until every one reports Ready for its current generation:
+   apply seconds, apply->Ready p50/p99, the operator's CPU seconds, writes and reconciliations
+   (its /metrics) per InferenceService, and its peak RSS;
+4. change the weights of every two-variant one at once (90/10 -> 50/50) and time each edit
+   until the weights in force (`status.variants[].weight`, what the routers follow) are the
+   new ones;
+5. restart the operator with all N converged: seconds until it leads and has reconciled every
+   InferenceService once, and the writes it made doing so (should be none);
+6. count error lines in the operator's log, stop it, delete the namespace and wait until it
+   is gone.
+
+Everything goes to one JSON file (--out) and a Markdown table on stdout. With --profile-dir the
+operator of each run is started under py-spy (sampling, raw format) and the top functions by
+own and by total time are written beside the JSON; profiled runs are not timed fairly, so keep
+them to separate invocations.
+
+    .venv/bin/python -m e2e.bench.operator_scale --nodes 50 --counts 100 300 1000 \\
+        --operator before=/path/to/old/.venv/bin/marfleet --operator after=.venv/bin/marfleet
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes import watch as k8s_watch
+
+from e2e.localcluster import LocalCluster
+from e2e.support import free_port, terminate, wait_for
+
+GROUP, VERSION, PLURAL = "serving.marfleet.io", "v1alpha1", "inferenceservices"
+CRD = Path(__file__).resolve().parents[2] / "crds" / "inferenceservice.yaml"
+DEFAULT_MARFLEET = str(Path(sys.executable).with_name("marfleet"))
+TIMEOUT = 600.0
+"""Longest wait for one phase (all Ready, all weights in force, a restart)."""
+
+
+def manifests(count: int, namespace: str, weights: tuple[int, int] = (90, 10)) -> list[dict]:
+    """The N InferenceServices: every third with two variants, every other one HPA-scaled."""
+    items = []
+    for index in range(count):
+        name = f"isvc-{index:04d}"
+        two = index % 3 == 0
+        variants = [("stable", weights[0]), ("canary", weights[1])] if two else [("main", 100)]
+        autoscaling: dict[str, Any] = (
+            {"engine": "hpa", "minReplicas": 1, "maxReplicas": 3}
+            if index % 2 == 0
+            else {"engine": "none", "minReplicas": 1}
+        )
+        items.append(
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "InferenceService",
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {
+                    "variants": [
+                        {
+                            "name": v,
+                            "weight": w,
+                            "model": {"uri": f"https://models.example/{name}-{v}.mar"},
+                        }
+                        for v, w in variants
+                    ],
+                    "autoscaling": autoscaling,
+                },
+            }
+        )
+    return items
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    return {
+        "p50": round(statistics.median(values), 2),
+        "p99": round(percentile(values, 0.99), 2),
+        "max": round(max(values), 2),
+    }
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
+@dataclass
+class Operator:
+    """One `marfleet operator` process (possibly under py-spy) and its /metrics."""
+
+    marfleet: str
+    cluster: LocalCluster
+    namespace: str
+    lease: str
+    log: Path
+    profile: Path | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    port: int = 0
+
+    def start(self) -> None:
+        self.port = free_port()
+        command = [
+            self.marfleet,
+            "operator",
+            "--namespace",
+            self.namespace,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--lease-namespace",
+            "default",
+            "--lease-name",
+            self.lease,
+            "--runtime-image",
+            "registry.example/marfleet:bench",
+        ]
+        if self.profile is not None:
+            py_spy = str(Path(sys.executable).with_name("py-spy"))
+            command = [py_spy, "record", "--format", "raw", "--rate", "50", "--nonblocking",
+                       "-o", str(self.profile), "--", *command]  # fmt: skip
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                command,
+                env=self.cluster.env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    @property
+    def pid(self) -> int:
+        """The operator's own pid (py-spy's child when profiled)."""
+        assert self.proc is not None
+        if self.profile is None:
+            return self.proc.pid
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        found = wait_for(lambda: children.read_text().split(), 30, "the profiled operator")
+        return int(found[0])
+
+    def metrics(self) -> dict[str, float]:
+        """Every sample on /metrics, labels folded into the name; {} while it does not answer."""
+        try:
+            text = subprocess.run(
+                ["curl", "-sf", "--max-time", "5", f"http://127.0.0.1:{self.port}/metrics"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout
+        except subprocess.TimeoutExpired:
+            return {}
+        samples: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                samples[name] = float(value)
+        return samples
+
+    def total(self, metric: str) -> float:
+        samples = self.metrics()
+        return sum(v for k, v in samples.items() if k.split("{")[0] == metric)
+
+    def wait_leading(self, timeout: float = 120) -> None:
+        wait_for(
+            lambda: self.metrics().get("marfleet_operator_leader") == 1.0,
+            timeout,
+            f"operator leadership ({self.log})",
+            interval=0.2,
+        )
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.profile is not None and self.proc.poll() is None:
+            os.kill(self.pid, signal.SIGTERM)  # py-spy writes its profile once the child exits
+        terminate(self.proc, grace=30)
+
+
+class Follower:
+    """Watches the namespace's InferenceServices and records when each one first satisfies
+    a predicate (run `expect` before making the change it should observe)."""
+
+    def __init__(self, api: k8s.ApiClient, namespace: str) -> None:
+        self.api = api
+        self.namespace = namespace
+        self.lock = threading.Lock()
+        self.objects: dict[str, dict[str, Any]] = {}
+        self.reached: dict[str, float] = {}
+        self.predicate: Any = None
+        self.started = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def expect(self, predicate: Any) -> None:
+        with self.lock:
+            self.reached = {}
+            self.predicate = predicate
+            self.started = time.monotonic()
+            for name, obj in self.objects.items():
+                self._check(name, obj)
+
+    def wait(self, names: set[str], timeout: float) -> dict[str, float]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if names <= set(self.reached):
+                    return dict(self.reached)
+            time.sleep(0.1)
+        with self.lock:
+            return dict(self.reached)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _check(self, name: str, obj: dict[str, Any]) -> None:
+        if self.predicate is not None and name not in self.reached and self.predicate(obj):
+            self.reached[name] = time.monotonic() - self.started
+
+    def _run(self) -> None:
+        custom = k8s.CustomObjectsApi(self.api)
+        while not self._stop.is_set():
+            stream = k8s_watch.Watch().stream(
+                custom.list_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                self.namespace,
+                PLURAL,
+                timeout_seconds=30,
+            )
+            try:
+                for event in stream:
+                    obj = event["object"]
+                    name = obj["metadata"]["name"]
+                    with self.lock:
+                        if event["type"] == "DELETED":
+                            self.objects.pop(name, None)
+                            continue
+                        self.objects[name] = obj
+                        self._check(name, obj)
+                    if self._stop.is_set():
+                        return
+            except Exception as error:  # a dropped watch: list and watch again
+                print(f"watch restarted: {error}", file=sys.stderr)
+
+
+def ready_now(obj: dict[str, Any]) -> bool:
+    st = obj.get("status") or {}
+    if st.get("observedGeneration") != obj["metadata"].get("generation"):
+        return False
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True" for c in st.get("conditions") or []
+    )
+
+
+def weights_in_force(want: tuple[int, int]) -> Any:
+    def check(obj: dict[str, Any]) -> bool:
+        st = obj.get("status") or {}
+        if st.get("observedGeneration") != obj["metadata"].get("generation"):
+            return False
+        return tuple(v.get("weight") for v in st.get("variants") or []) == want
+
+    return check
+
+
+def error_lines(log: Path) -> list[str]:
+    found = []
+    for line in log.read_text(errors="replace").splitlines():
+        if '"level": "error"' in line or '"level": "critical"' in line or "Traceback" in line:
+            found.append(line[:300])
+    return found
+
+
+def settle(operator: Operator, quiet: float = 5.0, limit: float = 60.0) -> None:
+    """Wait until writes and reconciliations stop moving for `quiet` seconds."""
+    deadline = time.monotonic() + limit
+    last = None
+    since = time.monotonic()
+    while time.monotonic() < deadline:
+        now = (
+            operator.total("marfleet_operator_writes_total"),
+            operator.total("marfleet_operator_reconciles_total"),
+        )
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
+        time.sleep(0.5)
+
+
+def run_one(
+    cluster: LocalCluster,
+    api: k8s.ApiClient,
+    label: str,
+    marfleet: str,
+    count: int,
+    workdir: Path,
+    profile: bool,
+) -> dict[str, Any]:
+    namespace = f"bench-{label}-{count}-{uuid.uuid4().hex[:5]}"
+    cluster.kubectl("create", "namespace", namespace)
+    log = workdir / f"{namespace}.log"
+    prof = workdir / f"{namespace}.pyspy.txt" if profile else None
+    operator = Operator(marfleet, cluster, namespace, f"bench-{namespace}", log, prof)
+    follower = Follower(api, namespace)
+    result: dict[str, Any] = {"operator": label, "inferenceservices": count, "log": str(log)}
+    objects = manifests(count, namespace)
+    names = {o["metadata"]["name"] for o in objects}
+    two_variant = {o["metadata"]["name"] for o in objects if len(o["spec"]["variants"]) == 2}
+    try:
+        operator.start()
+        operator.wait_leading()
+        pid = operator.pid
+        follower.start()
+        time.sleep(1)
+        rss_idle = peak_rss_mib(pid)
+        writes0 = operator.total("marfleet_operator_writes_total")
+        reconciles0 = operator.total("marfleet_operator_reconciles_total")
+        cpu0 = cpu_seconds(pid)
+        load0 = os.getloadavg()[0]
+        follower.expect(ready_now)
+        started = time.monotonic()
+        cluster.kubectl(
+            "apply", "--server-side", "-f", "-", input=yaml.safe_dump_all(objects), timeout=600
+        )
+        result["apply_seconds"] = round(time.monotonic() - started, 2)
+        ready = follower.wait(names, TIMEOUT)
+        cpu_ready = cpu_seconds(pid) - cpu0
+        settle(operator)
+        cpu_settled = cpu_seconds(pid) - cpu0
+        writes = operator.total("marfleet_operator_writes_total") - writes0
+        reconciles = operator.total("marfleet_operator_reconciles_total") - reconciles0
+        result.update(
+            ready=len(ready),
+            apply_to_ready=summary(list(ready.values())),
+            operator_cpu_seconds_to_ready=round(cpu_ready, 2),
+            operator_cpu_seconds_settled=round(cpu_settled, 2),
+            cpu_ms_per_isvc=round(1000 * cpu_settled / count, 1),
+            writes_per_isvc=round(writes / count, 2),
+            reconciles_per_isvc=round(reconciles / count, 2),
+            operator_idle_rss_mib=rss_idle,
+            load_average_1m_before=round(load0, 1),
+            load_average_1m_after=round(os.getloadavg()[0], 1),
+        )
+        print(f"[{label} N={count}] {json.dumps(result)}", file=sys.stderr)
+        result["operator_peak_rss_mib"] = peak_rss_mib(pid)
+        if profile:
+            return result
+
+        # the weights of every two-variant InferenceService at once
+        cpu1 = cpu_seconds(pid)
+        writes1 = operator.total("marfleet_operator_writes_total")
+        follower.expect(weights_in_force((50, 50)))
+        changed = [
+            o for o in manifests(count, namespace, (50, 50)) if len(o["spec"]["variants"]) == 2
+        ]
+        cluster.kubectl(
+            "apply", "--server-side", "-f", "-", input=yaml.safe_dump_all(changed), timeout=600
+        )
+        in_force = follower.wait(two_variant, TIMEOUT)
+        settle(operator)
+        result["weight_change"] = {
+            "inferenceservices": len(two_variant),
+            "in_force": len(in_force),
+            "edit_to_weights_in_force": summary(list(in_force.values())),
+            "operator_cpu_seconds": round(cpu_seconds(pid) - cpu1, 2),
+            "writes": operator.total("marfleet_operator_writes_total") - writes1,
+        }
+        print(f"[{label} N={count}] weights {json.dumps(result['weight_change'])}", file=sys.stderr)
+        result["operator_peak_rss_mib"] = peak_rss_mib(pid)
+
+        # a restart with everything converged
+        operator.stop()
+        restarted_at = time.monotonic()
+        operator.start()
+        operator.wait_leading()
+        leading = time.monotonic() - restarted_at
+        wait_for(
+            lambda: operator.total("marfleet_operator_reconciles_total") >= count,
+            TIMEOUT,
+            "every InferenceService reconciled after the restart",
+            interval=0.2,
+        )
+        acting = time.monotonic() - restarted_at
+        settle(operator)
+        result["restart"] = {
+            "seconds_to_lead": round(leading, 2),
+            "seconds_to_reconcile_all": round(acting, 2),
+            "writes": operator.total("marfleet_operator_writes_total"),
+            "writes_by_kind": {
+                k: v
+                for k, v in operator.metrics().items()
+                if k.startswith("marfleet_operator_writes_total{") and v
+            },
+            "peak_rss_mib": peak_rss_mib(operator.pid),
+        }
+        print(f"[{label} N={count}] restart {json.dumps(result['restart'])}", file=sys.stderr)
+    finally:
+        follower.stop()
+        operator.stop()
+        errors = error_lines(log)
+        result["log_errors"] = len(errors)
+        result["log_error_samples"] = errors[:5]
+        cluster.kubectl("delete", "namespace", namespace, "--wait=false")
+        wait_gone(cluster, namespace)
+    if prof is not None and prof.exists():
+        result["profile"] = top_costs(prof)
+    return result
+
+
+def wait_gone(cluster: LocalCluster, namespace: str, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = cluster.kubectl("get", "namespace", namespace, check=False)
+        if got.returncode != 0:
+            return
+        time.sleep(2)
+
+
+def top_costs(raw: Path, count: int = 15) -> dict[str, list[tuple[str, float]]]:
+    """From py-spy's raw (collapsed) stacks: the functions with the most samples on top of the
+    stack (own) and anywhere in it (total), as shares of all samples."""
+    own: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    samples = 0
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack or not n.isdigit():
+            continue
+        frames = [f.split(" (")[0] + " " + _where(f) for f in stack.split(";")]
+        weight = int(n)
+        samples += weight
+        own[frames[-1]] += weight
+        for frame in set(frames):
+            total[frame] += weight
+    if not samples:
+        return {}
+
+    def shares(counter: Counter[str]) -> list[tuple[str, float]]:
+        return [(frame, round(100 * n / samples, 1)) for frame, n in counter.most_common(count)]
+
+    return {"own": shares(own), "total": shares(total), "samples": [("all", float(samples))]}
+
+
+def _where(frame: str) -> str:
+    """'(file.py:12)' -> '(package/file.py)': the function's module, without the line."""
+    inside = frame.partition(" (")[2].rstrip(")")
+    path = inside.rsplit(":", 1)[0]
+    parts = Path(path).parts
+    return "(" + "/".join(parts[-2:]) + ")"
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    rows = [
+        "| operator | N | apply s | apply→Ready p50 / p99 s | Ready | CPU ms / isvc "
+        "| writes / isvc | reconciles / isvc | peak RSS MiB | weight change: N, p50 / p99 s "
+        "| restart: lead s, all reconciled s, writes | log errors | load 1m |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        ready = r.get("apply_to_ready", {})
+        weight = r.get("weight_change", {})
+        wsum = weight.get("edit_to_weights_in_force", {})
+        restart = r.get("restart", {})
+        rows.append(
+            f"| {r['operator']} | {r['inferenceservices']} | {r.get('apply_seconds', '-')} "
+            f"| {ready.get('p50', '-')} / {ready.get('p99', '-')} "
+            f"| {r.get('ready', '-')} | {r.get('cpu_ms_per_isvc', '-')} "
+            f"| {r.get('writes_per_isvc', '-')} | {r.get('reconciles_per_isvc', '-')} "
+            f"| {r.get('operator_peak_rss_mib', '-')} "
+            f"| {weight.get('in_force', '-')}, {wsum.get('p50', '-')} / {wsum.get('p99', '-')} "
+            f"| {restart.get('seconds_to_lead', '-')}, "
+            f"{restart.get('seconds_to_reconcile_all', '-')}, {restart.get('writes', '-')} "
+            f"| {r.get('log_errors', '-')} "
+            f"| {r.get('load_average_1m_before', '-')} |"
+        )
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m e2e.bench.operator_scale")
+    parser.add_argument("--counts", type=int, nargs="+", default=[100, 300, 1000])
+    parser.add_argument("--nodes", type=int, default=50, help="simulated CPU nodes")
+    parser.add_argument("--cluster", default="bench-operator", help="local cluster name")
+    parser.add_argument(
+        "--operator",
+        action="append",
+        default=[],
+        metavar="LABEL=MARFLEET",
+        help="an operator build to measure (repeatable; default: this tree's marfleet)",
+    )
+    parser.add_argument("--keep-cluster", action="store_true", help="leave the cluster running")
+    parser.add_argument("--profile-dir", type=Path, default=None, help="run under py-spy")
+    parser.add_argument("--out", type=Path, default=Path("bench-results/operator-scale.json"))
+    args = parser.parse_args(argv)
+    builds = [tuple(item.split("=", 1)) for item in args.operator] or [
+        ("current", DEFAULT_MARFLEET)
+    ]
+    cluster = LocalCluster(args.cluster, cpu_nodes=args.nodes)
+    started_here = not cluster.is_running()
+    cluster.up(timeout=300)
+    workdir = args.profile_dir or args.out.parent / "operator-scale-logs"
+    workdir.mkdir(parents=True, exist_ok=True)
+    results: list[dict[str, Any]] = []
+    try:
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+        cluster.kubectl(
+            "wait", "--for=condition=Established", f"crd/{PLURAL}.{GROUP}", "--timeout=60s"
+        )
+        api = k8s_config.new_client_from_config(config_file=str(cluster.kubeconfig))
+        for round_index, count in enumerate(args.counts):
+            # alternate which build goes first, so neither always meets the warmer cluster
+            order = builds if round_index % 2 == 0 else list(reversed(builds))
+            for label, marfleet in order:
+                results.append(
+                    run_one(
+                        cluster, api, label, marfleet, count, workdir, args.profile_dir is not None
+                    )
+                )
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps({"runs": results}, indent=2) + "\n")
+    finally:
+        if started_here and not args.keep_cluster:
+            cluster.down()
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
