@@ -63,12 +63,18 @@ class Controller:
         # Each worker applies an InferenceService's children concurrently.
         self._executor = ThreadPoolExecutor(4 * settings.workers, thread_name_prefix="kube")
         self._reported_errors: dict[Key, tuple[str, ...]] = {}
+        self._rendered: dict[Key, _Rendered] = {}
+        self._verified: dict[Key, dict[tuple[str, str], tuple[str, str]]] = {}
+        """Per child: (intent hash, live resourceVersion) last found in sync, so a requeue
+        by a status-only event does not compare the same two objects again."""
 
     # ----- watch events (called by the kopf handlers, on the event loop) -----
     def on_inferenceservice(self, event_type: str | None, obj: Mapping[str, Any]) -> None:
         if event_type == "DELETED":
             key = self.store.remove_isvc(obj)
             self._reported_errors.pop(key, None)
+            self._rendered.pop(key, None)
+            self._verified.pop(key, None)
         else:
             self.queue.add(self.store.put_isvc(obj))
         self.metrics.managed.set(len(self.store.isvcs))
@@ -149,7 +155,7 @@ class Controller:
         ctx = self.render_context()
         refused = tuple(str(r) for r in tenancy.refusals(obj, self.settings.tenancy))
         ready = not refused and await self._router_ready(key, isvc)
-        desired = render.render(isvc, ctx, router_ready=ready)
+        desired = self._render(key, isvc, ctx, ready)
         errors: list[str] = []
         try:
             if not refused:
@@ -162,6 +168,18 @@ class Controller:
             if not _going_away(error):
                 raise
             log.info("namespace or object is being deleted", extra={"isvc": "/".join(key)})
+
+    def _render(
+        self, key: Key, isvc: spec.InferenceService, ctx: render.RenderContext, ready: bool
+    ) -> render.Desired:
+        """The desired objects, rendered again only when an input changed: most
+        reconciliations are requeues by a child's status event, with the same inputs."""
+        last = self._rendered.get(key)
+        if last is not None and (last.router_ready, last.isvc, last.ctx) == (ready, isvc, ctx):
+            return last.desired
+        desired = render.render(isvc, ctx, router_ready=ready)
+        self._rendered[key] = _Rendered(isvc, ctx, ready, desired)
+        return desired
 
     async def _router_ready(self, key: Key, isvc: spec.InferenceService) -> bool:
         """Whether a router pod can take the stable Service's traffic. The router Deployment is
@@ -176,7 +194,7 @@ class Controller:
 
     async def _stored_or_live(self, key: Key, ref: Ref) -> Mapping[str, Any] | None:
         """A child as the store has it, or else as the API server has it (then stored)."""
-        have: Mapping[str, Any] | None = self.store.children_of(key).get((ref.kind, ref.name))
+        have: Mapping[str, Any] | None = self.store.child(key, ref.kind, ref.name)
         if have is None:
             have = await self._call(self.api.get, ref)
             if have is not None:
@@ -194,7 +212,7 @@ class Controller:
                 f"{kind} {name} already exists and belongs to something else; delete or rename "
                 "it, or rename this InferenceService or variant"
             )
-        if compare.in_sync(want, have):
+        if self._in_sync(key, want, have):
             return None
         try:
             result = await self._call(self.api.apply, want)
@@ -209,6 +227,22 @@ class Controller:
             extra={"isvc": "/".join(key), "kind": kind, "object": name, "new": have is None},
         )
         return None
+
+    def _in_sync(self, key: Key, want: Mapping[str, Any], have: Mapping[str, Any] | None) -> bool:
+        if have is None:
+            return False
+        child = (want["kind"], want["metadata"]["name"])
+        token = (
+            want["metadata"]["annotations"][labels.INTENT_HASH],
+            str(have["metadata"].get("resourceVersion", "")),
+        )
+        verified = self._verified.setdefault(key, {})
+        if verified.get(child) == token:
+            return True
+        if not compare.in_sync(want, have):
+            return False
+        verified[child] = token
+        return True
 
     async def _prune(self, key: Key, isvc: spec.InferenceService, desired: render.Desired) -> None:
         """Delete children this InferenceService no longer wants (never a blocked variant's)."""
@@ -314,6 +348,16 @@ def _waves(objects: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     later = [o for o in objects if o["kind"] == "RoleBinding"]
     first = [o for o in objects if o["kind"] != "RoleBinding"]
     return [wave for wave in (first, later) if wave]
+
+
+@dataclass(frozen=True)
+class _Rendered:
+    """The inputs of an InferenceService's last render, and what it gave."""
+
+    isvc: spec.InferenceService
+    ctx: render.RenderContext
+    router_ready: bool
+    desired: render.Desired
 
 
 def _going_away(error: ApiError) -> bool:

@@ -100,3 +100,7 @@ class Store:
 
     def children_of(self, key: Key) -> dict[ChildKey, dict[str, Any]]:
         return dict(self._children.get(key, {}))
+
+    def child(self, key: Key, kind: str, name: str) -> dict[str, Any] | None:
+        """One child of `key` as last seen, or None."""
+        return self._children.get(key, {}).get((kind, name))

@@ -351,3 +351,33 @@ def test_a_new_router_gets_its_role_before_the_binding_so_creation_reports_no_fa
     converge(h, isvc("a", "b"))
     assert ("RoleBinding", "m-router") in h.children()
     assert [e for e in h.events() if e[1] == "ApplyFailed"] == []
+
+
+def test_requeues_with_the_same_inputs_do_not_render_again(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from marfleet.operator import render
+
+    converge(h, isvc())
+    renders = 0
+    original = render.render
+
+    def counting(*args: Any, **kwargs: Any) -> render.Desired:
+        nonlocal renders
+        renders += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(render, "render", counting)
+    deploy = h.api.stored("apps/v1", "Deployment", NS, "m-main")
+    deploy["status"]["readyReplicas"] = 0
+    deploy["metadata"]["resourceVersion"] = "77777"
+    h.controller.on_child("MODIFIED", copy.deepcopy(deploy))
+    h.reconcile()
+    assert renders == 0, "a child's status event changes no input of the render"
+    obj = h.api.stored(API_VERSION, KIND, NS, "m")
+    obj["spec"]["variants"][0]["model"]["uri"] = "https://h/new.mar"
+    obj["metadata"].update(generation=2, resourceVersion="99999")
+    h.controller.on_inferenceservice("MODIFIED", copy.deepcopy(obj))
+    writes = h.reconcile()
+    assert renders == 1
+    assert ("apply", "Deployment", "m-main") in writes

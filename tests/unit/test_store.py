@@ -117,3 +117,12 @@ def test_ownership_is_judged_by_the_controller_reference_uid() -> None:
     obj["metadata"]["ownerReferences"][0]["controller"] = False
     assert not owned_by(obj, "uid-m")
     assert owner_key(child("Service", "x", owner=None)) is None
+
+
+def test_child_looks_one_up_without_copying() -> None:
+    store = Store()
+    store.put_child(child("Service", "m"))
+    found = store.child(("ns", "m"), "Service", "m")
+    assert found is not None and found["metadata"]["uid"] == "uid-Service-m"
+    assert store.child(("ns", "m"), "Service", "other") is None
+    assert store.child(("ns", "nobody"), "Service", "m") is None
