@@ -9,11 +9,13 @@ controller applies and unit tests read field by field.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -532,23 +534,71 @@ def _template(
     extra_labels: Mapping[str, str] | None = None,
     **values: Any,
 ) -> dict[str, Any]:
+    """Render one template into a manifest.
+
+    Every value a template inserts goes through its `json` filter. While rendering here the
+    filter records the value and inserts a numbered placeholder instead, so the YAML text
+    (the skeleton) is the same for every InferenceService that takes the same branches: it
+    is parsed once per process (YAML parsing is most of a render's cost), and each render
+    fills the placeholders of a fresh copy with its own values (`_fill`)."""
     base = labels.variant_labels(isvc, variant.name) if variant else labels.common(isvc, component)
-    text = (
-        _environment()
-        .get_template(template)
-        .render(
-            isvc=isvc,
-            owner={"apiVersion": API_VERSION, "kind": KIND},
-            name=name,
-            labels={**base, **(extra_labels or {})},
-            **values,
+    recorded: list[Any] = []
+    token = _RECORDING.set(recorded)
+    try:
+        text = (
+            _environment()
+            .get_template(template)
+            .render(
+                isvc=isvc,
+                owner={"apiVersion": API_VERSION, "kind": KIND},
+                name=name,
+                labels={**base, **(extra_labels or {})},
+                **values,
+            )
         )
-    )
-    rendered: dict[str, Any] = yaml.load(text, Loader=_LOADER)
-    return rendered
+    finally:
+        _RECORDING.reset(token)
+    filled = _fill(_skeleton(text), [json.loads(json.dumps(v)) for v in recorded])
+    if not isinstance(filled, dict):
+        raise ValueError(f"template {template} did not render a mapping")
+    return filled
 
 
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_RECORDING: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
+    "marfleet_render_recording", default=None
+)
+_PLACEHOLDER = f"marfleet-value-{secrets.token_hex(8)}-"
+"""Prefix of a recorded value's placeholder; random per process, so that no value in a spec
+can look like one."""
+
+
+def _json_filter(value: Any) -> str:
+    recorded = _RECORDING.get()
+    if recorded is None:
+        return json.dumps(value, sort_keys=False)
+    recorded.append(value)
+    return json.dumps(f"{_PLACEHOLDER}{len(recorded) - 1}")
+
+
+@lru_cache(maxsize=512)
+def _skeleton(text: str) -> Any:
+    return yaml.load(text, Loader=_LOADER)
+
+
+def _fill(node: Any, values: list[Any]) -> Any:
+    """A fresh copy of a parsed skeleton with every placeholder replaced by its value; a
+    placeholder anywhere but as a whole value is a template error."""
+    if isinstance(node, dict):
+        return {key: _fill(value, values) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_fill(item, values) for item in node]
+    if isinstance(node, str) and _PLACEHOLDER in node:
+        index = node[len(_PLACEHOLDER) :]
+        if not node.startswith(_PLACEHOLDER) or not index.isdigit():
+            raise ValueError(f"a template uses a `json` value inside a longer string: {node!r}")
+        return values[int(index)]
+    return node
 
 
 @cache
@@ -559,5 +609,5 @@ def _environment() -> jinja2.Environment:
         autoescape=False,
         keep_trailing_newline=True,
     )
-    env.filters["json"] = lambda value: json.dumps(value, sort_keys=False)
+    env.filters["json"] = _json_filter
     return env
