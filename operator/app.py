@@ -1,6 +1,10 @@
-"""The operator process: health/metrics endpoint, leader election, then kopf and the workers.
+"""The operator process: health/metrics endpoint, leader election, then the watches and the
+workers.
 
 Every replica serves /healthz, /readyz and /metrics; only the leader watches and reconciles.
+The leader starts reconciling once every watch has listed its resource (or after
+`SYNC_TIMEOUT`), so that after a restart each InferenceService is judged against all of its
+children at once, with no reads and, when nothing changed, no writes.
 A replica that loses its lease stops reconciling and exits with status 1 (Kubernetes restarts
 it as a standby), because continuing could mean two replicas writing at once.
 """
@@ -11,20 +15,22 @@ import asyncio
 import logging
 import signal
 from collections.abc import Awaitable
-from contextlib import suppress
 from dataclasses import dataclass
-
-import kopf
-from kopf._core.engines.peering import Identity  # the NewType kopf.operator() declares
+from typing import Any
 
 from .controller import Controller, ControllerSettings
-from .handlers import build_registry, kopf_settings
+from .handlers import addon_crds, watched
 from .kube import KubeAPI
 from .leader import LeaderElector, LeaseSettings
 from .metrics import HealthServer, OperatorMetrics
 from .rollout_loop import RolloutLoop, RolloutSettings, source_for
+from .watch import Session, Watch
 
 log = logging.getLogger("marfleet.operator")
+
+SYNC_TIMEOUT = 60.0
+"""Longest wait for the first lists before reconciling anyway (children not yet listed are
+read from the API server one by one)."""
 
 
 @dataclass(frozen=True)
@@ -85,45 +91,58 @@ async def _lead(
     stop: asyncio.Event,
 ) -> int:
     controller = Controller(api, settings.controller, metrics)
-    kopf_task = asyncio.create_task(
-        kopf.operator(
-            registry=build_registry(controller),
-            settings=kopf_settings(),
-            standalone=True,
-            # kopf would otherwise ask the passwd database for a user name, which a container
-            # running as an arbitrary uid (65532 in the chart) may not have.
-            identity=Identity(settings.controller.identity),
-            clusterwide=not settings.namespaces,
-            namespaces=settings.namespaces,
-            stop_flag=stop,
+    session = Session(api.credentials)
+    await session.open()
+    namespaces = settings.namespaces or ("",)
+    watches = [
+        Watch(session, resource, namespace, handler)
+        for resource, handler in watched(controller)
+        for namespace in namespaces
+    ] + [Watch(session, resource, "", handler) for resource, handler in addon_crds(controller)]
+    tasks: set[asyncio.Task[Any]] = {
+        asyncio.create_task(w.run(), name=f"watch {w.name}") for w in watches
+    }
+    holding = asyncio.create_task(
+        elector.hold() if elector else asyncio.Event().wait(), name="leader lease"
+    )
+    stopping = asyncio.create_task(stop.wait(), name="stop")
+    tasks |= {holding, stopping}
+    try:
+        synced: asyncio.Future[Any] = asyncio.gather(*(w.synced.wait() for w in watches))
+        await asyncio.wait(
+            {synced, *tasks}, timeout=SYNC_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
         )
-    )
-    workers = asyncio.create_task(controller.run())
-    rollouts = RolloutLoop(
-        api,
-        controller.store,
-        source_for(settings.rollout),
-        requeue=controller.queue.add,
-        record_event=controller.record_event,
-        interval=settings.rollout.interval,
-    )
-    rollout_task = asyncio.create_task(rollouts.run())
-    holding = asyncio.create_task(elector.hold() if elector else asyncio.Event().wait())
-    done, _ = await asyncio.wait(
-        {kopf_task, workers, holding, rollout_task}, return_when=asyncio.FIRST_COMPLETED
-    )
-    stop.set()
-    for task in (workers, holding, rollout_task):
-        task.cancel()
-    with suppress(asyncio.CancelledError, Exception):
-        await asyncio.wait_for(kopf_task, timeout=10)
+        if not synced.done():
+            synced.cancel()
+            pending = [w.name for w in watches if not w.synced.is_set()]
+            log.warning("reconciling before every watch has listed", extra={"pending": pending})
+        metrics.synced.set(1)
+        log.info("watches listed", extra={"inferenceservices": len(controller.store.isvcs)})
+        rollouts = RolloutLoop(
+            api,
+            controller.store,
+            source_for(settings.rollout),
+            requeue=controller.queue.add,
+            record_event=controller.record_event,
+            interval=settings.rollout.interval,
+        )
+        tasks.add(asyncio.create_task(controller.run(), name="workers"))
+        tasks.add(asyncio.create_task(rollouts.run(), name="rollouts"))
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await session.close()
+        metrics.synced.set(0)
     if holding in done:
         log.error("leadership lost: stopping so that only one replica acts")
         return 1
-    failure = kopf_task.exception() if kopf_task.done() and not kopf_task.cancelled() else None
-    if kopf_task in done and failure is not None:
-        log.error("watching stopped", exc_info=failure)
-        return 1
+    for task in done:
+        if task is not stopping and not task.cancelled() and task.exception() is not None:
+            log.error("stopping: %s failed", task.get_name(), exc_info=task.exception())
+            return 1
     return 0
 
 

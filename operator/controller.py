@@ -59,6 +59,7 @@ class Controller:
         self.metrics = metrics
         self.store = Store()
         self.queue: WorkQueue[Key] = WorkQueue()
+        metrics.queue_depth.set_function(self.queue.depth)
         self.addons: set[str] = set()
         # Each worker applies an InferenceService's children concurrently.
         self._executor = ThreadPoolExecutor(4 * settings.workers, thread_name_prefix="kube")
@@ -68,7 +69,7 @@ class Controller:
         """Per child: (intent hash, live resourceVersion) last found in sync, so a requeue
         by a status-only event does not compare the same two objects again."""
 
-    # ----- watch events (called by the kopf handlers, on the event loop) -----
+    # ----- watch events (called by the watches, on the event loop) -----
     def on_inferenceservice(self, event_type: str | None, obj: Mapping[str, Any]) -> None:
         if event_type == "DELETED":
             key = self.store.remove_isvc(obj)

@@ -1,82 +1,55 @@
-"""kopf wiring: which resources are watched and where their events go. Nothing else.
+"""Watch wiring: which resources are watched and where their events go. Nothing else.
 
-Only low-level event handlers are used: they keep no progress in the watched objects (no
-annotations, no finalizers), so watching never writes, and every decision stays in the
-controller, where it can be tested without kopf.
+Watching never writes (no annotations, no finalizers), and every decision stays in the
+controller, where it can be tested without a cluster.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-import kopf
-
 from . import labels
 from .controller import ADDON_CRDS, Controller
-from .spec import GROUP, PLURAL, VERSION
+from .kube import PLURALS
+from .spec import API_VERSION, KIND, PLURAL
+from .watch import Handler, Resource
 
-CHILD_RESOURCES: tuple[tuple[str, str, str], ...] = (
-    ("", "v1", "configmaps"),
-    ("", "v1", "services"),
-    ("", "v1", "serviceaccounts"),
-    ("rbac.authorization.k8s.io", "v1", "roles"),
-    ("rbac.authorization.k8s.io", "v1", "rolebindings"),
-    ("apps", "v1", "deployments"),
-    ("autoscaling", "v2", "horizontalpodautoscalers"),
-    ("policy", "v1", "poddisruptionbudgets"),
-    ("keda.sh", "v1alpha1", "scaledobjects"),
-    ("monitoring.coreos.com", "v1", "servicemonitors"),
+CHILD_KINDS: tuple[tuple[str, str], ...] = (
+    ("v1", "ConfigMap"),
+    ("v1", "Service"),
+    ("v1", "ServiceAccount"),
+    ("rbac.authorization.k8s.io/v1", "Role"),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"),
+    ("apps/v1", "Deployment"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    ("policy/v1", "PodDisruptionBudget"),
+    ("keda.sh/v1alpha1", "ScaledObject"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
 )
+MANAGED = f"{labels.MANAGED_BY}={labels.OPERATOR}"
 
 
-def build_registry(controller: Controller) -> kopf.OperatorRegistry:
-    registry = kopf.OperatorRegistry()
+def watched(controller: Controller) -> list[tuple[Resource, Handler]]:
+    """Every namespaced resource to watch, with the controller method its events go to;
+    then the add-on CRDs (cluster-scoped)."""
+    resources: list[tuple[Resource, Handler]] = [
+        (Resource(API_VERSION, KIND, PLURAL), controller.on_inferenceservice)
+    ]
+    for api_version, kind in CHILD_KINDS:
+        plural = PLURALS[(api_version, kind)]
+        resources.append((Resource(api_version, kind, plural, MANAGED), controller.on_child))
+    return resources
 
-    async def login(**_: Any) -> kopf.ConnectionInfo:
-        creds = controller.api.credentials()
-        return kopf.ConnectionInfo(
-            server=creds.server,
-            ca_path=creds.ca_path,
-            insecure=creds.insecure,
-            scheme=creds.scheme,
-            token=creds.token,
-            certificate_path=creds.certificate_path,
-            private_key_path=creds.private_key_path,
+
+def addon_crds(controller: Controller) -> list[tuple[Resource, Handler]]:
+    crds = ("apiextensions.k8s.io/v1", "CustomResourceDefinition")
+    return [
+        (
+            Resource(
+                *crds,
+                PLURALS[crds],
+                field_selector=f"metadata.name={name}",
+                cluster_scoped=True,
+            ),
+            controller.on_crd,
         )
-
-    async def inferenceservice(event: kopf.RawEvent, **_: Any) -> None:
-        controller.on_inferenceservice(event["type"], event["object"])
-
-    async def child(event: kopf.RawEvent, **_: Any) -> None:
-        controller.on_child(event["type"], event["object"])
-
-    async def crd(event: kopf.RawEvent, **_: Any) -> None:
-        controller.on_crd(event["type"], event["object"])
-
-    kopf.on.login(id="kubeapi-credentials", registry=registry)(login)
-    kopf.on.event(
-        group=GROUP, version=VERSION, plural=PLURAL, id="inferenceservices", registry=registry
-    )(inferenceservice)
-    for group, version, plural in CHILD_RESOURCES:
-        kopf.on.event(
-            group=group, version=version, plural=plural, id=f"child-{plural}", registry=registry
-        )(child)
-    kopf.on.event(
-        group="apiextensions.k8s.io",
-        version="v1",
-        plural="customresourcedefinitions",
-        id="addon-crds",
-        when=lambda name, **_: name in ADDON_CRDS,
-        registry=registry,
-    )(crd)
-    return registry
-
-
-def kopf_settings() -> kopf.OperatorSettings:
-    settings = kopf.OperatorSettings()
-    settings.posting.enabled = False
-    child_plurals = {plural for _, _, plural in CHILD_RESOURCES}
-    settings.watching.label_selectors[lambda resource: resource.plural in child_plurals] = (
-        f"{labels.MANAGED_BY}={labels.OPERATOR}"
-    )
-    return settings
+        for name in ADDON_CRDS
+    ]

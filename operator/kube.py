@@ -1,4 +1,4 @@
-"""The only module that talks to the Kubernetes API server (kopf's own watches aside).
+"""The only module that writes to the Kubernetes API server (watch.py reads its watch streams).
 
 Plain JSON over the official client's configuration (authentication, TLS, proxies, kubeconfig
 or in-cluster config) and its connection pool, addressed by apiVersion/kind through a small
@@ -91,7 +91,7 @@ class Ref:
 
 @dataclass(frozen=True)
 class Credentials:
-    """How to reach the API server, for kopf's own connections (same source as ours)."""
+    """How to reach the API server, for the watches' connections (same source as ours)."""
 
     server: str
     ca_path: str | None
@@ -218,12 +218,12 @@ class KubeAPI:
         except (OSError, HTTPError) as error:
             raise ApiError(0, type(error).__name__, str(error)) from None
         if response.status >= 400:
-            raise _api_error(response.status, response.reason or "", response.data)
+            raise api_error(response.status, response.reason or "", response.data)
         parsed: dict[str, Any] = json.loads(response.data) if response.data else {}
         return parsed
 
 
-def _api_error(status: int, reason: str, body: bytes | str | None) -> ApiError:
+def api_error(status: int, reason: str, body: bytes | str | None) -> ApiError:
     message = body.decode(errors="replace") if isinstance(body, bytes) else (body or "")
     try:
         decoded = json.loads(message)

@@ -1,4 +1,4 @@
-"""JSON log lines for the operator (and kopf underneath it), one object per line on stderr."""
+"""JSON log lines for the operator, one object per line on stderr."""
 
 from __future__ import annotations
 
@@ -34,5 +34,3 @@ def configure(level: str) -> None:
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    # kopf reports every handled watch event at INFO; the controller logs what it does.
-    logging.getLogger("kopf.objects").setLevel(logging.WARNING)

@@ -44,6 +44,16 @@ class OperatorMetrics:
             "1 while this replica holds the leader lease and acts, else 0.",
             registry=self.registry,
         )
+        self.synced = Gauge(
+            "marfleet_operator_watches_synced",
+            "1 once every watch of the leader has listed its resource and reconciling started.",
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "marfleet_operator_queue_depth",
+            "InferenceServices waiting for a reconciliation.",
+            registry=self.registry,
+        )
         for result in ("success", "error"):
             self.reconciles.labels(result=result)
 

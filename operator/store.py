@@ -1,6 +1,6 @@
 """The operator's picture of the cluster: InferenceServices and their children, as last seen.
 
-Fed by the watch events kopf delivers (and by the results of the operator's own writes), read
+Fed by the watch events (watch.py) (and by the results of the operator's own writes), read
 by reconciliations, so a reconciliation of a converged object makes no API calls at all.
 Only touched from the event loop's thread, so it needs no locks.
 """

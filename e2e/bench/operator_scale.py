@@ -541,8 +541,14 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     try:
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-        cluster.kubectl(
-            "wait", "--for=condition=Established", f"crd/{PLURAL}.{GROUP}", "--timeout=60s"
+        established = "jsonpath={.status.conditions[?(@.type=='Established')].status}"
+        wait_for(
+            lambda: cluster.kubectl(
+                "get", "crd", f"{PLURAL}.{GROUP}", "-o", established, check=False
+            ).stdout
+            == "True",
+            60,
+            "the InferenceService CRD established",
         )
         api = k8s_config.new_client_from_config(config_file=str(cluster.kubeconfig))
         for round_index, count in enumerate(args.counts):
