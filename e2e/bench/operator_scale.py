@@ -543,10 +543,12 @@ def main(argv: list[str] | None = None) -> int:
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
         established = "jsonpath={.status.conditions[?(@.type=='Established')].status}"
         wait_for(
-            lambda: cluster.kubectl(
-                "get", "crd", f"{PLURAL}.{GROUP}", "-o", established, check=False
-            ).stdout
-            == "True",
+            lambda: (
+                cluster.kubectl(
+                    "get", "crd", f"{PLURAL}.{GROUP}", "-o", established, check=False
+                ).stdout
+                == "True"
+            ),
             60,
             "the InferenceService CRD established",
         )
