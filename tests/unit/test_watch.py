@@ -31,7 +31,7 @@ class Script:
     """Answers lists and watches from queues the test fills."""
 
     def __init__(self) -> None:
-        self.lists: list[list[dict[str, Any]]] = []
+        self.lists: list[list[list[dict[str, Any]]]] = []
         """Each list request takes the next entry: its pages."""
         self.watches: list[list[dict[str, Any]]] = []
         """Each watch request takes the next entry: the events it streams, then it ends."""
