@@ -65,9 +65,9 @@ class Controller:
         self._executor = ThreadPoolExecutor(4 * settings.workers, thread_name_prefix="kube")
         self._reported_errors: dict[Key, tuple[str, ...]] = {}
         self._rendered: dict[Key, _Rendered] = {}
-        self._verified: dict[Key, dict[tuple[str, str], tuple[str, str]]] = {}
-        """Per child: (intent hash, live resourceVersion) last found in sync, so a requeue
-        by a status-only event does not compare the same two objects again."""
+        self._verified: dict[Key, dict[tuple[str, str], tuple[str, int]]] = {}
+        """Per child: (intent hash, the store's content version) last found in sync, so a
+        requeue by a status event neither renders nor compares anything."""
 
     # ----- watch events (called by the watches, on the event loop) -----
     def on_inferenceservice(self, event_type: str | None, obj: Mapping[str, Any]) -> None:
@@ -156,7 +156,9 @@ class Controller:
         ctx = self.render_context()
         refused = tuple(str(r) for r in tenancy.refusals(obj, self.settings.tenancy))
         ready = not refused and await self._router_ready(key, isvc)
-        desired = self._render(key, isvc, ctx, ready)
+        desired, full = self._render(key, isvc, ctx, ready)
+        if not full and not refused and not self._all_verified(key, isvc, desired):
+            desired, full = self._render(key, isvc, ctx, ready, full=True)
         errors: list[str] = []
         try:
             if not refused:
@@ -171,16 +173,43 @@ class Controller:
             log.info("namespace or object is being deleted", extra={"isvc": "/".join(key)})
 
     def _render(
-        self, key: Key, isvc: spec.InferenceService, ctx: render.RenderContext, ready: bool
-    ) -> render.Desired:
-        """The desired objects, rendered again only when an input changed: most
-        reconciliations are requeues by a child's status event, with the same inputs."""
+        self,
+        key: Key,
+        isvc: spec.InferenceService,
+        ctx: render.RenderContext,
+        ready: bool,
+        *,
+        full: bool = False,
+    ) -> tuple[render.Desired, bool]:
+        """The desired objects. Rendered again only when an input changed or `full` is asked
+        for; otherwise the last render's outline (kind, name and intent hash of each object,
+        no content), which is all a reconciliation needs while every child is in sync. Most
+        reconciliations are requeues by a child's status event, and keeping only outlines
+        keeps the memory per InferenceService small. Returns (desired, whether it is full)."""
         last = self._rendered.get(key)
-        if last is not None and (last.router_ready, last.isvc, last.ctx) == (ready, isvc, ctx):
-            return last.desired
+        if (
+            not full
+            and last is not None
+            and (last.router_ready, last.isvc, last.ctx) == (ready, isvc, ctx)
+        ):
+            return last.outline, False
         desired = render.render(isvc, ctx, router_ready=ready)
-        self._rendered[key] = _Rendered(isvc, ctx, ready, desired)
-        return desired
+        outline = replace(desired, objects=tuple(_outline(o) for o in desired.objects))
+        self._rendered[key] = _Rendered(isvc, ctx, ready, outline)
+        return desired, True
+
+    def _all_verified(self, key: Key, isvc: spec.InferenceService, desired: render.Desired) -> bool:
+        """Whether every desired child was found in sync and has not changed since."""
+        verified = self._verified.get(key, {})
+        for want in desired.objects:
+            kind, name = want["kind"], want["metadata"]["name"]
+            have = self.store.child(key, kind, name)
+            if have is None or not owned_by(have, isvc.uid):
+                return False
+            token = (_intent(want), self.store.content_version(key[0], kind, name))
+            if verified.get((kind, name)) != token:
+                return False
+        return True
 
     async def _router_ready(self, key: Key, isvc: spec.InferenceService) -> bool:
         """Whether a router pod can take the stable Service's traffic. The router Deployment is
@@ -223,6 +252,11 @@ class Controller:
             return f"{kind} {name}: {error.message}"
         self.metrics.writes.labels(verb="apply", kind=kind).inc()
         self.store.put_child(result)
+        # what the API server answers to our apply is what we meant (force=true)
+        self._verified.setdefault(key, {})[(kind, name)] = (
+            _intent(want),
+            self.store.content_version(key[0], kind, name),
+        )
         log.info(
             "applied",
             extra={"isvc": "/".join(key), "kind": kind, "object": name, "new": have is None},
@@ -233,10 +267,7 @@ class Controller:
         if have is None:
             return False
         child = (want["kind"], want["metadata"]["name"])
-        token = (
-            want["metadata"]["annotations"][labels.INTENT_HASH],
-            str(have["metadata"].get("resourceVersion", "")),
-        )
+        token = (_intent(want), self.store.content_version(key[0], *child))
         verified = self._verified.setdefault(key, {})
         if verified.get(child) == token:
             return True
@@ -353,12 +384,29 @@ def _waves(objects: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
 
 @dataclass(frozen=True)
 class _Rendered:
-    """The inputs of an InferenceService's last render, and what it gave."""
+    """The inputs of an InferenceService's last render, and the outline of what it gave."""
 
     isvc: spec.InferenceService
     ctx: render.RenderContext
     router_ready: bool
-    desired: render.Desired
+    outline: render.Desired
+
+
+def _intent(obj: Mapping[str, Any]) -> str:
+    return str(obj["metadata"]["annotations"][labels.INTENT_HASH])
+
+
+def _outline(obj: Mapping[str, Any]) -> dict[str, Any]:
+    meta = obj["metadata"]
+    return {
+        "apiVersion": obj["apiVersion"],
+        "kind": obj["kind"],
+        "metadata": {
+            "name": meta["name"],
+            "namespace": meta.get("namespace", ""),
+            "annotations": {labels.INTENT_HASH: _intent(obj)},
+        },
+    }
 
 
 def _going_away(error: ApiError) -> bool:

@@ -7,6 +7,7 @@ Only touched from the event loop's thread, so it needs no locks.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from typing import Any
 
@@ -51,6 +52,21 @@ def _older(new: Mapping[str, Any], old: Mapping[str, Any] | None) -> bool:
     return a.isdigit() and b.isdigit() and int(a) < int(b)
 
 
+_VOLATILE = frozenset({"resourceVersion", "generation", "managedFields"})
+
+
+def _same_content(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two versions of an object differ at most in status and bookkeeping metadata."""
+    if {k: v for k, v in a.items() if k not in ("status", "metadata")} != {
+        k: v for k, v in b.items() if k not in ("status", "metadata")
+    }:
+        return False
+    meta_a, meta_b = a["metadata"], b["metadata"]
+    return {k: v for k, v in meta_a.items() if k not in _VOLATILE} == {
+        k: v for k, v in meta_b.items() if k not in _VOLATILE
+    }
+
+
 def _trimmed(obj: Mapping[str, Any]) -> dict[str, Any]:
     meta = {k: v for k, v in obj["metadata"].items() if k != "managedFields"}
     return {**obj, "metadata": meta}
@@ -61,6 +77,8 @@ class Store:
         self.isvcs: dict[Key, dict[str, Any]] = {}
         self._children: dict[Key, dict[ChildKey, dict[str, Any]]] = {}
         self._owner_of: dict[tuple[str, str, str], Key] = {}
+        self._content: dict[tuple[str, str, str], int] = {}
+        self._versions = itertools.count(1)
 
     def put_isvc(self, obj: Mapping[str, Any]) -> Key:
         key = key_of(obj)
@@ -76,13 +94,18 @@ class Store:
     def put_child(self, obj: Mapping[str, Any]) -> set[Key]:
         """Record a child; return the InferenceServices affected (old and new owner)."""
         owner = owner_key(obj)
-        if owner is not None and _older(obj, self._children.get(owner, {}).get(_child_key(obj))):
+        old = self._children.get(owner, {}).get(_child_key(obj)) if owner is not None else None
+        if _older(obj, old):
             return set()
+        ident = (obj["metadata"].get("namespace", ""), obj["kind"], obj["metadata"]["name"])
+        version = self._content.get(ident)
         affected = self.remove_child(obj)
         if owner is not None:
-            ident = (owner[0], obj["kind"], obj["metadata"]["name"])
-            self._children.setdefault(owner, {})[_child_key(obj)] = _trimmed(obj)
+            stored = _trimmed(obj)
+            self._children.setdefault(owner, {})[_child_key(obj)] = stored
             self._owner_of[ident] = owner
+            same = old is not None and version is not None and _same_content(old, stored)
+            self._content[ident] = version if same and version else next(self._versions)
             affected.add(owner)
         return affected
 
@@ -90,6 +113,7 @@ class Store:
         meta = obj["metadata"]
         ident = (meta.get("namespace", ""), obj["kind"], meta["name"])
         owner = self._owner_of.pop(ident, None)
+        self._content.pop(ident, None)
         if owner is None:
             return set()
         children = self._children.get(owner, {})
@@ -104,3 +128,9 @@ class Store:
     def child(self, key: Key, kind: str, name: str) -> dict[str, Any] | None:
         """One child of `key` as last seen, or None."""
         return self._children.get(key, {}).get((kind, name))
+
+    def content_version(self, namespace: str, kind: str, name: str) -> int:
+        """A number that changes whenever a child changes in anything but its status and
+        bookkeeping metadata (resourceVersion, generation); 0 for an unknown child. A
+        controller that found a child in sync needs to look again only when it changes."""
+        return self._content.get((namespace, kind, name), 0)

@@ -30,6 +30,7 @@ them to separate invocations.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -208,6 +209,8 @@ class Operator:
             return
         if self.profile is not None and self.proc.poll() is None:
             os.kill(self.pid, signal.SIGTERM)  # py-spy writes its profile once the child exits
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=60)
         terminate(self.proc, grace=30)
 
 
@@ -454,9 +457,23 @@ def wait_gone(cluster: LocalCluster, namespace: str, timeout: float = 600) -> No
         time.sleep(2)
 
 
+IDLE_LEAVES = (
+    "EpollSelector.select ",
+    "SSLSocket.read ",
+    "SSLSocket.recv_into ",
+    "_worker (futures/thread.py)",
+    "do_poll ",
+    "Condition.wait ",
+    "Event.wait ",
+    "Thread.join ",
+)
+"""Leaf frames of a thread that waits (py-spy here cannot tell waiting threads from running
+ones): samples ending in one of these are not CPU and are left out."""
+
+
 def top_costs(raw: Path, count: int = 15) -> dict[str, list[tuple[str, float]]]:
     """From py-spy's raw (collapsed) stacks: the functions with the most samples on top of the
-    stack (own) and anywhere in it (total), as shares of all samples."""
+    stack (own) and anywhere in it (total), as shares of the samples that were on CPU."""
     own: Counter[str] = Counter()
     total: Counter[str] = Counter()
     samples = 0
@@ -466,6 +483,8 @@ def top_costs(raw: Path, count: int = 15) -> dict[str, list[tuple[str, float]]]:
             continue
         frames = [f.split(" (")[0] + " " + _where(f) for f in stack.split(";")]
         weight = int(n)
+        if frames[-1].startswith(IDLE_LEAVES):
+            continue
         samples += weight
         own[frames[-1]] += weight
         for frame in set(frames):

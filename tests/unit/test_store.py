@@ -126,3 +126,28 @@ def test_child_looks_one_up_without_copying() -> None:
     assert found is not None and found["metadata"]["uid"] == "uid-Service-m"
     assert store.child(("ns", "m"), "Service", "other") is None
     assert store.child(("ns", "nobody"), "Service", "m") is None
+
+
+def test_content_version_moves_on_any_change_but_status_and_bookkeeping() -> None:
+    store = Store()
+    assert store.content_version("ns", "Deployment", "m-a") == 0
+    deploy = child("Deployment", "m-a", rv="20")
+    deploy["spec"] = {"replicas": 1}
+    store.put_child(deploy)
+    first = store.content_version("ns", "Deployment", "m-a")
+    assert first != 0
+    status_only = {**deploy, "status": {"readyReplicas": 1}}
+    status_only["metadata"] = {**deploy["metadata"], "resourceVersion": "21", "generation": 2}
+    store.put_child(status_only)
+    assert store.content_version("ns", "Deployment", "m-a") == first
+    edited = {**status_only, "spec": {"replicas": 2}}
+    edited["metadata"] = {**status_only["metadata"], "resourceVersion": "22"}
+    store.put_child(edited)
+    second = store.content_version("ns", "Deployment", "m-a")
+    assert second != first
+    relabelled = {**edited, "metadata": {**edited["metadata"], "resourceVersion": "23"}}
+    relabelled["metadata"]["annotations"] = {"someone": "else"}
+    store.put_child(relabelled)
+    assert store.content_version("ns", "Deployment", "m-a") not in (first, second)
+    store.remove_child(relabelled)
+    assert store.content_version("ns", "Deployment", "m-a") == 0
