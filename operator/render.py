@@ -558,7 +558,7 @@ def _template(
         )
     finally:
         _RECORDING.reset(token)
-    filled = _fill(_skeleton(text), [json.loads(json.dumps(v)) for v in recorded])
+    filled = _fill(_skeleton(text), [_fresh(v) for v in recorded])
     if not isinstance(filled, dict):
         raise ValueError(f"template {template} did not render a mapping")
     return filled
@@ -571,6 +571,13 @@ _RECORDING: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
 _PLACEHOLDER = f"marfleet-value-{secrets.token_hex(8)}-"
 """Prefix of a recorded value's placeholder; random per process, so that no value in a spec
 can look like one."""
+
+
+def _fresh(value: Any) -> Any:
+    """`value` as JSON would carry it (tuples become lists), sharing nothing mutable."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return json.loads(json.dumps(value))
 
 
 def _json_filter(value: Any) -> str:
@@ -608,6 +615,7 @@ def _environment() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
         autoescape=False,
         keep_trailing_newline=True,
+        auto_reload=False,  # the templates ship with the code: no stat() per render
     )
     env.filters["json"] = _json_filter
     return env

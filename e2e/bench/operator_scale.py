@@ -547,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--keep-cluster", action="store_true", help="leave the cluster running")
     parser.add_argument("--profile-dir", type=Path, default=None, help="run under py-spy")
-    parser.add_argument("--out", type=Path, default=Path("bench-results/operator-scale.json"))
+    parser.add_argument("--out", type=Path, default=Path("bench-results/operator-bench.json"))
     args = parser.parse_args(argv)
     builds = [tuple(item.split("=", 1)) for item in args.operator] or [
         ("current", DEFAULT_MARFLEET)
