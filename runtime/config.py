@@ -32,6 +32,7 @@ class ConfigError(ValueError):
 class Address:
     host: str
     port: int
+    tls: bool = False  # https://: served with certificate_file and private_key_file
 
     @classmethod
     def parse(cls, key: str, value: str) -> Address:
@@ -40,12 +41,7 @@ class Address:
             raise ConfigError(
                 f"{key}={value!r}: expected http://HOST:PORT, e.g. http://0.0.0.0:8080"
             )
-        if match.group(1) == "https":
-            raise ConfigError(
-                f"{key}={value!r}: marfleet serves plain HTTP; terminate TLS in front of it "
-                "(ingress or service mesh) and use an http:// address"
-            )
-        return cls(match.group(2).strip("[]"), int(match.group(3)))
+        return cls(match.group(2).strip("[]"), int(match.group(3)), match.group(1) == "https")
 
 
 @dataclass(frozen=True)
@@ -92,6 +88,10 @@ class ServerConfig:
     disable_inference_token_authorization: bool = False
     # gRPC (TorchServe's key; 0 = no gRPC listener, see docs/runtime-api.md)
     grpc_inference_port: int = 0
+    # TLS (TorchServe's keys): https:// addresses and enable_grpc_ssl use this pair of PEM files
+    certificate_file: Path | None = None
+    private_key_file: Path | None = None
+    enable_grpc_ssl: bool = False
     ignored_keys: tuple[str, ...] = ()
 
 
@@ -122,6 +122,7 @@ _BOOL_KEYS = {
     "disable_inference_token_authorization",
     "enable_model_api",
     "enable_envvars_config",
+    "enable_grpc_ssl",
 }
 _ADDRESS_KEYS = {"inference_address", "management_address", "metrics_address"}
 _KNOWN_KEYS = (
@@ -130,7 +131,14 @@ _KNOWN_KEYS = (
     | _BOOL_KEYS
     | _ADDRESS_KEYS
     | _FLOAT_KEYS
-    | {"model_store", "load_models", "models", "allowed_urls"}
+    | {
+        "model_store",
+        "load_models",
+        "models",
+        "allowed_urls",
+        "certificate_file",
+        "private_key_file",
+    }
 )
 
 
@@ -205,7 +213,7 @@ def _build(values: Mapping[str, str]) -> ServerConfig:
             settings[key] = Address.parse(key, value)
         elif key in _FLOAT_KEYS:
             settings[key] = _as_float(key, value)
-        elif key == "model_store":
+        elif key in ("model_store", "certificate_file", "private_key_file"):
             settings[key] = Path(value) if value else None
         elif key == "allowed_urls":
             settings[key] = tuple(part.strip() for part in value.split(",") if part.strip())

@@ -103,7 +103,7 @@ async def serve(config: ServerConfig, env: dict[str, str]) -> int:
         loop.add_signal_handler(signum, server.request_stop)
     try:
         await server.start()
-    except OSError as error:
+    except (OSError, ConfigError) as error:
         log.error("cannot listen", extra={"reason": str(error)})
         await server.shutdown()
         return 1

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -60,14 +61,26 @@ class Server:
     process: subprocess.Popen[bytes]
     workdir: Path
     ports: dict[str, int]
+    certificate: Path | None = None  # the server's self-signed certificate when it speaks TLS
+
+    @property
+    def scheme(self) -> str:
+        return "http" if self.certificate is None else "https"
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """httpx's `verify=` for this server: trust its own certificate when it speaks TLS."""
+        if self.certificate is None:
+            return True
+        return ssl.create_default_context(cafile=str(self.certificate))
 
     @property
     def inference(self) -> str:
-        return f"http://127.0.0.1:{self.ports['inference']}"
+        return f"{self.scheme}://127.0.0.1:{self.ports['inference']}"
 
     @property
     def management(self) -> str:
-        return f"http://127.0.0.1:{self.ports['management']}"
+        return f"{self.scheme}://127.0.0.1:{self.ports['management']}"
 
     @property
     def metrics(self) -> str:
@@ -119,6 +132,7 @@ def serve(
     properties: Mapping[str, str] | None = None,
     env: Mapping[str, str] | None = None,
     ready_timeout: float = 90,
+    tls: tuple[Path, Path] | None = None,
 ) -> Iterator[Server]:
     """Start `marfleet serve --foreground`, wait until /ping is healthy, always end it.
 
@@ -132,6 +146,11 @@ def serve(
         for name in ("inference", "management", "metrics")
     }
     settings["grpc_inference_port"] = str(ports["grpc"])
+    if tls is not None:  # (certificate, key): HTTPS on inference and management, gRPC over TLS
+        for name in ("inference", "management"):
+            settings[f"{name}_address"] = f"https://127.0.0.1:{ports[name]}"
+        settings["certificate_file"], settings["private_key_file"] = str(tls[0]), str(tls[1])
+        settings["enable_grpc_ssl"] = "true"
     settings["disable_inference_token_authorization"] = "true"
     settings.update(properties or {})
     config = workdir / "config.properties"
@@ -149,7 +168,7 @@ def serve(
             env={**os.environ, **(env or {})},
             start_new_session=True,
         )
-    server = Server(process, workdir, ports)
+    server = Server(process, workdir, ports, None if tls is None else tls[0])
     try:
         _wait_healthy(server, ready_timeout)
         yield server
@@ -166,7 +185,10 @@ def _wait_healthy(server: Server, timeout: float) -> None:
             raise RuntimeError(f"marfleet serve exited early:\n{server.log()[-4000:]}")
         try:
             ping = httpx.get(
-                f"{server.inference}/ping", headers=server.bearer("inference"), timeout=2
+                f"{server.inference}/ping",
+                headers=server.bearer("inference"),
+                timeout=2,
+                verify=server.verify,
             )
             if ping.status_code == 200:
                 return

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import shutil
 import socket
+import ssl
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import TextIO
 
 import grpc
-from marfleet.runtime.config import ModelSource, ServerConfig
+from marfleet.runtime.config import ConfigError, ModelSource, ServerConfig
 from marfleet.runtime.metrics import CONTENT_TYPE, RuntimeMetrics
 from marfleet.runtime.server import grpc_api
 from marfleet.runtime.server.auth import Tokens, require_token, token_api
@@ -76,6 +77,35 @@ def _api_errors(app: Handler) -> Handler:
             return error.response()
 
     return handle
+
+
+def server_tls(config: ServerConfig) -> ssl.SSLContext | None:
+    """The TLS context of the https:// listeners and gRPC with enable_grpc_ssl (TorchServe's
+    certificate_file and private_key_file, PEM); None when nothing asks for TLS."""
+    addresses = (config.inference_address, config.management_address, config.metrics_address)
+    if not config.enable_grpc_ssl and not any(address.tls for address in addresses):
+        return None
+    if config.certificate_file is None or config.private_key_file is None:
+        raise ConfigError(
+            "an https:// address or enable_grpc_ssl=true asks for TLS: set certificate_file "
+            "and private_key_file (PEM files of the certificate chain and its private key)"
+        )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(config.certificate_file, config.private_key_file)
+    except (OSError, ssl.SSLError) as error:
+        raise ConfigError(
+            f"certificate_file={config.certificate_file}, private_key_file="
+            f"{config.private_key_file}: cannot be used as a TLS certificate and key ({error})"
+        ) from None
+    return context
+
+
+def grpc_credentials(config: ServerConfig) -> grpc.ServerCredentials:
+    """The same certificate and key for the gRPC listener (enable_grpc_ssl=true)."""
+    assert config.certificate_file is not None and config.private_key_file is not None
+    pair = (config.private_key_file.read_bytes(), config.certificate_file.read_bytes())
+    return grpc.ssl_server_credentials([pair])
 
 
 class ModelServer:
@@ -132,6 +162,7 @@ class ModelServer:
     async def start(self) -> None:
         config = self.config
         limits = http_limits(config)
+        tls = server_tls(config)
         if not config.disable_token_authorization:
             self.plane.tokens = Tokens(
                 self._key_file,
@@ -157,7 +188,7 @@ class ModelServer:
                 on_complete=self._completion_hook(name),
                 on_unhandled=self._log_unhandled,
             )
-            await server.start(address.host, address.port)
+            await server.start(address.host, address.port, tls=tls if address.tls else None)
             self._servers[name] = server
         if config.grpc_inference_port:
             self._grpc, self._grpc_port = await grpc_api.start_server(
@@ -166,6 +197,7 @@ class ModelServer:
                 config.grpc_inference_port,
                 max_request_bytes=config.max_request_size,
                 max_response_bytes=config.max_response_size,
+                credentials=grpc_credentials(config) if config.enable_grpc_ssl else None,
             )
         log.info(
             "listening",

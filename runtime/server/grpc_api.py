@@ -451,9 +451,12 @@ async def start_server(
         [TorchServeInference(plane).handler(), *OpenInference(plane).handlers()]
     )
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    if credentials is None:
-        bound = server.add_insecure_port(address)
-    else:
-        bound = server.add_secure_port(address, credentials)
+    try:
+        if credentials is None:
+            bound = server.add_insecure_port(address)
+        else:
+            bound = server.add_secure_port(address, credentials)
+    except RuntimeError as error:  # grpcio's way of saying the address is taken
+        raise OSError(f"gRPC cannot listen on {address}: {error}") from None
     await server.start()
     return server, bound

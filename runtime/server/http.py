@@ -22,6 +22,8 @@ Refusals use a lingering close (answer, half-close, discard input for a moment),
 that is still sending reads the answer instead of a reset. Response headers are checked before
 they are written: a value with CR/LF or outside latin-1 becomes a 500 that says which header.
 
+With an `ssl.SSLContext` (`start(..., tls=...)`) the listener speaks HTTPS only.
+
 A handler whose answer's end is not known yet returns a `StreamedResponse`: its `chunks` are
 written with chunked transfer encoding as they arrive, the writer waits while the client reads
 slowly (so the producer is paused, not buffered), and when the client goes away the chunks are
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import ssl
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -597,10 +600,18 @@ class HttpServer:
         self.refused_connections = 0  # over max_connections, since start
         self._all_closed = asyncio.Event()
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(self, host: str, port: int, *, tls: ssl.SSLContext | None = None) -> None:
+        """Listen on host:port; with `tls`, HTTPS only (a plain-HTTP client's connection is
+        closed when its handshake fails, before any request is read)."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _Connection(self), host, port, reuse_address=True, backlog=2048
+            lambda: _Connection(self),
+            host,
+            port,
+            reuse_address=True,
+            backlog=2048,
+            ssl=tls,
+            ssl_handshake_timeout=self.limits.head_timeout if tls is not None else None,
         )
 
     @property

@@ -14,6 +14,7 @@ from marfleet.runtime.config import (
     parse_properties,
     resolve_model_settings,
 )
+from marfleet.runtime.server.app import server_tls
 
 
 def test_properties_syntax() -> None:
@@ -77,7 +78,6 @@ def test_known_keys_are_typed_and_unknown_ones_reported() -> None:
         ("job_queue_size", "0", "at least 1"),
         ("enable_model_api", "yes", "true or false"),
         ("inference_address", "8080", "http://HOST:PORT"),
-        ("inference_address", "https://0.0.0.0:8443", "terminate TLS"),
         ("models", "{not json", "not valid JSON"),
     ],
 )
@@ -190,3 +190,16 @@ def test_bad_model_settings_are_refused(model_yaml: dict[str, object], fragment:
             ServerConfig(), default_workers=1, properties_model={}, model_yaml=model_yaml, api={}
         )
     assert fragment in str(raised.value)
+
+
+def test_https_addresses_and_grpc_ssl_need_the_certificate_and_key(tmp_path: Path) -> None:
+    config = load_server_config({"inference_address": "https://0.0.0.0:8443"}, {})
+    assert config.inference_address == Address("0.0.0.0", 8443, tls=True)
+    for properties in ({"inference_address": "https://0.0.0.0:8443"}, {"enable_grpc_ssl": "true"}):
+        with pytest.raises(ConfigError, match="certificate_file and private_key_file"):
+            server_tls(load_server_config(properties, {}))
+    missing = {"enable_grpc_ssl": "true", "certificate_file": str(tmp_path / "no.pem")}
+    missing["private_key_file"] = missing["certificate_file"]
+    with pytest.raises(ConfigError, match="cannot be used as a TLS certificate"):
+        server_tls(load_server_config(missing, {}))
+    assert server_tls(load_server_config({}, {})) is None

@@ -1,0 +1,93 @@
+"""TLS with TorchServe's keys: a self-signed certificate made here (openssl), `https://`
+addresses for the inference and management ports, `enable_grpc_ssl=true` for gRPC, and real
+clients (httpx, grpcio) that trust only that certificate. A plain-HTTP client on the TLS port is
+refused at the handshake, and the server goes on serving."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from google.protobuf import empty_pb2
+from marfleet.runtime.server.protos import inference_pb2 as ts_pb2
+
+from tests.integration.server_archives import HANDLERS
+from tests.serving import Server, archive, serve
+
+PING = "/org.pytorch.serve.grpc.inference.InferenceAPIsService/Ping"
+PREDICT = "/org.pytorch.serve.grpc.inference.InferenceAPIsService/Predictions"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("server-tls")
+    cert, key = root / "cert.pem", root / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"),
+            *("-addext", "subjectAltName=IP:127.0.0.1"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    store = root / "store"
+    store.mkdir()
+    archive(store, "echo", HANDLERS / "behaviour.py")
+    with serve(store, root / "run", models=["echo.mar"], tls=(cert, key)) as srv:
+        yield srv
+
+
+def test_https_serves_the_inference_and_management_apis(server: Server) -> None:
+    ping = httpx.get(f"{server.inference}/ping", verify=server.verify)
+    assert ping.status_code == 200 and ping.json() == {"status": "Healthy"}
+    answer = httpx.post(f"{server.inference}/predictions/echo", json={"x": 1}, verify=server.verify)
+    assert answer.status_code == 200 and answer.json()["echo"] == {"x": 1}
+    models = httpx.get(
+        f"{server.management}/models",
+        headers=server.auth,
+        verify=server.verify,
+    )
+    assert models.status_code == 200 and models.json()["models"][0]["modelName"] == "echo"
+
+
+def test_plain_http_on_a_tls_port_is_refused_and_serving_goes_on(
+    server: Server,
+) -> None:
+    plain = server.inference.replace("https://", "http://")
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{plain}/ping", timeout=10)
+    assert httpx.get(f"{server.inference}/ping", verify=server.verify).status_code == 200
+
+
+def test_grpc_over_tls(server: Server) -> None:
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=Path(str(server.certificate)).read_bytes()
+    )
+    with grpc.secure_channel(server.grpc, credentials) as channel:
+        ping = channel.unary_unary(
+            PING,
+            request_serializer=empty_pb2.Empty.SerializeToString,
+            response_deserializer=ts_pb2.TorchServeHealthResponse.FromString,
+        )(empty_pb2.Empty(), timeout=30)
+        assert json.loads(ping.health) == {"status": "Healthy"}
+        request = ts_pb2.PredictionsRequest(model_name="echo", input={"body": b"{}"})
+        answer = channel.unary_unary(
+            PREDICT,
+            request_serializer=ts_pb2.PredictionsRequest.SerializeToString,
+            response_deserializer=ts_pb2.PredictionResponse.FromString,
+        )(request, timeout=30)
+        assert json.loads(answer.prediction)["batch"] == 1
+    with grpc.insecure_channel(server.grpc) as plain:
+        with pytest.raises(grpc.RpcError) as error:
+            plain.unary_unary(
+                PING,
+                request_serializer=empty_pb2.Empty.SerializeToString,
+                response_deserializer=ts_pb2.TorchServeHealthResponse.FromString,
+            )(empty_pb2.Empty(), timeout=10)
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
