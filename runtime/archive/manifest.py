@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from marfleet.runtime.archive.errors import ArchiveError, ManifestError
+from marfleet.runtime.archive.errors import ArchiveError, ManifestError, UnsafeArchiveError
+from marfleet.runtime.archive.extract import safe_relative_path
 
 MAR_INF = "MAR-INF"
 MANIFEST_PATH = f"{MAR_INF}/MANIFEST.json"
@@ -25,12 +26,30 @@ CREATED_ON_FORMAT = "%d/%m/%Y %H:%M:%S"
 MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-.]*$")
 
 
+MAX_NAME_LENGTH = 255
+
+
 def validate_model_name(name: str) -> None:
     """Refuse a name TorchServe would refuse (it becomes a URL path segment and a file name)."""
-    if not MODEL_NAME_PATTERN.match(name):
+    if len(name) > MAX_NAME_LENGTH or not MODEL_NAME_PATTERN.fullmatch(name):
         raise ArchiveError(
             f"invalid model name {name!r}: it must start with a letter or digit and contain only "
-            f"letters, digits, '_', '-' and '.' (pattern {MODEL_NAME_PATTERN.pattern})"
+            f"letters, digits, '_', '-' and '.' (pattern {MODEL_NAME_PATTERN.pattern}, at most "
+            f"{MAX_NAME_LENGTH} characters)"
+        )
+
+
+def validate_model_version(version: str) -> None:
+    """Refuse a version that could not be addressed as `/models/{name}/{version}`."""
+    if (
+        len(version) > MAX_NAME_LENGTH
+        or not MODEL_NAME_PATTERN.fullmatch(version)
+        or version == "all"
+    ):
+        raise ArchiveError(
+            f"invalid model version {version!r}: it must start with a letter or digit and "
+            "contain only letters, digits, '_', '-' and '.', and 'all' is reserved "
+            "(GET /models/{name}/all lists every version)"
         )
 
 
@@ -85,6 +104,11 @@ class Manifest:
         handler = model.get("handler")
         if not isinstance(handler, str) or not handler:
             raise ManifestError(f"{MANIFEST_PATH} names no model.handler")
+        _check_inside("handler", handler.partition(":")[0])
+        for key in _FILE_KEYS:
+            value = _text(model, key)
+            if value is not None:
+                _check_inside(key, value)
         return cls(
             model_name=_text(model, "modelName") or default_name,
             model_version=_text(model, "modelVersion") or DEFAULT_MODEL_VERSION,
@@ -98,6 +122,21 @@ class Manifest:
             archiver_version=_text(document, "archiverVersion"),
             raw=document,
         )
+
+
+_FILE_KEYS = ("serializedFile", "modelFile", "requirementsFile", "configFile", "extraFiles")
+
+
+def _check_inside(key: str, value: str) -> None:
+    """A file the manifest names must be inside the archive (each of a comma list, too)."""
+    for part in value.split(",") if key == "extraFiles" else [value]:
+        try:
+            safe_relative_path(part.strip())
+        except UnsafeArchiveError as error:
+            raise ManifestError(
+                f"{MANIFEST_PATH}: model.{key} {part.strip()!r} points outside the archive "
+                f"({error.reason})"
+            ) from None
 
 
 def _text(mapping: dict[str, Any], key: str) -> str | None:

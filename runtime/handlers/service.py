@@ -30,10 +30,10 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-import yaml
 from marfleet.runtime import ts_compat
 from marfleet.runtime.archive.errors import ArchiveError
 from marfleet.runtime.archive.manifest import Manifest, read_manifest
+from marfleet.runtime.archive.model_config import read_model_config
 from marfleet.runtime.handlers.codec import (
     encode_output,
     error_body,
@@ -46,7 +46,6 @@ from marfleet.runtime.handlers.loader import EntryPoint, enter_model_dir, load_e
 from marfleet.runtime.handlers.messages import InferenceRequest, InferenceResult
 from marfleet.runtime.handlers.metrics import HandlerMetric, HandlerMetrics
 from marfleet.runtime.handlers.streaming import PartSink
-from marfleet.runtime.handlers.util import get_yaml_config
 
 __all__ = [
     "HandlerMetric",
@@ -256,11 +255,10 @@ class ModelService:
 def _model_config(model_dir: Path, manifest: Manifest) -> dict[str, Any]:
     if not manifest.config_file:
         return {}
-    path = model_dir / manifest.config_file
     try:
-        return get_yaml_config(path)
-    except (OSError, ValueError, yaml.YAMLError) as error:
-        raise ModelLoadError(f"model config {path} cannot be read: {error}") from error
+        return read_model_config(model_dir, manifest.config_file)
+    except ArchiveError as error:
+        raise ModelLoadError(str(error)) from None
 
 
 def _failed(count: int, status: int, message: str) -> list[InferenceResult]:

@@ -114,8 +114,12 @@ class Tokens:
             document[name] = {"key": key.value}
             if key.expires_at is not None:
                 document[name]["expiration time"] = _instant(key.expires_at)
-        fd = os.open(self._key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # 0600 even when the file is already there (O_CREAT's mode applies only to a new
+        # file), and never through a symlink someone put in its place.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+        fd = os.open(self._key_file, flags, 0o600)
         with os.fdopen(fd, "w") as handle:
+            os.fchmod(fd, 0o600)
             json.dump(document, handle, indent=2)
 
 

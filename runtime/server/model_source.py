@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from marfleet.runtime.archive.errors import ArchiveError
+from marfleet.runtime.archive.manifest import validate_model_name, validate_model_version
+from marfleet.runtime.archive.model_config import read_model_config
 from marfleet.runtime.archive.reader import ModelArchive, load_archive
 from marfleet.runtime.config import ConfigError, ServerConfig, resolve_model_settings
 from marfleet.runtime.server.errors import ApiError
@@ -75,6 +76,11 @@ class ModelLoader:
         manifest = archive.manifest
         name = registration.model_name or manifest.model_name
         version = manifest.model_version
+        try:
+            validate_model_name(name)
+            validate_model_version(version)
+        except ArchiveError as error:
+            raise ApiError(400, str(error)) from None
         config = self._config
         try:
             settings = resolve_model_settings(
@@ -165,16 +171,10 @@ def _model_yaml(archive: ModelArchive) -> dict[str, Any]:
     config_file = archive.manifest.config_file
     if not config_file:
         return {}
-    path = archive.model_dir / config_file
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as error:
-        raise ConfigError(f"model-config file {config_file}: {error}") from None
-    if loaded is None:
-        return {}
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"model-config file {config_file}: expected a mapping of settings")
-    return loaded
+        return read_model_config(archive.model_dir, config_file)
+    except ArchiveError as error:
+        raise ConfigError(str(error)) from None
 
 
 def _remove_tree(path: Path) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from marfleet.runtime.archive.errors import ArchiveError, ManifestError
 from marfleet.runtime.archive.manifest import Manifest, read_manifest, validate_model_name
+from marfleet.runtime.archive.model_config import read_model_config
 
 
 def write_manifest(model_dir: Path, document: object) -> Path:
@@ -117,3 +118,36 @@ def test_valid_model_names(name: str) -> None:
 def test_invalid_model_names_are_refused(name: str) -> None:
     with pytest.raises(ArchiveError, match="invalid model name"):
         validate_model_name(name)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("configFile", "../../etc/passwd"),
+        ("configFile", "/etc/passwd"),
+        ("serializedFile", "../model.pt"),
+        ("handler", "../../outside/handler.py:handle"),
+        ("extraFiles", "ok.txt,../secret.txt"),
+    ],
+)
+def test_files_the_manifest_names_must_be_inside_the_archive(
+    tmp_path: Path, key: str, value: str
+) -> None:
+    model = {"handler": "h.py", key: value}
+    write_manifest(tmp_path, {"model": model})
+    with pytest.raises(ManifestError, match=f"model.{key} .* points outside the archive"):
+        read_manifest(tmp_path, default_name="m")
+
+
+def test_model_config_errors_never_show_the_file(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text("token: SECRET-VALUE\n  - [unclosed: SECRET-TWO\n")
+    with pytest.raises(ManifestError) as raised:
+        read_model_config(tmp_path, "bad.yaml")
+    assert "line 2" in str(raised.value) and "SECRET" not in str(raised.value)
+    outside = tmp_path.parent / f"{tmp_path.name}-secret.yaml"
+    outside.write_text("SECRET-THREE\n")
+    (tmp_path / "link.yaml").symlink_to(outside)
+    with pytest.raises(ManifestError, match="points outside the archive"):
+        read_model_config(tmp_path, "link.yaml")
+    with pytest.raises(ManifestError, match="points outside the archive"):
+        read_model_config(tmp_path, f"../{outside.name}")

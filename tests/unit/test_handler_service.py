@@ -191,5 +191,7 @@ def test_an_unreadable_model_config_is_reported(tmp_path: Path) -> None:
         files={"h.py": ECHO_HANDLER, "bad.yaml": "a: [unclosed\n"},
         model={"configFile": "bad.yaml"},
     )
-    with pytest.raises(ModelLoadError, match=r"model config .*bad\.yaml cannot be read"):
+    with pytest.raises(
+        ModelLoadError, match=r"model-config file bad\.yaml is not valid YAML at line"
+    ):
         ModelService.load(model_dir, gpu_id=None, batch_size=1)
