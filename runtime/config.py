@@ -92,6 +92,9 @@ class ServerConfig:
     certificate_file: Path | None = None
     private_key_file: Path | None = None
     enable_grpc_ssl: bool = False
+    # model lifecycle limits (docs/operations.md)
+    max_workers_per_model: int | None = None  # None: 2 per CPU core, or devices x per device
+    max_model_unpacked_size: int = 64 * 1024**3
     ignored_keys: tuple[str, ...] = ()
 
 
@@ -109,6 +112,7 @@ _INT_KEYS = {
     "max_connections",
     "max_json_depth",
     "grpc_inference_port",
+    "max_model_unpacked_size",
 }
 _FLOAT_KEYS = {
     "shutdown_grace_seconds",
@@ -116,7 +120,7 @@ _FLOAT_KEYS = {
     "request_body_timeout_seconds",
     "keepalive_timeout_seconds",
 }
-_OPTIONAL_INT_KEYS = {"default_workers_per_model", "number_of_gpu"}
+_OPTIONAL_INT_KEYS = {"default_workers_per_model", "number_of_gpu", "max_workers_per_model"}
 _BOOL_KEYS = {
     "disable_token_authorization",
     "disable_inference_token_authorization",
@@ -227,6 +231,11 @@ def _build(values: Mapping[str, str]) -> ServerConfig:
         raise ConfigError(f"token_expiration_min={config.token_expiration_min}: must be at least 1")
     if config.job_queue_size < 1:
         raise ConfigError(f"job_queue_size={config.job_queue_size}: must be at least 1")
+    if config.max_workers_per_model is not None and config.max_workers_per_model < 1:
+        raise ConfigError(
+            f"max_workers_per_model={config.max_workers_per_model}: must be at least 1 "
+            "(leave it out for the default)"
+        )
     for key in _POSITIVE_KEYS:
         if getattr(config, key) <= 0:
             raise ConfigError(f"{key}={getattr(config, key)}: must be greater than 0")
@@ -238,6 +247,7 @@ _POSITIVE_KEYS = (
     "max_request_head_size",
     "max_connections",
     "max_json_depth",
+    "max_model_unpacked_size",
     "request_head_timeout_seconds",
     "request_body_timeout_seconds",
     "keepalive_timeout_seconds",

@@ -151,6 +151,7 @@ def _extract_zip(archive: Path, staging: Path, limits: ExtractionLimits) -> None
         with zipfile.ZipFile(archive) as bundle:
             members = bundle.infolist()
             declared = _Budget(limits)
+            packed = 0
             for info in members:
                 safe_relative_path(info.filename)
                 kind = _zip_member_kind(info)
@@ -159,6 +160,9 @@ def _extract_zip(archive: Path, staging: Path, limits: ExtractionLimits) -> None
                 declared.admit(info.filename, info.file_size)
                 declared.total += info.file_size
                 declared.check_ratio(info.filename, info.file_size, info.compress_size)
+                packed += info.compress_size
+                # many members each under the ratio floor must not add up to a bomb
+                declared.check_ratio(info.filename, declared.total, packed)
             actual = _Budget(limits)
             for info in members:
                 relative = safe_relative_path(info.filename)

@@ -102,6 +102,8 @@ class ManagementApi:
         maximum = _number(query, "max_worker", max(count, entry.settings.max_workers))
         if count < 0 or maximum < count:
             raise ApiError(400, f"Invalid worker counts: min_worker={count}, max_worker={maximum}")
+        self._loader.check_workers(count, "min_worker")
+        self._loader.check_workers(maximum, "max_worker")
         synchronous = query.get("synchronous", "false").lower() == "true"
         errors = await self._registry.scale(entry, count, wait=synchronous)
         if errors:

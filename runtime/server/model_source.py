@@ -19,15 +19,21 @@ from pathlib import Path
 from typing import Any
 
 from marfleet.runtime.archive.errors import ArchiveError
+from marfleet.runtime.archive.extract import ExtractionLimits
 from marfleet.runtime.archive.manifest import validate_model_name, validate_model_version
 from marfleet.runtime.archive.model_config import read_model_config
 from marfleet.runtime.archive.reader import ModelArchive, load_archive
 from marfleet.runtime.config import ConfigError, ServerConfig, resolve_model_settings
 from marfleet.runtime.server.errors import ApiError
 from marfleet.runtime.storage.fetch import FetchError, FetchSettings, fetch
-from marfleet.runtime.workers.placement import default_worker_count, model_devices
+from marfleet.runtime.workers.placement import (
+    available_cores,
+    default_worker_count,
+    model_devices,
+)
 from marfleet.runtime.workers.registry import AlreadyRegistered, ModelRegistry, ModelVersion
 
+WORKERS_PER_CORE = 2  # the default max_workers_per_model: this many per CPU core, or per device
 _URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
@@ -55,20 +61,49 @@ class ModelLoader:
         self._extract_root = extract_root
 
     async def register(self, registration: Registration) -> tuple[ModelVersion, int]:
-        """Register; returns the new version and how many workers it was given."""
+        """Register; returns the new version and how many workers it was given.
+
+        All or nothing: on any failure, and when the caller is cancelled (the client went
+        away), what was unpacked is removed and the version is not registered.
+        """
         source = await self._locate(registration.url)
         target = self._extract_root / uuid.uuid4().hex
+        limits = ExtractionLimits(max_total_bytes=self._config.max_model_unpacked_size)
+        unpacking = asyncio.ensure_future(asyncio.to_thread(load_archive, source, target, limits))
         try:
-            archive = await asyncio.to_thread(load_archive, source, target)
+            archive = await asyncio.shield(unpacking)
+        except asyncio.CancelledError:
+            # the thread cannot be stopped: remove what it unpacked once it is done
+            unpacking.add_done_callback(lambda _: _remove_tree(target))
+            raise
         except ArchiveError as error:
+            await asyncio.to_thread(_remove_tree, target)  # a bad manifest is found after unpacking
             raise ApiError(400, f"Invalid model archive {registration.url}: {error}") from None
         cleanup = target if target.exists() else None
         try:
             return await self._add(registration, archive, cleanup)
         except BaseException:
             if cleanup is not None:
-                await asyncio.to_thread(_remove_tree, cleanup)
+                _remove_tree(cleanup)
             raise
+
+    def check_workers(self, count: int, what: str) -> None:
+        """Refuse (400) a worker count above `max_workers_per_model`; `what` names its source."""
+        limit = self.max_workers_per_model
+        if count > limit:
+            raise ApiError(
+                400,
+                f"{what}={count} exceeds this server's limit of {limit} workers per model "
+                "(max_workers_per_model); ask for fewer workers or raise the limit",
+            )
+
+    @property
+    def max_workers_per_model(self) -> int:
+        configured = self._config.max_workers_per_model
+        if configured is not None:
+            return configured
+        devices = max(1, self._gpu_count) * self._config.workers_per_device
+        return max(devices, WORKERS_PER_CORE * available_cores())
 
     async def _add(
         self, registration: Registration, archive: ModelArchive, cleanup: Path | None
@@ -95,6 +130,8 @@ class ModelLoader:
             devices = model_devices(self._gpu_count, settings.device_type, settings.device_ids)
         except (ConfigError, ValueError) as error:
             raise ApiError(400, f"Model {name!r} version {version}: {error}") from None
+        self.check_workers(settings.min_workers, "minWorkers (initial_workers)")
+        self.check_workers(settings.max_workers, "maxWorkers")
         try:
             errors = await self._registry.add(
                 name=name,

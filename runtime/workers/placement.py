@@ -7,6 +7,7 @@ inside a process that inherits `CUDA_VISIBLE_DEVICES`), never a physical index.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
@@ -71,6 +72,14 @@ def default_worker_count(
     if default_workers_per_model is not None:
         return default_workers_per_model
     return max(1, gpus) * workers_per_device
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, not the whole machine)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 class RoundRobin:

@@ -142,6 +142,8 @@ class WorkerPool:
         for slot in sorted(active, key=lambda s: s.state == "busy")[: max(0, len(active) - count)]:
             slot.retiring = True
             slot.interrupt()
+            if slot.state == "starting" and slot.process is not None:
+                slot.process.kill()  # a load holds no accepted work: stop it now, not later
         if not wait:
             return []
         outcomes = await asyncio.gather(*(slot.first_start for slot in added))

@@ -4,6 +4,11 @@ This is where a request meets a model version: `submit` enqueues a job or refuse
 (no worker, queue full), so the HTTP layer only translates outcomes into status codes.
 Unregistering first hides the version (new requests get 404), then drains what was already
 accepted, then stops its workers — nothing accepted is dropped.
+
+Registration is atomic: a version counts as serving (for `/ping`) only once its initial workers
+loaded; if they cannot load, or the registering client goes away first, or the version is
+unregistered while loading, it is removed again with its workers (a worker still loading is
+killed at once) and its unpacked files, so it can be registered again.
 """
 
 from __future__ import annotations
@@ -76,6 +81,8 @@ class ModelVersion:
     metrics: ModelMetrics
     loaded_at_startup: bool
     cleanup_dir: Path | None = None
+    serving: bool = False  # its initial workers loaded; until then /ping ignores it
+    removed: bool = False
     registered_at: float = field(default_factory=time.time)
     unfinished: int = 0  # accepted jobs without a result yet (queued, batching or running)
 
@@ -114,6 +121,7 @@ class ModelRegistry:
         self._worker_ids: Iterator[int] = itertools.count(9000)
         self._models: dict[str, dict[str, ModelVersion]] = {}
         self._defaults: dict[str, str] = {}
+        self._settling: set[asyncio.Future[list[str]]] = set()  # background registrations
 
     # lookups
 
@@ -144,7 +152,8 @@ class ModelRegistry:
         return [entry for versions in self._models.values() for entry in versions.values()]
 
     def healthy(self) -> bool:
-        return all(entry.healthy for entry in self.all())
+        """Every version that should be serving has its workers (loading ones do not count)."""
+        return all(entry.healthy for entry in self.all() if entry.serving)
 
     # changes
 
@@ -164,8 +173,10 @@ class ModelRegistry:
     ) -> list[str]:
         """Register and start `settings.min_workers` workers; returns load errors if `wait`.
 
-        With `wait`, a version whose workers could not load is removed again, so a broken
-        model never stays registered.
+        A version whose initial workers cannot load is removed again (with `wait` before this
+        returns, else in the background), so a broken model never stays registered; if the
+        caller is cancelled while waiting, the version is removed before the cancellation
+        propagates.
         """
         if version in self._models.get(name, {}):
             raise AlreadyRegistered(
@@ -213,9 +224,29 @@ class ModelRegistry:
         )
         self._models.setdefault(name, {})[version] = entry
         self._defaults.setdefault(name, version)
-        errors = await pool.scale(settings.min_workers, wait=wait)
+        settled = asyncio.ensure_future(self._settle(entry))
+        if not wait:
+            self._settling.add(settled)
+            settled.add_done_callback(self._settling.discard)
+            return []
+        try:
+            return await asyncio.shield(settled)
+        except asyncio.CancelledError:
+            # the client went away: take the version out again, and finish doing so
+            await asyncio.shield(self._discard(entry, kill_after=0.0, load_failed=False))
+            raise
+
+    async def _settle(self, entry: ModelVersion) -> list[str]:
+        """Wait for the initial workers; serving if they loaded, removed if not."""
+        errors = await entry.pool.scale(entry.settings.min_workers, wait=True)
+        if entry.removed:
+            return errors or [
+                f'model "{entry.name}" version {entry.version} was unregistered while loading'
+            ]
         if errors:
             await self._discard(entry, kill_after=self._workers.stop_grace_s, load_failed=True)
+        else:
+            entry.serving = True
         return errors
 
     async def scale(self, entry: ModelVersion, count: int, *, wait: bool) -> list[str]:
@@ -269,6 +300,9 @@ class ModelRegistry:
         self, entry: ModelVersion, *, kill_after: float, load_failed: bool = False
     ) -> None:
         """Stop the workers (killing any still busy after `kill_after` s), answer the rest."""
+        if entry.removed:
+            return
+        entry.removed = True
         self._hide(entry)
         await entry.pool.shutdown(kill_after)
         gone = error_result(
