@@ -95,6 +95,11 @@ class ServerConfig:
     # model lifecycle limits (docs/operations.md)
     max_workers_per_model: int | None = None  # None: 2 per CPU core, or devices x per device
     max_model_unpacked_size: int = 64 * 1024**3
+    # registration by URL (docs/operations.md)
+    max_download_size: int = 20 * 1024**3
+    download_timeout_seconds: float = 600.0
+    download_stall_timeout_seconds: float = 30.0
+    max_concurrent_downloads: int = 4
     ignored_keys: tuple[str, ...] = ()
 
 
@@ -113,12 +118,16 @@ _INT_KEYS = {
     "max_json_depth",
     "grpc_inference_port",
     "max_model_unpacked_size",
+    "max_download_size",
+    "max_concurrent_downloads",
 }
 _FLOAT_KEYS = {
     "shutdown_grace_seconds",
     "request_head_timeout_seconds",
     "request_body_timeout_seconds",
     "keepalive_timeout_seconds",
+    "download_timeout_seconds",
+    "download_stall_timeout_seconds",
 }
 _OPTIONAL_INT_KEYS = {"default_workers_per_model", "number_of_gpu", "max_workers_per_model"}
 _BOOL_KEYS = {
@@ -248,6 +257,10 @@ _POSITIVE_KEYS = (
     "max_connections",
     "max_json_depth",
     "max_model_unpacked_size",
+    "max_download_size",
+    "max_concurrent_downloads",
+    "download_timeout_seconds",
+    "download_stall_timeout_seconds",
     "request_head_timeout_seconds",
     "request_body_timeout_seconds",
     "keepalive_timeout_seconds",

@@ -47,6 +47,8 @@ class BatchQueue(Generic[T]):
 
     def put(self, item: T) -> None:
         if len(self._items) >= self.capacity:
+            self._drop_dead()  # clients that left (or timed out) must not hold places
+        if len(self._items) >= self.capacity:
             raise QueueFull(f"queue is full ({self.capacity} waiting)")
         self._items.append(item)
         self._wake_one()
@@ -82,6 +84,14 @@ class BatchQueue(Generic[T]):
             self.requeue(batch)  # a consumer that stops while filling gives its items back
             raise
         return batch
+
+    def _drop_dead(self) -> None:
+        live = deque(item for item in self._items if self._is_live(item))
+        if self._on_drop is not None:
+            for item in self._items:
+                if not self._is_live(item):
+                    self._on_drop(item)
+        self._items = live
 
     def _pop_into(self, batch: list[T], max_size: int) -> None:
         while self._items and len(batch) < max_size:

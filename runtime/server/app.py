@@ -242,6 +242,7 @@ class ModelServer:
         if "metrics" in self._servers:
             self._servers["metrics"].begin_shutdown()
             await self._servers["metrics"].wait_closed(1.0)
+        self.loader.close()
         shutil.rmtree(self._extract_root, ignore_errors=True)
         log.info("stopped", extra={"seconds": round(time.monotonic() - started, 3)})
 
@@ -285,6 +286,8 @@ class ModelServer:
         )
 
     async def _load_startup_models(self) -> None:
+        """Load every startup model; one that cannot load is logged and skipped, so /ping
+        turns healthy once every startup model that can load is serving."""
         try:
             await asyncio.gather(*(self._load_one(source) for source in self._startup_sources()))
         finally:
@@ -320,6 +323,9 @@ class ModelServer:
                 "model refused at startup",
                 extra={"url": source.url, "status": error.status, "reason": error.message},
             )
+            return
+        except Exception as error:  # one bad archive must not stop the others
+            log.error("model failed at startup", exc_info=error, extra={"url": source.url})
             return
         log.info(
             "model registered",

@@ -10,10 +10,13 @@ load the model (500, and the version is not kept).
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import shutil
+import threading
 import uuid
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +62,11 @@ class ModelLoader:
         self._registry = registry
         self._gpu_count = gpu_count
         self._extract_root = extract_root
+        self._downloads = 0
+        self._download_threads = ThreadPoolExecutor(
+            config.max_concurrent_downloads, thread_name_prefix="marfleet-download"
+        )
+        self._cancel_downloads: set[threading.Event] = set()
 
     async def register(self, registration: Registration) -> tuple[ModelVersion, int]:
         """Register; returns the new version and how many workers it was given.
@@ -188,20 +196,66 @@ class ModelLoader:
         return path
 
     async def _download(self, url: str) -> Path:
-        store = self._config.model_store
+        """Fetch `url` into the model store with `marfleet fetch`'s downloader, within limits.
+
+        At most `max_concurrent_downloads` run at once, on their own threads (a trickling
+        server cannot take the threads extraction and other work use); one more is a 503.
+        Each has a size cap, an overall deadline and a stall timeout, and stops when the
+        registering client goes away. The downloader renames only a complete file into place.
+        """
+        config = self._config
+        store = config.model_store
         if store is None:
             raise ApiError(400, f"Cannot download {url}: no model store is configured")
-        settings = FetchSettings(
-            attempts=1, timeout_seconds=float(self._config.default_response_timeout)
-        )
-        try:
-            return await asyncio.to_thread(
-                fetch, url, store, sha256=None, settings=settings, report=lambda _e, _f: None
-            )
-        except (FetchError, ValueError, OSError):
+        if self._downloads >= config.max_concurrent_downloads:
             raise ApiError(
-                400, f"Failed to download archive from: {url}", type="DownloadArchiveException"
+                503,
+                f"{self._downloads} archive downloads are in progress "
+                "(max_concurrent_downloads); retry later",
+                headers={"Retry-After": "1"},
+            )
+        cancelled = threading.Event()
+        settings = FetchSettings(
+            attempts=1,
+            timeout_seconds=config.download_stall_timeout_seconds,
+            stall_seconds=config.download_stall_timeout_seconds,
+            deadline_seconds=config.download_timeout_seconds,
+            max_bytes=config.max_download_size,
+            cancelled=cancelled.is_set,
+        )
+        self._downloads += 1
+        download = asyncio.get_running_loop().run_in_executor(
+            self._download_threads,
+            functools.partial(fetch, url, store, sha256=None, settings=settings, report=_quiet),
+        )
+        download.add_done_callback(self._download_finished)  # when the thread is really done
+        self._cancel_downloads.add(cancelled)
+        try:
+            return await asyncio.shield(download)
+        except asyncio.CancelledError:
+            cancelled.set()  # the client went away: the thread stops at its next read
+            raise
+        except (FetchError, ValueError, OSError) as error:
+            raise ApiError(
+                400,
+                f"Failed to download archive from: {url} ({error})",
+                type="DownloadArchiveException",
             ) from None
+        finally:
+            self._cancel_downloads.discard(cancelled)
+
+    def _download_finished(self, _: object) -> None:
+        self._downloads -= 1
+
+    def close(self) -> None:
+        """Stop downloads in progress (server shutdown)."""
+        for cancelled in list(self._cancel_downloads):
+            cancelled.set()
+        self._download_threads.shutdown(wait=False, cancel_futures=True)
+
+
+def _quiet(_event: str, _fields: dict[str, Any]) -> None:
+    """Registration reports failures in its answer, not as fetch events."""
 
 
 def _model_yaml(archive: ModelArchive) -> dict[str, Any]:

@@ -60,6 +60,7 @@ class Job:
     future: asyncio.Future[ItemResult]
     enqueued_at: float = field(default_factory=time.perf_counter)
     stream: Parts | None = None  # once the handler sent an intermediate response (parts.py)
+    started: bool = False  # a worker took it: from now on the batch's timeout bounds it
 
 
 def job_is_live(job: Job) -> bool:
@@ -238,16 +239,25 @@ class WorkerPool:
             jobs = await self._next_batch(slot)
             if jobs is None:
                 continue
-            if not process.alive:
-                self._queue.requeue(jobs)
+            if process.exited():
+                self._queue.requeue(jobs)  # they wait for the restarted worker
                 break
             self._set_state(slot, "busy")
             try:
                 await self._run_batch(process, jobs)
                 served = True
             except WorkerDied as death:
-                self._fail(jobs)
-                self._observer.worker_restarted(death.reason)
+                if death.reason == "unread":  # it never saw the batch: the next worker runs it
+                    unseen = [job for job in jobs if job.stream is None]
+                    for job in unseen:
+                        job.started = False
+                    self._queue.requeue(unseen)
+                    self._fail([job for job in jobs if job.stream is not None])
+                else:
+                    self._fail(jobs)
+                self._observer.worker_restarted(
+                    "crash" if death.reason == "unread" else death.reason
+                )
                 log.error(
                     "worker died; restarting it",
                     extra={"worker": slot.worker_id, "reason": death.reason, "pid": process.pid},
@@ -286,6 +296,8 @@ class WorkerPool:
 
     async def _run_batch(self, process: WorkerProcess, jobs: list[Job]) -> None:
         self._observer.batch_started(jobs, time.perf_counter())
+        for job in jobs:
+            job.started = True
         for explain, group in itertools.groupby(jobs, key=lambda job: job.explain):
             batch = list(group)
             for index, job in enumerate(batch):

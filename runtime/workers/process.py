@@ -73,7 +73,7 @@ class WorkerDied(Exception):
 
     def __init__(self, reason: str) -> None:
         super().__init__(f"worker {reason}")
-        self.reason = reason  # "crash" or "timeout"
+        self.reason = reason  # "crash", "timeout", or "unread": it died before reading the batch
 
 
 class WorkerProcess:
@@ -97,6 +97,7 @@ class WorkerProcess:
         self._timeout = 0.0
         self._load_seconds = 0.0
         self._exit_reason = "crash"
+        self._killed = False
         self.alive = False
 
     async def start(self) -> float:
@@ -129,6 +130,8 @@ class WorkerProcess:
             child.close()
             control_child.close()
         self.pid = self._process.pid
+        if self._killed:  # stopped while it was being spawned
+            self._process.kill()
         self._reader, self._writer = await asyncio.open_unix_connection(
             sock=parent, limit=_STREAM_LIMIT
         )
@@ -208,7 +211,25 @@ class WorkerProcess:
         with contextlib.suppress(OSError):
             self._control.send(CANCEL.pack(self._batch_ids, index))
 
+    def exited(self) -> bool:
+        """Whether the worker is gone, checked now: its reader task may not have run yet.
+
+        The control socket carries nothing from the worker, so a peek that finds its end
+        closed means the process exited. The pool asks before it sends a batch, so a request
+        arriving just after an idle worker died waits for the restarted one instead of
+        failing with "Worker died.".
+        """
+        if not self.alive or self._control is None:
+            return True
+        try:
+            return self._control.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
     def kill(self) -> None:
+        self._killed = True  # also when it is still being spawned: start() kills it then
         if self._process is not None and self._process.returncode is None:
             self._process.kill()
 
@@ -269,6 +290,11 @@ class WorkerProcess:
                 ]
                 if self._pending is not None and not self._pending.done():
                     self._pending.set_result((results, list(metrics)))  # type: ignore[call-overload]
+        except (ConnectionResetError, BrokenPipeError):
+            # Linux resets a Unix socket that is closed with unread data: the worker died
+            # before it read the batch in flight, so that batch can go to another worker.
+            if self._exit_reason == "crash":
+                self._exit_reason = "unread"
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:

@@ -95,7 +95,10 @@ class ModelVersion:
         try:
             self.queue.put(job)
             self.unfinished += 1
-            job.future.add_done_callback(self._finished)
+            deadline = asyncio.get_running_loop().call_later(
+                self.settings.response_timeout_s, self._expire, job
+            )
+            job.future.add_done_callback(lambda _: self._finished(deadline))
         except QueueFull:
             self.metrics.rejections.inc()
             raise QueueIsFull(
@@ -103,8 +106,25 @@ class ModelVersion:
                 "queued (job_queue_size); retry later or add workers"
             ) from None
 
-    def _finished(self, _: object) -> None:
+    def _finished(self, deadline: asyncio.TimerHandle) -> None:
         self.unfinished -= 1
+        deadline.cancel()
+
+    def _expire(self, job: Job) -> None:
+        """A job still queued after responseTimeout gets 503; a running one has its own timer."""
+        if job.future.done() or job.started:
+            return
+        job.future.set_result(
+            replace(
+                error_result(
+                    503,
+                    f'Model "{self.name}" version {self.version}: the request waited '
+                    f"{self.settings.response_timeout_s} s (responseTimeout) without a free "
+                    "worker; retry later or add workers",
+                ),
+                headers={"Retry-After": "1"},
+            )
+        )
 
     @property
     def healthy(self) -> bool:
