@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import httpx
 import pytest
@@ -23,6 +26,60 @@ from tests.integration.server_archives import HANDLERS, build_store
 from tests.serving import Server, archive, serve
 
 MAX_WORKERS = 3
+MAX_DOWNLOAD = 1_000_000
+
+
+class Archives(BaseHTTPRequestHandler):
+    """A model host that misbehaves on purpose, one way per path; loopback only."""
+
+    closed: ClassVar[list[str]] = []  # paths whose client (the server) hung up mid-body
+
+    def do_GET(self) -> None:
+        name = self.path.strip("/")
+        if name == "big.mar":  # announces more than the cap
+            self._head({"Content-Length": str(10 * MAX_DOWNLOAD)})
+        elif name == "short.mar":  # promises 1000 bytes, sends 100
+            self._head({"Content-Length": "1000"})
+            self.wfile.write(b"PK\x03\x04" + b"x" * 96)
+        elif name == "cut.mar":  # no length, no chunking: ends when the connection does
+            self._head({"Connection": "close"})
+            self.wfile.write(b"PK\x03\x04" + b"x" * 96)
+        elif name == "stall.mar":  # the head, then nothing
+            self._head({"Content-Length": "1000"})
+            self.wfile.flush()
+            time.sleep(8)
+        elif name.startswith("trickle"):  # a byte every 0.2 s, never stalling
+            self._head({"Content-Length": "1000"})
+            try:
+                for _ in range(150):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            except OSError:
+                self.closed.append(name)
+        else:
+            self.send_error(404)
+        self.close_connection = True
+
+    def _head(self, headers: dict[str, str]) -> None:
+        self.send_response(200)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def host() -> Iterator[str]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Archives)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +95,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "disable_token_authorization": "true",
         "worker_threads": "1",
         "max_workers_per_model": str(MAX_WORKERS),
+        "max_download_size": str(MAX_DOWNLOAD),
+        "download_timeout_seconds": "6",
+        "download_stall_timeout_seconds": "2",
+        "max_concurrent_downloads": "2",
     }
     tmp = root / "tmp"
     tmp.mkdir()
@@ -105,9 +166,11 @@ def test_a_failed_registration_leaves_nothing_and_can_be_retried(server: Server)
 
 
 def test_an_asynchronous_registration_that_cannot_load_is_removed(server: Server) -> None:
+    before = unpacked(server)
     accepted = register(server, "url=loadfail.mar&model_name=lf2&synchronous=false")
     assert accepted.status_code == 202
     wait_until(lambda: model_status(server, "lf2") == 404, 30, "lf2 stayed registered")
+    wait_until(lambda: unpacked(server) == before, 10, "lf2's files stayed")
     assert httpx.get(f"{server.inference}/ping").status_code == 200
 
 
@@ -161,9 +224,12 @@ def test_queued_requests_get_503_after_the_response_timeout(server: Server) -> N
             )
             time.sleep(0.1)
         responses = [future.result() for future in futures]
-    assert [r.status_code for r in responses] == [200, 200, 503]
-    assert "responseTimeout" in responses[2].json()["message"]
-    assert responses[2].headers["retry-after"] == "1"
+    # 6.6 s of work for one worker: whatever waited past 3 s was answered 503 at once
+    statuses = [r.status_code for r in responses]
+    assert statuses[0] == 200 and 503 in statuses and set(statuses) <= {200, 503}, statuses
+    expired = responses[statuses.index(503)]
+    assert "responseTimeout" in expired.json()["message"]
+    assert expired.headers["retry-after"] == "1"
 
 
 def test_a_request_right_after_an_idle_worker_died_waits_for_the_restart(server: Server) -> None:
@@ -174,3 +240,53 @@ def test_a_request_right_after_an_idle_worker_died_waits_for_the_restart(server:
         response = httpx.post(f"{server.inference}/predictions/victim", json={"n": 1}, timeout=60)
         assert response.status_code == 200, response.text
         assert response.json()["pid"] != pid
+
+
+def store_files(server: Server) -> set[str]:
+    return {path.name for path in (server.workdir.parent / "store").iterdir()}
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("big.mar", "size cap"),
+        ("short.mar", "ended after 100 of 1000 bytes"),
+        ("cut.mar", "not a complete archive"),
+        ("stall.mar", "Timeout"),
+    ],
+)
+def test_a_download_that_breaks_a_rule_is_refused_and_never_placed(
+    server: Server, host: str, name: str, reason: str
+) -> None:
+    before = store_files(server)
+    started = time.monotonic()
+    refused = httpx.post(
+        f"{server.management}/models", params={"url": f"{host}/{name}"}, timeout=30
+    )
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["type"] == "DownloadArchiveException"
+    assert reason in refused.json()["message"]
+    assert time.monotonic() - started < 5
+    assert store_files(server) == before  # nothing placed, no partial file left
+
+
+def test_downloads_have_a_deadline_a_bound_and_stop_with_their_client(
+    server: Server, host: str
+) -> None:
+    def download(name: str, timeout: float) -> httpx.Response:
+        url = f"{server.management}/models"
+        return httpx.post(url, params={"url": f"{host}/{name}"}, timeout=timeout)
+
+    with ThreadPoolExecutor(2) as pool:
+        slow = [pool.submit(download, f"trickle{i}.mar", 30) for i in range(2)]
+        time.sleep(1)
+        third = download("trickle2.mar", 5)  # both download slots are taken
+        assert third.status_code == 503 and "max_concurrent_downloads" in third.json()["message"]
+        other = register(server, "url=victim.mar&model_name=during")  # not by URL: unaffected
+        assert other.status_code == 200, other.text
+        for future in slow:  # 150 bytes in 30 s: stopped by the 6 s overall deadline
+            response = future.result()
+            assert response.status_code == 400 and "deadline" in response.json()["message"]
+    with pytest.raises(httpx.ReadTimeout):
+        download("trickle-left.mar", 1)  # the client leaves after 1 s
+    wait_until(lambda: "trickle-left.mar" in Archives.closed, 5, "the download went on")
