@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import labels, rollout, status
-from .kube import KubeAPI
+from .kube import KubeAPI, Ref
 from .rollout_metrics import (
     MetricsSource,
     MetricsUnavailable,
@@ -120,7 +120,7 @@ class RolloutLoop:
                 window_seconds=now - state.step_started,
                 version=plan.version,
             )
-            foreign = self._foreign_router(key, obj)
+            foreign = await self._foreign_router(key, obj)
             try:
                 if foreign:
                     raise MetricsUnavailable(foreign)
@@ -178,10 +178,16 @@ class RolloutLoop:
             log.info("rollout", extra=extra)
         await self._record_event(obj, event.type, event.reason, event.message)
 
-    def _foreign_router(self, key: Key, obj: Mapping[str, Any]) -> str:
-        """Why the routers' numbers cannot be trusted (empty: they can)."""
+    async def _foreign_router(self, key: Key, obj: Mapping[str, Any]) -> str:
+        """Why the routers' numbers cannot be trusted (empty: they can). A Service the store
+        has not listed yet (just after a restart) is read from the API server, so a restart
+        raises no false MetricsUnavailable."""
         name = labels.router_name_of(key[1])
         service = self._store.children_of(key).get(("Service", name))
+        if service is None:
+            service = await asyncio.to_thread(self._api.get, Ref("v1", "Service", key[0], name))
+            if service is not None:
+                self._store.put_child(service)
         if service is not None and owned_by(service, obj["metadata"].get("uid", "")):
             return ""
         return (

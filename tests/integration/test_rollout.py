@@ -94,7 +94,7 @@ class Rollout:
     api: k8s.ApiClient
     namespace: str
     name: str
-    router: Proc
+    router: Proc | None  # None: a test that needs no router
     canary: Proc | None  # the stand-in canary, when the test did not bring its own
     load: Load
     router_credentials: Path
@@ -129,7 +129,13 @@ class Rollout:
 
     def patch(self, *operations: dict[str, Any]) -> None:
         k8s.CustomObjectsApi(self.api).patch_namespaced_custom_object(
-            GROUP, VERSION, self.namespace, PLURAL, self.name, list(operations)
+            GROUP,
+            VERSION,
+            self.namespace,
+            PLURAL,
+            self.name,
+            list(operations),
+            _content_type="application/json-patch+json",
         )
 
 
@@ -156,7 +162,7 @@ def manifest(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
 ROLLOUT = {
     "steps": [20, 50, 100],
     "stepSeconds": 3,
-    "analysis": {"maxErrorRatio": 0.05, "maxLatencyP99Ms": 2000},
+    "analysis": {"maxErrorRatio": 0.05, "maxLatencyP99Ms": 2000, "minRequests": 40},
 }
 
 
@@ -245,6 +251,7 @@ def running(
     *,
     canary_url: str = "",
     metrics_url: str = "",
+    with_router: bool = True,
     **spec: Any,
 ) -> Iterator[Rollout]:
     """An InferenceService, the operator serving its namespace, and a router (with the
@@ -259,6 +266,9 @@ def running(
     operator = Operator(cluster, namespace, workdir / "operator.log", free_port(), metrics_url)
     operator.start()
     try:
+        if not with_router:
+            yield Rollout(api, namespace, name, None, None, Load(""), Path(), operator)
+            return
         credentials = router_kubeconfig(cluster, namespace, name, workdir / "router.kubeconfig")
         watch = ("--isvc", name, "--namespace", namespace, "--kubeconfig", str(credentials))
         with ExitStack() as stack:
@@ -288,7 +298,7 @@ def test_a_healthy_canary_is_promoted_through_every_step(rollout: Rollout) -> No
     wait_for(lambda: rollout.holding() == "NotEnoughTraffic", 30, "a hold for lack of traffic")
     holding = rollout.condition("RolloutHolding")
     assert (holding["status"], holding["reason"]) == ("True", "NotEnoughTraffic"), holding
-    assert "fewer than 100 canary answers in this step" in holding["message"]
+    assert "fewer than 40 canary answers in this step" in holding["message"]
     assert rollout.weights()["canary"] == 20
     # ...and takes the next step as soon as enough answers arrive.
     rollout.load.start()
@@ -303,6 +313,7 @@ def test_a_healthy_canary_is_promoted_through_every_step(rollout: Rollout) -> No
     # An operator restarted mid-rollout carries on from the same step.
     wait_for(lambda: succeeded() or seen[-1] == 50, 30, "the second step")
     assert rollout.condition("RolloutHolding")["status"] == "False"
+    alarms = [e for e in rollout.events() if e[1] == "MetricsUnavailable"]  # router starting
     rollout.operator.stop()
     time.sleep(1)
     rollout.operator.start()
@@ -322,8 +333,9 @@ def test_a_healthy_canary_is_promoted_through_every_step(rollout: Rollout) -> No
         "RolloutSucceeded": 1,
     }.items():
         assert Counter(reasons)[reason] == count, reasons
-    # (and once more, maybe, after the restart: the operator's new reading starts the window)
-    assert Counter(reasons)["RolloutHolding"] in (1, 2), reasons
+    # Holds (a step's answers came slowly, or the restarted operator's new reading began the
+    # window again) are Normal; a restart raises no false alarm about the metrics.
+    assert [e for e in rollout.events() if e[1] == "MetricsUnavailable"] == alarms
     # The router followed within seconds, and the weight changes failed no request.
     moment = time.monotonic() + 2
     wait_for(lambda: sum(rollout.load.since(moment).values()) >= 100, 30, "more traffic")
@@ -404,6 +416,7 @@ def versions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Versions]:
     properties = {"default_workers_per_model": "1", "enable_model_api": "true"}
     with serve(store, root / "run", models=["all"], properties=properties) as server:
         yield Versions(server)
+        server.kill()  # no graceful drain needed: nothing is in flight any more
 
 
 def fast_rollout(**analysis: Any) -> dict[str, Any]:
@@ -440,33 +453,13 @@ def with_canary_version(version: str) -> dict[str, Any]:
     return {"op": "replace", "path": "/spec/variants/1/model/version", "value": version}
 
 
-def test_a_fixed_version_shipped_while_the_bad_one_still_serves_is_judged_on_its_own_answers(
+def test_each_version_is_judged_on_its_own_answers_whichever_pods_still_answer(
     cluster: LocalCluster, api: k8s.ApiClient, tmp_path: Path, versions: Versions
 ) -> None:
-    versions.answer_with(BAD)
-    with with_versions(cluster, api, tmp_path, versions, BAD) as rollout:
-        rollout.load.start()
-        wait_for(lambda: rollout.phase() == "Aborted", 30, f"{BAD} to be aborted")
-        assert "error ratio" in rollout.condition("RolloutAborted")["message"]
-        # Ship the fix while the bad version's pods still answer every canary request.
-        rollout.patch(with_canary_version(FIXED))
-        shipped = time.monotonic()
-        wait_for(lambda: rollout.holding() == "NotEnoughTraffic", 30, "a hold for its own answers")
-        old_answers = rollout.load.versions_since(shipped)
-        assert old_answers[BAD, 500] >= 10, old_answers  # the old version's errors were there
-        assert rollout.phase() == "Progressing" and rollout.weights()["canary"] == 50
-        message = rollout.condition("RolloutHolding")["message"]
-        assert "0 so far" in message and f"answers of other versions ({BAD}: " in message
-        # Its own pods take over: judged on their answers, it is promoted.
-        versions.answer_with(FIXED)
-        wait_for(lambda: rollout.phase() == "Succeeded", 30, f"{FIXED} to be promoted")
-        advanced = [m for _, reason, m in rollout.events() if reason == "RolloutStepAdvanced"]
-        assert advanced and "error ratio 0.0000" in advanced[-1], advanced
-
-
-def test_a_slow_starting_bad_version_is_not_promoted_on_the_old_versions_answers(
-    cluster: LocalCluster, api: k8s.ApiClient, tmp_path: Path, versions: Versions
-) -> None:
+    """The story of a bad release and its fix. 6.0-bad starts slowly while 7.0 still answers:
+    it is not promoted on 7.0's answers, and is rolled back on its own. Then the fix, 7.0
+    again, is shipped while 6.0-bad still answers: it is not aborted on 6.0-bad's errors, and
+    is promoted once its own answers come."""
     versions.answer_with(FIXED)  # the version that serves while the new one starts
     unschedulable = {"requests": {"cpu": "100000"}}
     with with_versions(cluster, api, tmp_path, versions, BAD, resources=unschedulable) as rollout:
@@ -483,10 +476,26 @@ def test_a_slow_starting_bad_version_is_not_promoted_on_the_old_versions_answers
         wait_for(lambda: rollout.holding() == "NotEnoughTraffic", 30, "a hold for its own answers")
         assert rollout.load.versions_since(started)[FIXED, 200] >= 30
         assert rollout.phase() == "Progressing" and rollout.status()["rollout"]["step"] == 0
+        message = rollout.condition("RolloutHolding")["message"]
+        assert "0 so far" in message and f"answers of other versions ({FIXED}: " in message
         # The new version answers at last, and is rolled back on its own errors.
         versions.answer_with(BAD)
         wait_for(lambda: rollout.phase() == "Aborted", 30, f"{BAD} to be aborted")
-        assert rollout.weights()["canary"] == 0
+        assert "error ratio" in rollout.condition("RolloutAborted")["message"]
+        wait_for(lambda: rollout.weights()["canary"] == 0, 10, "the canary back at 0 %")
+
+        # Ship the fix while the bad version's pods still answer every canary request.
+        rollout.patch(with_canary_version(FIXED))
+        shipped = time.monotonic()
+        wait_for(lambda: rollout.holding() == "NotEnoughTraffic", 30, "a hold for its own answers")
+        old_answers = rollout.load.versions_since(shipped)
+        assert old_answers[BAD, 500] >= 10, old_answers  # the old version's errors were there
+        assert rollout.phase() == "Progressing" and rollout.weights()["canary"] == 50
+        # Its own pods take over: judged on their answers, it is promoted.
+        versions.answer_with(FIXED)
+        wait_for(lambda: rollout.phase() == "Succeeded", 30, f"{FIXED} to be promoted")
+        advanced = [m for _, reason, m in rollout.events() if reason == "RolloutStepAdvanced"]
+        assert advanced and "error ratio 0.0000" in advanced[-1], advanced
 
 
 def test_unreadable_metrics_are_loud_at_once_and_can_abort(
@@ -495,7 +504,9 @@ def test_unreadable_metrics_are_loud_at_once_and_can_abort(
     nowhere = f"http://127.0.0.1:{free_port()}/metrics"  # nothing listens there
     spec = fast_rollout()
     spec["abortAfterMetricsUnavailableSeconds"] = 3
-    with running(cluster, api, tmp_path, metrics_url=nowhere, rollout=spec) as rollout:
+    with running(
+        cluster, api, tmp_path, metrics_url=nowhere, with_router=False, rollout=spec
+    ) as rollout:
         wait_for(lambda: rollout.holding() == "MetricsUnavailable", 30, "MetricsUnavailable")
         state = rollout.status()["rollout"]
         since, started = (_epoch(state["holding"]["since"]), _epoch(state["stepStartedAt"]))
@@ -525,6 +536,7 @@ def _epoch(text: str) -> float:
 
 
 def router_weight(rollout: Rollout, variant: str) -> float:
+    assert rollout.router is not None
     with urllib.request.urlopen(rollout.router.metrics_url, timeout=5) as response:
         return metric(response.read().decode(), "marfleet_router_weight", variant=variant)
 
