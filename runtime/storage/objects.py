@@ -95,20 +95,25 @@ class ObjectSource:
         key = f"{self.uri.key}{entry.name}" if entry.name else self.uri.key
         with self._errors(key):
             result = obstore.get(self.store, key)
-            size = result.meta["size"]
-            chunks = (bytes(chunk) for chunk in result.stream(min_chunk_size=CHUNK))
-            yield Stream(_guarded(chunks, self, key), size)
+        chunks = (bytes(chunk) for chunk in result.stream(min_chunk_size=CHUNK))
+        yield Stream(_guarded(chunks, self, key), result.meta["size"])
 
     @contextlib.contextmanager
     def _errors(self, key: str) -> Iterator[None]:
-        """The library's errors as ours: the bucket, the object, the reason; never a secret."""
+        """The library's errors as ours: the bucket, the object, the reason; never a secret.
+        (obstore raises the built-in FileNotFoundError/PermissionError for 404/403.) Only
+        library calls run inside: a local file error is never blamed on the bucket."""
         from obstore import exceptions
 
         try:
             yield
-        except exceptions.NotFoundError:
+        except (exceptions.NotFoundError, FileNotFoundError):
             raise FetchError(f"{self.where} has no object {key!r}: check model.uri") from None
-        except (exceptions.PermissionDeniedError, exceptions.UnauthenticatedError) as error:
+        except (
+            exceptions.PermissionDeniedError,
+            exceptions.UnauthenticatedError,
+            PermissionError,
+        ) as error:
             raise FetchError(
                 f"{self.where} refused access to {key!r}: {_reason(error)}; check the "
                 "credentials model.storage gives (Secret or ServiceAccount) and the bucket policy"
