@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import socket
 from collections.abc import Mapping
@@ -15,6 +16,7 @@ from collections.abc import Mapping
 from . import logs
 from .app import OperatorSettings, run
 from .controller import ControllerSettings
+from .fetching import ModelCache
 from .leader import LeaseSettings
 from .render import RenderContext
 from .rollout_loop import RolloutSettings
@@ -110,6 +112,14 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="what InferenceServices may reference beyond marfleet's own images: the chart's "
         "`tenancy` values as JSON (env MARFLEET_TENANCY); default: nothing",
     )
+    parser.add_argument(
+        "--model-cache",
+        default=env.get("MARFLEET_MODEL_CACHE", ""),
+        metavar="JSON",
+        help="the node model cache: the chart's `modelCache` values as JSON, "
+        '{"hostPath": "/var/lib/...", "persistentVolumeClaim": "", "maxBytes": N} '
+        "(env MARFLEET_MODEL_CACHE); default: none",
+    )
     parser.add_argument("--workers", type=int, default=4, help="concurrent reconciliations")
     parser.add_argument("--resync-seconds", type=float, default=600.0)
     parser.add_argument("--host", default="0.0.0.0", help="address of /metrics and /healthz")
@@ -150,6 +160,7 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> OperatorS
         keda_authentication_ref=args.keda_authentication_ref,
         service_monitor_labels=dict(_key_value(item) for item in args.service_monitor_label),
         service_monitors=not args.no_service_monitors,
+        model_cache=_model_cache(args.model_cache),
     )
     try:
         policy = TenancyPolicy.from_json(
@@ -200,3 +211,25 @@ def main(argv: list[str]) -> int:
     args = parser(env).parse_args(argv)
     logs.configure(args.log_level)
     return asyncio.run(run(settings_from(args, env)))
+
+
+def _model_cache(text: str) -> ModelCache | None:
+    """The chart's `modelCache` values (JSON); None when neither location is set."""
+    try:
+        raw = json.loads(text) if text.strip() else {}
+        if not isinstance(raw, dict):
+            raise ValueError("expected a JSON object")
+        cache = ModelCache(
+            host_path=str(raw.get("hostPath") or ""),
+            claim=str(raw.get("persistentVolumeClaim") or ""),
+            max_bytes=int(raw.get("maxBytes") or ModelCache.max_bytes),
+        )
+    except ValueError as error:
+        raise SystemExit(f"marfleet operator: --model-cache: {error}") from None
+    if cache.host_path and cache.claim:
+        raise SystemExit(
+            "marfleet operator: --model-cache: set hostPath or persistentVolumeClaim, not both"
+        )
+    if cache.host_path and not cache.host_path.startswith("/"):
+        raise SystemExit("marfleet operator: --model-cache: hostPath must be an absolute path")
+    return cache if cache.host_path or cache.claim else None

@@ -156,9 +156,10 @@ class Controller:
         ctx = self.render_context()
         refused = tuple(str(r) for r in tenancy.refusals(obj, self.settings.tenancy))
         ready = not refused and await self._router_ready(key, isvc)
-        desired, full = self._render(key, isvc, ctx, ready)
+        missing = {} if refused else await self._missing_secrets(key, isvc)
+        desired, full = self._render(key, isvc, ctx, ready, missing)
         if not full and not refused and not self._all_verified(key, isvc, desired):
-            desired, full = self._render(key, isvc, ctx, ready, full=True)
+            desired, full = self._render(key, isvc, ctx, ready, missing, full=True)
         errors: list[str] = []
         try:
             if not refused:
@@ -167,6 +168,9 @@ class Controller:
                     errors += [error for error in results if error is not None]
                 await self._prune(key, isvc, desired)
             await self._update_status(key, obj, isvc, desired, ctx, errors, refused)
+            if missing:
+                # Secrets are not watched: look again soon, so creating it is noticed.
+                self.queue.add_after(key, SECRET_RECHECK_SECONDS)
         except ApiError as error:
             if not _going_away(error):
                 raise
@@ -178,6 +182,7 @@ class Controller:
         isvc: spec.InferenceService,
         ctx: render.RenderContext,
         ready: bool,
+        missing: Mapping[str, str],
         *,
         full: bool = False,
     ) -> tuple[render.Desired, bool]:
@@ -190,12 +195,13 @@ class Controller:
         if (
             not full
             and last is not None
-            and (last.router_ready, last.isvc, last.ctx) == (ready, isvc, ctx)
+            and (last.router_ready, last.isvc, last.ctx, last.missing)
+            == (ready, isvc, ctx, dict(missing))
         ):
             return last.outline, False
-        desired = render.render(isvc, ctx, router_ready=ready)
+        desired = render.render(isvc, ctx, router_ready=ready, missing=missing)
         outline = replace(desired, objects=tuple(_outline(o) for o in desired.objects))
-        self._rendered[key] = _Rendered(isvc, ctx, ready, outline)
+        self._rendered[key] = _Rendered(isvc, ctx, ready, dict(missing), outline)
         return desired, True
 
     def _all_verified(self, key: Key, isvc: spec.InferenceService, desired: render.Desired) -> bool:
@@ -210,6 +216,32 @@ class Controller:
             if verified.get((kind, name)) != token:
                 return False
         return True
+
+    async def _missing_secrets(self, key: Key, isvc: spec.InferenceService) -> dict[str, str]:
+        """Variants whose model.storage Secret does not exist (variant -> what to do). Only
+        the Secret's metadata is asked for; without the right to read it, nothing is judged."""
+        missing: dict[str, str] = {}
+        for variant in isvc.variants:
+            name = variant.model.storage.secret_name
+            if not name:
+                continue
+            try:
+                found = await self._call(self.api.exists, Ref("v1", "Secret", key[0], name))
+            except ApiError as error:
+                if error.status != 403:
+                    raise
+                log.warning(
+                    "cannot check the storage Secret",
+                    extra={"isvc": "/".join(key), "secret": name, "error": error.message},
+                )
+                continue
+            if not found:
+                missing[variant.name] = (
+                    f"Secret {key[0]}/{name} (model.storage.secretName) does not exist: create "
+                    "it with the store's credentials, or fix the name; the variant's pods are "
+                    "left as they are until then"
+                )
+        return missing
 
     async def _router_ready(self, key: Key, isvc: spec.InferenceService) -> bool:
         """Whether a router pod can take the stable Service's traffic. The router Deployment is
@@ -389,6 +421,7 @@ class _Rendered:
     isvc: spec.InferenceService
     ctx: render.RenderContext
     router_ready: bool
+    missing: dict[str, str]
     outline: render.Desired
 
 
@@ -407,6 +440,9 @@ def _outline(obj: Mapping[str, Any]) -> dict[str, Any]:
             "annotations": {labels.INTENT_HASH: _intent(obj)},
         },
     }
+
+
+SECRET_RECHECK_SECONDS = 10.0
 
 
 def _going_away(error: ApiError) -> bool:

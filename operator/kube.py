@@ -144,6 +144,17 @@ class KubeAPI:
                 return None
             raise
 
+    def exists(self, ref: Ref) -> bool:
+        """Whether the object exists, asking for its metadata only (PartialObjectMetadata):
+        used for Secrets, whose data the operator never needs to receive."""
+        try:
+            self._request("GET", ref.path(), accept=METADATA_ONLY)
+        except ApiError as error:
+            if error.status == 404:
+                return False
+            raise
+        return True
+
     def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         """Server-side apply `obj` under the operator's field manager; return the result."""
         return self._apply(Ref.of(obj).path(), obj)
@@ -200,8 +211,9 @@ class KubeAPI:
         body: Mapping[str, Any] | None = None,
         query: Iterable[tuple[str, str]] = (),
         content_type: str = "application/json",
+        accept: str = "application/json",
     ) -> dict[str, Any]:
-        headers = {"Accept": "application/json", "Content-Type": content_type}
+        headers = {"Accept": accept, "Content-Type": content_type}
         # asks the configuration each time: in-cluster and exec credentials are refreshed there
         token = self._configuration.get_api_key_with_prefix("BearerToken")
         if token:
@@ -221,6 +233,9 @@ class KubeAPI:
             raise api_error(response.status, response.reason or "", response.data)
         parsed: dict[str, Any] = json.loads(response.data) if response.data else {}
         return parsed
+
+
+METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 
 
 def api_error(status: int, reason: str, body: bytes | str | None) -> ApiError:

@@ -22,16 +22,14 @@ from typing import Any
 import jinja2
 import yaml
 from marfleet.runtime.storage.uri import archive_filename, scheme_error
-from marfleet.runtime.storage.uri import parse as parse_uri
 
-from . import labels, traffic
+from . import fetching, labels, traffic
 from .compare import stamp
 from .spec import API_VERSION, KIND, Autoscaling, InferenceService, Variant, merge_env
 
 PORTS = {"inference": 8080, "management": 8081, "metrics": 8082}
-MODEL_STORE = "/mnt/models"
+MODEL_STORE = fetching.MODEL_STORE
 CONFIG_DIR = "/etc/marfleet"
-PVC_ROOT = "/mnt/pvc"
 DRAIN_SECONDS = 5
 RUNTIME_UID = 1000
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
@@ -115,6 +113,8 @@ class RenderContext:
     service_monitors: bool = True
     """Create a ServiceMonitor per InferenceService where the CRD exists; off when the chart's
     PodMonitors scrape the pods instead (one scrape path, or every series counts twice)."""
+    model_cache: fetching.ModelCache | None = None
+    """The node model cache the chart configured (modelCache), if any."""
 
 
 @dataclass(frozen=True)
@@ -125,11 +125,20 @@ class Desired:
     blocked: Mapping[str, str]
     """Variants that cannot be realised (variant -> reason); their objects are left as they are."""
     traffic: traffic.TrafficPlan
+    missing: Mapping[str, str] = field(default_factory=dict)
+    """Variants whose storage Secret does not exist (variant -> what to do); left as they are."""
 
 
-def render(isvc: InferenceService, ctx: RenderContext, router_ready: bool = True) -> Desired:
+def render(
+    isvc: InferenceService,
+    ctx: RenderContext,
+    router_ready: bool = True,
+    missing: Mapping[str, str] | None = None,
+) -> Desired:
     """`router_ready`: whether the router Deployment has an available pod (observed by the
-    controller; see traffic.plan)."""
+    controller; see traffic.plan). `missing`: variants whose model.storage Secret the
+    controller did not find (their Deployments are not touched: a pod could not start)."""
+    missing = dict(missing or {})
     plan = traffic.plan(isvc, router_ready)
     objects: list[dict[str, Any]] = []
     blocked: dict[str, str] = {}
@@ -137,6 +146,8 @@ def render(isvc: InferenceService, ctx: RenderContext, router_ready: bool = True
         problem = scheme_error(variant.model.uri)
         if problem is not None:
             blocked[variant.name] = problem
+            continue
+        if variant.name in missing:
             continue
         objects += variant_objects(isvc, variant, ctx)
     objects.append(stable_service(isvc, plan))
@@ -146,7 +157,12 @@ def render(isvc: InferenceService, ctx: RenderContext, router_ready: bool = True
         objects += router_availability(isvc)
     if ctx.service_monitors and ctx.service_monitor_installed:
         objects.append(service_monitor(isvc, ctx))
-    return Desired(objects=tuple(stamp(o) for o in objects), blocked=blocked, traffic=plan)
+    return Desired(
+        objects=tuple(stamp(o) for o in objects),
+        blocked={**blocked, **missing},
+        traffic=plan,
+        missing=missing,
+    )
 
 
 def url(isvc: InferenceService, ctx: RenderContext) -> str:
@@ -206,13 +222,7 @@ def deployment(
 ) -> dict[str, Any]:
     name = labels.variant_object_name(isvc, variant.name)
     uri = variant.model.uri
-    source = parse_uri(uri)
-    pvc_claim = source.location if source.scheme == "pvc" else None
-    fetch_args = ["fetch", uri, MODEL_STORE]
-    if variant.model.sha256:
-        fetch_args += ["--sha256", variant.model.sha256]
-    if pvc_claim is not None:
-        fetch_args += ["--pvc-root", PVC_ROOT]
+    fetch = fetching.fetch_pod(variant, isvc.namespace, ctx.model_cache)
     serve_args = [
         "serve",
         "--foreground",
@@ -228,21 +238,8 @@ def deployment(
         {"name": "tmp", "emptyDir": {}},
         {"name": "shm", "emptyDir": {"medium": "Memory"}},
         {"name": "config", "configMap": {"name": name}},
+        *fetch.volumes,
     ]
-    fetch_mounts: list[dict[str, Any]] = [
-        {"name": "model-store", "mountPath": MODEL_STORE},
-        {"name": "tmp", "mountPath": "/tmp"},
-    ]
-    if pvc_claim is not None:
-        volumes.append(
-            {
-                "name": "model-pvc",
-                "persistentVolumeClaim": {"claimName": pvc_claim, "readOnly": True},
-            }
-        )
-        fetch_mounts.append(
-            {"name": "model-pvc", "mountPath": f"{PVC_ROOT}/{pvc_claim}", "readOnly": True}
-        )
     config_hash = hashlib.sha256(properties.encode()).hexdigest()[:16]
     return _template(
         "deployment.yaml.j2",
@@ -269,7 +266,9 @@ def deployment(
         tolerations=tolerations(isvc),
         affinity=affinity(isvc),
         image=variant.runtime.image or runtime_image(isvc, ctx),
-        fetch_args=fetch_args,
+        fetch_args=fetch.args,
+        fetch_env=fetch.env,
+        service_account=fetch.service_account,
         serve_args=serve_args,
         ports=PORTS,
         env=list(
@@ -282,7 +281,7 @@ def deployment(
             )
         ),
         resources=resources(isvc),
-        fetch_mounts=fetch_mounts,
+        fetch_mounts=fetch.mounts,
         server_mounts=[
             {"name": "model-store", "mountPath": MODEL_STORE, "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},

@@ -23,11 +23,26 @@ TARGET_DEFAULTS = {"requestsPerSecond": 100, "inflightRequests": 16, "cpu": 70}
 
 
 @dataclass(frozen=True)
+class Storage:
+    """How `marfleet fetch` reaches an s3:// or gs:// URI; credentials only by reference."""
+
+    secret_name: str = ""
+    service_account_name: str = ""
+    endpoint: str = ""
+    region: str = ""
+    addressing: str = "auto"
+    anonymous: bool = False
+
+
+@dataclass(frozen=True)
 class Model:
     uri: str
     name: str
     version: str
     sha256: str
+    storage: Storage = Storage()
+    cache: bool = True
+    """Use the node's model cache when the cluster admin configured one."""
 
 
 @dataclass(frozen=True)
@@ -131,8 +146,21 @@ def _variant(
             name=model.get("name") or isvc_name,
             version=str(model.get("version", "")),
             sha256=model.get("sha256", ""),
+            storage=_storage(model.get("storage") or {}),
+            cache=bool(model.get("cache", True)),
         ),
         runtime=_runtime(base, raw.get("runtime") or {}),
+    )
+
+
+def _storage(raw: Mapping[str, Any]) -> Storage:
+    return Storage(
+        secret_name=raw.get("secretName", ""),
+        service_account_name=raw.get("serviceAccountName", ""),
+        endpoint=raw.get("endpoint", ""),
+        region=raw.get("region", ""),
+        addressing=raw.get("addressing", "auto"),
+        anonymous=bool(raw.get("anonymous", False)),
     )
 
 

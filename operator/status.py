@@ -98,6 +98,9 @@ def own_part(status: Mapping[str, Any]) -> dict[str, Any]:
     return part
 
 
+STORAGE_SECRET_MISSING = "StorageSecretMissing"
+
+
 def _deployment(children: Children, name: str) -> Mapping[str, Any] | None:
     return children.get(("Deployment", name))
 
@@ -125,6 +128,9 @@ def rollout_progress(deploy: Mapping[str, Any]) -> tuple[bool, str]:
 
 
 def _models_condition(isvc: InferenceService, desired: Desired, children: Children) -> Condition:
+    if desired.missing:
+        detail = "; ".join(f"variant {v}: {reason}" for v, reason in desired.missing.items())
+        return Condition(MODELS_READY, False, STORAGE_SECRET_MISSING, detail)
     if desired.blocked:
         detail = "; ".join(f"variant {v}: {reason}" for v, reason in desired.blocked.items())
         return Condition(MODELS_READY, False, "UnsupportedModelURI", detail)

@@ -36,6 +36,7 @@ RULES = {
     "nodeSelectors": "node_labels",
     "priorityClasses": "priority_classes",
     "imageRegistries": "image_registries",
+    "serviceAccounts": "service_accounts",
 }
 """Chart value name -> TenancyPolicy field."""
 
@@ -61,6 +62,7 @@ class TenancyPolicy:
     node_labels: tuple[str, ...] = ()
     priority_classes: tuple[str, ...] = ()
     image_registries: tuple[str, ...] = ()
+    service_accounts: tuple[str, ...] = ()
     own_images: tuple[str, ...] = field(default=(), compare=False)
     """marfleet's own images (the operator's settings): always allowed, any tag or digest."""
 
@@ -89,6 +91,9 @@ class TenancyPolicy:
     def allows_claim(self, namespace: str, name: str) -> bool:
         return _matches(self.claims, f"{namespace}/{name}")
 
+    def allows_service_account(self, namespace: str, name: str) -> bool:
+        return _matches(self.service_accounts, f"{namespace}/{name}")
+
     def allows_image(self, image: str) -> bool:
         own = [_repository(i) for i in self.own_images]
         prefixes = [*(f"{r}:" for r in own), *(f"{r}@" for r in own)]
@@ -105,8 +110,7 @@ def refusals(obj: Mapping[str, Any], policy: TenancyPolicy) -> tuple[Refusal, ..
     for index, variant in enumerate(spec.get("variants") or []):
         path = f"spec.variants[{index}]"
         found += _runtime(variant.get("runtime") or {}, f"{path}.runtime", namespace, policy)
-        uri = (variant.get("model") or {}).get("uri", "")
-        found += _model(uri, f"{path}.model.uri", namespace, policy)
+        found += _model(variant.get("model") or {}, f"{path}.model", namespace, policy)
     found += _scheduling(spec.get("scheduling") or {}, policy)
     return tuple(found)
 
@@ -139,16 +143,37 @@ def _not_listed(path: str, rule: str, kind: str, namespace: str, ref: Mapping[st
     return Refusal(path, f"{CHART_VALUES}.{rule}", f"{kind} {name} is not allowed")
 
 
-def _model(uri: str, path: str, namespace: str, policy: TenancyPolicy) -> Iterator[Refusal]:
+def _model(
+    model: Mapping[str, Any], path: str, namespace: str, policy: TenancyPolicy
+) -> Iterator[Refusal]:
     try:
-        source = parse_uri(uri)
+        source = parse_uri(model.get("uri", ""))
     except ValueError:
-        return
-    if source.scheme == "pvc" and not policy.allows_claim(namespace, source.location):
+        source = None
+    if (
+        source is not None
+        and source.scheme == "pvc"
+        and not policy.allows_claim(namespace, source.location)
+    ):
         yield Refusal(
-            path,
+            f"{path}.uri",
             f"{CHART_VALUES}.persistentVolumeClaims",
             f"PersistentVolumeClaim {namespace}/{source.location} is not allowed",
+        )
+    storage = model.get("storage") or {}
+    secret = storage.get("secretName") or ""
+    if secret and not policy.allows_secret(namespace, secret):
+        yield _not_listed(
+            f"{path}.storage.secretName", "secrets", "Secret", namespace, {"name": secret}
+        )
+    account = storage.get("serviceAccountName") or ""
+    if account and not policy.allows_service_account(namespace, account):
+        yield _not_listed(
+            f"{path}.storage.serviceAccountName",
+            "serviceAccounts",
+            "ServiceAccount",
+            namespace,
+            {"name": account},
         )
 
 

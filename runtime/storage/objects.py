@@ -58,11 +58,17 @@ class ObjectSource:
 
     def entries(self, budget: Budget) -> list[Entry]:
         import obstore
+        from obstore import exceptions
 
         key = self.uri.key
         if not self.uri.is_prefix:
             with self._errors(key):
-                meta = obstore.head(self.store, key)
+                try:
+                    meta = obstore.head(self.store, key)
+                except (PermissionError, exceptions.PermissionDeniedError) as refused:
+                    # An answer to HEAD has no body, so no reason: ask for one byte to hear it.
+                    obstore.get(self.store, key, options={"range": (0, 1)})
+                    raise refused from None
             return [Entry("", meta["size"], _version(meta))]
         found: list[Entry] = []
         with self._errors(key or "/"):

@@ -38,7 +38,7 @@ class FakeKubeAPI:
     # ----- what tests read -----
     @property
     def writes(self) -> list[tuple[str, str, str]]:
-        return [call for call in self.calls if call[0] != "get"]
+        return [call for call in self.calls if call[0] not in ("get", "exists")]
 
     def put(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         """Store an object as if someone else had created it (not recorded as a call)."""
@@ -57,6 +57,11 @@ class FakeKubeAPI:
         self._record("get", ref.kind, ref.name)
         found = self.objects.get(object_key(ref))
         return copy.deepcopy(found) if found is not None else None
+
+    def exists(self, ref: Ref) -> bool:
+        """A metadata-only read (the object's data is not returned)."""
+        self._record("exists", ref.kind, ref.name)
+        return object_key(ref) in self.objects
 
     def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         self._record("apply", obj["kind"], obj["metadata"]["name"])

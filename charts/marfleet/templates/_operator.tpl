@@ -33,6 +33,8 @@
 {{- /* One scrape path per pod: the chart's PodMonitors, or else the operator's ServiceMonitors. */}}
 - name: MARFLEET_SERVICE_MONITORS
   value: {{ not .Values.monitoring.podMonitors.enabled | quote }}
+- name: MARFLEET_MODEL_CACHE
+  value: {{ toJson (.Values.modelCache | default dict) | quote }}
 {{- end }}
 
 {{- define "marfleet.leaseName" -}}

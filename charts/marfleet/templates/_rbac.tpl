@@ -41,6 +41,13 @@ workloadRules: in every watched namespace (or cluster-wide when all are watched)
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+{{- if (.Values.tenancy | default dict).secrets }}
+# Whether a model.storage Secret exists (asked as metadata only), so a missing one is a status
+# condition rather than pods that cannot start; only when the admin allows such Secrets.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get]
+{{- end }}
 {{- end }}
 
 {{/* clusterRules: the operator notices KEDA or the Prometheus Operator being installed. */}}

@@ -1,0 +1,246 @@
+"""Object-store URIs in the InferenceService: what the fetch init container gets, what the
+tenancy policy allows, and a missing Secret as a condition (controller on the fake API).
+
+The point of most of these: whatever a tenant writes in the spec, the rendered pod carries
+credentials only by reference, mounts nothing of the node unless the cluster admin configured
+the model cache, and runs as no ServiceAccount the admin did not allow."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+from typing import Any, cast
+
+import pytest
+from marfleet.operator import render, spec, tenancy
+from marfleet.operator.controller import Controller, ControllerSettings
+from marfleet.operator.fetching import ModelCache
+from marfleet.operator.kube import KubeAPI
+from marfleet.operator.metrics import OperatorMetrics
+from marfleet.operator.spec import API_VERSION, KIND
+
+from tests.unit.fakekube import FakeKubeAPI
+
+NS = "team-a"
+SECRET_VALUE = "AKIA-not-in-any-pod"
+CTX = render.RenderContext(default_image="img")
+
+
+def isvc(model: dict[str, Any], name: str = "m") -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {"name": name, "namespace": NS, "generation": 1, "uid": "u1"},
+        "spec": {
+            "variants": [{"name": "main", "weight": 100, "model": model}],
+            "autoscaling": {"engine": "none", "minReplicas": 1},
+        },
+    }
+
+
+def pod(obj: dict[str, Any], ctx: render.RenderContext = CTX) -> dict[str, Any]:
+    desired = render.render(spec.parse(obj), ctx)
+    (deployment,) = [o for o in desired.objects if o["kind"] == "Deployment"]
+    template: dict[str, Any] = deployment["spec"]["template"]["spec"]
+    return template
+
+
+def container(pod_spec: dict[str, Any], name: str) -> dict[str, Any]:
+    everything = [*pod_spec["initContainers"], *pod_spec["containers"]]
+    found: dict[str, Any] = next(c for c in everything if c["name"] == name)
+    return found
+
+
+S3_MODEL = {
+    "uri": "s3://models/resnet/resnet.mar",
+    "storage": {
+        "secretName": "s3-creds",
+        "endpoint": "http://seaweedfs.storage:8333",
+        "region": "eu-west-1",
+        "addressing": "path",
+    },
+}
+
+
+def test_s3_secret_reaches_only_the_fetch_container_and_only_by_reference() -> None:
+    rendered = pod(isvc(S3_MODEL))
+    fetch = container(rendered, "fetch-model")
+    assert fetch["args"] == [
+        "fetch",
+        "s3://models/resnet/resnet.mar",
+        "/mnt/models",
+        "--endpoint",
+        "http://seaweedfs.storage:8333",
+        "--region",
+        "eu-west-1",
+        "--addressing",
+        "path",
+    ]
+    assert fetch["env"] == [
+        {
+            "name": key,
+            "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": key, "optional": optional}},
+        }
+        for key, optional in (
+            ("AWS_ACCESS_KEY_ID", False),
+            ("AWS_SECRET_ACCESS_KEY", False),
+            ("AWS_SESSION_TOKEN", True),
+        )
+    ]
+    server = container(rendered, "server")
+    assert "s3-creds" not in json.dumps(server)
+    assert "serviceAccountName" not in rendered
+    assert rendered["automountServiceAccountToken"] is False
+
+
+def test_gcs_secret_is_a_read_only_volume_of_one_key_in_the_fetch_container() -> None:
+    model = {"uri": "gs://models/store/resnet/", "storage": {"secretName": "gcs-key"}}
+    rendered = pod(isvc(model))
+    fetch = container(rendered, "fetch-model")
+    volume = next(v for v in rendered["volumes"] if v["name"] == "storage-credentials")
+    assert volume["secret"] == {
+        "secretName": "gcs-key",
+        "items": [
+            {
+                "key": "gcloud-application-credentials.json",
+                "path": "gcloud-application-credentials.json",
+            }
+        ],
+        "defaultMode": 0o440,
+    }
+    assert {
+        "name": "storage-credentials",
+        "mountPath": "/var/run/secrets/marfleet/storage",
+        "readOnly": True,
+    } in fetch["volumeMounts"]
+    assert fetch["env"] == [
+        {
+            "name": "GOOGLE_APPLICATION_CREDENTIALS",
+            "value": "/var/run/secrets/marfleet/storage/gcloud-application-credentials.json",
+        }
+    ]
+    assert "storage-credentials" not in json.dumps(container(rendered, "server"))
+    serve = container(rendered, "server")["args"]
+    assert serve[serve.index("--models") + 1] == "m=resnet"  # the prefix's folder
+
+
+def test_service_account_and_anonymous_options() -> None:
+    model = {
+        "uri": "s3://public/m.mar",
+        "storage": {"serviceAccountName": "model-reader", "anonymous": True},
+    }
+    rendered = pod(isvc(model))
+    assert rendered["serviceAccountName"] == "model-reader"
+    assert rendered["automountServiceAccountToken"] is False
+    assert container(rendered, "fetch-model")["args"][-1] == "--anonymous"
+    assert "env" not in container(rendered, "fetch-model")
+
+
+@pytest.mark.parametrize(
+    ("cache", "volume"),
+    [
+        (
+            ModelCache(host_path="/var/lib/marfleet/cache/"),
+            {"hostPath": {"path": "/var/lib/marfleet/cache/team-a", "type": "DirectoryOrCreate"}},
+        ),
+        (ModelCache(claim="model-cache"), {"persistentVolumeClaim": {"claimName": "model-cache"}}),
+    ],
+)
+def test_node_cache_is_where_the_admin_put_it_per_namespace(
+    cache: ModelCache, volume: dict[str, Any]
+) -> None:
+    ctx = render.RenderContext(default_image="img", model_cache=cache)
+    rendered = pod(isvc({"uri": "https://h/m.mar", "sha256": "a" * 64}), ctx)
+    assert {"name": "model-cache", **volume} in rendered["volumes"]
+    args = container(rendered, "fetch-model")["args"]
+    assert args[args.index("--cache-dir") + 1] == "/var/cache/marfleet/models"
+    assert "model-cache" not in json.dumps(container(rendered, "server"))
+    opted_out = pod(isvc({"uri": "https://h/m.mar", "cache": False}), ctx)
+    assert "model-cache" not in json.dumps(opted_out)
+
+
+ALLOWED_VOLUME_SOURCES = {"emptyDir", "configMap", "persistentVolumeClaim", "secret"}
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        S3_MODEL,
+        {"uri": "gs://bkt/x/", "storage": {"secretName": "k", "endpoint": "https://h/../../etc"}},
+        {"uri": "pvc://claim/dir/m.mar"},
+        {"uri": "s3://bkt/m.mar", "storage": {"serviceAccountName": "sa"}, "cache": True},
+    ],
+)
+def test_nothing_in_the_spec_widens_the_pod(model: dict[str, Any]) -> None:
+    """No host mount, host namespace, privilege or token comes from an InferenceService."""
+    rendered = pod(isvc(copy.deepcopy(model)))
+    for volume in rendered["volumes"]:
+        sources = set(volume) - {"name"}
+        assert sources <= ALLOWED_VOLUME_SOURCES, volume
+    for key in ("hostNetwork", "hostPID", "hostIPC", "hostUsers"):
+        assert key not in rendered
+    assert rendered["securityContext"] == render.POD_SECURITY
+    assert rendered["automountServiceAccountToken"] is False
+    for each in [*rendered["initContainers"], *rendered["containers"]]:
+        assert each["securityContext"] == render.CONTAINER_SECURITY
+        for env in each.get("env", []):
+            ref = env.get("valueFrom", {})
+            assert set(ref) <= {"secretKeyRef"}
+    claims = [
+        v["persistentVolumeClaim"]["claimName"]
+        for v in rendered["volumes"]
+        if "persistentVolumeClaim" in v
+    ]
+    assert claims in ([], ["claim"])
+    secrets = [v["secret"]["secretName"] for v in rendered["volumes"] if "secret" in v]
+    assert set(secrets) <= {model.get("storage", {}).get("secretName")}
+
+
+def test_tenancy_refuses_unlisted_secrets_and_service_accounts() -> None:
+    obj = isvc(
+        {"uri": "s3://b/m.mar", "storage": {"secretName": "s3", "serviceAccountName": "admin"}}
+    )
+    refused = [(r.field, r.rule) for r in tenancy.refusals(obj, tenancy.TenancyPolicy())]
+    assert refused == [
+        ("spec.variants[0].model.storage.secretName", "tenancy.secrets"),
+        ("spec.variants[0].model.storage.serviceAccountName", "tenancy.serviceAccounts"),
+    ]
+    policy = tenancy.TenancyPolicy.from_json(
+        json.dumps({"secrets": ["team-a/s3"], "serviceAccounts": ["team-*/admin"]})
+    )
+    assert tenancy.refusals(obj, policy) == ()
+    other = copy.deepcopy(obj)
+    other["metadata"]["namespace"] = "team-b"
+    assert [r.field for r in tenancy.refusals(other, policy)] == [
+        "spec.variants[0].model.storage.secretName"
+    ]
+
+
+def test_a_missing_secret_is_a_condition_and_an_event_then_is_noticed() -> None:
+    api = FakeKubeAPI()
+    policy = tenancy.TenancyPolicy(secrets=("team-a/*",))
+    settings = ControllerSettings(render=CTX, identity="test", now=lambda: "T", tenancy=policy)
+    controller = Controller(cast(KubeAPI, api), settings, OperatorMetrics())
+    stored = api.put(isvc(S3_MODEL))
+    controller.on_inferenceservice("ADDED", stored)
+    asyncio.run(controller.reconcile((NS, "m")))
+    status = api.stored(API_VERSION, KIND, NS, "m")["status"]
+    models = next(c for c in status["conditions"] if c["type"] == "ModelsReady")
+    assert (models["status"], models["reason"]) == ("False", "StorageSecretMissing")
+    assert "Secret team-a/s3-creds (model.storage.secretName) does not exist" in models["message"]
+    kinds = {key[1] for key in api.objects}
+    assert "Deployment" not in kinds
+    events = [o for o in api.objects.values() if o["kind"] == "Event"]
+    assert any(e["reason"] == "StorageSecretMissing" for e in events)
+    secret_reads = [call for call in api.calls if call[1] == "Secret"]
+    assert secret_reads == [("exists", "Secret", "s3-creds")]  # metadata only, never the data
+
+    api.put(
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-creds", "namespace": NS}}
+    )
+    controller.on_inferenceservice("MODIFIED", api.stored(API_VERSION, KIND, NS, "m"))
+    asyncio.run(controller.reconcile((NS, "m")))
+    assert ("Deployment", "m-main") in {(k[1], k[3]) for k in api.objects}
+    written = [o for o in api.objects.values() if o["kind"] != "Secret"]
+    assert SECRET_VALUE not in json.dumps(written)
