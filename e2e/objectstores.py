@@ -1,8 +1,8 @@
-"""Real object stores on loopback for the storage tests: SeaweedFS (S3) and fake-gcs-server (GCS).
+"""Real object stores on loopback for the storage tests: versitygw (S3) and fake-gcs-server (GCS).
 
 Both are built from the Go module proxy into the versioned cache (e2e/localcluster/toolchain.py,
 `make toolchain`). Each instance owns its ports, its state folder and its process, which
-`stop()` ends by pid. SeaweedFS's S3 gateway checks SigV4 signatures against the access keys
+`stop()` ends by pid. versitygw checks SigV4 signatures against the access keys
 written here (`ACCESS_KEY`/`SECRET_KEY`), so wrong credentials are refused by a real server.
 fake-gcs-server does not check credentials at all (tests say so where it matters) and writes an
 access log line per request, which the tests read to see whether a fetch touched the store.
@@ -12,7 +12,6 @@ still accepts connections, nothing answers.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from e2e.localcluster.toolchain import FAKE_GCS_SERVER, SEAWEEDFS
+from e2e.localcluster.toolchain import FAKE_GCS_SERVER, VERSITYGW
 from e2e.support import Started, free_port, terminate, wait_for
 
 ACCESS_KEY = "marfleet-test-key"
@@ -71,56 +70,34 @@ class _Server(Started):
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-class SeaweedS3(_Server):
-    """`weed server` (master, volume, filer and S3 gateway in one process) with one identity."""
+class VersityS3(_Server):
+    """versitygw's S3 gateway over a posix folder (each sub-folder a bucket), one root user."""
 
     def start(self) -> None:
-        weed = SEAWEEDFS.path("weed")
-        if not weed.exists():
-            raise RuntimeError(f"{weed} is not built: run `make toolchain`")
+        binary = VERSITYGW.path("versitygw")
+        if not binary.exists():
+            raise RuntimeError(f"{binary} is not built: run `make toolchain`")
         self.port = free_port()
-        identities = {
-            "identities": [
-                {
-                    "name": "marfleet",
-                    "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
-                    "actions": ["Admin", "Read", "List", "Write"],
-                }
-            ]
-        }
         data = self.workdir / "data"
         data.mkdir(parents=True, exist_ok=True)
-        config = self.workdir / "s3.json"
-        config.write_text(json.dumps(identities))
-        ports = {name: free_port() for name in ("master", "volume", "filer")}
         self._spawn(
             [
-                str(weed),
-                "server",
-                f"-dir={data}",
-                "-ip=127.0.0.1",
-                "-ip.bind=127.0.0.1",
-                f"-master.port={ports['master']}",
-                f"-master.port.grpc={free_port()}",
-                "-master.volumeSizeLimitMB=64",
-                f"-volume.port={ports['volume']}",
-                f"-volume.port.grpc={free_port()}",
-                "-volume.max=8",
-                "-filer",
-                f"-filer.port={ports['filer']}",
-                f"-filer.port.grpc={free_port()}",
-                "-s3",
-                f"-s3.port={self.port}",
-                f"-s3.port.grpc={free_port()}",
-                f"-s3.config={config}",
+                str(binary),
+                f"--port=127.0.0.1:{self.port}",
+                f"--access={ACCESS_KEY}",
+                f"--secret={SECRET_KEY}",
+                "--region=us-east-1",
+                f"--access-log={self.workdir / 'access.log'}",
+                "posix",
+                str(data),
             ]
         )
-        wait_for(self._ready, 90, "SeaweedFS's S3 gateway")
+        wait_for(self._ready, 60, "versitygw's S3 gateway")
 
     def _ready(self) -> bool:
         self._alive()
         try:
-            # An unsigned request answers 403 once the gateway serves S3.
+            # An unsigned request is answered (403) once the gateway serves S3.
             return httpx.get(f"{self.endpoint}/", timeout=2).status_code in (200, 403)
         except httpx.HTTPError:
             return False

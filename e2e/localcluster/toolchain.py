@@ -179,13 +179,14 @@ COREDNS = GoTool(
     sources=("main.go",),
 )
 # Object stores the storage tests fetch models from (tests/integration/test_fetch_objects.py):
-# SeaweedFS's `weed` for S3 (Apache-2.0; its S3 gateway checks SigV4 keys) and
-# fake-gcs-server for the GCS JSON API (BSD-2). Static: nothing to link on the test machine.
-SEAWEEDFS = GoTool(
-    module_dir=TOOLCHAIN_DIR / "seaweedfs",
-    pinned_module="github.com/seaweedfs/seaweedfs",
-    packages=("github.com/seaweedfs/seaweedfs/weed",),
-    cache_prefix="seaweedfs",
+# versitygw for S3 (Apache-2.0; its gateway checks SigV4 keys) and fake-gcs-server for the GCS
+# JSON API (BSD-2). SeaweedFS (Apache-2.0) was measured first: its one `weed` command pulls
+# ~500 modules and took 37 min to build cold here, versitygw 11 min (docs/operations.md).
+VERSITYGW = GoTool(
+    module_dir=TOOLCHAIN_DIR / "versitygw",
+    pinned_module="github.com/versity/versitygw",
+    packages=("github.com/versity/versitygw/cmd/versitygw",),
+    cache_prefix="versitygw",
     static=True,
 )
 FAKE_GCS_SERVER = GoTool(
@@ -197,7 +198,7 @@ FAKE_GCS_SERVER = GoTool(
 )
 TOOLS = (KUBERNETES, KWOK, HELM)
 # What `make toolchain` builds beside TOOLS for the storage tests (not needed by a cluster).
-STORE_TOOLS = (SEAWEEDFS, FAKE_GCS_SERVER)
+STORE_TOOLS = (VERSITYGW, FAKE_GCS_SERVER)
 # What `make node-setup` builds on top of TOOLS.
 NODE_TOOLS = (KUBERNETES_NODE, PROMETHEUS_ADAPTER, COREDNS)
 

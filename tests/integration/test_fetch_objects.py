@@ -1,4 +1,4 @@
-"""`marfleet fetch` from object storage: s3:// against SeaweedFS's S3 gateway (it checks SigV4
+"""`marfleet fetch` from object storage: s3:// against versitygw's S3 gateway (it checks SigV4
 keys) and gs:// against fake-gcs-server, both real servers on loopback started once for this
 module (e2e/objectstores.py). The CLI runs as the init container runs it, a subprocess with
 credentials in its environment; archives are uploaded with the same client library.
@@ -27,7 +27,7 @@ import obstore
 import pytest
 from obstore.store import S3Store
 
-from e2e.objectstores import ACCESS_KEY, SECRET_KEY, FakeGCS, SeaweedS3
+from e2e.objectstores import ACCESS_KEY, SECRET_KEY, FakeGCS, VersityS3
 
 pytestmark = pytest.mark.slow
 
@@ -38,8 +38,8 @@ FOLDER = {"MAR-INF/MANIFEST.json": b'{"model": {}}', "weights/w.bin": os.urandom
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
-    with SeaweedS3(tmp_path_factory.mktemp("seaweedfs")) as server:
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VersityS3]:
+    with VersityS3(tmp_path_factory.mktemp("versitygw")) as server:
         store = S3Store(
             "models",
             endpoint=server.endpoint,
@@ -55,7 +55,7 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
         yield server
 
 
-def _create_bucket(server: SeaweedS3, store: S3Store) -> None:
+def _create_bucket(server: VersityS3, store: S3Store) -> None:
     """CreateBucket through the gateway with a URL the client library presigned with the
     test's keys (obstore has no bucket operations)."""
     url = obstore.sign(store, "PUT", "", timedelta(minutes=5))
@@ -88,7 +88,7 @@ def run_fetch(
     return result.returncode, events, result.stderr
 
 
-def s3_env(server: SeaweedS3, secret: str = SECRET_KEY) -> dict[str, str]:
+def s3_env(server: VersityS3, secret: str = SECRET_KEY) -> dict[str, str]:
     return {
         "AWS_ENDPOINT_URL": server.endpoint,
         "AWS_ACCESS_KEY_ID": ACCESS_KEY,
@@ -103,7 +103,7 @@ def gcs_args(server: FakeGCS) -> tuple[str, ...]:
 # --- S3 -------------------------------------------------------------------------------------
 
 
-def test_s3_archive_with_keys_from_the_environment(s3: SeaweedS3, tmp_path: Path) -> None:
+def test_s3_archive_with_keys_from_the_environment(s3: VersityS3, tmp_path: Path) -> None:
     code, events, _ = run_fetch(
         "s3://models/resnet/resnet.mar", str(tmp_path), "--sha256", DIGEST, env=s3_env(s3)
     )
@@ -113,7 +113,7 @@ def test_s3_archive_with_keys_from_the_environment(s3: SeaweedS3, tmp_path: Path
     assert any(e["event"] == "progress" for e in events)
 
 
-def test_s3_prefix_and_a_mounted_credentials_file(s3: SeaweedS3, tmp_path: Path) -> None:
+def test_s3_prefix_and_a_mounted_credentials_file(s3: VersityS3, tmp_path: Path) -> None:
     credentials = tmp_path / "credentials"
     credentials.write_text(
         f"[default]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n"
@@ -136,7 +136,7 @@ def test_s3_prefix_and_a_mounted_credentials_file(s3: SeaweedS3, tmp_path: Path)
 
 
 def test_s3_wrong_secret_names_the_bucket_and_reason_not_the_secret(
-    s3: SeaweedS3, tmp_path: Path
+    s3: VersityS3, tmp_path: Path
 ) -> None:
     wrong = "wrong-secret-value-987654321"
     code, events, stderr = run_fetch(
@@ -151,7 +151,7 @@ def test_s3_wrong_secret_names_the_bucket_and_reason_not_the_secret(
     assert list(tmp_path.iterdir()) == []
 
 
-def test_s3_anonymous_is_refused_by_a_private_bucket(s3: SeaweedS3, tmp_path: Path) -> None:
+def test_s3_anonymous_is_refused_by_a_private_bucket(s3: VersityS3, tmp_path: Path) -> None:
     code, events, _ = run_fetch(
         "s3://models/resnet/resnet.mar", str(tmp_path), "--endpoint", s3.endpoint, "--anonymous"
     )
@@ -159,14 +159,14 @@ def test_s3_anonymous_is_refused_by_a_private_bucket(s3: SeaweedS3, tmp_path: Pa
     assert "s3 bucket 'models' refused access" in events[-1]["error"]
 
 
-def test_s3_missing_object_is_a_clear_error(s3: SeaweedS3, tmp_path: Path) -> None:
+def test_s3_missing_object_is_a_clear_error(s3: VersityS3, tmp_path: Path) -> None:
     code, events, _ = run_fetch("s3://models/resnet/none.mar", str(tmp_path), env=s3_env(s3))
     assert code == 1
     assert "s3 bucket 'models' has no object 'resnet/none.mar'" in events[-1]["error"]
     assert list(tmp_path.iterdir()) == []
 
 
-def test_s3_checksum_mismatch_places_nothing(s3: SeaweedS3, tmp_path: Path) -> None:
+def test_s3_checksum_mismatch_places_nothing(s3: VersityS3, tmp_path: Path) -> None:
     code, events, _ = run_fetch(
         "s3://models/resnet/resnet.mar", str(tmp_path), "--sha256", "b" * 64, env=s3_env(s3)
     )
@@ -175,7 +175,7 @@ def test_s3_checksum_mismatch_places_nothing(s3: SeaweedS3, tmp_path: Path) -> N
     assert list(tmp_path.iterdir()) == []
 
 
-def test_s3_stalled_store_ends_at_the_deadline(s3: SeaweedS3, tmp_path: Path) -> None:
+def test_s3_stalled_store_ends_at_the_deadline(s3: VersityS3, tmp_path: Path) -> None:
     s3.pause()
     try:
         started = time.monotonic()
@@ -197,7 +197,7 @@ def test_s3_stalled_store_ends_at_the_deadline(s3: SeaweedS3, tmp_path: Path) ->
     assert list(tmp_path.iterdir()) == []
 
 
-def test_s3_second_fetch_on_the_node_is_a_cache_hit(s3: SeaweedS3, tmp_path: Path) -> None:
+def test_s3_second_fetch_on_the_node_is_a_cache_hit(s3: VersityS3, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     args = ("s3://models/resnet/resnet.mar", "--sha256", DIGEST, "--cache-dir", str(cache))
     code, events, _ = run_fetch(args[0], str(tmp_path / "pod-1"), *args[1:], env=s3_env(s3))
