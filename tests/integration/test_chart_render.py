@@ -64,6 +64,11 @@ BAD_VALUES: list[tuple[str, dict[str, Any], list[str]]] = [
         ["/monitoring/interval", "got number, want string"],
     ),
     (
+        "rollout metrics source that is no URL",
+        {"rollout": {"prometheusUrl": "prometheus:9090"}},
+        ["/rollout/prometheusUrl", "does not match pattern"],
+    ),
+    (
         "image with whitespace",
         {"runtime": {"image": {"repository": "my registry/runtime"}}},
         ["/runtime/image/repository", "does not match pattern"],
@@ -174,6 +179,33 @@ def test_pod_monitors_select_the_pods_the_operator_labels(
         "sourceLabels": [f"__meta_kubernetes_pod_label_{pod_label}"],
         "targetLabel": "isvc",
     }
+
+
+def operator_env(objects: list[dict[str, Any]]) -> dict[str, str]:
+    (deployment,) = chart.objects_of_kind(objects, "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value", "") for e in container["env"]}
+
+
+def test_routers_are_scraped_one_way_per_install(
+    monitoring_objects: list[dict[str, Any]],
+) -> None:
+    # PodMonitors on: the operator creates no ServiceMonitor of its own.
+    assert operator_env(monitoring_objects)["MARFLEET_SERVICE_MONITORS"] == "false"
+    # Off (the default): the operator's per-InferenceService ServiceMonitor is the one path.
+    assert operator_env(chart.template())["MARFLEET_SERVICE_MONITORS"] == "true"
+
+
+def test_the_rollout_metrics_source_is_a_value_with_a_documented_default() -> None:
+    default = operator_env(chart.template())
+    assert default["MARFLEET_ROLLOUT_PROMETHEUS_URL"] == ""  # read the routers directly
+    assert (
+        default["MARFLEET_ROUTER_METRICS_URL"]
+        == "http://{isvc}-router.{namespace}.svc:8082/metrics"
+    )
+    prometheus = "http://prometheus-operated.monitoring.svc:9090"
+    chosen = operator_env(chart.template(set_values={"rollout.prometheusUrl": prometheus}))
+    assert chosen["MARFLEET_ROLLOUT_PROMETHEUS_URL"] == prometheus
 
 
 def test_watching_some_namespaces_grants_workload_rights_only_there() -> None:
