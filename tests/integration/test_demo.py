@@ -157,6 +157,9 @@ def test_demo_up_twice_then_down_leaves_nothing(demo: DemoRun) -> None:
     assert re.search(r'stable answered .* "model_version": "1.0"', out)
     assert re.search(r'canary answered .* "model_version": "2.0"', out)
     assert re.search(r"classifier\s+True\s+http://classifier.demo.svc.cluster.local", out)
+    # The operator is pointed at the demo's Prometheus for rollouts (chart rollout.prometheusUrl),
+    # which has the canary's answers by version.
+    assert re.search(r"✓ rollout analysis source  canary [1-9]\d* answers of version 2\.0", out)
     running = demo.started()
     assert len(running) >= 10, [e.name for e in running]  # 5 cluster, operator, 2 servers, ...
     assert not [e.name for e in running if not session_members(e)]
