@@ -14,7 +14,9 @@ import signal
 from collections.abc import Awaitable
 from dataclasses import dataclass
 
+import grpc
 from marfleet.runtime.metrics import CONTENT_TYPE
+from marfleet.runtime.router import grpc_proxy
 from marfleet.runtime.router.metrics import RouterMetrics
 from marfleet.runtime.router.proxy import Proxy
 from marfleet.runtime.router.source import IsvcWatch, load_kube_config
@@ -40,6 +42,8 @@ class RouterSettings:
     limits: HttpLimits
     mirror_limit: int
     drain_seconds: float
+    grpc_port: int  # 0: no gRPC listener
+    grpc_backends: dict[str, str]  # variant -> host:port of its gRPC inference port
     log_level: str
 
 
@@ -52,6 +56,9 @@ class Router:
             for variant, url in settings.backends.items()
         }
         self.proxy = Proxy(self.metrics, mirror_limit=settings.mirror_limit)
+        self.grpc = grpc_proxy.GrpcProxy(
+            lambda: self.proxy.table, settings.grpc_backends, self.metrics
+        )
         self.routed = asyncio.Event()
 
     def apply(self, routing: Routing) -> None:
@@ -81,6 +88,7 @@ class Router:
 
     async def close(self) -> None:
         await self.proxy.close()
+        await self.grpc.close()
         for pool in self.pools.values():
             pool.close()
 
@@ -111,11 +119,18 @@ async def run(settings: RouterSettings) -> int:
         error_response=error_response,
         on_unhandled=_log_unhandled,
     )
+    grpc_server: grpc.aio.Server | None = None
+    grpc_port = 0
+    if settings.grpc_port:  # before HTTP: a listening HTTP port means both are routing
+        grpc_server, grpc_port = await grpc_proxy.start(
+            router.grpc, settings.host, settings.grpc_port, settings.limits.max_body_bytes
+        )
     await front.start(settings.host, settings.port)
     log.info(
         "router listening",
         extra={
             "port": front.port,
+            "grpc_port": grpc_port,
             "metrics_port": metrics.port,
             "isvc": settings.isvc,
             "namespace": settings.namespace,
@@ -125,6 +140,8 @@ async def run(settings: RouterSettings) -> int:
     await stop.wait()
     log.info("router draining", extra={"seconds": settings.drain_seconds})
     front.begin_shutdown()
+    if grpc_server is not None:
+        await grpc_server.stop(settings.drain_seconds)
     drained = await front.wait_closed(settings.drain_seconds)
     metrics.begin_shutdown()
     await router.close()

@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from urllib.parse import urlsplit
 
 import uvloop
 from marfleet.runtime.router.app import RouterSettings, run
@@ -100,6 +101,22 @@ def parser() -> argparse.ArgumentParser:
         default=defaults.max_connections,
         help="client connections at most (503 beyond)",
     )
+    p.add_argument(
+        "--grpc-port", type=int, default=0, help="listen for gRPC calls here too (0: no gRPC)"
+    )
+    p.add_argument(
+        "--grpc-backend-port",
+        type=int,
+        default=7070,
+        help="each variant's gRPC port, on the host of its --backend URL",
+    )
+    p.add_argument(
+        "--grpc-backend",
+        action="append",
+        default=[],
+        metavar="VARIANT=HOST:PORT",
+        help="a variant's gRPC address, where it is not --backend's host:--grpc-backend-port",
+    )
     p.add_argument("--mirror-limit", type=int, default=64, help="shadow copies in flight at most")
     p.add_argument("--drain-seconds", type=float, default=20.0, help="grace period on SIGTERM")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -144,6 +161,8 @@ def settings_from(argv: Sequence[str], environ: Mapping[str, str]) -> RouterSett
             max_connections=args.max_connections,
         ),
         mirror_limit=args.mirror_limit,
+        grpc_port=args.grpc_port,
+        grpc_backends=_grpc_backends(backends, args.grpc_backend_port, args.grpc_backend),
         drain_seconds=args.drain_seconds,
         log_level=args.log_level,
     )
@@ -188,3 +207,16 @@ def main(argv: list[str]) -> int:
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     return uvloop.run(run(settings))
+
+
+def _grpc_backends(backends: Mapping[str, str], port: int, flags: Sequence[str]) -> dict[str, str]:
+    """variant -> host:port of its gRPC listener: the --backend host and --grpc-backend-port,
+    unless --grpc-backend names the address."""
+    targets = {}
+    for variant, url in backends.items():
+        host = urlsplit(url).hostname or ""
+        targets[variant] = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    for flag in flags:
+        variant, address = _pair(flag, "--grpc-backend")
+        targets[variant] = address
+    return targets

@@ -99,6 +99,11 @@ class Proxy:
         self._mirrors: set[asyncio.Task[None]] = set()
         self._last_logged: dict[tuple[str, str], float] = {}
 
+    @property
+    def table(self) -> RoutingTable | None:
+        """The routing table in force (None until the first weights arrive)."""
+        return self._table
+
     def install(self, table: RoutingTable) -> None:
         self._table = table
         self._metrics.weights_changed(table.routing.weights)

@@ -14,7 +14,7 @@ data plane (`dataplane.py`), which owns tokens, lookup, validation, queueing and
   the wire, so one implementation answers both names. Tensors given as `raw_input_contents`
   are answered in `raw_output_contents`, typed contents with typed contents.
 
-Errors are the data plane's `ApiError`s, mapped by `status_code` to gRPC codes (400
+Errors are the data plane's `ApiError`s, mapped by `grpc_codes.status_code` to gRPC codes (400
 INVALID_ARGUMENT, 404 NOT_FOUND, 503 UNAVAILABLE, ...), with the message as details. Metadata
 keys are the headers (`authorization: Bearer <key>` included). Generated message classes live
 in `protos/` (`make protos` regenerates them from the .proto files there).
@@ -34,6 +34,7 @@ from google.protobuf import empty_pb2
 from marfleet.runtime.server import kserve_v2
 from marfleet.runtime.server.dataplane import Call, DataPlane
 from marfleet.runtime.server.errors import ApiError
+from marfleet.runtime.server.grpc_codes import status_code
 from marfleet.runtime.server.protos import inference_pb2 as ts
 from marfleet.runtime.server.protos import open_inference_grpc_pb2 as oip
 from marfleet.runtime.workers.parts import StreamBroken
@@ -44,23 +45,6 @@ OIP_SERVICES = (
     "org.pytorch.serve.grpc.openinference.GRPCInferenceService",
     "inference.GRPCInferenceService",
 )
-_CODES = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    401: grpc.StatusCode.UNAUTHENTICATED,
-    403: grpc.StatusCode.PERMISSION_DENIED,
-    404: grpc.StatusCode.NOT_FOUND,
-    405: grpc.StatusCode.UNIMPLEMENTED,
-    408: grpc.StatusCode.DEADLINE_EXCEEDED,
-    409: grpc.StatusCode.ALREADY_EXISTS,
-    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    499: grpc.StatusCode.CANCELLED,
-    500: grpc.StatusCode.INTERNAL,
-    501: grpc.StatusCode.UNIMPLEMENTED,
-    503: grpc.StatusCode.UNAVAILABLE,
-    504: grpc.StatusCode.DEADLINE_EXCEEDED,
-    507: grpc.StatusCode.RESOURCE_EXHAUSTED,
-}
 _CONTENTS = {
     "BOOL": "bool_contents",
     "INT8": "int_contents",
@@ -79,11 +63,6 @@ _FORM_BOUNDARY = "marfleet-grpc-input"
 
 Request = TypeVar("Request")
 Reply = TypeVar("Reply")
-
-
-def status_code(http_status: int) -> grpc.StatusCode:
-    """The gRPC code for a data-plane (HTTP) status."""
-    return _CODES.get(http_status, grpc.StatusCode.UNKNOWN)
 
 
 def metadata_headers(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:

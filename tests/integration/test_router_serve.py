@@ -10,9 +10,14 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
+import numpy as np
 import pytest
 import torch
+import tritonclient.grpc as triton_grpc
+from marfleet.runtime.server.protos import inference_pb2 as ts_pb2
 
+from e2e.bench.procs import free_port
 from e2e.bench.router_procs import Client, metric, router
 from tests.models import TinyMLP, build, write_torchscript
 from tests.serving import Server, archive, serve
@@ -98,3 +103,54 @@ def test_real_model_servers_split_90_10_and_each_answers_with_its_version(
     )
     assert named == 1_001
     assert metric(text, "marfleet_router_requests_total", version="") == 2
+
+
+def test_grpc_through_the_router_splits_80_20_and_sticks_like_http(
+    stable: Server, canary: Server
+) -> None:
+    backends = {"stable": stable.inference, "canary": canary.inference}
+    grpc_port = free_port()
+    args = ["--weights", "stable=80,canary=20", "--sticky-header", "x-user"]
+    args += ["--grpc-port", str(grpc_port)]
+    args += [f"--grpc-backend=stable={stable.grpc}", f"--grpc-backend=canary={canary.grpc}"]
+    request = ts_pb2.PredictionsRequest(model_name="mlp", input={"body": json.dumps(ROW).encode()})
+    expected = {"stable": scores("1.0"), "canary": scores("2.0")}
+    with router(backends, *args) as proc, grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as ch:
+        predict = ch.unary_unary(
+            "/org.pytorch.serve.grpc.inference.InferenceAPIsService/Predictions",
+            request_serializer=ts_pb2.PredictionsRequest.SerializeToString,
+            response_deserializer=ts_pb2.PredictionResponse.FromString,
+        )
+        seen = []
+        for _ in range(1_000):
+            reply, call = predict.with_call(request, timeout=30)
+            variant = dict(call.initial_metadata())["x-marfleet-variant"]
+            assert json.loads(reply.prediction) == pytest.approx(expected[variant], abs=1e-5)
+            seen.append(variant)
+        share = Counter(seen)["canary"] / len(seen)
+        assert 0.18 <= share <= 0.22, Counter(seen)
+        # The sticky key pins a user to one variant over HTTP and gRPC alike.
+        client = Client(proc.url)
+        for user in ("alice", "bob", "carol", "dave", "erin", "frank"):
+            _, headers, _ = client.request(
+                "POST", "/predictions/mlp", json.dumps(ROW).encode(), {"x-user": user}
+            )
+            _, call = predict.with_call(request, metadata=[("x-user", user)], timeout=30)
+            assert (
+                dict(call.initial_metadata())["x-marfleet-variant"] == headers["x-marfleet-variant"]
+            )
+        # tritonclient's v2 gRPC calls pass through unchanged; errors keep their code.
+        triton = triton_grpc.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        assert triton.is_server_live()
+        tensor = triton_grpc.InferInput("input-0", [1, 4], "FP32")
+        tensor.set_data_from_numpy(np.array([ROW], dtype=np.float32))
+        result = triton.infer("mlp", [tensor])
+        values = result.as_numpy(result.get_response().outputs[0].name)
+        assert values is not None and values.shape[-1] == 3
+        with pytest.raises(grpc.RpcError) as error:
+            predict(ts_pb2.PredictionsRequest(model_name="nope"), timeout=30)
+        assert error.value.code() == grpc.StatusCode.NOT_FOUND
+        with urllib.request.urlopen(proc.metrics_url) as response:
+            text = response.read().decode()
+    assert metric(text, "marfleet_router_requests_total", variant="canary", code_class="2xx") >= 180
+    assert metric(text, "marfleet_router_requests_total", code_class="4xx") >= 1

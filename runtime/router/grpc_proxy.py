@@ -1,0 +1,169 @@
+"""The router's gRPC side: every call goes, bytes untouched, to the variant the routing table picks.
+
+The same `RoutingTable` as HTTP decides, so gRPC calls follow the same weights, and the sticky
+key is a metadata entry of the same name as the sticky header, hashed the same way: a user
+with `x-user: alice` lands on one variant over HTTP and gRPC alike. Messages are never decoded
+(serialisers are the identity), so any service the variants serve passes through; the method
+name only says whether a call streams (TorchServe's StreamPredictions answers a stream,
+StreamPredictions2 streams both ways; everything else is unary). The answer's initial
+metadata carries `x-marfleet-variant`, upstream errors keep their code and details, and each
+answer is counted per variant with the HTTP status its code stands for (`grpc_codes`).
+Mirroring stays HTTP-only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from functools import partial
+from typing import Any, TypeAlias
+
+import grpc
+from marfleet.runtime.router.metrics import RouterMetrics
+from marfleet.runtime.router.proxy import VARIANT_HEADER
+from marfleet.runtime.router.table import NoRoute, Route, RoutingTable
+from marfleet.runtime.server.grpc_codes import http_status
+
+_SERVER_STREAMS = frozenset({"StreamPredictions"})
+_BIDI_STREAMS = frozenset({"StreamPredictions2"})
+_NOT_FORWARDED = frozenset({"user-agent", "te", "content-type", "grpc-accept-encoding"})
+
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+class GrpcProxy(grpc.GenericRpcHandler):
+    """`table()` gives the routing table in force; `targets` maps variant -> host:port."""
+
+    def __init__(
+        self,
+        table: Callable[[], RoutingTable | None],
+        targets: Mapping[str, str],
+        metrics: RouterMetrics,
+    ) -> None:
+        self._table = table
+        self._metrics = metrics
+        self._channels = {variant: grpc.aio.insecure_channel(t) for variant, t in targets.items()}
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        method: str = details.method
+        name = method.rsplit("/", 1)[-1]
+        if name in _BIDI_STREAMS:
+            return grpc.stream_stream_rpc_method_handler(
+                partial(self._bidi, method),
+                request_deserializer=_identity,
+                response_serializer=_identity,
+            )
+        if name in _SERVER_STREAMS:
+            return grpc.unary_stream_rpc_method_handler(
+                partial(self._server_stream, method),
+                request_deserializer=_identity,
+                response_serializer=_identity,
+            )
+        return grpc.unary_unary_rpc_method_handler(
+            partial(self._unary, method),
+            request_deserializer=_identity,
+            response_serializer=_identity,
+        )
+
+    async def _route(self, context: Context) -> tuple[Route, list[tuple[str, str]]]:
+        metadata = [
+            (key.lower(), value)
+            for key, value in (context.invocation_metadata() or ())
+            if not key.startswith(":") and key.lower() not in _NOT_FORWARDED
+        ]
+        table = self._table()
+        if table is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the router has no weights yet")
+            raise AssertionError("abort returned")
+        try:
+            route = table.choose({k: v for k, v in metadata if isinstance(v, str)})
+        except NoRoute as error:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"no variant takes traffic: {error}")
+            raise AssertionError("abort returned") from None
+        await context.send_initial_metadata(((VARIANT_HEADER, route.variant),))
+        return route, metadata
+
+    def _answered(self, variant: str, code: grpc.StatusCode, started: float) -> None:
+        self._metrics.for_variant(variant).answered(
+            http_status(code), time.perf_counter() - started
+        )
+
+    async def _unary(self, method: str, request: bytes, context: Context) -> bytes:
+        started = time.perf_counter()
+        route, metadata = await self._route(context)
+        call = self._channels[route.variant].unary_unary(
+            method, request_serializer=_identity, response_deserializer=_identity
+        )
+        try:
+            reply: bytes = await call(request, metadata=metadata, timeout=context.time_remaining())
+        except grpc.aio.AioRpcError as error:
+            self._answered(route.variant, error.code(), started)
+            await context.abort(error.code(), error.details() or "")
+            raise AssertionError("abort returned") from None
+        self._answered(route.variant, grpc.StatusCode.OK, started)
+        return reply
+
+    async def _server_stream(
+        self, method: str, request: bytes, context: Context
+    ) -> AsyncIterator[bytes]:
+        started = time.perf_counter()
+        route, metadata = await self._route(context)
+        call = self._channels[route.variant].unary_stream(
+            method, request_serializer=_identity, response_deserializer=_identity
+        )(request, metadata=metadata, timeout=context.time_remaining())
+        async for reply in self._relay(route, call, context, started):
+            yield reply
+
+    async def _bidi(
+        self, method: str, requests: AsyncIterator[bytes], context: Context
+    ) -> AsyncIterator[bytes]:
+        started = time.perf_counter()
+        route, metadata = await self._route(context)
+        call = self._channels[route.variant].stream_stream(
+            method, request_serializer=_identity, response_deserializer=_identity
+        )(requests, metadata=metadata, timeout=context.time_remaining())
+        async for reply in self._relay(route, call, context, started):
+            yield reply
+
+    async def _relay(
+        self, route: Route, call: Any, context: Context, started: float
+    ) -> AsyncIterator[bytes]:
+        """Each upstream message as it arrives; the upstream call ends when the client leaves."""
+        try:
+            async for reply in call:
+                yield reply
+        except grpc.aio.AioRpcError as error:
+            self._answered(route.variant, error.code(), started)
+            await context.abort(error.code(), error.details() or "")
+        else:
+            self._answered(route.variant, grpc.StatusCode.OK, started)
+        finally:
+            call.cancel()
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+
+
+async def start(
+    proxy: GrpcProxy, host: str, port: int, max_message_bytes: int
+) -> tuple[grpc.aio.Server, int]:
+    """Serve `proxy` on host:port; returns the server and the bound port."""
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
+    )
+    server.add_generic_rpc_handlers([proxy])
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as error:
+        raise OSError(f"gRPC cannot listen on {address}: {error}") from None
+    await server.start()
+    return server, bound
