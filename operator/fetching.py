@@ -2,7 +2,7 @@
 
 Kept apart from render.py because it is where a tenant's spec meets the node: every field an
 InferenceService sets here is turned into something narrow — a URI and options as arguments,
-a Secret *by reference* (env `secretKeyRef` / a secret volume, never a value), a PVC of the
+a Secret *by reference* (env `secretKeyRef`, never a value, no volume), a PVC of the
 URI's own claim read-only — and the node cache is mounted only where the cluster admin
 configured one (chart value `modelCache`), as the namespace's own folder or claim: the spec can
 only opt out. What may be referenced at all (Secrets, claims, ServiceAccounts) is the tenancy
@@ -21,14 +21,15 @@ from .spec import Variant
 MODEL_STORE = "/mnt/models"
 PVC_ROOT = "/mnt/pvc"
 CACHE_DIR = "/var/cache/marfleet/models"
-CREDENTIALS_DIR = "/var/run/secrets/marfleet/storage"
-GCS_CREDENTIALS_KEY = "gcloud-application-credentials.json"
 S3_SECRET_KEYS = (
-    ("AWS_ACCESS_KEY_ID", False),
-    ("AWS_SECRET_ACCESS_KEY", False),
-    ("AWS_SESSION_TOKEN", True),
+    ("AWS_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID", False),
+    ("AWS_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY", False),
+    ("AWS_SESSION_TOKEN", "AWS_SESSION_TOKEN", True),
 )
-"""(key, optional): the Secret's keys, exposed under the same names (KServe's convention)."""
+"""(variable, Secret key, optional): KServe's key names, so its Secrets work as they are."""
+GCS_SECRET_KEYS = (("GOOGLE_SERVICE_ACCOUNT_KEY", "gcloud-application-credentials.json", False),)
+"""A service-account key (JSON) under KServe's key name, as obstore's variable for one: env
+only, like S3, so the pod needs no secret volume."""
 
 
 @dataclass(frozen=True)
@@ -96,34 +97,14 @@ def _object_store(pod: FetchPod, variant: Variant, scheme: str) -> None:
     secret = storage.secret_name
     if not secret:
         return
-    if scheme == "s3":
-        pod.env += [
-            {
-                "name": key,
-                "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": optional}},
-            }
-            for key, optional in S3_SECRET_KEYS
-        ]
-        return
-    pod.volumes.append(
+    keys = S3_SECRET_KEYS if scheme == "s3" else GCS_SECRET_KEYS
+    pod.env += [
         {
-            "name": "storage-credentials",
-            "secret": {
-                "secretName": secret,
-                "items": [{"key": GCS_CREDENTIALS_KEY, "path": GCS_CREDENTIALS_KEY}],
-                "defaultMode": 0o440,
-            },
+            "name": variable,
+            "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": optional}},
         }
-    )
-    pod.mounts.append(
-        {"name": "storage-credentials", "mountPath": CREDENTIALS_DIR, "readOnly": True}
-    )
-    pod.env.append(
-        {
-            "name": "GOOGLE_APPLICATION_CREDENTIALS",
-            "value": f"{CREDENTIALS_DIR}/{GCS_CREDENTIALS_KEY}",
-        }
-    )
+        for variable, key, optional in keys
+    ]
 
 
 def _cache(pod: FetchPod, namespace: str, cache: ModelCache) -> None:

@@ -34,6 +34,7 @@ PLURALS: dict[tuple[str, str], str] = {
     ("v1", "Service"): "services",
     ("v1", "Event"): "events",
     ("v1", "ServiceAccount"): "serviceaccounts",
+    ("v1", "Secret"): "secrets",  # existence only (KubeAPI.exists: metadata, never data)
     ("rbac.authorization.k8s.io/v1", "Role"): "roles",
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): "rolebindings",
     ("apps/v1", "Deployment"): "deployments",

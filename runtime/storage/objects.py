@@ -54,7 +54,15 @@ class ObjectSource:
     ) -> None:
         self.uri = uri
         self.where = f"{uri.scheme} bucket {uri.location!r}"
-        self.store = _make_store(uri, options, connect_seconds, stall_seconds, budget)
+        from obstore.exceptions import BaseError
+
+        try:
+            self.store = _make_store(uri, options, connect_seconds, stall_seconds, budget)
+        except (BaseError, ValueError) as error:
+            reason = _QUOTED.sub('"..."', _reason(error))  # a parser may quote what it read
+            raise FetchError(
+                f"{self.where}: the store's settings or credentials cannot be used: {reason}"
+            ) from None
 
     def entries(self, budget: Budget) -> list[Entry]:
         import obstore
@@ -148,6 +156,9 @@ def _make_store(
     from obstore.store import GCSStore, S3Store
 
     client: ClientConfig = {
+        # Where the endpoint (model.storage.endpoint, AWS_ENDPOINT_URL, a GCS key's
+        # gcs_base_url) says http, it was configured so: an in-cluster store, a test.
+        "allow_http": True,
         "connect_timeout": timedelta(seconds=connect_seconds),
         "read_timeout": timedelta(seconds=stall_seconds),
         "timeout": timedelta(seconds=max(budget.remaining(), 1.0)),
@@ -170,7 +181,6 @@ def _make_store(
         config["virtual_hosted_style_request"] = virtual
         if options.anonymous:
             config["skip_signature"] = True
-        client["allow_http"] = endpoint.startswith("http://")
         provider = None if options.anonymous else _shared_credentials_file()
         return S3Store(
             uri.location,
@@ -180,12 +190,10 @@ def _make_store(
             credential_provider=provider,
         )
     gcs: GCSConfig = {}
-    base = options.endpoint or os.environ.get("GOOGLE_BASE_URL", "")
     if options.endpoint:
         gcs["base_url"] = options.endpoint
     if options.anonymous:
         gcs["skip_signature"] = True
-    client["allow_http"] = base.startswith("http://")
     return GCSStore(uri.location, config=gcs, client_options=client, retry_config=retry)
 
 
@@ -219,6 +227,7 @@ def _version(meta: Any) -> str:
     return str(meta.get("e_tag") or meta.get("version") or "")
 
 
+_QUOTED = re.compile(r'"[^"]*"')
 _CODE = re.compile(r"<Code>([^<]{1,100})</Code>")
 _MESSAGE = re.compile(r"<Message>([^<]{1,300})</Message>")
 _STATUS = re.compile(r"\b(?:status(?: code)?:?\s*|HTTP status\s*)(\d{3})\b", re.I)

@@ -261,3 +261,32 @@ def test_gcs_cache_hit_makes_no_request_and_generation_keys_need_no_download(
     assert code == 0 and events[-1]["event"] == "cache-hit", events
     assert [line.split()[0] for line in gcs.requests()[before:]] == ["HEAD"]
     assert (tmp_path / "d" / "resnet.mar").read_bytes() == ARCHIVE
+
+
+def test_gcs_service_account_key_from_the_environment(gcs: FakeGCS, tmp_path: Path) -> None:
+    """The variable the operator fills from the Secret (GOOGLE_SERVICE_ACCOUNT_KEY) is what the
+    client reads: here a test key naming the fake server (no endpoint flag) and no OAuth, since
+    fake-gcs-server checks no credentials; a broken key is a clear error without its content."""
+    key = {
+        "gcs_base_url": gcs.endpoint,
+        "disable_oauth": True,
+        "client_email": "",
+        "private_key": "",
+        "private_key_id": "",
+    }
+    env = {"GOOGLE_SERVICE_ACCOUNT_KEY": json.dumps(key)}
+    code, events, _ = run_fetch("gs://models/resnet/resnet.mar", str(tmp_path), env=env)
+    assert code == 0, events
+    assert (tmp_path / "resnet.mar").read_bytes() == ARCHIVE
+    broken = {"client_email": "reader@example", "private_key": "PRIVATE-KEY-MATERIAL"}
+    code, events, stderr = run_fetch(
+        "gs://models/resnet/resnet.mar",
+        str(tmp_path / "other"),
+        env={"GOOGLE_SERVICE_ACCOUNT_KEY": json.dumps(broken)},
+    )
+    assert code == 1
+    assert (
+        "gs bucket 'models': the store's settings or credentials cannot be used"
+        in (events[-1]["error"])
+    )
+    assert "PRIVATE-KEY-MATERIAL" not in stderr

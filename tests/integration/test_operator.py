@@ -128,7 +128,8 @@ class Operators:
                     RUNTIME_IMAGE,
                     *extra,
                 ],
-                env=self.cluster.env(),
+                # One Secret name InferenceServices here may use for object-store credentials.
+                env={**self.cluster.env(), "MARFLEET_TENANCY": json.dumps(TENANCY)},
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -268,6 +269,9 @@ def design_example() -> dict[str, Any]:
     docs = yaml.safe_load_all(EXAMPLE.read_text())
     obj: dict[str, Any] = next(d for d in docs if d["kind"] == "InferenceService")
     return obj
+
+
+TENANCY = {"secrets": ["*/model-store-credentials"]}
 
 
 def small(name: str, *variants: str, **spec: Any) -> dict[str, Any]:
@@ -585,6 +589,51 @@ def test_unsupported_uri_is_a_condition_not_a_crash(
     apply(cluster, namespace, obj)
     wait_ready(api, namespace, "s3")
     assert deployment(api, namespace, "s3-bad") is not None
+
+
+def test_https_to_s3_waits_for_the_storage_secret_then_rolls_the_variant(
+    cluster: LocalCluster, api: k8s.ApiClient, namespace: str, operators: Operators
+) -> None:
+    apply(cluster, namespace, small("store"))
+    wait_for(lambda: deployment(api, namespace, "store-main"), 30, "the https Deployment")
+    before = deployment(api, namespace, "store-main")
+    assert before is not None
+    s3 = {
+        "uri": "s3://models/store/main.mar",
+        "storage": {"secretName": "model-store-credentials", "endpoint": "http://s3.local:7070"},
+    }
+    patch_isvc(cluster, namespace, "store", {"spec": {"variants": [{"name": "main", "model": s3}]}})
+
+    def missing() -> dict[str, Any]:
+        return condition(get_isvc(api, namespace, "store"), "ModelsReady")
+
+    cond = wait_for(lambda: missing().get("reason") == "StorageSecretMissing" and missing(), 30, "")
+    assert f"Secret {namespace}/model-store-credentials" in cond["message"]
+    assert any(e[1] == "StorageSecretMissing" for e in events(api, namespace, "store"))
+    unchanged = deployment(api, namespace, "store-main")
+    assert unchanged is not None
+    assert unchanged["metadata"]["generation"] == before["metadata"]["generation"]
+
+    secret = "not-a-real-key-but-a-secret-all-the-same"
+    cluster.kubectl(
+        "create", "secret", "generic", "model-store-credentials", "-n", namespace,
+        "--from-literal=AWS_ACCESS_KEY_ID=id", f"--from-literal=AWS_SECRET_ACCESS_KEY={secret}",
+    )  # fmt: skip
+
+    def rolled() -> dict[str, Any] | None:
+        now = deployment(api, namespace, "store-main")
+        changed = now and now["metadata"]["generation"] > before["metadata"]["generation"]
+        return now if changed else None
+
+    after = wait_for(rolled, 40, "the variant to roll to the s3 URI")
+    fetch = after["spec"]["template"]["spec"]["initContainers"][0]
+    assert fetch["args"][:2] == ["fetch", "s3://models/store/main.mar"]
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in fetch["env"]}
+    assert refs["AWS_SECRET_ACCESS_KEY"] == "model-store-credentials"
+    assert secret not in json.dumps(after)
+    wait_for(
+        lambda: missing().get("reason") != "StorageSecretMissing", 30, "the condition to clear"
+    )
 
 
 ADDON_CRDS = """

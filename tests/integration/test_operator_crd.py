@@ -131,7 +131,25 @@ INVALID = {
     ),
     "URI without a scheme": (
         manifest("  variants:\n  - {name: a, model: {uri: models/a.mar}}\n"),
-        ["spec.variants[0].model.uri", "must be a URI with a scheme"],
+        ["spec.variants[0].model.uri", "whose scheme is one of"],
+    ),
+    "URI with an unknown scheme": (
+        manifest("  variants:\n  - {name: a, model: {uri: 'ftp://h/a.mar'}}\n"),
+        ["spec.variants[0].model.uri", "http, https, pvc, file, s3, gs"],
+    ),
+    "storage options on an https URI": (
+        manifest(
+            "  variants:\n  - {name: a, model: {uri: 'https://h/a.mar', "
+            "storage: {secretName: creds}}}\n"
+        ),
+        ["model.storage applies to s3:// and gs:// URIs only"],
+    ),
+    "anonymous with a Secret": (
+        manifest(
+            "  variants:\n  - {name: a, model: {uri: 's3://b1/a.mar', "
+            "storage: {secretName: creds, anonymous: true}}}\n"
+        ),
+        ["anonymous and secretName exclude each other"],
     ),
     "reserved variant name": (
         manifest("  variants:\n  - {name: router, model: {uri: 'https://h/a.mar'}}\n"),

@@ -60,6 +60,7 @@ class FakeKubeAPI:
 
     def exists(self, ref: Ref) -> bool:
         """A metadata-only read (the object's data is not returned)."""
+        ref.path()  # the real client needs the kind's plural
         self._record("exists", ref.kind, ref.name)
         return object_key(ref) in self.objects
 

@@ -94,33 +94,24 @@ def test_s3_secret_reaches_only_the_fetch_container_and_only_by_reference() -> N
     assert rendered["automountServiceAccountToken"] is False
 
 
-def test_gcs_secret_is_a_read_only_volume_of_one_key_in_the_fetch_container() -> None:
+def test_gcs_secret_is_one_key_by_reference_in_the_fetch_container() -> None:
     model = {"uri": "gs://models/store/resnet/", "storage": {"secretName": "gcs-key"}}
     rendered = pod(isvc(model))
     fetch = container(rendered, "fetch-model")
-    volume = next(v for v in rendered["volumes"] if v["name"] == "storage-credentials")
-    assert volume["secret"] == {
-        "secretName": "gcs-key",
-        "items": [
-            {
-                "key": "gcloud-application-credentials.json",
-                "path": "gcloud-application-credentials.json",
-            }
-        ],
-        "defaultMode": 0o440,
-    }
-    assert {
-        "name": "storage-credentials",
-        "mountPath": "/var/run/secrets/marfleet/storage",
-        "readOnly": True,
-    } in fetch["volumeMounts"]
     assert fetch["env"] == [
         {
-            "name": "GOOGLE_APPLICATION_CREDENTIALS",
-            "value": "/var/run/secrets/marfleet/storage/gcloud-application-credentials.json",
+            "name": "GOOGLE_SERVICE_ACCOUNT_KEY",
+            "valueFrom": {
+                "secretKeyRef": {
+                    "name": "gcs-key",
+                    "key": "gcloud-application-credentials.json",
+                    "optional": False,
+                }
+            },
         }
     ]
-    assert "storage-credentials" not in json.dumps(container(rendered, "server"))
+    assert not [v for v in rendered["volumes"] if "secret" in v]
+    assert "gcs-key" not in json.dumps(container(rendered, "server"))
     serve = container(rendered, "server")["args"]
     assert serve[serve.index("--models") + 1] == "m=resnet"  # the prefix's folder
 
@@ -160,7 +151,7 @@ def test_node_cache_is_where_the_admin_put_it_per_namespace(
     assert "model-cache" not in json.dumps(opted_out)
 
 
-ALLOWED_VOLUME_SOURCES = {"emptyDir", "configMap", "persistentVolumeClaim", "secret"}
+ALLOWED_VOLUME_SOURCES = {"emptyDir", "configMap", "persistentVolumeClaim"}
 
 
 @pytest.mark.parametrize(
@@ -193,8 +184,15 @@ def test_nothing_in_the_spec_widens_the_pod(model: dict[str, Any]) -> None:
         if "persistentVolumeClaim" in v
     ]
     assert claims in ([], ["claim"])
-    secrets = [v["secret"]["secretName"] for v in rendered["volumes"] if "secret" in v]
-    assert set(secrets) <= {model.get("storage", {}).get("secretName")}
+    secrets = {
+        env["valueFrom"]["secretKeyRef"]["name"]
+        for each in rendered["initContainers"]
+        for env in each.get("env", [])
+    }
+    assert secrets <= {model.get("storage", {}).get("secretName")}
+    assert "env" not in container(rendered, "server") or all(
+        "valueFrom" not in env for env in container(rendered, "server")["env"]
+    )
 
 
 def test_tenancy_refuses_unlisted_secrets_and_service_accounts() -> None:
