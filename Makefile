@@ -6,6 +6,7 @@
 #                                    NODES=50: 50 simulated CPU nodes, the scale profile)
 #   make bench-operator   the operator at 100/300/1,000 InferenceServices (docs/scale.md)
 #   make real      the real-node scenario: marfleet's images as real pods, real HPA (root)
+#   make soak      5 minutes of valid traffic plus abuse against one server (SOAK_SECONDS=300)
 
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -35,7 +36,7 @@ NODE_FLAG := --real-node
 CLUSTER_SETUP := node-setup
 endif
 
-.PHONY: protos setup apt venv toolchain node-setup test lint format typecheck unit cluster-up cluster-down demo demo-down real bench bench-gpu bench-operator clean
+.PHONY: protos soak setup apt venv toolchain node-setup test lint format typecheck unit cluster-up cluster-down demo demo-down real bench bench-gpu bench-operator clean
 
 setup: apt venv toolchain
 
@@ -104,6 +105,9 @@ demo-down: venv
 
 real: setup node-setup
 	@$(PY) -m e2e.scenario $(if $(KEEP),--keep)
+
+soak: setup
+	$(PY) -m e2e.bench.soak --duration $(or $(SOAK_SECONDS),300) --out bench-results/soak.json
 
 bench: setup
 	$(PY) -m e2e.bench.run --duration $(or $(BENCH_SECONDS),10) --rounds 3 --out bench-results/serve-vs-torchserve.json

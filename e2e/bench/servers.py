@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,7 +89,16 @@ def _is_worker(proc: psutil.Process) -> bool:
     return "model_service_worker" in command or "worker_main" in command
 
 
-def start(name: str, store: Path, workdir: Path, threads: int = 1) -> RunningServer:
+def start(
+    name: str,
+    store: Path,
+    workdir: Path,
+    threads: int = 1,
+    *,
+    extra: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> RunningServer:
+    """Start `name` (marfleet or torchserve); `extra` config.properties lines, `env` on top."""
     workdir.mkdir(parents=True, exist_ok=True)
     ports = {api: free_port() for api in ("inference", "management", "metrics")}
     config = workdir / "config.properties"
@@ -99,6 +109,7 @@ def start(name: str, store: Path, workdir: Path, threads: int = 1) -> RunningSer
         "enable_model_api=true",
         "default_workers_per_model=1",
         "job_queue_size=1000",
+        *extra,
     ]
     if name == "marfleet":
         lines.append(f"worker_threads={threads}")
@@ -117,6 +128,7 @@ def start(name: str, store: Path, workdir: Path, threads: int = 1) -> RunningSer
                 **os.environ,
                 **thread_env(threads),
                 "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+                **(env or {}),
             },
             start_new_session=True,
         )

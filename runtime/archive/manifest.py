@@ -154,6 +154,8 @@ def read_manifest(model_dir: Path, *, default_name: str) -> Manifest:
             f"{model_dir} is not a model archive: {MANIFEST_PATH} is missing "
             "(pack the model with `marfleet archive` or torch-model-archiver)"
         ) from None
+    except UnicodeDecodeError:
+        raise ManifestError(f"{MANIFEST_PATH} is not UTF-8 text") from None
     try:
         document = json.loads(text)
     except json.JSONDecodeError as error:

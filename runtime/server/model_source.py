@@ -87,6 +87,9 @@ class ModelLoader:
         except ArchiveError as error:
             await asyncio.to_thread(_remove_tree, target)  # a bad manifest is found after unpacking
             raise ApiError(400, f"Invalid model archive {registration.url}: {error}") from None
+        except Exception:
+            await asyncio.to_thread(_remove_tree, target)
+            raise
         cleanup = target if target.exists() else None
         try:
             return await self._add(registration, archive, cleanup)

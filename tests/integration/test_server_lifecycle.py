@@ -13,6 +13,7 @@ import os
 import signal
 import threading
 import time
+import zipfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -102,7 +103,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     }
     tmp = root / "tmp"
     tmp.mkdir()
-    models = ["echo.mar", "broken.mar", "loadfail.mar", "victim.mar", "slow.mar"]
+    with zipfile.ZipFile(store / "badutf8.mar", "w") as bad:  # a manifest that is not UTF-8
+        bad.writestr("MAR-INF/MANIFEST.json", b'{"model": {"handler": "\xff\xfe"}}')
+    models = ["echo.mar", "broken.mar", "loadfail.mar", "badutf8.mar", "victim.mar", "slow.mar"]
     with serve(
         store, root / "run", models=models, properties=properties, env={"TMPDIR": str(tmp)}
     ) as srv:
@@ -133,6 +136,7 @@ def register(server: Server, query: str, timeout: float = 60) -> httpx.Response:
 def test_bad_startup_archives_fail_alone(server: Server) -> None:
     names = [m["modelName"] for m in httpx.get(f"{server.management}/models").json()["models"]]
     assert names == ["echo", "slow", "victim"]
+    assert unpacked(server) == 3  # what the bad ones unpacked is gone
     assert httpx.get(f"{server.inference}/ping").json() == {"status": "Healthy"}
     assert httpx.post(f"{server.inference}/predictions/echo", json={"a": 1}).status_code == 200
 

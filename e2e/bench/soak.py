@@ -1,0 +1,333 @@
+"""The soak check: valid traffic plus abuse against one `marfleet serve`, for minutes.
+
+    python -m e2e.bench.soak --duration 300 --out bench-results/soak.json   (make soak)
+
+One server (loopback, its own TMPDIR, short head/body timeouts so abusive connections cycle)
+serves a JSON echo model. First a quiet phase measures the p99 of valid predictions alone; then,
+for `--duration` seconds, the same valid traffic runs next to four kinds of abuse:
+
+- slowloris: connections that send a header byte now and then and never finish their head;
+- oversized heads: one header line far past the head limit (each must get 431);
+- half-sent bodies: a Content-Length of 1 MB, 10 KB sent, then silence;
+- bad archives: an archive whose handler cannot load (500) and bytes that are no archive (400)
+  registered in a loop, and a good model registered and unregistered.
+
+Then the abuse stops and the server is given a moment to drop what it held. The run passes when
+valid traffic had 0 failures and a p99 within 2x its quiet value, the server's resident memory
+and open file descriptors are within 10 % of where they were after the quiet phase, and its
+TMPDIR holds nothing more than it did then. Every number is written to `--out`; the exit code
+is 1 when a check failed. `tests/integration/test_soak_smoke.py` runs a few seconds of it in
+the suite so it cannot rot; the five-minute run is `make soak`, not part of `make test`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+
+from e2e.bench.servers import RunningServer, start
+from e2e.support import archiver_command
+
+ECHO = """
+def handle(data, context):
+    return None if data is None else [row.get("body") for row in data]
+"""
+CANNOT_LOAD = """
+raise RuntimeError("this model cannot load")
+"""
+SERVER_SETTINGS = [
+    "request_head_timeout_seconds=2",
+    "request_body_timeout_seconds=2",
+    "keepalive_timeout_seconds=10",
+    "max_connections=400",
+    "max_request_head_size=65536",
+]
+SLOWLORIS_CONNECTIONS = 40
+HALF_BODIES = 10
+VALID_CLIENTS = 2
+
+
+@dataclass
+class Result:
+    duration_s: float
+    quiet_requests: int = 0
+    quiet_p99_ms: float = 0.0
+    valid_requests: int = 0
+    valid_failures: int = 0
+    failure_examples: list[str] = field(default_factory=list)
+    mixed_p99_ms: float = 0.0
+    p99_ratio: float = 0.0
+    abuse: dict[str, int] = field(default_factory=dict)
+    rss_start_mib: float = 0.0
+    rss_end_mib: float = 0.0
+    fds_start: int = 0
+    fds_end: int = 0
+    tmp_entries_start: int = 0
+    tmp_entries_end: int = 0
+    checks: dict[str, bool] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return all(self.checks.values())
+
+
+def build_store(root: Path) -> Path:
+    store = root / "store"
+    store.mkdir(parents=True)
+    for name, source in (("echo", ECHO), ("cannotload", CANNOT_LOAD)):
+        handler = root / f"{name}_handler.py"
+        handler.write_text(source)
+        flags = ["--model-name", name, "--version", "1.0", "--handler", str(handler)]
+        subprocess.run(
+            [*archiver_command(), *flags, "--export-path", str(store), "--force"],
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+    (store / "broken.mar").write_bytes(b"no archive at all " * 64)
+    return store
+
+
+class Valid:
+    """Clients posting small JSON predictions in a loop; every non-200 is a failure."""
+
+    def __init__(self, server: RunningServer) -> None:
+        self.url = f"{server.url('inference')}/predictions/echo"
+        self.latencies: list[float] = []
+        self.failures: list[str] = []
+        self.lock = threading.Lock()
+
+    def run(self, stop: threading.Event) -> None:
+        with httpx.Client(timeout=30) as client:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                started = time.perf_counter()
+                try:
+                    response = client.post(self.url, json={"n": n})
+                    ok = response.status_code == 200 and response.json() == {"n": n}
+                    problem = "" if ok else f"{response.status_code} {response.text[:200]}"
+                except httpx.HTTPError as error:
+                    problem = f"{type(error).__name__}: {error}"
+                elapsed = time.perf_counter() - started
+                with self.lock:
+                    if problem:
+                        self.failures.append(problem)
+                    else:
+                        self.latencies.append(elapsed)
+                time.sleep(0.01)
+
+    def take(self) -> tuple[list[float], list[str]]:
+        with self.lock:
+            latencies, failures = self.latencies, self.failures
+            self.latencies, self.failures = [], []
+        return latencies, failures
+
+
+class Abuse:
+    def __init__(self, server: RunningServer) -> None:
+        self.port = server.ports["inference"]
+        self.management = server.url("management")
+        self.counts: Counter[str] = Counter()
+        self.lock = threading.Lock()
+
+    def count(self, what: str) -> None:
+        with self.lock:
+            self.counts[what] += 1
+
+    def _connect(self) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", self.port), timeout=10)
+
+    def slowloris(self, stop: threading.Event) -> None:
+        sockets: list[socket.socket] = []
+        try:
+            while not stop.is_set():
+                while len(sockets) < SLOWLORIS_CONNECTIONS:
+                    sock = self._connect()
+                    sock.setblocking(False)
+                    with suppress(OSError):
+                        sock.send(b"GET /ping HTTP/1.1\r\nHost: x\r\n")
+                    sockets.append(sock)
+                    self.count("slowloris_opened")
+                for sock in list(sockets):
+                    try:
+                        sock.send(b"X")
+                        answer = sock.recv(4096)
+                        if answer.startswith(b"HTTP/1.1 408") or answer == b"":
+                            self.count("slowloris_timed_out")
+                            sockets.remove(sock)
+                            sock.close()
+                    except BlockingIOError:
+                        pass
+                    except OSError:
+                        self.count("slowloris_timed_out")
+                        sockets.remove(sock)
+                        sock.close()
+                stop.wait(0.5)
+        finally:
+            for sock in sockets:
+                sock.close()
+
+    def oversized_heads(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            with self._connect() as sock:
+                with suppress(OSError):
+                    sock.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 200_000)
+                with suppress(OSError):
+                    answer = sock.recv(64)
+                    self.count("head_431" if answer.startswith(b"HTTP/1.1 431") else "head_other")
+            stop.wait(0.2)
+
+    def half_bodies(self, stop: threading.Event) -> None:
+        def one() -> None:
+            with self._connect() as sock:
+                sock.sendall(
+                    b"POST /predictions/echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                    b"\r\nContent-Length: 1000000\r\n\r\n" + b" " * 10_000
+                )
+                with suppress(OSError):
+                    answer = sock.recv(64)
+                    self.count("body_408" if answer.startswith(b"HTTP/1.1 408") else "body_other")
+
+        threads: list[threading.Thread] = []
+        while not stop.is_set():
+            threads = [t for t in threads if t.is_alive()]
+            while len(threads) < HALF_BODIES:
+                thread = threading.Thread(target=one, daemon=True)
+                thread.start()
+                threads.append(thread)
+            stop.wait(0.2)
+        for thread in threads:
+            thread.join(15)
+
+    def bad_archives(self, stop: threading.Event) -> None:
+        cycle = 0
+        with httpx.Client(base_url=self.management, timeout=120) as client:
+            while not stop.is_set():
+                cycle += 1
+                cannot = client.post("/models", params={"url": "cannotload.mar"})
+                self.count("cannotload_500" if cannot.status_code == 500 else "cannotload_other")
+                broken = client.post("/models", params={"url": "broken.mar"})
+                self.count("broken_400" if broken.status_code == 400 else "broken_other")
+                name = f"soak{cycle}"
+                added = client.post("/models", params={"url": "echo.mar", "model_name": name})
+                removed = client.delete(f"/models/{name}")
+                ok = added.status_code == 200 and removed.status_code == 200
+                self.count("register_remove_ok" if ok else "register_remove_other")
+                stop.wait(3)
+
+
+def p99_ms(latencies: list[float]) -> float:
+    if len(latencies) < 2:
+        return 0.0
+    return statistics.quantiles(latencies, n=100)[98] * 1000
+
+
+def measure(server: RunningServer) -> tuple[float, int]:
+    process = psutil.Process(server.process.pid)
+    return process.memory_info().rss / (1 << 20), process.num_fds()
+
+
+def tmp_entries(tmp: Path) -> int:
+    return sum(1 for _ in tmp.rglob("*"))
+
+
+def run(duration: float, quiet: float, workdir: Path, settle: float = 6.0) -> Result:
+    result = Result(duration_s=duration)
+    store = build_store(workdir)
+    tmp = workdir / "tmp"
+    tmp.mkdir()
+    server = start(
+        "marfleet", store, workdir / "server", extra=SERVER_SETTINGS, env={"TMPDIR": str(tmp)}
+    )
+    try:
+        server.register("echo.mar", "echo", batch_size=1, max_batch_delay=1)
+        valid = Valid(server)
+        stop_valid = threading.Event()
+        clients = [
+            threading.Thread(target=valid.run, args=(stop_valid,), daemon=True)
+            for _ in range(VALID_CLIENTS)
+        ]
+        for thread in clients:
+            thread.start()
+        time.sleep(quiet)
+        latencies, failures = valid.take()
+        result.quiet_requests = len(latencies)
+        result.quiet_p99_ms = p99_ms(latencies)
+        result.valid_failures += len(failures)
+        result.failure_examples += failures[:5]
+        result.rss_start_mib, result.fds_start = measure(server)
+        result.tmp_entries_start = tmp_entries(tmp)
+
+        abuse = Abuse(server)
+        stop_abuse = threading.Event()
+        kinds: list[Callable[[threading.Event], None]] = [
+            abuse.slowloris,
+            abuse.oversized_heads,
+            abuse.half_bodies,
+            abuse.bad_archives,
+        ]
+        attackers = [
+            threading.Thread(target=kind, args=(stop_abuse,), daemon=True) for kind in kinds
+        ]
+        for thread in attackers:
+            thread.start()
+        time.sleep(duration)
+        latencies, failures = valid.take()
+        stop_abuse.set()
+        stop_valid.set()
+        for thread in [*attackers, *clients]:
+            thread.join(60)
+        result.valid_requests = len(latencies)
+        result.valid_failures += len(failures)
+        result.failure_examples += failures[:5]
+        result.mixed_p99_ms = p99_ms(latencies)
+        result.p99_ratio = result.mixed_p99_ms / max(result.quiet_p99_ms, 1e-9)
+        result.abuse = dict(abuse.counts)
+        time.sleep(settle)  # head/body timeouts (2 s) and lingering closes let go
+        result.rss_end_mib, result.fds_end = measure(server)
+        result.tmp_entries_end = tmp_entries(tmp)
+    finally:
+        server.stop()
+    result.checks = {
+        "no_failures": result.valid_failures == 0,
+        "p99_within_2x": result.p99_ratio <= 2.0,
+        "rss_within_10pct": result.rss_end_mib <= result.rss_start_mib * 1.10,
+        "fds_within_10pct": result.fds_end <= result.fds_start * 1.10,
+        "tmp_clean": result.tmp_entries_end <= result.tmp_entries_start,
+        "abuse_answered": all(not key.endswith("_other") for key in result.abuse),
+    }
+    return result
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m e2e.bench.soak", description=__doc__)
+    parser.add_argument("--duration", type=float, default=300, help="seconds of abuse")
+    parser.add_argument("--quiet", type=float, default=20, help="seconds of quiet baseline")
+    parser.add_argument("--out", type=Path, default=Path("bench-results/soak.json"))
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="marfleet-soak-") as root:
+        result = run(args.duration, args.quiet, Path(root))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({**asdict(result), "passed": result.passed}, indent=2) + "\n")
+    print(json.dumps({**asdict(result), "passed": result.passed}, indent=2))
+    return 0 if result.passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
