@@ -161,6 +161,17 @@ def test_zip_bomb_is_refused_by_its_compression_ratio(sandbox: Path) -> None:
     assert_refused(archive, "zeros.bin", "compression ratio")
 
 
+def test_a_zip_of_many_small_compressible_members_is_refused_as_a_whole(sandbox: Path) -> None:
+    # each member is under the ratio floor, so only the sum shows the bomb
+    members = [(f"part{i:03}.bin", bytes(LIMITS.ratio_floor_bytes // 2)) for i in range(40)]
+    archive = make_zip(sandbox / "many.mar", members)
+    limits = ExtractionLimits(ratio_floor_bytes=LIMITS.ratio_floor_bytes)
+    target = archive.parent / "target"
+    with pytest.raises(UnsafeArchiveError, match="compression ratio"):
+        extract_archive(archive, target, limits)
+    assert not target.exists()
+
+
 def test_tgz_bomb_is_refused_while_streaming(sandbox: Path) -> None:
     archive = make_tgz(
         sandbox / "bomb.tar.gz", [tar_member("zeros.bin")], {"zeros.bin": bytes(20 * 1024 * 1024)}
