@@ -163,7 +163,9 @@ def test_zip_bomb_is_refused_by_its_compression_ratio(sandbox: Path) -> None:
 
 def test_a_zip_of_many_small_compressible_members_is_refused_as_a_whole(sandbox: Path) -> None:
     # each member is under the ratio floor, so only the sum shows the bomb
-    members = [(f"part{i:03}.bin", bytes(LIMITS.ratio_floor_bytes // 2)) for i in range(40)]
+    members: list[tuple[zipfile.ZipInfo | str, bytes]] = [
+        (f"part{i:03}.bin", bytes(LIMITS.ratio_floor_bytes // 2)) for i in range(40)
+    ]
     archive = make_zip(sandbox / "many.mar", members)
     limits = ExtractionLimits(ratio_floor_bytes=LIMITS.ratio_floor_bytes)
     target = archive.parent / "target"
