@@ -294,7 +294,7 @@ def decide(
             return _going(state)
         why = (
             f"fewer than {plan.analysis.min_requests} canary answers in this step, the "
-            f"least it is judged on ({seen:.0f} so far)"
+            f"least it is judged on ({seen:.0f} when the hold began)"
         )
         if observation is not None and observation.elsewhere:
             named = ", ".join(f"{v}: {n:.0f}" for v, n in sorted(observation.elsewhere.items()))

@@ -477,7 +477,7 @@ def test_each_version_is_judged_on_its_own_answers_whichever_pods_still_answer(
         assert rollout.load.versions_since(started)[FIXED, 200] >= 30
         assert rollout.phase() == "Progressing" and rollout.status()["rollout"]["step"] == 0
         message = rollout.condition("RolloutHolding")["message"]
-        assert "0 so far" in message and f"answers of other versions ({FIXED}: " in message
+        assert "(0 when the hold began)" in message and f"answers of other versions ({FIXED}: " in message
         # The new version answers at last, and is rolled back on its own errors.
         versions.answer_with(BAD)
         wait_for(lambda: rollout.phase() == "Aborted", 30, f"{BAD} to be aborted")
