@@ -325,7 +325,13 @@ def test_a_healthy_canary_is_promoted_through_every_step(rollout: Rollout) -> No
     assert rollout.condition("RolloutAborted")["status"] == "False"
     # The spec keeps the user's intent: only the status says what is in force.
     assert [v["weight"] for v in rollout.isvc()["spec"]["variants"]] == [100, 0]
-    reasons = [reason for _, reason, _ in rollout.events()]
+
+    def reasons_now() -> list[str]:
+        return [reason for _, reason, _ in rollout.events()]
+
+    # Events are recorded right after the status they tell of.
+    wait_for(lambda: "RolloutSucceeded" in reasons_now(), 5, "the RolloutSucceeded Event")
+    reasons = reasons_now()
     for reason, count in {
         "RolloutStarted": 1,
         "RolloutStepStarted": 1,
@@ -348,9 +354,13 @@ def test_a_healthy_canary_is_promoted_through_every_step(rollout: Rollout) -> No
     wait_for(lambda: rollout.weights() == {"stable": 100, "canary": 0}, 10, "the spec's weights")
     kinds = {c["type"] for c in rollout.status()["conditions"]}
     assert not kinds & {"RolloutProgressing", "RolloutAborted", "RolloutHolding"}, kinds
-    removed = [(t, m) for t, reason, m in rollout.events() if reason == "RolloutRemoved"]
-    assert removed and removed[0][0] == "Warning", removed
-    assert "the spec's weights are in force (stable=100, canary=0)" in removed[0][1]
+
+    def removed() -> list[tuple[str, str]]:
+        return [(t, m) for t, reason, m in rollout.events() if reason == "RolloutRemoved"]
+
+    wait_for(lambda: bool(removed()), 5, "the RolloutRemoved Event")
+    assert removed()[0][0] == "Warning", removed()
+    assert "the spec's weights are in force (stable=100, canary=0)" in removed()[0][1]
     moment = time.monotonic() + 2
     wait_for(lambda: sum(rollout.load.since(moment).values()) >= 100, 30, "traffic after")
     assert set(rollout.load.since(moment)) == {"stable"}
@@ -477,7 +487,10 @@ def test_each_version_is_judged_on_its_own_answers_whichever_pods_still_answer(
         assert rollout.load.versions_since(started)[FIXED, 200] >= 30
         assert rollout.phase() == "Progressing" and rollout.status()["rollout"]["step"] == 0
         message = rollout.condition("RolloutHolding")["message"]
-        assert "(0 when the hold began)" in message and f"answers of other versions ({FIXED}: " in message
+        assert (
+            "(0 when the hold began)" in message
+            and f"answers of other versions ({FIXED}: " in message
+        )
         # The new version answers at last, and is rolled back on its own errors.
         versions.answer_with(BAD)
         wait_for(lambda: rollout.phase() == "Aborted", 30, f"{BAD} to be aborted")
@@ -514,10 +527,14 @@ def test_unreadable_metrics_are_loud_at_once_and_can_abort(
         holding = rollout.condition("RolloutHolding")
         assert (holding["status"], holding["reason"]) == ("True", "MetricsUnavailable")
         assert "reading router metrics at" in holding["message"], holding
-        warnings = [
-            m for t, r, m in rollout.events() if (t, r) == ("Warning", "MetricsUnavailable")
-        ]
-        assert warnings and "reading router metrics at" in warnings[0], warnings
+
+        def warnings() -> list[str]:
+            return [
+                m for t, r, m in rollout.events() if (t, r) == ("Warning", "MetricsUnavailable")
+            ]
+
+        wait_for(lambda: bool(warnings()), 5, "the Warning Event")  # written after the status
+        assert "reading router metrics at" in warnings()[0], warnings()
         text = rollout.operator.log.read_text()
         lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
         logged = [
