@@ -18,6 +18,7 @@ import signal
 import subprocess
 import urllib.error
 import urllib.request
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -30,14 +31,16 @@ SECRET_KEY = "marfleet-test-secret-0123456789"
 
 
 class _Server(Started):
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, host: str = "127.0.0.1") -> None:
+        """`host`: the address to listen on (the real node's pods reach the host's)."""
         self.workdir = workdir
+        self.host = host
         self.port = 0
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def log(self) -> Path:
@@ -83,7 +86,7 @@ class VersityS3(_Server):
         self._spawn(
             [
                 str(binary),
-                f"--port=127.0.0.1:{self.port}",
+                f"--port={self.host}:{self.port}",
                 f"--access={ACCESS_KEY}",
                 f"--secret={SECRET_KEY}",
                 "--region=us-east-1",
@@ -101,6 +104,26 @@ class VersityS3(_Server):
             return httpx.get(f"{self.endpoint}/", timeout=2).status_code in (200, 403)
         except httpx.HTTPError:
             return False
+
+    def put(self, bucket: str, files: dict[str, Path]) -> None:
+        """Create `bucket` and upload files (key -> path) with the client library, signed
+        with the gateway's keys (obstore; CreateBucket through a URL it presigned)."""
+        import obstore
+        from obstore.store import S3Store
+
+        store = S3Store(
+            bucket,
+            endpoint=self.endpoint,
+            access_key_id=ACCESS_KEY,
+            secret_access_key=SECRET_KEY,
+            region="us-east-1",
+            client_options={"allow_http": True},
+        )
+        created = httpx.put(obstore.sign(store, "PUT", "", timedelta(minutes=5)), timeout=10)
+        if created.status_code != 200:
+            raise RuntimeError(f"CreateBucket {bucket}: {created.status_code} {created.text}")
+        for key, path in files.items():
+            obstore.put(store, key, path.read_bytes())
 
 
 class FakeGCS(_Server):

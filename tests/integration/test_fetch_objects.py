@@ -18,14 +18,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
-import obstore
 import pytest
-from obstore.store import S3Store
 
 from e2e.objectstores import ACCESS_KEY, SECRET_KEY, FakeGCS, VersityS3
 
@@ -39,28 +35,16 @@ FOLDER = {"MAR-INF/MANIFEST.json": b'{"model": {}}', "weights/w.bin": os.urandom
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VersityS3]:
+    files = tmp_path_factory.mktemp("s3-files")
+    uploads = {"resnet/resnet.mar": ARCHIVE}
+    uploads.update({f"store/resnet/{name}": data for name, data in FOLDER.items()})
+    paths = {}
+    for index, (key, data) in enumerate(uploads.items()):
+        paths[key] = files / str(index)
+        paths[key].write_bytes(data)
     with VersityS3(tmp_path_factory.mktemp("versitygw")) as server:
-        store = S3Store(
-            "models",
-            endpoint=server.endpoint,
-            access_key_id=ACCESS_KEY,
-            secret_access_key=SECRET_KEY,
-            region="us-east-1",
-            client_options={"allow_http": True},
-        )
-        _create_bucket(server, store)
-        obstore.put(store, "resnet/resnet.mar", ARCHIVE)
-        for name, data in FOLDER.items():
-            obstore.put(store, f"store/resnet/{name}", data)
+        server.put("models", paths)
         yield server
-
-
-def _create_bucket(server: VersityS3, store: S3Store) -> None:
-    """CreateBucket through the gateway with a URL the client library presigned with the
-    test's keys (obstore has no bucket operations)."""
-    url = obstore.sign(store, "PUT", "", timedelta(minutes=5))
-    answer = httpx.put(url, timeout=10)
-    assert answer.status_code == 200, answer.text[:500]
 
 
 @pytest.fixture(scope="module")
