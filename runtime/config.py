@@ -348,6 +348,7 @@ _API_KEYS = {
     "batch_size": "batchSize",
     "max_batch_delay": "maxBatchDelay",
     "response_timeout": "responseTimeout",
+    "startup_timeout": "startupTimeout",
 }
 
 

@@ -131,8 +131,10 @@ class ModelService:
         batch_size: int,
         limit_max_image_pixels: int = DEFAULT_LIMIT_MAX_IMAGE_PIXELS,
         metrics_sink: MetricsSink | None = None,
+        handler: str | None = None,
     ) -> ModelService:
-        """Load the model unpacked in `model_dir`; ModelLoadError says why it cannot."""
+        """Load the model unpacked in `model_dir` with its manifest's handler (or `handler`, as
+        TorchServe's registration parameter); ModelLoadError says why it cannot."""
         model_dir = model_dir.resolve()
         try:
             manifest = read_manifest(model_dir, default_name=model_dir.name)
@@ -155,7 +157,7 @@ class ModelService:
         ts_compat.install()
         enter_model_dir(model_dir)
         try:
-            entry_point = load_entry_point(manifest.handler)
+            entry_point = load_entry_point(handler or manifest.handler)
             entry_point.initialize(context)
         except ModelLoadError:
             raise

@@ -307,9 +307,12 @@ class ModelServer:
                 for path in sorted(config.model_store.iterdir())
                 if path.name.endswith(ARCHIVE_SUFFIXES)
             ]
+        # An archive both listed (load_models, `all`) and named in the models JSON is one model.
+        named = {source.url for source in sources if source.name is not None}
         unique: dict[tuple[str | None, str], ModelSource] = {}
         for source in sources:
-            unique.setdefault((source.name, source.url), source)
+            if source.name is not None or source.url not in named:
+                unique.setdefault((source.name, source.url), source)
         return list(unique.values())
 
     async def _load_one(self, source: ModelSource) -> None:

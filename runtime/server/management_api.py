@@ -1,10 +1,17 @@
 """The management port: TorchServe's model API with its parameters, statuses and bodies.
 
 Register, scale, describe, list (paginated), unregister (draining what was accepted) and
-set-default answer exactly as TorchServe 0.12 does — the bodies were captured from a running
-TorchServe — except that a malformed number is a 400 that names the parameter, where TorchServe
-silently ignores it. Registration and unregistration are refused with 405 unless
-`enable_model_api=true`, TorchServe's default.
+set-default answer exactly as TorchServe 0.12 does — tests/integration/
+test_torchserve_differential_api.py compares every call with a running TorchServe — except
+that a malformed or negative number is a 400 that names the parameter, where TorchServe
+silently ignores it (or, for `min_worker=-1`, fails with a 500 IndexOutOfBoundsException).
+Registration and unregistration are refused with 405 unless `enable_model_api=true`,
+TorchServe's default.
+
+Scaling sets TorchServe's worker range: `min_worker` (default: the current minimum) workers run,
+`max_worker` defaults to the new minimum. A registration without `initial_workers` starts
+`default_workers_per_model` workers, none if that is unset (TorchServe's rule for the API;
+models loaded at start-up get marfleet's default instead).
 """
 
 from __future__ import annotations
@@ -27,8 +34,34 @@ from marfleet.runtime.workers.registry import (
 )
 
 DEFAULT_PAGE_SIZE = 100
-_REGISTER_NUMBERS = ("batch_size", "max_batch_delay", "initial_workers", "response_timeout")
+_REGISTER_NUMBERS = (
+    "batch_size",
+    "max_batch_delay",
+    "initial_workers",
+    "response_timeout",
+    "startup_timeout",
+)
+RUNTIMES = ("python", "python3")  # TorchServe's RuntimeType values a Python worker serves
+PROCESSING = "Processing worker updates..."
 _STATES = {"starting": "STARTING", "ready": "READY", "busy": "READY"}
+# describe keys TorchServe 0.12 has for features marfleet does not run, with the values
+# TorchServe reports when a model does not use them (same order as TorchServe's answer)
+_UNUSED_FEATURES_BEFORE_DEVICE = {
+    "maxRetryTimeoutInSec": 300,
+    "clientTimeoutInMills": 0,
+    "parallelType": "",
+    "parallelLevel": 0,
+}
+_UNUSED_FEATURES_AFTER_DEVICE = {
+    "continuousBatching": False,
+    "useJobTicket": False,
+    "useVenv": False,
+    "stateful": False,
+    "sequenceMaxIdleMSec": 0,
+    "sequenceTimeoutMSec": 0,
+    "maxNumSequence": 0,
+    "maxSequenceJobQueueSize": 0,
+}
 
 
 class ManagementApi:
@@ -55,14 +88,15 @@ class ManagementApi:
 
     async def list_models(self, request: Request) -> Response:
         limit = _number(request.query, "limit", DEFAULT_PAGE_SIZE)
-        start = _number(request.query, "next_page_token", 0)
-        if limit <= 0 or limit > DEFAULT_PAGE_SIZE:
+        start = max(0, _number(request.query, "next_page_token", 0))
+        if limit < 0 or limit > DEFAULT_PAGE_SIZE:
             limit = DEFAULT_PAGE_SIZE
         names = self._registry.names()
-        page = names[start : start + limit]
+        last = min(start + limit, len(names))
+        page = names[start:last]
         body: dict[str, Any] = {}
-        if start + limit < len(names):
-            body["nextPageToken"] = str(start + limit)
+        if last < len(names):
+            body["nextPageToken"] = str(last)
         body["models"] = [
             {"modelName": name, "modelUrl": self._registry.get(name).url} for name in page
         ]
@@ -74,17 +108,30 @@ class ManagementApi:
         url = query.get("url")
         if not url:
             raise ApiError(400, "Parameter url is required.")
+        runtime = query.get("runtime")
+        if runtime is not None and runtime not in RUNTIMES:
+            raise ApiError(400, f"Invalid RuntimeType value: {runtime}")
         api = {key: str(_number(query, key, 0)) for key in _REGISTER_NUMBERS if query.get(key)}
+        if int(api.get("initial_workers", 0)) < 0:
+            api["initial_workers"] = "0"  # TorchServe: no workers, use the scale API
         synchronous = query.get("synchronous", "true").lower() != "false"
-        registration = Registration(url, query.get("model_name") or None, api, synchronous)
+        registration = Registration(
+            url,
+            query.get("model_name") or None,
+            api,
+            synchronous,
+            handler=query.get("handler") or None,
+        )
         entry, workers = await self._loader.register(registration)
+        if workers and not synchronous:
+            return json_response({"status": PROCESSING}, 202)
         message = (
             f'Model "{entry.name}" Version: {entry.version} '
             f"registered with {workers} initial workers"
         )
         if workers == 0:
             message += ". Use scale workers API to add workers for the model."
-        return json_response({"status": message}, 200 if synchronous or workers == 0 else 202)
+        return json_response({"status": message})
 
     async def describe(self, request: Request) -> Response:
         name, version = request.params["model_name"], request.params.get("model_version")
@@ -99,17 +146,19 @@ class ManagementApi:
         entry = self._entry(name, version)
         query = request.query
         count = _number(query, "min_worker", entry.settings.min_workers)
-        maximum = _number(query, "max_worker", max(count, entry.settings.max_workers))
-        if count < 0 or maximum < count:
-            raise ApiError(400, f"Invalid worker counts: min_worker={count}, max_worker={maximum}")
+        maximum = _number(query, "max_worker", count)
+        if count < 0:
+            raise ApiError(400, f"Parameter min_worker must be 0 or more, got {count}")
+        if maximum < count:
+            raise ApiError(400, "max_worker cannot be less than min_worker.")
         self._loader.check_workers(count, "min_worker")
         self._loader.check_workers(maximum, "max_worker")
         synchronous = query.get("synchronous", "false").lower() == "true"
-        errors = await self._registry.scale(entry, count, wait=synchronous)
+        errors = await self._registry.scale(entry, count, maximum, wait=synchronous)
         if errors:
             raise ApiError(500, f"Failed to start workers for model {name}: {errors[0]}")
         if not synchronous:
-            return json_response({"status": "Processing worker updates..."}, 202)
+            return json_response({"status": PROCESSING}, 202)
         suffix = f", version: {version}" if version else ""
         return json_response({"status": f"Workers scaled to {count} for model: {name}{suffix}"})
 
@@ -120,7 +169,7 @@ class ManagementApi:
         try:
             await self._registry.remove(entry, drain_timeout=entry.settings.response_timeout_s)
         except DefaultVersionInUse as error:
-            raise ApiError(400, str(error), type="InvalidModelVersionException") from None
+            raise ApiError(403, str(error), type="InvalidModelVersionException") from None
         return json_response({"status": f'Model "{name}" unregistered'})
 
     async def set_default(self, request: Request) -> Response:
@@ -161,8 +210,14 @@ class ManagementApi:
             "maxBatchDelay": settings.max_batch_delay_ms,
             "responseTimeout": settings.response_timeout_s,
             "startupTimeout": settings.startup_timeout_s,
+            **_UNUSED_FEATURES_BEFORE_DEVICE,
             "deviceType": "gpu" if entry.devices else "cpu",
-            "loadedAtStartup": entry.loaded_at_startup,
+            **_UNUSED_FEATURES_AFTER_DEVICE,
+            # TorchServe keeps this per model name: a version registered later under the name
+            # of a start-up model reports true as well
+            "loadedAtStartup": any(
+                version.loaded_at_startup for version in self._registry.versions(entry.name)
+            ),
             "workers": [_worker(slot) for slot in entry.pool.slots if slot.state is not None],
             "jobQueueStatus": {
                 "remainingCapacity": entry.queue.remaining_capacity,

@@ -44,9 +44,10 @@ _URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 class Registration:
     url: str
     model_name: str | None
-    api: Mapping[str, str]  # batch_size, max_batch_delay, initial_workers, response_timeout
+    api: Mapping[str, str]  # batch_size, max_batch_delay, initial_workers, *_timeout
     synchronous: bool
     loaded_at_startup: bool = False
+    handler: str | None = None  # instead of the manifest's (TorchServe's `handler` parameter)
 
 
 class ModelLoader:
@@ -128,13 +129,12 @@ class ModelLoader:
         except ArchiveError as error:
             raise ApiError(400, str(error)) from None
         config = self._config
+        properties_model = config.models.get(name, {}).get(version, {})
         try:
             settings = resolve_model_settings(
                 config,
-                default_workers=default_worker_count(
-                    self._gpu_count, config.workers_per_device, config.default_workers_per_model
-                ),
-                properties_model=config.models.get(name, {}).get(version, {}),
+                default_workers=self._default_workers(registration),
+                properties_model=properties_model,
                 model_yaml=_model_yaml(archive),
                 api=registration.api,
             )
@@ -155,6 +155,7 @@ class ModelLoader:
                 loaded_at_startup=registration.loaded_at_startup,
                 cleanup_dir=cleanup,
                 wait=registration.synchronous,
+                handler=registration.handler,
             )
         except AlreadyRegistered as error:
             raise ApiError(409, str(error), type="ConflictStatusException") from None
@@ -163,7 +164,19 @@ class ModelLoader:
                 500,
                 f'Failed to start workers for model "{name}" version {version}: {errors[0]}',
             )
+        if str(properties_model.get("defaultVersion", "")).lower() == "true":
+            self._registry.set_default(name, version)  # config.properties' models JSON says so
         return self._registry.get(name, version), settings.min_workers
+
+    def _default_workers(self, registration: Registration) -> int:
+        """Workers when nothing names a number: at start-up marfleet's default (one per device
+        or pod); through the API TorchServe's (`default_workers_per_model`, else none)."""
+        config = self._config
+        if registration.loaded_at_startup:
+            return default_worker_count(
+                self._gpu_count, config.workers_per_device, config.default_workers_per_model
+            )
+        return config.default_workers_per_model or 0
 
     async def _locate(self, url: str) -> Path:
         """The local archive `url` names, downloading allowed remote URLs into the store."""

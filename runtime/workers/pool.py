@@ -139,8 +139,11 @@ class WorkerPool:
         """Grow or shrink to `count` workers; with `wait`, return the load errors of new ones."""
         active = [slot for slot in self.slots if not slot.retiring]
         added = [self._add_slot() for _ in range(count - len(active))]
-        # retire the newest first, preferring slots that are not busy
-        for slot in sorted(active, key=lambda s: s.state == "busy")[: max(0, len(active) - count)]:
+        # retire workers still starting first, then idle ones, busy ones last; newest first
+        # within each (as TorchServe, which keeps its ready workers when scaling down)
+        keep_order = {"ready": 1, "busy": 2}
+        retiring = sorted(reversed(active), key=lambda s: keep_order.get(s.state or "", 0))
+        for slot in retiring[: max(0, len(active) - count)]:
             slot.retiring = True
             slot.interrupt()
             if slot.state == "starting" and slot.process is not None:

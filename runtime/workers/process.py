@@ -38,6 +38,7 @@ class WorkerSpec:
     threads: int
     load_timeout: float
     env: Mapping[str, str]
+    handler: str | None = None  # the registration API's `handler`, instead of the manifest's
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +114,7 @@ class WorkerProcess:
             "model_name": spec.model_name,
             "gpu_id": spec.gpu_id,
             "batch_size": spec.batch_size,
+            "handler": spec.handler,
             "threads": spec.threads,
         }
         try:

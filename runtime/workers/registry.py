@@ -190,6 +190,7 @@ class ModelRegistry:
         loaded_at_startup: bool,
         cleanup_dir: Path | None,
         wait: bool,
+        handler: str | None = None,
     ) -> list[str]:
         """Register and start `settings.min_workers` workers; returns load errors if `wait`.
 
@@ -217,6 +218,7 @@ class ModelRegistry:
                 threads=self._workers.threads,
                 load_timeout=float(settings.startup_timeout_s),
                 env=self._workers.env,
+                handler=handler,
             )
 
         pool = WorkerPool(
@@ -269,9 +271,12 @@ class ModelRegistry:
             entry.serving = True
         return errors
 
-    async def scale(self, entry: ModelVersion, count: int, *, wait: bool) -> list[str]:
-        entry.settings = _with_workers(entry.settings, count)
-        return await entry.pool.scale(count, wait=wait)
+    async def scale(
+        self, entry: ModelVersion, minimum: int, maximum: int, *, wait: bool
+    ) -> list[str]:
+        """Set the version's worker range (TorchServe's min/max) and run `minimum` workers."""
+        entry.settings = replace(entry.settings, min_workers=minimum, max_workers=maximum)
+        return await entry.pool.scale(minimum, wait=wait)
 
     def set_default(self, name: str, version: str) -> None:
         versions = self._models.get(name)
@@ -288,7 +293,7 @@ class ModelRegistry:
         """
         versions = self._models.get(entry.name, {})
         if self._defaults.get(entry.name) == entry.version and len(versions) > 1:
-            raise DefaultVersionInUse(f"Can't remove default version: {entry.version}")
+            raise DefaultVersionInUse(f"Cannot remove default version for model {entry.name}")
         self._hide(entry)
         await self._drain(entry, drain_timeout)
 
@@ -336,7 +341,3 @@ class ModelRegistry:
         self._metrics.forget_model(entry.name, entry.version, keep_load_failures=load_failed)
         if entry.cleanup_dir is not None:
             shutil.rmtree(entry.cleanup_dir, ignore_errors=True)
-
-
-def _with_workers(settings: ModelSettings, count: int) -> ModelSettings:
-    return replace(settings, min_workers=count, max_workers=max(count, settings.max_workers))

@@ -62,6 +62,7 @@ def main(argv: list[str]) -> int:
             model_name=spec["model_name"],
             gpu_id=spec["gpu_id"],
             batch_size=int(spec["batch_size"]),
+            handler=spec.get("handler"),
             metrics_sink=sink,
         )
     except ModelLoadError as error:

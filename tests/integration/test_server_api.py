@@ -491,7 +491,11 @@ def test_register_scale_set_default_unregister(server: Server) -> None:
     }
     assert httpx.post(f"{server.inference}/predictions/echo", json={}).status_code == 200
     refused = httpx.delete(f"{mgmt}/models/echo/2.0", headers=auth)
-    assert refused.status_code == 400 and "default version" in refused.json()["message"]
+    assert refused.status_code == 403 and refused.json() == {
+        "code": 403,
+        "type": "InvalidModelVersionException",
+        "message": "Cannot remove default version for model echo",
+    }
     removed = httpx.delete(f"{mgmt}/models/echo/1.0", headers=auth)
     assert removed.json() == {"status": 'Model "echo" unregistered'}
     gone = httpx.post(f"{server.inference}/predictions/echo/1.0", json={})
@@ -537,7 +541,10 @@ def test_bad_model_url_or_archive_is_refused_while_others_serve(
     server: Server, url: str, status: int, error_type: str
 ) -> None:
     response = httpx.post(
-        f"{server.management}/models", params={"url": url}, headers=server.auth, timeout=120
+        f"{server.management}/models",
+        params={"url": url, "initial_workers": "1"},  # TorchServe's API default is none
+        headers=server.auth,
+        timeout=120,
     )
     assert response.status_code == status, response.text
     assert response.json()["type"] == error_type

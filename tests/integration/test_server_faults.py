@@ -225,3 +225,17 @@ def test_sigterm_ends_a_stuck_worker_within_the_grace_period(store: Path, tmp_pa
         assert time.monotonic() - started < 10
         answer = stuck.result()
         assert answer.status_code == 500 and answer.json() == WORKER_DIED
+
+
+def test_default_version_from_the_models_json(store: Path, tmp_path: Path) -> None:
+    """config.properties' `models` JSON picks the default version (`defaultVersion: true`),
+    whatever order the versions load in; an archive both listed by `load_models` and named by
+    `marName` loads once (before: a spurious "model refused ... 409" at start-up)."""
+    models = '{"echo": {"2.0": {"marName": "echo-v2.mar", "defaultVersion": true}}}'
+    properties = {**PROPERTIES, "models": models}
+    with serve(store, tmp_path, models=["echo.mar", "echo-v2.mar"], properties=properties) as srv:
+        versions = httpx.get(f"{srv.management}/models/echo/all").json()  # healthy: all loaded
+        assert sorted(v["modelVersion"] for v in versions) == ["1.0", "2.0"]
+        (default,) = httpx.get(f"{srv.management}/models/echo").json()
+        assert default["modelVersion"] == "2.0"
+        assert "model refused" not in srv.log()
