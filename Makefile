@@ -4,6 +4,7 @@
 #   make cluster-up / cluster-down   the local Kubernetes control plane (CLUSTER=name,
 #                                    NODE=real adds a real containerd+kubelet node; root;
 #                                    NODES=50: 50 simulated CPU nodes, the scale profile)
+#   make bench-peers   marfleet against TorchServe, KServe, Ray Serve, LitServe (docs/benchmarks.md)
 #   make bench-operator   the operator at 100/300/1,000 InferenceServices (docs/scale.md)
 #   make real      the real-node scenario: marfleet's images as real pods, real HPA (root)
 #   make soak      5 minutes of valid traffic plus abuse against one server (SOAK_SECONDS=300)
@@ -36,7 +37,7 @@ NODE_FLAG := --real-node
 CLUSTER_SETUP := node-setup
 endif
 
-.PHONY: protos soak setup apt venv toolchain node-setup test lint format typecheck unit cluster-up cluster-down demo demo-down real bench bench-gpu bench-operator clean
+.PHONY: protos soak setup apt venv toolchain node-setup test lint format typecheck unit cluster-up cluster-down demo demo-down real bench bench-peers bench-gpu bench-operator clean
 
 setup: apt venv toolchain
 
@@ -112,6 +113,13 @@ soak: setup
 bench: setup
 	$(PY) -m e2e.bench.run --duration $(or $(BENCH_SECONDS),10) --rounds 3 --out bench-results/serve-vs-torchserve.json
 
+# marfleet, TorchServe, KServe, Ray Serve and LitServe in one interleaved run (docs/benchmarks.md);
+# the peers come from PyPI into .venv-peers, which sees this venv's torch after its own packages
+bench-peers: setup
+	$(PY) -m e2e.bench.run --servers marfleet torchserve kserve ray litserve --peer-venv .venv-peers \
+	  --duration $(or $(BENCH_SECONDS),10) --rounds $(or $(ROUNDS),3) \
+	  --out bench-results/peers.json --chart bench-results/peers.png
+
 bench-gpu: setup
 	$(PY) -m e2e.bench.gpu --out bench-results/resnet50-gpu
 
@@ -123,7 +131,7 @@ bench-operator: setup
 	  --out bench-results/operator-bench.json
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .venv-peers .pytest_cache .mypy_cache .ruff_cache build *.egg-info
 
 # runtime/server/protos/*_pb2.py(i): TorchServe 0.12's gRPC interfaces (inference.proto,
 # management.proto, open_inference_grpc.proto, as shipped in its model-server.jar)

@@ -73,11 +73,14 @@ def _archive(store: Path, name: str, handler: str, weights: Path) -> Path:
     return store / f"{name}.mar"
 
 
-def build_archives(store: Path, work: Path) -> dict[str, Path]:
+def build_archives(store: Path, work: Path, resnet: bool = True) -> dict[str, Path]:
+    """`mlp.mar` and (unless `resnet` is false) `resnet18.mar`; their weights stay in `work`."""
     torch.manual_seed(0)
     handler = work / "tiny_mlp_handler.py"
     handler.write_text(MLP_HANDLER)
     mlp = _archive(store, "mlp", str(handler), _script(TinyMLP(), work / "mlp.pt"))
+    if not resnet:
+        return {"mlp": mlp}
     return {"mlp": mlp, "resnet18": resnet_archive(store, work, "resnet18")}
 
 

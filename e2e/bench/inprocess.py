@@ -4,8 +4,9 @@ Runs in its own process with as many torch threads as the servers' workers get (
 --threads says otherwise), on the GPU that --gpu-id names (the CPU without it), and calls the
 handler back to back on batches of the benchmark's JPEG, the way each server's worker calls it:
 `marfleet` through ModelService.handle, `torchserve` through TorchServe 0.12's own Context and
-handler classes. Prints {"batch": ..., "rps": ..., "cpu_us_per_request": ...} per batch size
-given, one line each, with the model loaded once.
+handler classes, `peer` through `peer_apps.Predictor` (the code KServe, Ray Serve and LitServe
+run in the peer benchmark; CPU only). Prints {"batch": ..., "rps": ..., "cpu_us_per_request":
+...} per batch size given, one line each, with the model loaded once.
 
     python -m e2e.bench.inprocess --impl marfleet --model-dir DIR --batch 8 --seconds 10
     python -m e2e.bench.inprocess --impl torchserve --model-dir DIR --batch 1 8 32 --gpu-id 0
@@ -75,6 +76,15 @@ def torchserve_runner(model_dir: Path, batch: int, gpu_id: int | None) -> BatchR
     return run
 
 
+def peer_runner(model_dir: Path, batch: int, gpu_id: int | None) -> BatchRunner:
+    from e2e.bench.peer_apps import Predictor, Weights
+
+    manifest = json.loads((model_dir / "MAR-INF" / "MANIFEST.json").read_text())
+    weights = model_dir / manifest["model"]["serializedFile"]
+    predictor = Predictor("resnet", Weights(weights, weights))
+    return predictor.predict
+
+
 def measure(run: BatchRunner, batch: int, seconds: float) -> tuple[float, float]:
     """(requests per second, CPU microseconds per request) of back-to-back batches."""
     bodies = [jpeg_body()] * batch
@@ -90,9 +100,12 @@ def measure(run: BatchRunner, batch: int, seconds: float) -> tuple[float, float]
     return count / wall, cpu / count * 1e6
 
 
+RUNNERS = {"marfleet": marfleet_runner, "torchserve": torchserve_runner, "peer": peer_runner}
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="inprocess", description=__doc__.splitlines()[0])
-    parser.add_argument("--impl", choices=("marfleet", "torchserve"), required=True)
+    parser.add_argument("--impl", choices=sorted(RUNNERS), required=True)
     parser.add_argument("--model-dir", type=Path, required=True)
     parser.add_argument("--batch", type=int, nargs="+", required=True)
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -102,7 +115,7 @@ def main(argv: list[str]) -> int:
     torch.set_num_threads(args.threads)
     os.chdir(args.model_dir)
     sys.path.insert(0, str(args.model_dir))
-    factory = marfleet_runner if args.impl == "marfleet" else torchserve_runner
+    factory = RUNNERS[args.impl]
     # the batch size only sizes the Context: one loaded model serves every batch size here
     run = factory(args.model_dir, max(args.batch), args.gpu_id)
     for batch in args.batch:

@@ -25,17 +25,35 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from marfleet.runtime.archive.reader import load_archive
 
+from e2e.bench import chart, peer_venv
 from e2e.bench.archives import build_archives, jpeg_body, mlp_body
-from e2e.bench.servers import RunningServer, start
+from e2e.bench.servers import (
+    MAR_SERVERS,
+    MODELS,
+    PEERS,
+    Request,
+    RunningServer,
+    request_for,
+    start,
+    start_peer,
+)
 
-SERVERS = ("torchserve", "marfleet")
+# what each server runs with: the CPU budget the table states (one torch thread everywhere)
+BUDGETS = {
+    "marfleet": "1 frontend process + 1 worker process per model",
+    "torchserve": "1 JVM frontend + 1 worker process per model",
+    "kserve": "1 process (uvicorn, 1 worker), models in-process, no server batching",
+    "ray": "Ray head (GCS, raylet) + controller + HTTP proxy + 1 replica per model",
+    "litserve": "1 uvicorn API process + 1 inference worker process per model",
+}
 
 
 @dataclass(frozen=True)
@@ -69,6 +87,11 @@ def in_process(impl: str, model_dir: Path, batch: int, seconds: float) -> dict[s
     return _python("e2e.bench.inprocess", *args, "--seconds", str(seconds))
 
 
+def handler_of(server: str) -> str:
+    """Whose handler code a server runs: the peers all run `peer_apps.Predictor`."""
+    return server if server in MAR_SERVERS else "peer"
+
+
 def _in_process_sample(model_dir: Path, batch: int, seconds: float, impl: str) -> dict[str, Any]:
     return in_process(impl, model_dir, batch, seconds)
 
@@ -76,26 +99,31 @@ def _in_process_sample(model_dir: Path, batch: int, seconds: float, impl: str) -
 def _served_sample(
     servers: dict[str, RunningServer],
     scenario: Scenario,
-    root: Path,
+    bodies: Path,
     duration: float,
     warmup: float,
     name: str,
 ) -> dict[str, Any]:
-    return run_scenario(servers[name], scenario, root, duration, warmup)
+    return run_scenario(servers[name], scenario, bodies, duration, warmup)
+
+
+def body_file(bodies: Path, server: str, model: str) -> Path:
+    return bodies / f"{server}-{model}.body"
 
 
 def run_scenario(
-    server: RunningServer, scenario: Scenario, root: Path, duration: float, warmup: float
+    server: RunningServer, scenario: Scenario, bodies: Path, duration: float, warmup: float
 ) -> dict[str, Any]:
+    request = requests_for(server.name, bodies)[scenario.model]
     before = server.cpu_seconds()
     result = _python(
         "e2e.bench.loadgen",
         "--url",
-        f"{server.url('inference')}/predictions/{scenario.model}",
+        f"{server.url('inference')}{request.path}",
         "--body-file",
-        str(root / scenario.body_file),
+        str(body_file(bodies, server.name, scenario.model)),
         "--content-type",
-        scenario.content_type,
+        request.content_type,
         "--concurrency",
         str(scenario.concurrency),
         "--duration",
@@ -108,64 +136,161 @@ def run_scenario(
     for part in ("frontend", "workers"):
         spent = after[part] - before[part]
         result[f"{part}_cpu_us_per_request"] = round(spent / requests * 1e6, 1)
+    result["cpu_us_per_request"] = round(
+        result["frontend_cpu_us_per_request"] + result["workers_cpu_us_per_request"], 1
+    )
     return result
 
 
-def interleaved(rounds: int, measure: Callable[[str], dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Measure every server `rounds` times, alternating which goes first; keep the medians.
+def requests_for(server: str, bodies: Path) -> dict[str, Request]:
+    row, jpeg = (bodies / "mlp.json").read_bytes(), (bodies / "image.jpg").read_bytes()
+    return {model: request_for(server, model, row, jpeg) for model in MODELS}
 
-    The machine is shared, so load from elsewhere comes and goes: alternating short rounds
-    spreads it over both servers instead of letting it land on whichever ran second.
+
+def write_bodies(bodies: Path, servers: Sequence[str]) -> None:
+    (bodies / "mlp.json").write_bytes(mlp_body())
+    (bodies / "image.jpg").write_bytes(jpeg_body())
+    for server in servers:
+        for model, request in requests_for(server, bodies).items():
+            body_file(bodies, server, model).write_bytes(request.body)
+
+
+def interleaved(
+    rounds: int, measure: Callable[[str], dict[str, Any]], names: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """Measure every server `rounds` times, rotating which goes first; keep the medians.
+
+    The machine is shared, so load from elsewhere comes and goes: rotating short rounds
+    spreads it over all servers instead of letting it land on whichever ran last. A round
+    that fails is recorded as such (`failed`) and the run goes on; the medians are over the
+    rounds that completed.
     """
-    samples: dict[str, list[dict[str, Any]]] = {name: [] for name in SERVERS}
-    for index in range(rounds):
-        for name in SERVERS if index % 2 == 0 else tuple(reversed(SERVERS)):
-            samples[name].append(measure(name))
-            print(f"  {name} round {index + 1}: {json.dumps(samples[name][-1])}", flush=True)
+    samples: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for index in range(rounds if names else 0):
+        shift = index % len(names)
+        for name in [*names[shift:], *names[:shift]]:
+            try:
+                sample = measure(name)
+            except (subprocess.CalledProcessError, OSError, ValueError) as error:
+                detail = getattr(error, "stderr", None) or str(error)
+                sample = {"failed": str(detail).strip()[-500:]}
+            samples[name].append(sample)
+            print(f"  {name} round {index + 1}: {json.dumps(sample)}", flush=True)
     summary: dict[str, dict[str, Any]] = {}
     for name, runs in samples.items():
-        keys = [k for k, v in runs[0].items() if isinstance(v, (int, float))]
-        summary[name] = {key: round(statistics.median(run[key] for run in runs), 3) for key in keys}
+        done = [run for run in runs if "failed" not in run]
+        if not done:
+            summary[name] = {"failed": runs[-1]["failed"], "rounds": runs}
+            continue
+        keys = [k for k, v in done[0].items() if isinstance(v, (int, float))]
+        summary[name] = {key: round(statistics.median(run[key] for run in done), 3) for key in keys}
+        summary[name]["errors"] = sum(sum(run["errors"].values()) for run in done)
+        summary[name]["failed_rounds"] = len(runs) - len(done)
         summary[name]["rounds"] = runs
     return summary
 
 
-def table(results: dict[str, Any]) -> str:
-    """Markdown: served numbers, and for ResNet-18 both efficiencies.
+def _efficiency(results: dict[str, Any], scenario: Scenario, name: str, row: dict[str, Any]) -> str:
+    """served req/s / the same handler's in-process req/s at that batch size (ResNet only)."""
+    if not scenario.model.startswith("resnet"):
+        return ""
+    baseline = results["in_process"].get(handler_of(name), {}).get(str(scenario.batch), {})
+    if "rps" not in baseline:
+        return "n/a"
+    return f"{row['rps'] / baseline['rps']:.0%}"
 
-    efficiency: served req/s / in-process req/s (the issue's definition; wall clock, so it
-    also measures how much CPU the shared machine happened to give each run).
-    CPU efficiency: in-process CPU per request / served CPU per request (frontend + worker):
-    the serving overhead alone, insensitive to what else the machine was doing.
+
+def table(results: dict[str, Any]) -> str:
+    """Markdown: served numbers per scenario and server, then the in-process limits.
+
+    efficiency: served req/s / in-process req/s of the same handler code at that batch size
+    (wall clock, so it also measures how much CPU the shared machine happened to give each
+    run). CPU µs/req: user+system time of all the server's processes over the round /
+    requests answered; frontend is everything but the processes that run the model.
     """
     lines = [
-        "| scenario | server | req/s | p50 ms | p99 ms | efficiency | CPU efficiency "
-        "| frontend CPU µs/req | worker CPU µs/req |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| scenario | server | req/s | p50 ms | p99 ms | CPU µs/req | frontend CPU µs/req "
+        "| model-process CPU µs/req | efficiency | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    names = results["servers"]
     for scenario in SCENARIOS:
-        for name in SERVERS:
+        for name in names:
+            if name in results["failed_to_start"]:
+                if scenario.name in results["scenarios"]:
+                    lines.append(f"| {scenario.name} | {name} | did not start | | | | | | | |")
+                continue
             row = results["served"][name].get(scenario.name)
             if row is None:
                 continue
-            efficiency = cpu_efficiency = ""
-            if scenario.model.startswith("resnet"):
-                baseline = results["in_process"][name][str(scenario.batch)]
-                served_cpu = row["frontend_cpu_us_per_request"] + row["workers_cpu_us_per_request"]
-                efficiency = f"{row['rps'] / baseline['rps']:.0%}"
-                cpu_efficiency = f"{baseline['cpu_us_per_request'] / served_cpu:.0%}"
-            cpu = f"{row['frontend_cpu_us_per_request']} | {row['workers_cpu_us_per_request']}"
-            lines.append(
-                f"| {scenario.name} | {name} | {row['rps']} | {row['p50_ms']} | {row['p99_ms']} | "
-                f"{efficiency} | {cpu_efficiency} | {cpu} |"
+            if "failed" in row:
+                lines.append(f"| {scenario.name} | {name} | every round failed | | | | | | | |")
+                continue
+            errors = str(row["errors"]) + (
+                f" ({row['failed_rounds']} rounds failed)" if row["failed_rounds"] else ""
             )
-    for name in SERVERS:
-        for batch, baseline in results["in_process"][name].items():
             lines.append(
-                f"| resnet18 in-process batch {batch} | {name} handler | {baseline['rps']} "
-                f"| | | | | | {baseline['cpu_us_per_request']} |"
+                f"| {scenario.name} | {name} | {row['rps']} | {row['p50_ms']} | {row['p99_ms']} "
+                f"| {row['cpu_us_per_request']} | {row['frontend_cpu_us_per_request']} "
+                f"| {row['workers_cpu_us_per_request']} "
+                f"| {_efficiency(results, scenario, name, row)} | {errors} |"
+            )
+    for impl, batches in results["in_process"].items():
+        for batch, baseline in batches.items():
+            rps = baseline.get("rps", "failed")
+            lines.append(
+                f"| resnet18 in-process batch {batch} | {impl} handler | {rps} "
+                f"| | | {baseline.get('cpu_us_per_request', '')} | | | | |"
             )
     return "\n".join(lines)
+
+
+REGISTRATIONS = {  # model -> (archive, batch size, max batch delay ms)
+    "mlp": ("mlp.mar", 8, 5),
+    "resnet_b1": ("resnet18.mar", 1, 5),
+    "resnet_b8": ("resnet18.mar", 8, 50),
+}
+
+
+def start_all(
+    names: Sequence[str], models: Sequence[str], store: Path, root: Path, peer_python: Path | None
+) -> tuple[dict[str, RunningServer], dict[str, str]]:
+    """Every server that starts, and why each one that did not failed.
+
+    marfleet and TorchServe register only `models`; the peers always serve all three."""
+    servers: dict[str, RunningServer] = {}
+    failed: dict[str, str] = {}
+    weights = {"mlp": root / "work" / "mlp.pt", "resnet18": root / "work" / "resnet18.pt"}
+    for name in names:
+        print(f"starting {name}", flush=True)
+        try:
+            if name in MAR_SERVERS:
+                server = start(name, store, root / name)
+                servers[name] = server
+                for model in models:
+                    archive, batch, delay = REGISTRATIONS[model]
+                    server.register(archive, model, batch_size=batch, max_batch_delay=delay)
+            else:
+                if peer_python is None:
+                    raise ValueError(f"{name} needs --peer-venv")
+                requests = requests_for(name, root / "bodies")
+                servers[name] = start_peer(name, peer_python, weights, requests, root / name)
+        except (RuntimeError, TimeoutError, ValueError, OSError) as error:
+            failed[name] = str(error)
+            print(f"  {name} did not start: {error}", flush=True)
+            if name in servers:
+                servers.pop(name).stop()
+    return servers, failed
+
+
+def server_versions(names: Sequence[str], peer_python: Path | None) -> dict[str, str]:
+    found = {"marfleet": metadata.version("marfleet"), "torchserve": metadata.version("torchserve")}
+    found["torch"] = metadata.version("torch")
+    if peer_python is not None and any(name in PEERS for name in names):
+        peers = peer_venv.versions(peer_python)
+        found.update({key: v for key, v in peers.items() if key != "torch"})
+        found["torch (peer venv)"] = peers["torch"]
+    return {key: value for key, value in found.items() if key in names or "torch" in key}
 
 
 def main(argv: list[str]) -> int:
@@ -179,47 +304,69 @@ def main(argv: list[str]) -> int:
         choices=[scenario.name for scenario in SCENARIOS],
         default=[scenario.name for scenario in SCENARIOS],
     )
+    parser.add_argument(
+        "--servers", nargs="+", choices=MAR_SERVERS + PEERS, default=["torchserve", "marfleet"]
+    )
+    parser.add_argument(
+        "--peer-venv", type=Path, help="the peers' virtualenv; created from PyPI when missing"
+    )
+    parser.add_argument("--in-process-seconds", type=float, help="default: --duration")
     parser.add_argument("--out", type=Path, default=Path("bench-results/serve-vs-torchserve.json"))
+    parser.add_argument("--chart", type=Path, help="also draw the results as this PNG")
     args = parser.parse_args(argv)
+    names: list[str] = list(dict.fromkeys(args.servers))
+    peer_python = None
+    if any(name in PEERS for name in names):
+        if args.peer_venv is None:
+            parser.error(f"{', '.join(n for n in names if n in PEERS)} need --peer-venv")
+        peer_python = peer_venv.ensure(args.peer_venv.absolute())
     root = Path(tempfile.mkdtemp(prefix="marfleet-bench-"))
-    store, work = root / "store", root / "work"
-    store.mkdir()
-    work.mkdir()
-    build_archives(store, work)
-    (root / "mlp.json").write_bytes(mlp_body())
-    (root / "image.jpg").write_bytes(jpeg_body())
-    model_dir = load_archive(store / "resnet18.mar", root / "resnet18-unpacked").model_dir
-    servers: dict[str, RunningServer] = {}
+    store, work, bodies = root / "store", root / "work", root / "bodies"
+    for folder in (store, work, bodies):
+        folder.mkdir()
+    scenarios = [scenario for scenario in SCENARIOS if scenario.name in args.scenarios]
+    models = list(dict.fromkeys(scenario.model for scenario in scenarios))
+    resnet = peer_python is not None or any(model.startswith("resnet") for model in models)
+    build_archives(store, work, resnet=resnet)
+    write_bodies(bodies, names)
+    results: dict[str, Any] = {
+        "command": " ".join(["python -m e2e.bench.run", *argv]),
+        "servers": names,
+        "scenarios": [scenario.name for scenario in scenarios],
+        "budgets": {name: BUDGETS[name] + ", 1 torch thread per model process" for name in names},
+        "versions": server_versions(names, peer_python),
+        "in_process": {},
+        "served": {name: {} for name in names},
+    }
+    servers, results["failed_to_start"] = start_all(names, models, store, root, peer_python)
     try:
-        for name in SERVERS:
-            servers[name] = start(name, store, root / name)
-            servers[name].register("mlp.mar", "mlp", batch_size=8, max_batch_delay=5)
-            servers[name].register("resnet18.mar", "resnet_b1", batch_size=1, max_batch_delay=5)
-            servers[name].register("resnet18.mar", "resnet_b8", batch_size=8, max_batch_delay=50)
-        results: dict[str, Any] = {"in_process": {}, "served": {name: {} for name in SERVERS}}
-        scenarios = [scenario for scenario in SCENARIOS if scenario.name in args.scenarios]
+        impls = list(dict.fromkeys(handler_of(name) for name in names))
         batches = sorted({s.batch for s in scenarios if s.model.startswith("resnet")})
+        if batches:
+            model_dir = load_archive(store / "resnet18.mar", root / "resnet18-unpacked").model_dir
+        in_seconds = args.in_process_seconds or args.duration
         for batch in batches:
             print(f"in-process resnet18 batch {batch}", flush=True)
-            summary = interleaved(
-                args.rounds,
-                functools.partial(_in_process_sample, model_dir, batch, args.duration),
-            )
-            for name in SERVERS:
-                results["in_process"].setdefault(name, {})[str(batch)] = summary[name]
+            sample = functools.partial(_in_process_sample, model_dir, batch, in_seconds)
+            summary = interleaved(args.rounds, sample, impls)
+            for impl in impls:
+                results["in_process"].setdefault(impl, {})[str(batch)] = summary[impl]
+        up = [name for name in names if name in servers]
         for scenario in scenarios:
             print(scenario.name, flush=True)
-            sample = functools.partial(
-                _served_sample, servers, scenario, root, args.duration, args.warmup
+            measure = functools.partial(
+                _served_sample, servers, scenario, bodies, args.duration, args.warmup
             )
-            summary = interleaved(args.rounds, sample)
-            for name in SERVERS:
+            summary = interleaved(args.rounds, measure, up)
+            for name in up:
                 results["served"][name][scenario.name] = summary[name]
     finally:
         for server in servers.values():
             server.stop()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
+    if args.chart is not None:
+        chart.draw(results, args.chart)
     print(table(results))
     return 0
 

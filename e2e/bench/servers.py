@@ -1,4 +1,4 @@
-"""Start, configure and stop the two servers under test with identical settings.
+"""Start, configure and stop the servers under test with identical settings.
 
 Both get the same config.properties (loopback ports, no token, model API on, a 1000-deep
 queue), the same model store, one worker per model unless registered with more, and the same
@@ -6,16 +6,22 @@ torch/OpenMP threads per worker (one unless asked; marfleet's `worker_threads`, 
 OMP_NUM_THREADS, which is what its workers' torch reads); each runs in its own session so
 stopping it takes every worker with it. TorchServe is started as `python -m ts.model_server`
 (its console script's module), so it also runs where it was installed with `pip --target`.
+
+The peers (KServe, Ray Serve, LitServe) run `e2e.bench.peer_apps` under the peer venv's python
+on one loopback port, with the same thread limits, and are ready once every model answers its
+request. `Request` says what each server is sent for a model: its URL path and body format.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +30,43 @@ import httpx
 import psutil
 
 from e2e.bench.procs import free_port
+
+MAR_SERVERS = ("marfleet", "torchserve")
+PEERS = ("kserve", "ray", "litserve")
+MODELS = ("mlp", "resnet_b1", "resnet_b8")
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a server is sent for one model: URL path, body and its content type."""
+
+    path: str
+    body: bytes
+    content_type: str
+
+
+def request_for(server: str, model: str, mlp_row: bytes, jpeg: bytes) -> Request:
+    """Each server's documented request for the same input (`mlp_row`: a JSON array of 16).
+
+    marfleet, TorchServe and Ray Serve take the raw body; KServe's v1 protocol wraps inputs in
+    `instances` (an image as `{"b64": ...}`); LitServe's examples send a JSON object with the
+    image base64-encoded.
+    """
+    image = model != "mlp"
+    raw, raw_type = (jpeg, "image/jpeg") if image else (mlp_row, "application/json")
+    encoded = base64.b64encode(jpeg).decode()
+    if server in MAR_SERVERS:
+        return Request(f"/predictions/{model}", raw, raw_type)
+    if server == "ray":
+        return Request(f"/{model}", raw, raw_type)
+    if server == "kserve":
+        instance = {"image": {"b64": encoded}} if image else json.loads(mlp_row)
+        body = json.dumps({"instances": [instance]}).encode()
+        return Request(f"/v1/models/{model}:predict", body, "application/json")
+    if server == "litserve":
+        payload = {"image": encoded} if image else {"input": json.loads(mlp_row)}
+        return Request(f"/{model}", json.dumps(payload).encode(), "application/json")
+    raise ValueError(f"unknown server {server!r}: expected one of {MAR_SERVERS + PEERS}")
 
 
 def thread_env(threads: int) -> dict[str, str]:
@@ -85,8 +128,76 @@ class RunningServer:
 
 
 def _is_worker(proc: psutil.Process) -> bool:
+    """A process that runs a model (the rest is the frontend: HTTP, routing, batching)."""
     command = " ".join(proc.cmdline())
-    return "model_service_worker" in command or "worker_main" in command
+    markers = ("model_service_worker", "worker_main", "ServeReplica", "inference_worker")
+    return any(marker in command for marker in markers)
+
+
+def _popen(
+    command: list[str], workdir: Path, threads: int, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    with (workdir / "server.log").open("wb") as log:
+        return subprocess.Popen(
+            command,
+            cwd=workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={
+                **os.environ,
+                **thread_env(threads),
+                "PATH": f"{Path(command[0]).parent}:{os.environ['PATH']}",
+                **(env or {}),
+            },
+            start_new_session=True,
+        )
+
+
+def _wait_ready(server: RunningServer, ready: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"{server.name} exited; see {server.workdir / 'server.log'}")
+        with suppress(httpx.TransportError):
+            if ready():
+                return
+        time.sleep(0.5)
+    server.stop()
+    raise TimeoutError(
+        f"{server.name} was not ready within {timeout:.0f} s; see {server.workdir / 'server.log'}"
+    )
+
+
+def start_peer(
+    name: str,
+    python: Path,
+    weights: dict[str, Path],
+    requests: dict[str, Request],
+    workdir: Path,
+    threads: int = 1,
+    timeout: float = 300,
+) -> RunningServer:
+    """`name` (a PEERS entry) serving the three models; ready when each answers `requests`."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    command = [str(python), "-m", "e2e.bench.peer_apps", "--server", name, "--port", str(port)]
+    command += ["--mlp", str(weights["mlp"]), "--resnet", str(weights["resnet18"])]
+    server = RunningServer(name, _popen(command, workdir, threads), {"inference": port}, workdir)
+
+    def answers() -> bool:
+        return all(
+            httpx.post(
+                server.url("inference") + request.path,
+                content=request.body,
+                headers={"Content-Type": request.content_type},
+                timeout=30,
+            ).status_code
+            == 200
+            for request in requests.values()
+        )
+
+    _wait_ready(server, answers, timeout)
+    return server
 
 
 def start(
@@ -118,28 +229,10 @@ def start(
         command = [sys.executable, "-m", "ts.model_server", "--start", "--foreground", "--ncs"]
     config.write_text("\n".join(lines) + "\n")
     command += ["--model-store", str(store), "--ts-config", str(config)]
-    with (workdir / "server.log").open("wb") as log:
-        process = subprocess.Popen(
-            command,
-            cwd=workdir,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={
-                **os.environ,
-                **thread_env(threads),
-                "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-                **(env or {}),
-            },
-            start_new_session=True,
-        )
-    server = RunningServer(name, process, ports, workdir)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{name} exited; see {workdir / 'server.log'}")
-        with suppress(httpx.TransportError):
-            if httpx.get(f"{server.url('inference')}/ping", timeout=2).status_code == 200:
-                return server
-        time.sleep(0.5)
-    server.stop()
-    raise TimeoutError(f"{name} did not answer /ping within 180 s; see {workdir / 'server.log'}")
+    server = RunningServer(name, _popen(command, workdir, threads, env), ports, workdir)
+
+    def pings() -> bool:
+        return httpx.get(f"{server.url('inference')}/ping", timeout=2).status_code == 200
+
+    _wait_ready(server, pings, 180)
+    return server

@@ -1,0 +1,86 @@
+"""The peers' own virtualenv (`.venv-peers`): KServe, Ray Serve and LitServe from PyPI, apart
+from marfleet's dependencies.
+
+torch (a multi-GB wheel) and torchvision are not installed a second time: a `.pth` file in the
+peer venv runs `site.addsitedir()` on the main venv's site-packages, which appends it to
+`sys.path` AFTER the peer venv's own — so the peers' pinned dependencies (FastAPI, uvicorn,
+pydantic, ...) win, and what they do not bring (torch, torchvision, Pillow, and the repo for
+`e2e.bench.peer_apps`) comes from the main venv. pip sees the main venv's packages as installed
+and leaves them there. A stamp named after the pins skips the install when nothing changed.
+
+    .venv/bin/python -m e2e.bench.peer_venv --venv .venv-peers   # prints the versions (JSON)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import subprocess
+import sys
+import sysconfig
+import venv
+from pathlib import Path
+
+PINS = ("kserve==0.21.*", "ray[serve]==2.60.*", "litserve==0.2.19")
+# distribution name of each server under test, for the versions the results record
+DISTRIBUTIONS = {"kserve": "kserve", "ray": "ray", "litserve": "litserve"}
+
+
+def python_of(venv_dir: Path) -> Path:
+    return venv_dir / "bin" / "python"
+
+
+def ensure(venv_dir: Path) -> Path:
+    """Create or update the peer venv; its python."""
+    python = python_of(venv_dir)
+    stamp = venv_dir / f".pins-{hashlib.sha1(' '.join(PINS).encode()).hexdigest()[:12]}"
+    if stamp.exists():
+        return python
+    if not python.exists():
+        venv.EnvBuilder(with_pip=True).create(venv_dir)
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    main_site = sysconfig.get_paths()["purelib"]
+    (Path(purelib) / "zz-marfleet-main-venv.pth").write_text(
+        f"import site; site.addsitedir({main_site!r})\n"
+    )
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *PINS],
+        check=True,
+    )
+    stamp.touch()
+    return python
+
+
+def versions(python: Path) -> dict[str, str]:
+    """Each peer's installed version (and torch's, which they share), as the peer venv sees it."""
+    names = {**DISTRIBUTIONS, "torch": "torch"}
+    script = (
+        "import json, sys\nfrom importlib import metadata\n"
+        "found = {}\nfor key, dist in json.loads(sys.argv[1]).items():\n"
+        "    try: found[key] = metadata.version(dist)\n"
+        "    except metadata.PackageNotFoundError: found[key] = 'not installed'\n"
+        "print(json.dumps(found))"
+    )
+    output = subprocess.run(
+        [str(python), "-c", script, json.dumps(names)], check=True, capture_output=True, text=True
+    ).stdout
+    result: dict[str, str] = json.loads(output)
+    return result
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="peer_venv", description=__doc__.splitlines()[0])
+    parser.add_argument("--venv", type=Path, default=Path(".venv-peers"))
+    args = parser.parse_args(argv)
+    print(json.dumps(versions(ensure(args.venv))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
