@@ -2,7 +2,8 @@
 
 `concurrency` keep-alive connections each send the same request back to back for `duration`
 seconds (after `warmup` seconds that are not counted) and the run prints one JSON line:
-requests, errors by status, req/s, p50/p99 latency in ms. It is deliberately small (asyncio
+requests, errors by status, req/s, p50/p99 latency in ms. Responses may be sized by
+Content-Length or chunked. It is deliberately small (asyncio
 streams + uvloop, no HTTP library) so that it costs the 2-core machine as little CPU as possible:
 both servers under test pay the same load-generator tax. Where one process could become the
 bottleneck (thousands of requests per second on a GPU machine), `--processes N` forks N such
@@ -45,11 +46,16 @@ async def _one_connection(
             writer.write(request)
             head = await reader.readuntil(b"\r\n\r\n")
             status = int(head[9:12])
-            length = 0
+            length, chunked = 0, False
             for line in head.split(b"\r\n"):
-                if line[:15].lower() == b"content-length:":
+                name = line[:18].lower()
+                if name.startswith(b"content-length:"):
                     length = int(line[15:])
-            if length:
+                elif name == b"transfer-encoding:" and b"chunked" in line[18:].lower():
+                    chunked = True
+            if chunked:
+                await _read_chunks(reader)
+            elif length:
                 await reader.readexactly(length)
             if tally.counting:
                 tally.latencies.append(time.perf_counter() - started)
@@ -57,6 +63,16 @@ async def _one_connection(
                     tally.errors[status] = tally.errors.get(status, 0) + 1
     finally:
         writer.close()
+
+
+async def _read_chunks(reader: asyncio.StreamReader) -> None:
+    """Skip a chunked body (Ray Serve's proxy streams its responses) up to its last chunk."""
+    while True:
+        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+        if size == 0:
+            await reader.readuntil(b"\r\n")  # no trailers: the blank line that ends the body
+            return
+        await reader.readexactly(size + 2)
 
 
 def build_request(url: str, body: bytes, content_type: str, headers: list[str]) -> bytes:

@@ -147,33 +147,13 @@ def serve_ray(port: int, weights: Weights) -> None:
 
 
 def serve_litserve(port: int, weights: Weights) -> None:
+    # LitServe pickles its LitAPIs into spawned worker processes: the class lives in a module
     import litserve as ls
 
-    class Served(ls.LitAPI):
-        def __init__(self, model: str) -> None:
-            max_batch, delay = MODELS[model]
-            super().__init__(max_batch_size=max_batch, batch_timeout=delay, api_path=f"/{model}")
-            self.model = model
-            self.batching = max_batch > 1
+    from e2e.bench.peer_litserve import BenchAPI
 
-        def setup(self, device: str) -> None:
-            self.predictor = Predictor(self.model, weights)
-
-        def decode_request(self, request: dict[str, Any]) -> Any:
-            if self.predictor.image:
-                return base64.b64decode(request["image"])
-            return request["input"]
-
-        def predict(self, items: Any) -> Any:
-            # LitServe hands predict a list of decoded inputs only when it batches
-            if self.batching:
-                return self.predictor.predict(items)
-            return self.predictor.predict([items])[0]
-
-        def encode_response(self, output: Any) -> dict[str, Any]:
-            return {"output": output}
-
-    server = ls.LitServer([Served(name) for name in MODELS], accelerator="cpu")
+    apis = [BenchAPI(name, *MODELS[name], weights) for name in MODELS]
+    server = ls.LitServer(apis, accelerator="cpu")
     server.run(port=port, host="127.0.0.1", generate_client_file=False)
 
 

@@ -253,12 +253,16 @@ REGISTRATIONS = {  # model -> (archive, batch size, max batch delay ms)
 
 
 def start_all(
-    names: Sequence[str], models: Sequence[str], store: Path, root: Path, peer_python: Path | None
-) -> tuple[dict[str, RunningServer], dict[str, str]]:
-    """Every server that starts, and why each one that did not failed.
+    names: Sequence[str],
+    models: Sequence[str],
+    store: Path,
+    root: Path,
+    peer_python: Path | None,
+    servers: dict[str, RunningServer],
+) -> dict[str, str]:
+    """Start each server into `servers` (the caller stops them); why each one that failed did.
 
     marfleet and TorchServe register only `models`; the peers always serve all three."""
-    servers: dict[str, RunningServer] = {}
     failed: dict[str, str] = {}
     weights = {"mlp": root / "work" / "mlp.pt", "resnet18": root / "work" / "resnet18.pt"}
     for name in names:
@@ -280,7 +284,7 @@ def start_all(
             print(f"  {name} did not start: {error}", flush=True)
             if name in servers:
                 servers.pop(name).stop()
-    return servers, failed
+    return failed
 
 
 def server_versions(names: Sequence[str], peer_python: Path | None) -> dict[str, str]:
@@ -338,8 +342,9 @@ def main(argv: list[str]) -> int:
         "in_process": {},
         "served": {name: {} for name in names},
     }
-    servers, results["failed_to_start"] = start_all(names, models, store, root, peer_python)
+    servers: dict[str, RunningServer] = {}
     try:
+        results["failed_to_start"] = start_all(names, models, store, root, peer_python, servers)
         impls = list(dict.fromkeys(handler_of(name) for name in names))
         batches = sorted({s.batch for s in scenarios if s.model.startswith("resnet")})
         if batches:

@@ -118,6 +118,10 @@ class RunningServer:
             raise RuntimeError(f"{self.name}: registering {name} failed: {response.text}")
 
     def stop(self) -> None:
+        """Stop the server's session, then any descendant that left it (Ray's workers do)."""
+        descendants: list[psutil.Process] = []
+        with suppress(psutil.NoSuchProcess):
+            descendants = psutil.Process(self.process.pid).children(recursive=True)
         with suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGTERM)
         with suppress(subprocess.TimeoutExpired):
@@ -125,12 +129,16 @@ class RunningServer:
         with suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
+        for child in descendants:
+            with suppress(psutil.NoSuchProcess):
+                child.kill()
 
 
 def _is_worker(proc: psutil.Process) -> bool:
     """A process that runs a model (the rest is the frontend: HTTP, routing, batching)."""
     command = " ".join(proc.cmdline())
-    markers = ("model_service_worker", "worker_main", "ServeReplica", "inference_worker")
+    # marfleet, TorchServe, Ray Serve replicas, LitServe's inference workers (spawned processes)
+    markers = ("model_service_worker", "worker_main", "ServeReplica", "multiprocessing.spawn")
     return any(marker in command for marker in markers)
 
 
