@@ -161,12 +161,10 @@ class Controller:
         if not full and not refused and not self._all_verified(key, isvc, desired):
             desired, full = self._render(key, isvc, ctx, ready, missing, full=True)
         errors: list[str] = []
+        failed: ApiError | None = None
         try:
             if not refused:
-                for wave in _waves(desired.objects):
-                    results = await asyncio.gather(*(self._ensure(key, isvc, w) for w in wave))
-                    errors += [error for error in results if error is not None]
-                await self._prune(key, isvc, desired)
+                errors, failed = await self._apply_all(key, isvc, desired)
             await self._update_status(key, obj, isvc, desired, ctx, errors, refused)
             if missing:
                 # Secrets are not watched: look again soon, so creating it is noticed.
@@ -175,6 +173,52 @@ class Controller:
             if not _going_away(error):
                 raise
             log.info("namespace or object is being deleted", extra={"isvc": "/".join(key)})
+            return
+        if failed is not None:
+            raise failed
+
+    async def _apply_all(
+        self, key: Key, isvc: spec.InferenceService, desired: render.Desired
+    ) -> tuple[list[str], ApiError | None]:
+        """Apply every desired child and prune the unwanted ones; return (what went wrong,
+        the error to retry with backoff, if any).
+
+        A child whose name someone else's object holds makes the whole InferenceService wait:
+        everything else depends on it by name (an autoscaler on the Deployment, the router
+        Deployment on its ServiceAccount, the RoleBinding on both, the router on the variant
+        Services), so applying the rest would scale, bind or route to the other object.
+        An error the API server answers with 5xx is reported like a refusal (the status says
+        what the server said) and retried with backoff, since it may not go away by itself."""
+        haves = await asyncio.gather(
+            *(self._stored_or_live(key, Ref.of(want)) for want in desired.objects)
+        )
+        taken = [
+            f"{want['kind']} {want['metadata']['name']} already exists and is not this "
+            "InferenceService's; delete or rename it, or rename this InferenceService or variant"
+            for want, have in zip(desired.objects, haves, strict=True)
+            if have is not None and not owned_by(have, isvc.uid)
+        ]
+        if taken:
+            return [*taken, "nothing is applied while a name is taken"], None
+        have_of = {id(want): have for want, have in zip(desired.objects, haves, strict=True)}
+        errors: list[str] = []
+        failed: ApiError | None = None
+        for wave in _waves(desired.objects):
+            results = await asyncio.gather(
+                *(self._ensure(key, want, have_of[id(want)]) for want in wave),
+                return_exceptions=True,
+            )
+            for want, result in zip(wave, results, strict=True):
+                if isinstance(result, ApiError) and result.status >= 500:
+                    errors.append(f"{want['kind']} {want['metadata']['name']}: {result.message}")
+                    failed = result
+                elif isinstance(result, BaseException):
+                    raise result
+                elif result is not None:
+                    errors.append(result)
+        if failed is None:
+            await self._prune(key, isvc, desired)
+        return errors, failed
 
     def _render(
         self,
@@ -264,16 +308,11 @@ class Controller:
         return have
 
     async def _ensure(
-        self, key: Key, isvc: spec.InferenceService, want: dict[str, Any]
+        self, key: Key, want: dict[str, Any], have: Mapping[str, Any] | None
     ) -> str | None:
-        """Make one child match `want`; return a message if that cannot be done by retrying."""
+        """Make one child (`have`: as it is now, ours) match `want`; return a message if that
+        cannot be done by retrying."""
         kind, name = want["kind"], want["metadata"]["name"]
-        have = await self._stored_or_live(key, Ref.of(want))
-        if have is not None and not owned_by(have, isvc.uid):
-            return (
-                f"{kind} {name} already exists and belongs to something else; delete or rename "
-                "it, or rename this InferenceService or variant"
-            )
         if self._in_sync(key, want, have):
             return None
         try:

@@ -39,6 +39,9 @@ RULES = {
     "serviceAccounts": "service_accounts",
 }
 """Chart value name -> TenancyPolicy field."""
+MAX_SPEC_BYTES = 128 * 1024
+"""Every variant's objects copy the shared parts of the spec; the CRD bounds each field, and
+this bounds what fields it cannot measure (affinity) and their sum."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,15 @@ def refusals(obj: Mapping[str, Any], policy: TenancyPolicy) -> tuple[Refusal, ..
         found += _runtime(variant.get("runtime") or {}, f"{path}.runtime", namespace, policy)
         found += _model(variant.get("model") or {}, f"{path}.model", namespace, policy)
     found += _scheduling(spec.get("scheduling") or {}, policy)
+    size = len(json.dumps(spec, separators=(",", ":")))
+    if size > MAX_SPEC_BYTES:
+        found.append(
+            Refusal(
+                "spec",
+                "maxSpecBytes",
+                f"the spec is {size} bytes as JSON, more than the {MAX_SPEC_BYTES} allowed",
+            )
+        )
     return tuple(found)
 
 

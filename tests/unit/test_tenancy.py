@@ -212,3 +212,9 @@ def test_the_pvc_example_needs_its_claim_allowed() -> None:
     assert found(doc) == [("spec.variants[0].model.uri", "tenancy.persistentVolumeClaims")]
     policy = TenancyPolicy.from_json('{"persistentVolumeClaims": ["default/model-archives"]}')
     assert found(doc, policy) == []
+
+
+def test_a_spec_too_large_to_copy_into_every_variant_is_refused() -> None:
+    terms = [{"matchExpressions": [{"key": f"k{i}", "operator": "Exists"}]} for i in range(4000)]
+    affinity = {"nodeAffinity": {"unknownField": terms}}
+    assert found(isvc(scheduling={"affinity": affinity})) == [("spec", "maxSpecBytes")]
