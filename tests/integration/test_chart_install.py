@@ -75,38 +75,54 @@ def as_operator(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str
     return subprocess.run(command, capture_output=True, text=True, timeout=60)
 
 
-def chart_operator_settings() -> tuple[list[str], dict[str, str]]:
+def chart_operator_settings(
+    release: str = RELEASE, namespace: str = NAMESPACE, values: dict[str, str] | None = None
+) -> tuple[list[str], dict[str, str]]:
     """The operator container's args and literal env, as the chart renders them."""
     (deployment,) = chart.objects_of_kind(
-        chart.template(release=RELEASE, namespace=NAMESPACE), "Deployment"
+        chart.template(release=release, namespace=namespace, set_values=values), "Deployment"
     )
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     return container["args"], env
 
 
-@pytest.fixture
-def operator(installed: LocalCluster, token_kubeconfig: Path, tmp_path: Path) -> Iterator[Path]:
-    """The real operator process, configured as the chart configures it, with the SA token."""
-    args, env = chart_operator_settings()
-    log = tmp_path / "operator.log"
+def start_chart_operator(
+    kubeconfig: Path,
+    log: Path,
+    *extra_args: str,
+    release: str = RELEASE,
+    namespace: str = NAMESPACE,
+    values: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """The real operator process, configured as the chart configures it, with the token in
+    `kubeconfig`; its output goes to `log`."""
+    args, env = chart_operator_settings(release, namespace, values)
     environment = {
         **os.environ,
         **env,
-        "MARFLEET_OPERATOR_NAMESPACE": NAMESPACE,
+        "MARFLEET_OPERATOR_NAMESPACE": namespace,
         "MARFLEET_OPERATOR_POD_NAME": "operator-under-test",
         "MARFLEET_METRICS_PORT": str(free_port()),
-        "KUBECONFIG": str(token_kubeconfig),
+        "KUBECONFIG": str(kubeconfig),
     }
     marfleet = Path(sys.executable).with_name("marfleet")
+    command = [str(marfleet), *args, "--kubeconfig", str(kubeconfig), "--host", "127.0.0.1"]
     with log.open("wb") as output:
-        process = subprocess.Popen(
-            [str(marfleet), *args, "--kubeconfig", str(token_kubeconfig), "--host", "127.0.0.1"],
+        return subprocess.Popen(
+            [*command, *extra_args],
             env=environment,
             stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+
+@pytest.fixture
+def operator(installed: LocalCluster, token_kubeconfig: Path, tmp_path: Path) -> Iterator[Path]:
+    """The real operator process, configured as the chart configures it, with the SA token."""
+    log = tmp_path / "operator.log"
+    process = start_chart_operator(token_kubeconfig, log)
     try:
         yield log
     finally:

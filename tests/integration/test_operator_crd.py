@@ -153,7 +153,50 @@ INVALID = {
     ),
     "reserved variant name": (
         manifest("  variants:\n  - {name: router, model: {uri: 'https://h/a.mar'}}\n"),
-        ["variant name 'router' is reserved"],
+        ["variant names 'router' and '*-router' are reserved"],
+    ),
+    "variant taking another InferenceService's router names": (
+        manifest("  variants:\n  - {name: y-router, model: {uri: 'https://h/a.mar'}}\n"),
+        ["spec.variants[0].name", "variant names 'router' and '*-router' are reserved"],
+    ),
+    "an env value over 4096 characters": (
+        manifest(ONE + "  runtime: {env: [{name: A, value: '" + "x" * 4097 + "'}]}\n"),
+        ["spec.runtime.env[0].value", "may not be longer than 4096"],
+    ),
+    "env adding up to over 16384 characters": (
+        manifest(
+            "  variants:\n  - {name: a, model: {uri: 'https://h/a.mar'}, runtime: {env: ["
+            + ", ".join(f"{{name: A{i}, value: '{'x' * 4000}'}}" for i in range(5))
+            + "]}}\n"
+        ),
+        ["spec.variants[0].runtime.env", "must add up to at most 16384 characters"],
+    ),
+    "env from two sources": (
+        manifest(
+            ONE + "  runtime: {env: [{name: A, valueFrom: {fieldRef: {fieldPath: metadata.name},"
+            " secretKeyRef: {name: s, key: k}}}]}\n"
+        ),
+        ["valueFrom needs exactly one of"],
+    ),
+    "a toleration of every taint": (
+        manifest(ONE + "  scheduling: {tolerations: [{operator: Exists}]}\n"),
+        ["spec.scheduling.tolerations[0].key", "Required value"],
+    ),
+    "anti-affinity reaching other namespaces": (
+        manifest(
+            ONE + "  scheduling: {affinity: {podAntiAffinity: "
+            "{requiredDuringSchedulingIgnoredDuringExecution: [{topologyKey: "
+            "kubernetes.io/hostname, labelSelector: {}, namespaceSelector: {}}]}}}\n"
+        ),
+        ["may not set namespaceSelector or namespaces"],
+    ),
+    "preferred affinity naming namespaces": (
+        manifest(
+            ONE + "  scheduling: {affinity: {podAffinity: "
+            "{preferredDuringSchedulingIgnoredDuringExecution: [{weight: 1, podAffinityTerm: "
+            "{topologyKey: kubernetes.io/hostname, namespaces: [kube-system]}}]}}}\n"
+        ),
+        ["may not set namespaceSelector or namespaces"],
     ),
     "cpu metric without a cpu request": (
         manifest(ONE + "  autoscaling: {metric: cpu}\n"),

@@ -32,12 +32,16 @@ workloadRules: in every watched namespace (or cluster-wide when all are watched)
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [get, list, watch, create, patch, delete]
+{{- if include "marfleet.addonRule" (list . "keda.sh/v1alpha1/ScaledObject") }}
 - apiGroups: [keda.sh]
   resources: [scaledobjects]
   verbs: [get, list, watch, create, patch, delete]
+{{- end }}
+{{- if include "marfleet.addonRule" (list . "monitoring.coreos.com/v1/ServiceMonitor") }}
 - apiGroups: [monitoring.coreos.com]
   resources: [servicemonitors]
   verbs: [get, list, watch, create, patch, delete]
+{{- end }}
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
@@ -66,4 +70,11 @@ with (operator-lease.yaml makes it, so no `create`).
   resources: [leases]
   resourceNames: [{{ include "marfleet.leaseName" . }}]
   verbs: [get, update]
+{{- end }}
+
+{{/* addonRule (list $ "group/version/Kind"): non-empty when rbac.addonRules grants rights on it. */}}
+{{- define "marfleet.addonRule" -}}
+{{- $root := index . 0 }}
+{{- $mode := $root.Values.rbac.addonRules }}
+{{- if or (eq $mode "always") (and (eq $mode "auto") ($root.Capabilities.APIVersions.Has (index . 1))) }}yes{{ end }}
 {{- end }}
