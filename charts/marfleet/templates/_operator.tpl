@@ -23,7 +23,7 @@
 - name: MARFLEET_KEDA_AUTHENTICATION_REF
   value: {{ .Values.autoscaling.keda.authenticationRef | quote }}
 - name: MARFLEET_TENANCY
-  value: {{ toJson .Values.tenancy | quote }}
+  value: {{ toJson (.Values.tenancy | default dict) | quote }}
 - name: MARFLEET_ROLLOUT_PROMETHEUS_URL
   value: {{ .Values.rollout.prometheusUrl | quote }}
 - name: MARFLEET_ROUTER_METRICS_URL

@@ -75,6 +75,6 @@ with (operator-lease.yaml makes it, so no `create`).
 {{/* addonRule (list $ "group/version/Kind"): non-empty when rbac.addonRules grants rights on it. */}}
 {{- define "marfleet.addonRule" -}}
 {{- $root := index . 0 }}
-{{- $mode := $root.Values.rbac.addonRules }}
+{{- $mode := $root.Values.rbac.addonRules | default "auto" }}
 {{- if or (eq $mode "always") (and (eq $mode "auto") ($root.Capabilities.APIVersions.Has (index . 1))) }}yes{{ end }}
 {{- end }}
