@@ -245,3 +245,24 @@ def test_own_part_leaves_other_controllers_conditions_out() -> None:
         "url": "u",
         "conditions": [{"type": "Ready", "status": "True"}],
     }
+
+
+def test_a_policy_refusal_wins_over_everything_else_and_says_what_to_do() -> None:
+    isvc = spec.parse(isvc_obj())
+    refusal = "spec.runtime.env[0].valueFrom.secretKeyRef.name: Secret ns/t is not allowed"
+    st, transitions = status.compute(
+        isvc,
+        render.render(isvc, CTX),
+        children(),
+        CTX,
+        previous={},
+        errors=["Deployment m-a: invalid"],
+        refused=[refusal],
+        now=T0,
+    )
+    assert conditions(st)["Ready"] == ("False", "PolicyRefused")
+    message = st["conditions"][0]["message"]
+    assert message.startswith(refusal) and "ask the cluster admin" in message
+    assert ("Ready", "False", "PolicyRefused") in [
+        (t.type, t.status, t.reason) for t in transitions
+    ]
