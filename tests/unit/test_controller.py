@@ -381,3 +381,49 @@ def test_requeues_with_the_same_inputs_do_not_render_again(
     writes = h.reconcile()
     assert renders == 1
     assert ("apply", "Deployment", "m-main") in writes
+
+
+def test_a_deployment_someone_else_owns_gets_no_autoscaler_service_or_config(h: Harness) -> None:
+    theirs = h.api.put(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "m-main", "namespace": NS},
+            "spec": {"replicas": 5},
+        }
+    )
+    h.create(isvc())
+    writes = h.reconcile()
+    assert [w for w in writes if w[0] == "apply"] == [], writes
+    assert h.api.stored("apps/v1", "Deployment", NS, "m-main") == theirs
+    assert h.condition("Ready") == ("False", "ApplyFailed")
+    message = next(c for c in h.status()["conditions"] if c["type"] == "Ready")["message"]
+    assert "Deployment m-main already exists and is not this InferenceService's" in message
+
+
+def test_a_server_error_is_reported_in_the_status_and_retried(h: Harness) -> None:
+    h.create(isvc())
+    original = h.api.apply
+
+    def failing(obj: Mapping[str, Any]) -> dict[str, Any]:
+        if obj["kind"] == "Deployment":
+            raise ApiError(500, "InternalError", 'failed calling webhook "x": connection refused')
+        return original(obj)
+
+    h.api.apply = failing  # type: ignore[method-assign]
+    with pytest.raises(ApiError):
+        h.reconcile()
+    assert h.condition("Ready") == ("False", "ApplyFailed")
+    message = next(c for c in h.status()["conditions"] if c["type"] == "Ready")["message"]
+    assert message == 'Deployment m-main: failed calling webhook "x": connection refused'
+    assert ("Warning", "ApplyFailed") in h.events()
+
+
+def test_a_spec_the_tenancy_policy_refuses_creates_nothing(h: Harness) -> None:
+    obj = isvc()
+    obj["spec"]["variants"][0]["model"]["uri"] = "pvc://finance/books.mar"
+    h.create(obj)
+    writes = h.reconcile()
+    assert [w for w in writes if w[0] == "apply"] == [], writes
+    assert h.condition("Ready") == ("False", "PolicyRefused")
+    assert ("Warning", "PolicyRefused") in h.events()
