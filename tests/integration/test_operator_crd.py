@@ -161,7 +161,7 @@ INVALID = {
     ),
     "an env value over 4096 characters": (
         manifest(ONE + "  runtime: {env: [{name: A, value: '" + "x" * 4097 + "'}]}\n"),
-        ["spec.runtime.env[0].value", "may not be longer than 4096"],
+        ["spec.runtime.env[0].value", "may not be more than 4096 bytes"],
     ),
     "env adding up to over 16384 characters": (
         manifest(
