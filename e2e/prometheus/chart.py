@@ -53,9 +53,12 @@ def template(
     set_values: Mapping[str, str] | None = None,
     release: str = "marfleet",
     namespace: str = "marfleet-system",
+    api_versions: Iterable[str] = (),
 ) -> list[dict[str, Any]]:
-    """`helm template` the chart and return its objects, parsed."""
+    """`helm template` the chart and return its objects, parsed; `api_versions` are the
+    group/version/Kind the cluster would serve (the chart renders some objects only then)."""
     args = ["template", release, str(CHART_DIR), "--namespace", namespace]
+    args += [f"--api-versions={api}" for api in api_versions]
     for path in values_files:
         args += ["-f", str(path)]
     for key, value in (set_values or {}).items():

@@ -235,3 +235,45 @@ def test_no_rule_grants_wildcards_secrets_or_pods() -> None:
     for rule in rules:
         assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], rule
         assert not {"secrets", "pods", "pods/exec"} & set(rule["resources"]), rule
+
+
+VAP = "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy"
+KEDA = "keda.sh/v1alpha1/ScaledObject"
+
+
+def workload_resources(objects: list[dict[str, Any]]) -> set[str]:
+    return {
+        resource
+        for role in chart.objects_of_kind(objects, "ClusterRole")
+        for rule in role["rules"]
+        for resource in rule["resources"]
+    }
+
+
+def test_addon_rights_follow_the_apis_the_cluster_serves() -> None:
+    assert not {"scaledobjects", "servicemonitors"} & workload_resources(chart.template())
+    with_keda = workload_resources(chart.template(api_versions=[KEDA]))
+    assert "scaledobjects" in with_keda and "servicemonitors" not in with_keda
+    always = workload_resources(chart.template(set_values={"rbac.addonRules": "always"}))
+    assert {"scaledobjects", "servicemonitors"} <= always
+
+
+def test_the_guard_fences_in_the_operators_own_token_where_the_api_exists() -> None:
+    assert not chart.objects_of_kind(chart.template(), "ValidatingAdmissionPolicy")
+    objects = chart.template(api_versions=[VAP], namespace="ml-serving")
+    (policy,) = chart.objects_of_kind(objects, "ValidatingAdmissionPolicy")
+    (binding,) = chart.objects_of_kind(objects, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"] == {
+        "policyName": policy["metadata"]["name"],
+        "validationActions": ["Deny"],
+    }
+    (condition,) = policy["spec"]["matchConditions"]
+    assert condition["expression"] == (
+        'request.userInfo.username == "system:serviceaccount:ml-serving:marfleet"'
+    )
+    namespaces = policy["spec"]["validations"][0]["expression"]
+    assert namespaces == (
+        '!(request.namespace in ["kube-system","kube-public","kube-node-lease","ml-serving"])'
+    )
+    off = chart.template(api_versions=[VAP], set_values={"rbac.guard.enabled": "false"})
+    assert not chart.objects_of_kind(off, "ValidatingAdmissionPolicy")
