@@ -19,8 +19,8 @@ so a restarted operator carries on where the last one stopped.
 Numbers are read only from routers this InferenceService owns (its `<name>-router` Service,
 as the store has it, carries its controller reference): a name taken by someone else's Service
 would otherwise let that someone's pods judge, or stall, the rollout. Every InferenceService
-is advanced concurrently (at most `MAX_CONCURRENT` at a time), each reading bounded by its
-source's deadline, so one slow router holds back only its own rollout.
+is advanced in a task of its own (at most `MAX_CONCURRENT` at a time), each reading bounded by
+its source's deadline, so one slow router holds back only its own rollout.
 """
 
 from __future__ import annotations
@@ -74,12 +74,22 @@ class RolloutLoop:
         self._slots = asyncio.Semaphore(MAX_CONCURRENT)
 
     async def run(self) -> None:
-        while True:
-            await self.tick()
-            await asyncio.sleep(self._interval)
-
-    async def tick(self) -> None:
-        await asyncio.gather(*(self._advance(k, o) for k, o in list(self._store.isvcs.items())))
+        """Every `interval`, start advancing each InferenceService whose previous step is done:
+        one that is still reading (a slow router, up to its source's deadline) keeps its own
+        pace and holds back no other."""
+        running: dict[Key, asyncio.Task[None]] = {}
+        try:
+            while True:
+                for key in [k for k, task in running.items() if task.done()]:
+                    del running[key]
+                for key, obj in list(self._store.isvcs.items()):
+                    if key not in running:
+                        running[key] = asyncio.create_task(self._advance(key, obj))
+                await asyncio.sleep(self._interval)
+        finally:
+            for task in running.values():
+                task.cancel()
+            await asyncio.gather(*running.values(), return_exceptions=True)
 
     async def _advance(self, key: Key, obj: Mapping[str, Any]) -> None:
         async with self._slots:
