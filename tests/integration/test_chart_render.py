@@ -277,3 +277,15 @@ def test_the_guard_fences_in_the_operators_own_token_where_the_api_exists() -> N
     )
     off = chart.template(api_versions=[VAP], set_values={"rbac.guard.enabled": "false"})
     assert not chart.objects_of_kind(off, "ValidatingAdmissionPolicy")
+
+
+def test_the_guard_allows_the_model_caches_host_path_and_no_other() -> None:
+    def volumes_rule(values: dict[str, str]) -> str:
+        objects = chart.template(api_versions=[VAP], set_values=values)
+        (policy,) = chart.objects_of_kind(objects, "ValidatingAdmissionPolicy")
+        return str(policy["spec"]["validations"][-1]["expression"])
+
+    assert "hostPath" not in volumes_rule({})
+    assert 'v.hostPath.path.startsWith("/var/cache/marfleet/")' in volumes_rule(
+        {"modelCache.hostPath": "/var/cache/marfleet/"}
+    )

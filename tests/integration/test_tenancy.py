@@ -555,7 +555,7 @@ def test_the_operator_token_cannot_bind_a_role_to_another_subject(tenancy: Tenan
                 "volumes": [{"name": "root", "hostPath": {"path": "/"}}],
             },
             True,
-            "no host namespaces, host paths or privileged containers",
+            "no host namespaces, host paths (but the model cache's)",
         ),
     ],
     ids=["kube-system", "release namespace", "not owned", "foreign account", "host path"],

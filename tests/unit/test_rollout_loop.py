@@ -68,7 +68,9 @@ def ready_canary(target: str) -> dict[str, Any]:
 
 def advance(loop: RolloutLoop, store: Store) -> dict[str, Any]:
     asyncio.run(loop.advance((NS, NAME), copy.deepcopy(store.isvcs[(NS, NAME)])))
-    return rollout.state_of(store.isvcs[(NS, NAME)]).__dict__  # type: ignore[union-attr]
+    state = rollout.state_of(store.isvcs[(NS, NAME)])
+    assert state is not None
+    return dict(state.__dict__)
 
 
 def test_a_router_service_someone_else_holds_is_never_read() -> None:
