@@ -25,6 +25,7 @@ CHILD_KINDS: tuple[tuple[str, str], ...] = (
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
 )
 MANAGED = f"{labels.MANAGED_BY}={labels.OPERATOR}"
+ADDON_API_VERSIONS = ("keda.sh/v1alpha1", "monitoring.coreos.com/v1")
 
 
 def watched(controller: Controller) -> list[tuple[Resource, Handler]]:
@@ -35,7 +36,9 @@ def watched(controller: Controller) -> list[tuple[Resource, Handler]]:
     ]
     for api_version, kind in CHILD_KINDS:
         plural = PLURALS[(api_version, kind)]
-        resources.append((Resource(api_version, kind, plural, MANAGED), controller.on_child))
+        addon = api_version in ADDON_API_VERSIONS
+        resource = Resource(api_version, kind, plural, MANAGED, addon=addon)
+        resources.append((resource, controller.on_child))
     return resources
 
 

@@ -50,6 +50,9 @@ class Resource:
     label_selector: str = ""
     field_selector: str = ""
     cluster_scoped: bool = False
+    addon: bool = False
+    """An add-on's kind (KEDA, Prometheus Operator): the chart grants rights on it only where
+    its API exists, so a 403 means the same as a 404: not here (yet)."""
 
     def path(self, namespace: str) -> str:
         group = "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"
@@ -146,10 +149,14 @@ class Watch:
                 backoff = FIRST_BACKOFF
                 continue  # 410 Gone: list again at once
             except ApiError as error:
-                if error.status == 404:
-                    # not served (yet): an add-on's CRD that is not installed
+                if error.status == 404 or (error.status == 403 and self.resource.addon):
+                    # not served (yet): an add-on's CRD that is not installed, or (403) not
+                    # granted because it was not installed when the chart was
                     if not absent:
-                        log.info("resource not served; asking again", extra={"resource": self.name})
+                        log.info(
+                            "resource not served or not granted; asking again",
+                            extra={"resource": self.name, "status": error.status},
+                        )
                     absent = True
                     self.synced.set()  # nothing to wait for
                 else:

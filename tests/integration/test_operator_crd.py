@@ -13,6 +13,7 @@ import yaml
 from marfleet.operator.spec import GROUP, KIND, VERSION
 
 from e2e.localcluster import LocalCluster
+from e2e.support import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +23,21 @@ CRD_NAME = "inferenceservices.serving.marfleet.io"
 
 def install_crd(cluster: LocalCluster) -> None:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    cluster.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s")
+    # `kubectl wait` gives up at once while the CRD has no conditions yet (a loaded apiserver)
+    wait_for(
+        lambda: (
+            cluster.kubectl(
+                "wait",
+                "--for=condition=Established",
+                f"crd/{CRD_NAME}",
+                "--timeout=10s",
+                check=False,
+            ).returncode
+            == 0
+        ),
+        60,
+        f"{CRD_NAME} Established",
+    )
     wait_garbage_collector_knows_crd(cluster)
 
 
