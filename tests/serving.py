@@ -133,14 +133,18 @@ def serve(
     env: Mapping[str, str] | None = None,
     ready_timeout: float = 90,
     tls: tuple[Path, Path] | None = None,
+    inference_port: int | None = None,
 ) -> Iterator[Server]:
     """Start `marfleet serve --foreground`, wait until /ping is healthy, always end it.
 
     Like the operator's pods, the inference API needs no token unless `properties` says
     `disable_inference_token_authorization=false`; the management API needs its key.
+    `inference_port`: a port chosen beforehand, for a caller that must name the URL early.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     ports = {name: free_port() for name in ("inference", "management", "metrics", "grpc")}
+    if inference_port is not None:
+        ports["inference"] = inference_port
     settings = {
         f"{name}_address": f"http://127.0.0.1:{ports[name]}"
         for name in ("inference", "management", "metrics")

@@ -28,6 +28,7 @@ import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -406,13 +407,17 @@ BAD, FIXED = "6.0-bad", "7.0"
 @dataclass
 class Versions:
     """One `marfleet serve` holding both canary versions; `answer_with` picks the one that
-    answers (set-default), as the canary Service's pods would when a revision takes over."""
+    answers (set-default), as the canary Service's pods would when a revision takes over. It
+    starts in the background (its workers take a while), on a port known at once, so a test
+    can set up its cluster side meanwhile; `answer_with` waits for it."""
 
-    server: Server
+    inference: str
+    starting: Future[Server]
 
     def answer_with(self, version: str) -> None:
+        server = self.starting.result(timeout=180)
         reply = httpx.put(
-            f"{self.server.management}/models/m/{version}/set-default", headers=self.server.auth
+            f"{server.management}/models/m/{version}/set-default", headers=server.auth
         )
         assert reply.status_code == 200, reply.text
 
@@ -426,10 +431,18 @@ def versions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Versions]:
         (root / version).mkdir()
         built = archive(root / version, "m", HANDLER, version=version)
         shutil.move(built, store / f"m-{version}.mar")
+    port = free_port()
     properties = {"default_workers_per_model": "1", "enable_model_api": "true"}
-    with serve(store, root / "run", models=["all"], properties=properties) as server:
-        yield Versions(server)
-        server.kill()  # no graceful drain needed: nothing is in flight any more
+    running_server = serve(
+        store, root / "run", models=["all"], properties=properties, inference_port=port
+    )
+    with ThreadPoolExecutor(1) as pool:
+        starting = pool.submit(running_server.__enter__)
+        try:
+            yield Versions(f"http://127.0.0.1:{port}", starting)
+        finally:
+            starting.result(timeout=180).kill()  # nothing is in flight any more: no drain
+            running_server.__exit__(None, None, None)
 
 
 def fast_rollout(**analysis: Any) -> dict[str, Any]:
@@ -455,7 +468,7 @@ def with_versions(
         cluster,
         api,
         workdir,
-        canary_url=versions.server.inference,
+        canary_url=versions.inference,
         variants=variants,
         rollout=fast_rollout(),
         **spec,
@@ -473,7 +486,6 @@ def test_each_version_is_judged_on_its_own_answers_whichever_pods_still_answer(
     it is not promoted on 7.0's answers, and is rolled back on its own. Then the fix, 7.0
     again, is shipped while 6.0-bad still answers: it is not aborted on 6.0-bad's errors, and
     is promoted once its own answers come."""
-    versions.answer_with(FIXED)  # the version that serves while the new one starts
     unschedulable = {"requests": {"cpu": "100000"}}
     with with_versions(cluster, api, tmp_path, versions, BAD, resources=unschedulable) as rollout:
         rollout.load.start()
@@ -483,6 +495,8 @@ def test_each_version_is_judged_on_its_own_answers_whichever_pods_still_answer(
         assert rollout.condition("RolloutProgressing")["reason"] == "WaitingForCanary"
         assert "stepStartedAt" not in rollout.status()["rollout"]
         assert rollout.weights()["canary"] == 0
+        assert rollout.load.versions_since(0) == Counter()  # the canary got nothing
+        versions.answer_with(FIXED)  # the version that serves while the new one starts
         # Its pods are scheduled, but the old version still answers: no promotion on that.
         rollout.patch({"op": "remove", "path": "/spec/resources"})
         started = time.monotonic()
