@@ -375,7 +375,7 @@ def run_one(
         follower.expect(ready_now)
         started = time.monotonic()
         cluster.kubectl(
-            "apply", "--server-side", "-f", "-", input=yaml.safe_dump_all(objects), timeout=600
+            "apply", "--server-side", "-f", "-", input=yaml.safe_dump_all(objects), timeout=TIMEOUT
         )
         result["apply_seconds"] = round(time.monotonic() - started, 2)
         ready = follower.wait(names, TIMEOUT)
@@ -413,7 +413,7 @@ def run_one(
             o for o in manifests(count, namespace, (50, 50)) if len(o["spec"]["variants"]) == 2
         ]
         cluster.kubectl(
-            "apply", "--server-side", "-f", "-", input=yaml.safe_dump_all(changed), timeout=600
+            "apply", "--server-side", "-f", "-", input=yaml.safe_dump_all(changed), timeout=TIMEOUT
         )
         in_force = follower.wait(two_variant, TIMEOUT)
         settle(operator)
