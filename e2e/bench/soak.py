@@ -140,7 +140,8 @@ class Valid:
 
 
 class Abuse:
-    def __init__(self, server: RunningServer) -> None:
+    def __init__(self, server: RunningServer, *, good_model_cycle: bool = True) -> None:
+        self.good_model_cycle = good_model_cycle
         self.port = server.ports["inference"]
         self.management = server.url("management")
         self.counts: Counter[str] = Counter()
@@ -224,6 +225,9 @@ class Abuse:
                 self.count("cannotload_500" if cannot.status_code == 500 else "cannotload_other")
                 broken = client.post("/models", params={"url": "broken.mar"})
                 self.count("broken_400" if broken.status_code == 400 else "broken_other")
+                if not self.good_model_cycle:
+                    stop.wait(1)
+                    continue
                 name = f"soak{cycle}"
                 added = client.post("/models", params={"url": "echo.mar", "model_name": name})
                 removed = client.delete(f"/models/{name}")
@@ -247,7 +251,16 @@ def tmp_entries(tmp: Path) -> int:
     return sum(1 for _ in tmp.rglob("*"))
 
 
-def run(duration: float, quiet: float, workdir: Path, settle: float = 6.0) -> Result:
+def run(
+    duration: float,
+    quiet: float,
+    workdir: Path,
+    *,
+    settle: float = 6.0,
+    good_model_cycle: bool = True,
+) -> Result:
+    """Soak one server for `duration` s after `quiet` s of valid traffic alone; with
+    `good_model_cycle` the archive loop also registers and removes a model that loads."""
     result = Result(duration_s=duration)
     store = build_store(workdir)
     tmp = workdir / "tmp"
@@ -274,7 +287,7 @@ def run(duration: float, quiet: float, workdir: Path, settle: float = 6.0) -> Re
         result.rss_start_mib, result.fds_start = measure(server)
         result.tmp_entries_start = tmp_entries(tmp)
 
-        abuse = Abuse(server)
+        abuse = Abuse(server, good_model_cycle=good_model_cycle)
         stop_abuse = threading.Event()
         kinds: list[Callable[[threading.Event], None]] = [
             abuse.slowloris,

@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 from marfleet.runtime.archive.errors import ArchiveError, ManifestError
-from marfleet.runtime.archive.manifest import Manifest, read_manifest, validate_model_name
+from marfleet.runtime.archive.manifest import (
+    Manifest,
+    read_manifest,
+    validate_model_name,
+    validate_model_version,
+)
 from marfleet.runtime.archive.model_config import read_model_config
 
 
@@ -151,3 +156,19 @@ def test_model_config_errors_never_show_the_file(tmp_path: Path) -> None:
         read_model_config(tmp_path, "link.yaml")
     with pytest.raises(ManifestError, match="points outside the archive"):
         read_model_config(tmp_path, f"../{outside.name}")
+
+
+@pytest.mark.parametrize("version", ["1.0", "2", "v1.2-rc_1"])
+def test_valid_model_versions(version: str) -> None:
+    validate_model_version(version)
+
+
+@pytest.mark.parametrize("version", ["", "all", "1.0\n", "a/b", "1 0", "x" * 256])
+def test_versions_that_could_not_be_addressed_are_refused(version: str) -> None:
+    with pytest.raises(ArchiveError, match="invalid model version"):
+        validate_model_version(version)
+
+
+def test_a_name_with_a_trailing_newline_is_refused() -> None:
+    with pytest.raises(ArchiveError, match="invalid model name"):
+        validate_model_name("resnet\n")
