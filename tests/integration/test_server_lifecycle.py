@@ -173,7 +173,7 @@ def test_an_asynchronous_registration_that_cannot_load_is_removed(server: Server
     # the same name again (after the failure above): accepted, not a 409
     accepted = register(server, "url=loadfail.mar&synchronous=false")
     assert accepted.status_code == 202, accepted.text
-    wait_until(lambda: model_status(server, "loadfail") == 404, 30, "it stayed registered")
+    wait_until(lambda: model_status(server, "loadfail") == 404, 90, "it stayed registered")
     wait_until(lambda: unpacked(server) == before, 10, "its files stayed")
     assert httpx.get(f"{server.inference}/ping").status_code == 200
 
