@@ -496,7 +496,6 @@ def test_register_scale_set_default_unregister(server: Server) -> None:
         "type": "InvalidModelVersionException",
         "message": "Cannot remove default version for model echo",
     }
-    assert refused.status_code == 400 and "default version" in refused.json()["message"]
     removed = httpx.delete(f"{mgmt}/models/echo/1.0", headers=auth, timeout=60)
     assert removed.json() == {"status": 'Model "echo" unregistered'}
     gone = httpx.post(f"{server.inference}/predictions/echo/1.0", json={})
@@ -523,7 +522,6 @@ def test_async_register_returns_202_then_serves_and_unregister_drains(server: Se
         removed = httpx.delete(
             f"{server.management}/models/victim", headers=server.auth, timeout=60
         )  # stopping the worker takes a while on a loaded machine
-        )
         assert removed.status_code == 200
         assert in_flight.result().status_code == 200
     gone = httpx.post(f"{server.inference}/predictions/victim", json={})
