@@ -27,7 +27,7 @@ from . import fetching, labels, traffic
 from .compare import stamp
 from .spec import API_VERSION, KIND, Autoscaling, InferenceService, Variant, merge_env
 
-PORTS = {"inference": 8080, "management": 8081, "metrics": 8082}
+PORTS = {"inference": 8080, "management": 8081, "metrics": 8082, "grpc": 7070}
 MODEL_STORE = fetching.MODEL_STORE
 CONFIG_DIR = "/etc/marfleet"
 DRAIN_SECONDS = 5
@@ -365,6 +365,7 @@ def stable_service(isvc: InferenceService, plan: traffic.TrafficPlan) -> dict[st
     ports = [
         {"name": "http", "port": 80, "targetPort": "inference", "protocol": "TCP"},
         _service_port("inference", "inference"),
+        _service_port("grpc", "grpc"),
     ]
     extra: dict[str, str] = {}
     if plan.uses_router:
@@ -499,7 +500,15 @@ def router_deployment(isvc: InferenceService, ctx: RenderContext) -> dict[str, A
         pod_security=POD_SECURITY,
         container_security=CONTAINER_SECURITY,
         image=ctx.router_image or ctx.default_image,
-        router_args=[traffic.ROUTER_SUBCOMMAND, "--isvc", isvc.name],
+        router_args=[
+            traffic.ROUTER_SUBCOMMAND,
+            "--isvc",
+            isvc.name,
+            "--grpc-port",
+            str(PORTS["grpc"]),
+            "--grpc-backend-port",
+            str(PORTS["grpc"]),
+        ],
         env=[
             {
                 "name": "MARFLEET_NAMESPACE",

@@ -89,6 +89,7 @@ class Demo:
         self.marfleet = Path(sys.executable).with_name("marfleet")
         self.namespace = ""
         self.servers: dict[str, tuple[Entry, str]] = {}  # variant -> (process, inference URL)
+        self.grpc_targets: dict[str, str] = {}  # variant -> host:port of its gRPC port
         self.targets: list[Target] = []
         self.router_url = ""
         self.router_metrics = ""
@@ -303,16 +304,21 @@ class Demo:
             pod = self._local_pod(kube.running_pods(self.cluster, self.namespace, selector)[0])
             standins.run_init_containers(pod, self.logs)
             ports = {name: free_port() for name in ("inference", "management", "metrics")}
+            grpc_port = free_port()
             entry = standins.start(
                 self.book,
                 pod,
                 "server",
                 self.logs,
                 env={
-                    f"TS_{name.upper()}_ADDRESS": f"http://127.0.0.1:{port}"
-                    for name, port in ports.items()
+                    **{
+                        f"TS_{name.upper()}_ADDRESS": f"http://127.0.0.1:{port}"
+                        for name, port in ports.items()
+                    },
+                    "TS_GRPC_INFERENCE_PORT": str(grpc_port),
                 },
             )
+            self.grpc_targets[variant] = f"127.0.0.1:{grpc_port}"
             url = f"http://127.0.0.1:{ports['inference']}"
             self.servers[variant] = (entry, url)
             self.out.line(
@@ -349,6 +355,8 @@ class Demo:
             extra_args=[
                 *("--kubeconfig", str(credentials), "--host", "127.0.0.1"),
                 *("--port", str(port), "--metrics-port", str(metrics_port)),
+                *("--grpc-port", str(free_port())),
+                *(f"--grpc-backend={name}={target}" for name, target in self.grpc_targets.items()),
             ],
             env={"MARFLEET_ROUTER_BACKENDS": json.dumps(backends)},
         )

@@ -272,6 +272,7 @@ def test_server_container() -> None:
         {"name": "inference", "containerPort": 8080, "protocol": "TCP"},
         {"name": "management", "containerPort": 8081, "protocol": "TCP"},
         {"name": "metrics", "containerPort": 8082, "protocol": "TCP"},
+        {"name": "grpc", "containerPort": 7070, "protocol": "TCP"},
     ]
     assert server["readinessProbe"]["httpGet"] == {"path": "/ping", "port": "inference"}
     assert server["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "inference"}
@@ -343,6 +344,7 @@ def test_config_properties_carry_the_runtime_settings() -> None:
         "inference_address": "http://0.0.0.0:8080",
         "management_address": "http://0.0.0.0:8081",
         "metrics_address": "http://0.0.0.0:8082",
+        "grpc_inference_port": "7070",
         "number_of_gpu": "1",
         "workers_per_device": "1",
         "batch_size": "32",
@@ -449,6 +451,7 @@ def test_variant_service() -> None:
         {"name": "inference", "port": 8080, "targetPort": "inference", "protocol": "TCP"},
         {"name": "management", "port": 8081, "targetPort": "management", "protocol": "TCP"},
         {"name": "metrics", "port": 8082, "targetPort": "metrics", "protocol": "TCP"},
+        {"name": "grpc", "port": 7070, "targetPort": "grpc", "protocol": "TCP"},
     ]
     assert svc["metadata"]["labels"][labels.SCRAPE] == "true"
 
@@ -458,8 +461,11 @@ def test_router_when_available() -> None:
     objects = rendered(design_example(), ctx)
     svc = objects[("Service", "resnet50")]
     assert svc["spec"]["selector"] == {labels.ISVC: "resnet50", labels.COMPONENT: "router"}
-    assert [p["name"] for p in svc["spec"]["ports"]] == ["http", "inference", "metrics"]
+    assert [p["name"] for p in svc["spec"]["ports"]] == ["http", "inference", "grpc", "metrics"]
     router = objects[("Deployment", "resnet50-router")]
+    (container,) = router["spec"]["template"]["spec"]["containers"]
+    assert {"name": "grpc", "containerPort": 7070, "protocol": "TCP"} in container["ports"]
+    assert container["args"][-4:] == ["--grpc-port", "7070", "--grpc-backend-port", "7070"]
     assert router["spec"]["replicas"] == 2
     assert router["spec"]["template"]["spec"]["serviceAccountName"] == "resnet50-router"
     assert ("ServiceAccount", "resnet50-router") in objects
@@ -490,7 +496,7 @@ def test_router_when_available() -> None:
     assert (box["image"], box["command"], box["args"]) == (
         "router-img",
         ["marfleet"],
-        ["router", "--isvc", "resnet50"],
+        ["router", "--isvc", "resnet50", "--grpc-port", "7070", "--grpc-backend-port", "7070"],
     )
     env = {e["name"]: e for e in box["env"]}
     assert env["MARFLEET_NAMESPACE"]["valueFrom"] == {
