@@ -14,8 +14,9 @@ data plane (`dataplane.py`), which owns tokens, lookup, validation, queueing and
   the wire, so one implementation answers both names. Tensors given as `raw_input_contents`
   are answered in `raw_output_contents`, typed contents with typed contents.
 
-Errors are the data plane's `ApiError`s, mapped by `grpc_codes.status_code` to gRPC codes (400
-INVALID_ARGUMENT, 404 NOT_FOUND, 503 UNAVAILABLE, ...), with the message as details. Metadata
+Errors are the data plane's `ApiError`s, mapped by `error_code` to gRPC codes (400
+INVALID_ARGUMENT, 404 NOT_FOUND, 503 UNAVAILABLE, ...; on TorchServe's service the codes
+TorchServe 0.12 answers), with the message as details. Metadata
 keys are the headers (`authorization: Bearer <key>` included). Generated message classes live
 in `protos/` (`make protos` regenerates them from the .proto files there).
 """
@@ -31,6 +32,7 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 from google.protobuf import empty_pb2
+from google.rpc import status_pb2
 from marfleet.runtime.server import kserve_v2
 from marfleet.runtime.server.dataplane import Call, DataPlane
 from marfleet.runtime.server.errors import ApiError
@@ -74,6 +76,17 @@ def metadata_headers(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, s
     }
 
 
+def error_code(error: ApiError, *, torchserve: bool) -> grpc.StatusCode:
+    """The gRPC code for a refused call. A bad or missing token is PERMISSION_DENIED on every
+    service, and on TorchServe's own service an unknown model is INTERNAL: what TorchServe 0.12
+    answers (checked by tests/integration/test_grpc_differential.py)."""
+    if error.type == "InvalidKeyException":
+        return grpc.StatusCode.PERMISSION_DENIED
+    if torchserve and error.status == 404:
+        return grpc.StatusCode.INTERNAL
+    return status_code(error.status)
+
+
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], status: int, message: str) -> None:
     await context.abort(status_code(status), message)
 
@@ -91,12 +104,14 @@ def _error_message(result: ItemResult) -> str:
 
 def _api_errors(
     method: Callable[[Request, grpc.aio.ServicerContext[Any, Any]], Awaitable[Reply]],
+    *,
+    torchserve: bool,
 ) -> Callable[[Request, grpc.aio.ServicerContext[Any, Any]], Awaitable[Reply]]:
     async def call(request: Request, context: grpc.aio.ServicerContext[Any, Any]) -> Reply:
         try:
             return await method(request, context)
         except ApiError as error:
-            await _abort(context, error.status, error.message)
+            await context.abort(error_code(error, torchserve=torchserve), error.message)
             raise AssertionError("abort returned") from None  # abort always raises
 
     return call
@@ -126,12 +141,12 @@ class TorchServeInference:
             TS_INFERENCE,
             {
                 "Ping": grpc.unary_unary_rpc_method_handler(
-                    self.ping,
+                    _api_errors(self.ping, torchserve=True),
                     request_deserializer=empty_pb2.Empty.FromString,
                     response_serializer=ts.TorchServeHealthResponse.SerializeToString,
                 ),
                 "Predictions": grpc.unary_unary_rpc_method_handler(
-                    _api_errors(self.predictions),
+                    _api_errors(self.predictions, torchserve=True),
                     request_deserializer=ts.PredictionsRequest.FromString,
                     response_serializer=ts.PredictionResponse.SerializeToString,
                 ),
@@ -151,6 +166,7 @@ class TorchServeInference:
     async def ping(
         self, request: empty_pb2.Empty, context: grpc.aio.ServicerContext[Any, Any]
     ) -> ts.TorchServeHealthResponse:
+        self._plane.authorize("inference", metadata_headers(context).get("authorization"))
         health = "Healthy" if self._plane.healthy() else "Unhealthy"
         if health == "Unhealthy":
             context.set_code(grpc.StatusCode.INTERNAL)
@@ -194,7 +210,7 @@ class TorchServeInference:
                     await _abort(context, part.status, _error_message(part))
                 yield ts.PredictionResponse(prediction=part.body)
         except ApiError as error:
-            await _abort(context, error.status, error.message)
+            await context.abort(error_code(error, torchserve=True), error.message)
 
     async def stream_predictions2(
         self,
@@ -206,12 +222,12 @@ class TorchServeInference:
             try:
                 async for part in self._parts(self._call(request, context)):
                     if part.status >= 400:
-                        status = _status_message(part.status, _error_message(part))
+                        status = _status_message(status_code(part.status), _error_message(part))
                         yield ts.PredictionResponse(sequence_id=sequence, status=status)
                     else:
                         yield ts.PredictionResponse(prediction=part.body, sequence_id=sequence)
             except ApiError as error:
-                status = _status_message(error.status, error.message)
+                status = _status_message(error_code(error, torchserve=True), error.message)
                 yield ts.PredictionResponse(sequence_id=sequence, status=status)
 
     async def _parts(self, call: Call) -> AsyncIterator[ItemResult]:
@@ -229,10 +245,8 @@ class TorchServeInference:
             result.rest.close()
 
 
-def _status_message(http_status: int, message: str) -> Any:
-    from google.rpc import status_pb2
-
-    return status_pb2.Status(code=status_code(http_status).value[0], message=message)
+def _status_message(code: grpc.StatusCode, message: str) -> Any:
+    return status_pb2.Status(code=code.value[0], message=message)
 
 
 class OpenInference:
@@ -260,7 +274,7 @@ class OpenInference:
         }
         table = {
             name: grpc.unary_unary_rpc_method_handler(
-                _api_errors(method),
+                _api_errors(method, torchserve=False),
                 request_deserializer=request.FromString,
                 response_serializer=reply.SerializeToString,
             )

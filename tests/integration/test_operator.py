@@ -343,7 +343,15 @@ def test_design_example_becomes_a_placed_ready_fleet(
     router = deployment(api, namespace, "resnet50-router")
     assert router is not None
     args = router["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert args == ["router", "--isvc", "resnet50"]
+    assert args == [
+        "router",
+        "--isvc",
+        "resnet50",
+        "--grpc-port",
+        "7070",
+        "--grpc-backend-port",
+        "7070",
+    ]
     account = f"system:serviceaccount:{namespace}:resnet50-router"
     for target, allowed in (("resnet50", "yes"), ("another", "no")):
         answer = cluster.kubectl(

@@ -15,7 +15,7 @@ class MLPHandler(BaseHandler):
     def preprocess(self, data: list[dict[str, Any]]) -> torch.Tensor:
         rows = []
         for row in data:
-            body = row.get("body")
+            body = row.get("body", row.get("data"))
             if isinstance(body, (bytes, bytearray)):  # gRPC inputs reach handlers as bytes
                 body = json.loads(body)
             if isinstance(body, dict) and "inputs" in body:

@@ -25,7 +25,7 @@ def _sender(via: str) -> Any:
 def handle(data: list[dict[str, Any]] | None, context: Any) -> list[str] | None:
     if data is None:
         return None
-    body = data[0].get("body") or {}
+    body = data[0].get("body", data[0].get("data")) or {}
     if isinstance(body, (bytes, bytearray)):  # gRPC inputs reach handlers as bytes
         body = json.loads(body)
     parts, delay = int(body.get("parts", 5)), float(body.get("delay", 0.3))
