@@ -106,8 +106,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     with zipfile.ZipFile(store / "badutf8.mar", "w") as bad:  # a manifest that is not UTF-8
         bad.writestr("MAR-INF/MANIFEST.json", b'{"model": {"handler": "\xff\xfe"}}')
     models = ["broken.mar", "loadfail.mar", "badutf8.mar", "victim.mar", "slow.mar"]
+    env = {"TMPDIR": str(tmp)}
+    # three workers start at once: on a loaded 2-core machine that can take minutes
     with serve(
-        store, root / "run", models=models, properties=properties, env={"TMPDIR": str(tmp)}
+        store, root / "run", models=models, properties=properties, env=env, ready_timeout=240
     ) as srv:
         yield srv
 
