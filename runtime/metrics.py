@@ -15,6 +15,7 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
 
+from marfleet.runtime.host_metrics import HostSampler
 from marfleet.runtime.workers.pool import Job
 from marfleet.runtime.workers.process import MetricRecord
 
@@ -163,18 +164,34 @@ def _escape(value: str) -> str:
 
 
 MODEL_LABELS = ("model", "version", "variant")
-TS_LABELS = ("model_name", "model_version", "Hostname")
+TS_LABELS = ("model_name", "model_version", "hostname")  # TorchServe 0.12's, lower-case here
+HOST_LABELS = ("Level", "Hostname")
+# TorchServe's default metrics (its metrics.yaml), as its Prometheus mode exports them
+TS_HOST_GAUGES = {
+    "QueueTime": "Milliseconds",
+    "WorkerThreadTime": "Milliseconds",
+    "CPUUtilization": "Percent",
+    "MemoryUsed": "Megabytes",
+    "MemoryAvailable": "Megabytes",
+    "MemoryUtilization": "Percent",
+    "DiskUsage": "Gigabytes",
+    "DiskAvailable": "Gigabytes",
+    "DiskUtilization": "Percent",
+}
+TS_MODEL_GAUGES = ("HandlerTime", "PredictionTime")  # from the worker, in ms
 
 
 class RuntimeMetrics:
     """Every series `marfleet serve` exports; per-model views come from `for_model`."""
 
-    def __init__(self, *, variant: str, hostname: str) -> None:
+    def __init__(self, *, variant: str, hostname: str, host: HostSampler | None = None) -> None:
         self.variant = variant
         self.hostname = hostname
         self.registry = registry = Registry()
         self._queue_depths: dict[tuple[str, str], tuple[Value, Callable[[], int]]] = {}
+        self._host = host
         registry.on_render(self._refresh_queue_depths)
+        registry.on_render(self._refresh_host)
 
         def family(
             name: str,
@@ -200,12 +217,33 @@ class RuntimeMetrics:
             "counter",
             TS_LABELS,
         )
-        status_labels = ("Level", "Hostname")
         self.by_class = {
             cls: family(
-                f"Requests{cls}XX", f"Responses with a {cls}xx status.", "counter", status_labels
+                f"Requests{cls}XX",
+                f"Responses with a {cls}xx status, on every API (unit: Count).",
+                "counter",
+                HOST_LABELS,
             ).labels("Host", hostname)
             for cls in (2, 4, 5)
+        }
+        self.ts_host = {
+            name: family(name, f"TorchServe's {name} (unit: {unit}).", "gauge", HOST_LABELS)
+            for name, unit in TS_HOST_GAUGES.items()
+        }
+        self.worker_load_time = family(
+            "WorkerLoadTime",
+            "Time a worker took to load its model (unit: Milliseconds).",
+            "gauge",
+            ("WorkerName", *HOST_LABELS),
+        )
+        self.ts_model = {
+            name: family(
+                name,
+                f"TorchServe's {name} of the last batch (unit: ms).",
+                "gauge",
+                ("ModelName", *HOST_LABELS),
+            )
+            for name in TS_MODEL_GAUGES
         }
         self.requests = family(
             "marfleet_requests_total",
@@ -306,6 +344,15 @@ class RuntimeMetrics:
             if not (keep_load_failures and family is self.load_failures):
                 family.remove(belongs)
 
+    def host_gauge(self, name: str) -> Value:
+        return self.ts_host[name].labels("Host", self.hostname)
+
+    def _refresh_host(self) -> None:
+        if self._host is None:
+            return
+        for name, value in self._host.sample().items():
+            self.host_gauge(name).set(value)
+
     def _refresh_queue_depths(self) -> None:
         for gauge, depth in self._queue_depths.values():
             gauge.set(depth())
@@ -341,6 +388,13 @@ class ModelMetrics:
         self.rejections = parent.rejections.labels(*labels)
         self.load_time = parent.load_time.histogram(*labels)
         self._by_code: dict[int, Value] = {}
+        self._version = version
+        self._queue_gauge = parent.host_gauge("QueueTime")
+        self._thread_gauge = parent.host_gauge("WorkerThreadTime")
+        self._ts_model = {
+            metric: family.labels(name, "Model", parent.hostname)
+            for metric, family in parent.ts_model.items()
+        }
 
     def request_received(self) -> None:
         self.ts_requests.inc()
@@ -367,8 +421,12 @@ class ModelMetrics:
     def worker_restarted(self, reason: str) -> None:
         self._parent.restarts.labels(*self._labels, reason).inc()
 
-    def model_loaded(self, seconds: float) -> None:
+    def model_loaded(self, seconds: float, worker_id: str) -> None:
         self.load_time.observe(seconds)
+        worker = f"W-{worker_id}-{self.name}_{self._version}"  # TorchServe's worker name
+        self._parent.worker_load_time.labels(worker, "Host", self._parent.hostname).set(
+            round(seconds * 1000)
+        )
 
     def model_load_failed(self) -> None:
         self._parent.load_failures.labels(*self._labels).inc()
@@ -379,12 +437,22 @@ class ModelMetrics:
             waited = now - job.enqueued_at
             self.queue_time.observe(waited)
             self.ts_queue.inc(waited * 1e6)
+            self._queue_gauge.set(round(waited * 1000))
+
+    def batch_finished(self, seconds: float) -> None:
+        """WorkerThreadTime: the batch's round trip to its worker less the handler's own time
+        (TorchServe: time in the frontend's worker thread, backend excluded)."""
+        handler_ms = self._ts_model["HandlerTime"].value or self._ts_model["PredictionTime"].value
+        self._thread_gauge.set(max(0, round(seconds * 1000 - handler_ms)))
 
     def handler_failed(self, code: int) -> None:
         self._parent.handler_errors.labels(*self._labels, str(code)).inc()
 
     def handler_metrics(self, records: list[MetricRecord]) -> None:
         for name, value, _unit, dimensions, kind in records:
+            if name in self._ts_model:  # TorchServe's own: under its name, as TorchServe does
+                self._ts_model[str(name)].set(float(str(value)))
+                continue
             dims = dict(dimensions) if isinstance(dimensions, dict) else {}
             labelnames = ("model", *sorted(dims))
             try:

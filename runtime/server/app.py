@@ -26,6 +26,7 @@ from typing import TextIO
 
 import grpc
 from marfleet.runtime.config import ConfigError, ModelSource, ServerConfig
+from marfleet.runtime.host_metrics import HostSampler
 from marfleet.runtime.metrics import CONTENT_TYPE, RuntimeMetrics
 from marfleet.runtime.server import grpc_api
 from marfleet.runtime.server.auth import Tokens, require_token, token_api
@@ -123,7 +124,9 @@ class ModelServer:
         self._log_stream = log_stream
         self.version = server_version()
         self.metrics = RuntimeMetrics(
-            variant=env.get("MARFLEET_VARIANT", ""), hostname=socket.gethostname()
+            variant=env.get("MARFLEET_VARIANT", ""),
+            hostname=socket.gethostname(),
+            host=HostSampler(Path.cwd()),
         )
         self.gpu_count = visible_gpu_count(env, installed_gpu_count(), config.number_of_gpu)
         self.registry = ModelRegistry(
@@ -274,7 +277,7 @@ class ModelServer:
         return Response(200, self.metrics.registry.render(), CONTENT_TYPE)
 
     def _completion_hook(self, name: str) -> AccessLog:
-        count = self.metrics.count_status if name == "inference" else None
+        count = self.metrics.count_status if name != "metrics" else None  # every API, as TS
         return AccessLog(self._log_stream, name, on_status=count)
 
     @staticmethod

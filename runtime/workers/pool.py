@@ -77,9 +77,10 @@ class BatchPolicy:
 class PoolObserver(Protocol):
     def worker_state(self, device: str, before: str | None, after: str | None) -> None: ...
     def worker_restarted(self, reason: str) -> None: ...
-    def model_loaded(self, seconds: float) -> None: ...
+    def model_loaded(self, seconds: float, worker_id: str) -> None: ...
     def model_load_failed(self) -> None: ...
     def batch_started(self, jobs: Sequence[Job], now: float) -> None: ...
+    def batch_finished(self, seconds: float) -> None: ...
     def handler_failed(self, code: int) -> None: ...
     def handler_metrics(self, records: list[MetricRecord]) -> None: ...
 
@@ -231,7 +232,7 @@ class WorkerPool:
                 slot.first_start.set_result(str(error))
             slot.process = None
             return "load_failed"
-        self._observer.model_loaded(load_seconds)
+        self._observer.model_loaded(load_seconds, slot.worker_id)
         if not slot.first_start.done():
             slot.first_start.set_result(None)
         self._set_state(slot, "ready")
@@ -298,7 +299,8 @@ class WorkerPool:
         return True
 
     async def _run_batch(self, process: WorkerProcess, jobs: list[Job]) -> None:
-        self._observer.batch_started(jobs, time.perf_counter())
+        started = time.perf_counter()
+        self._observer.batch_started(jobs, started)
         for job in jobs:
             job.started = True
         for explain, group in itertools.groupby(jobs, key=lambda job: job.explain):
@@ -318,6 +320,7 @@ class WorkerPool:
                 self._observer.handler_failed(code)
             for job, result in zip(batch, results, strict=False):
                 _deliver(job, result)
+        self._observer.batch_finished(time.perf_counter() - started)
 
     @staticmethod
     def _fail(jobs: Sequence[Job]) -> None:

@@ -8,6 +8,7 @@ TorchScript model.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -406,6 +407,16 @@ def test_metrics_use_the_documented_names(server: Server) -> None:
     assert metric_value(text, "marfleet_workers", device="cpu", state="ready", **labels) == 1
     assert metric_value(text, "marfleet_model_load_seconds_count", **labels) == 1
     assert metric_value(text, "ts_custom_RowsProcessed", model="echo") >= 1
+    # TorchServe's default metrics, as its Prometheus mode names and labels them
+    assert metric_value(text, "PredictionTime", ModelName="echo", Level="Model") > 0
+    assert metric_value(text, "QueueTime", Level="Host") >= 0
+    assert metric_value(text, "WorkerThreadTime", Level="Host") >= 0
+    assert re.search(r'^WorkerLoadTime\{WorkerName="W-\d+-echo_1\.0",Level="Host"', text, re.M)
+    assert 0 < metric_value(text, "MemoryUtilization", Level="Host") < 100
+    before = metric_value(text, "Requests2XX", Level="Host")
+    assert httpx.get(f"{server.management}/models", headers=server.auth).status_code == 200
+    after = metric_value(httpx.get(f"{server.metrics}/metrics").text, "Requests2XX", Level="Host")
+    assert after == before + 1  # the management API counts, as in TorchServe
     for name in (
         "marfleet_queue_rejections_total",
         "marfleet_worker_restarts_total",
