@@ -32,6 +32,7 @@ from e2e.images import marfleet as marfleet_images
 from e2e.images.oci import Image, import_into
 from e2e.localcluster import LocalCluster, realnode
 from e2e.localcluster.nodenet import netns_name
+from e2e.objectstores import ACCESS_KEY, SECRET_KEY, VersityS3
 from e2e.prometheus import chart
 from e2e.prometheus.adapter import CustomMetrics
 
@@ -41,6 +42,9 @@ from .load import Load, Summary, probe
 NAMESPACE = "shop"
 ISVC = "classifier"
 RELEASE = "marfleet"
+BUCKET = "models"
+STORE_SECRET = "model-store"
+"""The Secret with the S3 keys version 1.0 is fetched with (allowed by the chart's tenancy)."""
 CHART_NAMESPACE = "marfleet-system"
 SIMULATED_TAINT = "marfleet.io/simulated=true:NoSchedule"
 TARGET_PER_REPLICA = 4  # requests per second one replica should carry
@@ -99,12 +103,13 @@ def deployment_of(variant: str) -> str:
     return f"{ISVC}-{variant}"
 
 
-def variant(name: str, version: str, uri: str, weight: int) -> dict[str, Any]:
-    return {
-        "name": name,
-        "weight": weight,
-        "model": {"uri": uri, "name": archives.MODEL, "version": version},
-    }
+def variant(
+    name: str, version: str, uri: str, weight: int, storage: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    model: dict[str, Any] = {"uri": uri, "name": archives.MODEL, "version": version}
+    if storage:
+        model["storage"] = dict(storage)
+    return {"name": name, "weight": weight, "model": model}
 
 
 class Scenario:
@@ -116,6 +121,7 @@ class Scenario:
         self.images: dict[str, Image] = {}
         self.metrics: CustomMetrics | None = None
         self.server: archives.ArchiveServer | None = None
+        self.store: VersityS3 | None = None
         self.load: Load | None = None
         self.urls: dict[str, str] = {}
 
@@ -128,7 +134,10 @@ class Scenario:
                 ("a local cluster with a real node; the images imported", self._cluster),
                 ("Prometheus and prometheus-adapter for the HPA", self._metrics),
                 ("install the chart: the operator runs in-cluster", self._chart),
-                ("model archives by torch-model-archiver, served over HTTP", self._archives),
+                (
+                    "model archives by torch-model-archiver: 1.0 in S3, 2.0 over HTTP",
+                    self._archives,
+                ),
                 ("apply an InferenceService; real pods fetch the model and serve", self._apply),
                 ("load: the HPA scales the variant up", self._scale_up),
                 ("delete a runtime pod under load", self._delete_pod),
@@ -194,6 +203,7 @@ class Scenario:
             "runtime.image.tag": runtime.key,
             "router.image.repository": operator.ref.rsplit(":", 1)[0],
             "router.image.tag": operator.key,
+            "tenancy.secrets[0]": f"{NAMESPACE}/{STORE_SECRET}",
         }
         args = [
             *("upgrade", "--install", RELEASE, str(chart.CHART_DIR)),
@@ -225,11 +235,24 @@ class Scenario:
         self.server.start()
         for version, path in built.items():
             self.urls[version] = f"{self.server.base_url}/{path.name}"
+        # 1.0 comes from an S3 store (versitygw on the host) with keys from a Secret.
+        self.store = VersityS3(self.settings.workdir / "s3", host=self.cluster.state.host)
+        self.store.start()
+        self.store.put(BUCKET, {built["1.0"].name: built["1.0"]})
+        self.urls["1.0"] = f"s3://{BUCKET}/{built['1.0'].name}"
+        for version, path in built.items():
             self.out.line(f"{version}: {self.urls[version]} ({path.stat().st_size} bytes)")
+        self.out.line(f"S3 endpoint {self.store.endpoint}, keys in Secret {STORE_SECRET}")
 
     def _apply(self) -> None:
+        assert self.store is not None
         self.cluster.kubectl("create", "namespace", NAMESPACE)
-        isvc = inference_service([variant("stable", "1.0", self.urls["1.0"], 100)])
+        self.cluster.kubectl(
+            "create", "secret", "generic", STORE_SECRET, "-n", NAMESPACE,
+            f"--from-literal=AWS_ACCESS_KEY_ID={ACCESS_KEY}",
+            f"--from-literal=AWS_SECRET_ACCESS_KEY={SECRET_KEY}",
+        )  # fmt: skip
+        isvc = inference_service([variant("stable", "1.0", self.urls["1.0"], 100, self._s3())])
         self.out.line(kube.apply(self.cluster, [isvc]).strip())
         self.out.wait([Check(f"InferenceService {ISVC} Ready", self._ready)], self.settings.timeout)
         self.out.block(
@@ -301,7 +324,7 @@ class Scenario:
         began = time.time()
         isvc = inference_service(
             [
-                variant("stable", "1.0", self.urls["1.0"], 90),
+                variant("stable", "1.0", self.urls["1.0"], 90, self._s3()),
                 variant("canary", "2.0", self.urls["2.0"], 10),
             ]
         )
@@ -413,8 +436,12 @@ class Scenario:
         if zero_failures and summary.failed:
             raise ScenarioError(f"{phase}: {summary.failed} requests failed: {summary.describe()}")
 
+    def _s3(self) -> dict[str, Any]:
+        assert self.store is not None
+        return {"secretName": STORE_SECRET, "endpoint": self.store.endpoint}
+
     def _stop_helpers(self) -> None:
-        for helper in (self.load, self.server, self.metrics):
+        for helper in (self.load, self.server, self.store, self.metrics):
             if helper is not None:
                 try:
                     helper.stop()
