@@ -82,9 +82,11 @@ def test_hundred_inferenceservices_become_ready(
     cpu_before = cpu_seconds(operator.proc.pid)
     try:
         started = time.monotonic()
-        cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(objects), timeout=120)
+        # kubectl submits the objects one by one: 35 s at load 18 on the shared 2-core machine,
+        # over 120 s at load 25 (docs/scale.md)
+        cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(objects), timeout=600)
         applied = time.monotonic() - started
-        deadline = started + 300
+        deadline = started + 600
         while len(ready_after) < COUNT and time.monotonic() < deadline:
             listing = plain(
                 api, custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
@@ -107,7 +109,7 @@ def test_hundred_inferenceservices_become_ready(
         cpu_used = cpu_seconds(operator.proc.pid) - cpu_before
     finally:
         cluster.kubectl("delete", "namespace", namespace, "--wait=false")
-    assert len(ready_after) == COUNT, f"only {len(ready_after)} of {COUNT} Ready after 300s"
+    assert len(ready_after) == COUNT, f"only {len(ready_after)} of {COUNT} Ready after 600s"
     latencies = list(ready_after.values())
     since_created = [ready_after[name] - created_at[name] for name in ready_after]
     result = {
