@@ -21,6 +21,8 @@ from e2e.support import archiver_command
 
 MLP_HANDLER = '''"""JSON rows of 16 numbers in, 4 scores out (the overhead-floor model)."""
 
+import json
+
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
@@ -28,6 +30,8 @@ from ts.torch_handler.base_handler import BaseHandler
 class TinyMLPHandler(BaseHandler):
     def preprocess(self, data):
         rows = [row.get("data") or row.get("body") for row in data]
+        # gRPC inputs reach a handler as bytes (on TorchServe and marfleet alike)
+        rows = [json.loads(r) if isinstance(r, (bytes, bytearray)) else r for r in rows]
         return torch.as_tensor(rows, dtype=torch.float32)
 
     def postprocess(self, data):

@@ -6,7 +6,8 @@ short rounds that alternate which goes first (medians reported), and the load co
 separate process (`loadgen`). Scenarios:
 
     (a) overhead floor: tiny MLP, JSON body, batchSize 8 / maxBatchDelay 5 ms,
-        concurrency 16 and 64 -> req/s, p50, p99
+        concurrency 16 and 64 -> req/s, p50, p99; and the same model over gRPC (TorchServe's
+        Predictions call, concurrency 16, `grpc_loadgen`; marfleet and TorchServe only)
     (b) ResNet-18 (random weights), JPEG body, batch 1 (concurrency 4) and batch 8
         (maxBatchDelay 50 ms, concurrency 16) -> req/s, p99, and serving efficiency =
         served req/s / the same handler's in-process req/s at that batch size
@@ -64,11 +65,13 @@ class Scenario:
     body_file: str
     content_type: str
     batch: int
+    transport: str = "http"  # or "grpc": TorchServe's Predictions call (marfleet, torchserve)
 
 
 SCENARIOS = (
     Scenario("mlp-c16", "mlp", 16, "mlp.json", "application/json", 8),
     Scenario("mlp-c64", "mlp", 64, "mlp.json", "application/json", 8),
+    Scenario("mlp-grpc-c16", "mlp", 16, "mlp.json", "application/json", 8, "grpc"),
     Scenario("resnet18-b1", "resnet_b1", 4, "image.jpg", "image/jpeg", 1),
     Scenario("resnet18-b8", "resnet_b8", 16, "image.jpg", "image/jpeg", 8),
 )
@@ -116,21 +119,22 @@ def run_scenario(
 ) -> dict[str, Any]:
     request = requests_for(server.name, bodies)[scenario.model]
     before = server.cpu_seconds()
-    result = _python(
-        "e2e.bench.loadgen",
-        "--url",
-        f"{server.url('inference')}{request.path}",
-        "--body-file",
-        str(body_file(bodies, server.name, scenario.model)),
-        "--content-type",
-        request.content_type,
-        "--concurrency",
-        str(scenario.concurrency),
-        "--duration",
-        str(duration),
-        "--warmup",
-        str(warmup),
-    )
+    timing = ["--duration", str(duration), "--warmup", str(warmup)]
+    load = ["--body-file", str(body_file(bodies, server.name, scenario.model))]
+    load += ["--concurrency", str(scenario.concurrency)]
+    if scenario.transport == "grpc":
+        target = f"127.0.0.1:{server.ports['grpc']}"
+        result = _python(
+            "e2e.bench.grpc_loadgen", "--target", target, "--model", scenario.model, *load, *timing
+        )
+    else:
+        url = f"{server.url('inference')}{request.path}"
+        result = _python(
+            "e2e.bench.loadgen",
+            *("--url", url, "--content-type", request.content_type),
+            *load,
+            *timing,
+        )
     after = server.cpu_seconds()
     requests = max(1, int(result["requests"]))
     for part in ("frontend", "workers"):
@@ -362,8 +366,9 @@ def main(argv: list[str]) -> int:
             measure = functools.partial(
                 _served_sample, servers, scenario, bodies, args.duration, args.warmup
             )
-            summary = interleaved(args.rounds, measure, up)
-            for name in up:
+            serving = up if scenario.transport == "http" else [n for n in up if n in MAR_SERVERS]
+            summary = interleaved(args.rounds, measure, serving)
+            for name in serving:
                 results["served"][name][scenario.name] = summary[name]
     finally:
         for server in servers.values():

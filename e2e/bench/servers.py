@@ -219,10 +219,15 @@ def start(
 ) -> RunningServer:
     """Start `name` (marfleet or torchserve); `extra` config.properties lines, `env` on top."""
     workdir.mkdir(parents=True, exist_ok=True)
-    ports = {api: free_port() for api in ("inference", "management", "metrics")}
+    ports = {api: free_port() for api in ("inference", "management", "metrics", "grpc")}
     config = workdir / "config.properties"
-    lines = [f"{api}_address=http://127.0.0.1:{port}" for api, port in ports.items()]
+    lines = [
+        f"{api}_address=http://127.0.0.1:{ports[api]}"
+        for api in ("inference", "management", "metrics")
+    ]
     lines += [
+        f"grpc_inference_port={ports['grpc']}",
+        f"grpc_management_port={free_port()}",  # TorchServe always opens it (marfleet: ignored)
         f"model_store={store}",
         "disable_token_authorization=true",
         "enable_model_api=true",
@@ -235,6 +240,10 @@ def start(
         command = [sys.executable, "-m", "marfleet.runtime.cli", "serve", "--foreground"]
     else:
         command = [sys.executable, "-m", "ts.model_server", "--start", "--foreground", "--ncs"]
+        # TorchServe refuses to start when it finds another's pid file in $TMPDIR (the
+        # machine is shared): give it its own.
+        (workdir / "tmp").mkdir(exist_ok=True)
+        env = {"TMPDIR": str(workdir / "tmp"), **(env or {})}
     config.write_text("\n".join(lines) + "\n")
     command += ["--model-store", str(store), "--ts-config", str(config)]
     server = RunningServer(name, _popen(command, workdir, threads, env), ports, workdir)
