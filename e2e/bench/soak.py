@@ -221,7 +221,9 @@ class Abuse:
         with httpx.Client(base_url=self.management, timeout=120) as client:
             while not stop.is_set():
                 cycle += 1
-                cannot = client.post("/models", params={"url": "cannotload.mar"})
+                cannot = client.post(
+                    "/models", params={"url": "cannotload.mar", "initial_workers": 1}
+                )
                 self.count("cannotload_500" if cannot.status_code == 500 else "cannotload_other")
                 broken = client.post("/models", params={"url": "broken.mar"})
                 self.count("broken_400" if broken.status_code == 400 else "broken_other")
@@ -229,7 +231,9 @@ class Abuse:
                     stop.wait(1)
                     continue
                 name = f"soak{cycle}"
-                added = client.post("/models", params={"url": "echo.mar", "model_name": name})
+                added = client.post(
+                    "/models", params={"url": "echo.mar", "model_name": name, "initial_workers": 1}
+                )
                 removed = client.delete(f"/models/{name}")
                 ok = added.status_code == 200 and removed.status_code == 200
                 self.count("register_remove_ok" if ok else "register_remove_other")

@@ -163,7 +163,7 @@ def test_worker_counts_are_capped(server: Server) -> None:
 
 def test_a_failed_registration_leaves_nothing(server: Server) -> None:
     before = unpacked(server)
-    failed = register(server, "url=loadfail.mar")
+    failed = register(server, "url=loadfail.mar&initial_workers=1")
     assert failed.status_code == 500, failed.text
     assert model_status(server, "loadfail") == 404
     assert unpacked(server) == before
@@ -173,7 +173,7 @@ def test_a_failed_registration_leaves_nothing(server: Server) -> None:
 def test_an_asynchronous_registration_that_cannot_load_is_removed(server: Server) -> None:
     before = unpacked(server)
     # the same name again (after the failure above): accepted, not a 409
-    accepted = register(server, "url=loadfail.mar&synchronous=false")
+    accepted = register(server, "url=loadfail.mar&initial_workers=1&synchronous=false")
     assert accepted.status_code == 202, accepted.text
     wait_until(lambda: model_status(server, "loadfail") == 404, 90, "it stayed registered")
     wait_until(lambda: unpacked(server) == before, 10, "its files stayed")
@@ -207,10 +207,10 @@ def test_delete_of_a_loading_model_answers_at_once_and_ping_stays_healthy(server
 def test_a_client_that_leaves_a_registration_leaves_nothing(server: Server) -> None:
     before = unpacked(server)
     with pytest.raises(httpx.ReadTimeout):
-        register(server, "url=slowload.mar", timeout=1.5)  # loading takes 4 s
+        register(server, "url=slowload.mar&initial_workers=1", timeout=1.5)  # loading takes 4 s
     wait_until(lambda: unpacked(server) == before, 10, "the abandoned model's files stayed")
     assert model_status(server, "slowload") == 404
-    registered = register(server, "url=slowload.mar")
+    registered = register(server, "url=slowload.mar&initial_workers=1")
     assert registered.status_code == 200, registered.text
     assert httpx.post(f"{server.inference}/predictions/slowload", json={"x": 1}).json() == {"x": 1}
 
