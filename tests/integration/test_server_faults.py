@@ -9,6 +9,7 @@ processes (ts_custom_RowsProcessed).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -193,8 +194,15 @@ def test_background_server_starts_and_stops_like_torchserve(store: Path, tmp_pat
     try:
         deadline = time.monotonic() + 90
         while True:
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"http://127.0.0.1:{ports['inference']}/ping").status_code == 200:
+            with contextlib.suppress(httpx.TransportError, FileNotFoundError):
+                # Token authorization is on by default, as in TorchServe: /ping needs the
+                # inference key the server wrote to key_file.json where it was started.
+                key = json.loads((tmp_path / "key_file.json").read_text())["inference"]["key"]
+                pinged = httpx.get(
+                    f"http://127.0.0.1:{ports['inference']}/ping",
+                    headers={"Authorization": f"Bearer {key}"},
+                )
+                if pinged.status_code == 200:
                     break
             assert time.monotonic() < deadline, (tmp_path / "marfleet.log").read_text()[-3000:]
             time.sleep(0.2)
