@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import closing
 
 import pytest
 
 from e2e.bench.procs import free_port
 from e2e.bench.router_procs import Client, Proc, metric, router, upstream
+from tests.rawhttp import read_response, send_quietly
 
 
 @pytest.fixture(scope="module")
@@ -211,3 +214,68 @@ def test_mirroring_adds_no_latency_and_no_errors(stable: Proc) -> None:
     print(
         f"client p99 without mirror {without_mirror * 1e3:.2f} ms, with {with_mirror * 1e3:.2f} ms"
     )
+
+
+ROUTER_LIMITS = (
+    "--max-request-bytes=100000",
+    "--max-request-head-bytes=8192",
+    "--request-head-timeout=4",
+    "--request-body-timeout=4",
+    "--max-connections=24",
+)
+
+
+def test_the_router_bounds_what_a_client_can_make_it_hold(stable: Proc) -> None:
+    """Items 1, 2 and 4 of the HTTP front door, against the router process: it shares the
+    model server's HTTP core, and these are its own flags."""
+    with router({"stable": stable.url}, "--weights", "stable=100", *ROUTER_LIMITS) as proc:
+
+        def connect() -> socket.socket:
+            return socket.create_connection(("127.0.0.1", proc.port), timeout=10)
+
+        def answer(data: bytes, *, dribble: bytes = b"", times: int = 0) -> int:
+            with closing(connect()) as sock:
+                sock.sendall(data)
+                for _ in range(times):
+                    send_quietly(sock, dribble)
+                return read_response(sock)[0]
+
+        # a head that never ends: 431 (a header line) or 414 (the URL), past 8 KiB
+        endless_header = b"GET /ping HTTP/1.1\r\nHost: x\r\nX-Grow: "
+        assert answer(endless_header, dribble=b"a" * 10_240, times=20) == 431
+        assert answer(b"GET /", dribble=b"a" * 10_240, times=20) == 414
+        # HTTP/0.9, and a chunk size that overflows
+        assert answer(b"GET /\r\n\r\n") == 505
+        chunked = b"POST /p HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        assert answer(chunked + b"ffffffffffffffffffffff\r\n") == 413
+
+        # slow clients: 16 heads dribbled a byte at a time, 4 bodies cut off half-way
+        slow = [connect() for _ in range(16)]
+        half = [connect() for _ in range(4)]
+        extra: list[socket.socket] = []
+        attack_started = time.monotonic()
+        for sock in slow:
+            sock.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n")
+        for sock in half:
+            sock.sendall(b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 50000\r\n\r\n" + b"{")
+        try:
+            for sock in slow:
+                sock.sendall(b"X")
+            # meanwhile a normal client's prediction is answered, while all 20 are still held
+            client = Client(proc.url)
+            status, headers, _ = client.request("POST", "/predictions/m", b'{"x": 1}')
+            client.close()
+            assert (status, headers["x-marfleet-variant"]) == (200, "stable")
+            assert time.monotonic() - attack_started < 4, "answered only once the attack ended"
+            # the listener's cap: 20 held + 4 more, and the next is refused
+            extra += [connect() for _ in range(4)]
+            for sock in extra:
+                sock.sendall(b"GET /ping HTTP/1.1\r\n")
+            time.sleep(0.2)
+            assert answer(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n") == 503
+            # each slow client gets its 408 once its head or body timeout passes
+            assert [read_response(sock)[0] for sock in slow + half] == [408] * 20
+        finally:
+            for sock in [*slow, *half, *extra]:
+                sock.close()
+        assert Client(proc.url).request("GET", "/ping")[0] == 200  # slots are free again

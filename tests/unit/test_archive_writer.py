@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import tarfile
+import time
 import zipfile
 from collections.abc import Iterator
 from datetime import datetime
@@ -253,6 +255,21 @@ def terminal() -> Iterator[tuple[int, TextIO]]:
     os.close(reader)
 
 
+def read_until_newline(reader: int, timeout: float = 10) -> str:
+    """What was drawn on the terminal up to the bar's final newline.
+
+    The kernel hands a pty's output to the reading side in pieces, from a work queue: one read
+    may return only the first redraw on a busy machine, so read until the newline arrives.
+    """
+    drawn = b""
+    deadline = time.monotonic() + timeout
+    while b"\n" not in drawn:
+        ready, _, _ = select.select([reader], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, f"the bar never finished its line: {drawn!r}"
+        drawn += os.read(reader, 10_000)
+    return drawn.decode()
+
+
 def test_progress_bar_draws_on_a_terminal_for_big_inputs(terminal: tuple[int, TextIO]) -> None:
     reader, stream = terminal
     assert stream.isatty()
@@ -260,7 +277,7 @@ def test_progress_bar_draws_on_a_terminal_for_big_inputs(terminal: tuple[int, Te
     for _ in range(4):
         progress.advance(50)
     progress.finish()
-    drawn = os.read(reader, 10_000).decode()
+    drawn = read_until_newline(reader)
     assert "packing big.mar [" in drawn
     assert drawn.count("%") == 4
     assert "100%" in drawn

@@ -12,11 +12,13 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import closing, suppress
+from contextlib import closing
 
 import pytest
 from marfleet.runtime.server.errors import error_response
 from marfleet.runtime.server.http import HttpLimits, HttpServer, Request, Response
+
+from tests.rawhttp import read_response, send_quietly
 
 LIMITS = HttpLimits(
     max_body_bytes=100_000,
@@ -72,40 +74,6 @@ class Running:
 def server() -> Iterator[Running]:
     with Running() as running:
         yield running
-
-
-def read_response(
-    sock: socket.socket, buffer: bytearray | None = None
-) -> tuple[int, dict[str, str], bytes]:
-    """One response off the socket (content-length framed); raises on timeout or EOF.
-
-    Pass the same `buffer` to read pipelined responses: what arrived past one is kept.
-    """
-    data = buffer if buffer is not None else bytearray()
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError(f"closed without an answer after {bytes(data)!r}")
-        data += chunk
-    end = data.index(b"\r\n\r\n")
-    lines = data[:end].decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    length = int(headers.get("content-length", "0"))
-    while len(data) < end + 4 + length:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    body = bytes(data[end + 4 : end + 4 + length])
-    del data[: end + 4 + length]
-    return status, headers, body
-
-
-def send_quietly(sock: socket.socket, data: bytes) -> None:
-    """Send what the server still accepts (it may close once it has answered)."""
-    with suppress(OSError):
-        sock.sendall(data)
 
 
 def test_a_normal_request_is_answered(server: Running) -> None:
