@@ -74,6 +74,7 @@ class ServerConfig:
     token_expiration_min: int = 60
     enable_model_api: bool = False
     enable_envvars_config: bool = False
+    service_envelope: str = ""  # TorchServe's request envelope for every model ("": none)
     # marfleet's own keys
     workers_per_device: int = 1
     worker_threads: int = 1
@@ -151,8 +152,11 @@ _KNOWN_KEYS = (
         "allowed_urls",
         "certificate_file",
         "private_key_file",
+        "service_envelope",
     }
 )
+# TorchServe 0.12's envelopes (runtime/handlers/envelopes.py)
+SERVICE_ENVELOPES = ("body", "json", "kserve", "kservev2")
 
 
 def parse_properties(text: str) -> dict[str, str]:
@@ -230,6 +234,8 @@ def _build(values: Mapping[str, str]) -> ServerConfig:
             settings[key] = Path(value) if value else None
         elif key == "allowed_urls":
             settings[key] = tuple(part.strip() for part in value.split(",") if part.strip())
+        elif key == "service_envelope":
+            settings[key] = _as_envelope(value)
         elif key == "models":
             settings[key] = _parse_models_json(value)
         elif key == "load_models":
@@ -302,6 +308,16 @@ def _as_int(key: str, value: object) -> int:
         return int(str(value).strip())
     except ValueError:
         raise ConfigError(f"{key}={value!r}: expected a whole number") from None
+
+
+def _as_envelope(value: str) -> str:
+    envelope = value.strip()
+    if envelope and envelope not in SERVICE_ENVELOPES:
+        raise ConfigError(
+            f"service_envelope={envelope}: must be one of {', '.join(SERVICE_ENVELOPES)} "
+            "(or empty for none)"
+        )
+    return envelope
 
 
 def _as_float(key: str, value: str) -> float:

@@ -139,6 +139,32 @@ def handle(data, context):
     return [{"ok": True} for _ in data]
 """
 
+# Rows as the handler gets them (through a service_envelope, each v2 input is a row), the explain
+# flag, and a handler's own metrics of each kind and API TorchServe 0.12 offers.
+PROBE_HANDLER = """
+from ts.metrics.dimension import Dimension
+from ts.metrics.metric_type_enum import MetricTypes
+
+
+def handle(data, context):
+    if data is None:
+        return None
+    metrics = context.metrics
+    metrics.add_counter("ProbeRows", len(data), None, [Dimension("Kind", "rows")])
+    metrics.add_time("ProbeTime", 12.5, None, "ms", [Dimension("Kind", "time")])
+    metrics.add_size("ProbeSize", 3.0, None, "MB")
+    metrics.add_percent("ProbePercent", 42.0)
+    metrics.add_metric("ProbeMetric", 2, "count", None, [Dimension("Kind", "metric")])
+    histogram = metrics.add_metric_to_cache(
+        "ProbeHistogram", "ms", ["Kind"], MetricTypes.HISTOGRAM
+    )
+    histogram.add_or_update(7.0, ["histogram"])
+    gauge = metrics.add_metric_to_cache("ProbeGauge", "count", ["Kind"], MetricTypes.GAUGE)
+    gauge.add_or_update(5, ["gauge"])
+    explain = context.get_request_header(0, "explain")
+    return [{"row": row, "explain": explain} for row in data]
+"""
+
 
 def write_handler(directory: Path, name: str, source: str) -> Path:
     path = directory / f"{name}.py"

@@ -91,6 +91,7 @@ class TorchServe:
         self.properties = properties or {}
         self.inference = f"http://127.0.0.1:{free_port()}"
         self.management = f"http://127.0.0.1:{free_port()}"
+        self.metrics = f"http://127.0.0.1:{free_port()}"
         self.grpc = f"127.0.0.1:{free_port()}"  # its gRPC inference port
         self.process: subprocess.Popen[bytes] | None = None
         self.env = {
@@ -109,7 +110,7 @@ class TorchServe:
         config.write_text(
             f"inference_address={self.inference}\n"
             f"management_address={self.management}\n"
-            f"metrics_address=http://127.0.0.1:{free_port()}\n"
+            f"metrics_address={self.metrics}\n"
             f"grpc_inference_port={self.grpc.rsplit(':', 1)[1]}\n"  # gRPC always starts
             f"grpc_management_port={free_port()}\n"
             "default_workers_per_model=1\n"

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from marfleet.runtime.handlers.codec import (
     request_properties,
 )
 from marfleet.runtime.handlers.context import Context, RequestProcessor
+from marfleet.runtime.handlers.envelopes import wrap
 from marfleet.runtime.handlers.errors import ModelLoadError, PredictionException, RequestCancelled
 from marfleet.runtime.handlers.loader import EntryPoint, enter_model_dir, load_entry_point
 from marfleet.runtime.handlers.messages import InferenceRequest, InferenceResult
@@ -132,9 +134,11 @@ class ModelService:
         limit_max_image_pixels: int = DEFAULT_LIMIT_MAX_IMAGE_PIXELS,
         metrics_sink: MetricsSink | None = None,
         handler: str | None = None,
+        envelope: str = "",
     ) -> ModelService:
         """Load the model unpacked in `model_dir` with its manifest's handler (or `handler`, as
-        TorchServe's registration parameter); ModelLoadError says why it cannot."""
+        TorchServe's registration parameter), inside TorchServe's `envelope` if one is named
+        (envelopes.py); ModelLoadError says why it cannot."""
         model_dir = model_dir.resolve()
         try:
             manifest = read_manifest(model_dir, default_name=model_dir.name)
@@ -159,6 +163,7 @@ class ModelService:
         try:
             entry_point = load_entry_point(handler or manifest.handler)
             entry_point.initialize(context)
+            entry_point = replace(entry_point, handle=wrap(envelope, entry_point.handle))
         except ModelLoadError:
             raise
         except Exception as error:

@@ -132,7 +132,10 @@ class ModelServer:
         self.registry = ModelRegistry(
             metrics=self.metrics,
             workers=WorkerEnvironment(
-                threads=config.worker_threads, env={}, stop_grace_s=config.shutdown_grace_seconds
+                threads=config.worker_threads,
+                env={},
+                stop_grace_s=config.shutdown_grace_seconds,
+                envelope=config.service_envelope,
             ),
             round_robin=RoundRobin(),
         )
@@ -146,6 +149,7 @@ class ModelServer:
             is_healthy=self.healthy,
             server_version=self.version,
             max_json_depth=config.max_json_depth,
+            envelope=config.service_envelope,
         )
         self._servers: dict[str, HttpServer] = {}
         self._startup_done = False

@@ -77,8 +77,12 @@ class DataPlane:
         server_version: str,
         tokens: Tokens | None = None,
         max_json_depth: int = DEFAULT_MAX_DEPTH,
+        envelope: str = "",
     ) -> None:
         self._registry = registry
+        # TorchServe's service_envelope: the workers wrap and unwrap requests themselves, so a
+        # v2 answer is theirs, byte for byte, not one this plane builds
+        self.envelope = envelope
         self.max_json_depth = max_json_depth
         self._max_response_bytes = max_response_bytes
         self._is_healthy = is_healthy

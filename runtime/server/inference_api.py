@@ -70,8 +70,14 @@ class InferenceApi:
             router.add(
                 "POST",
                 f"/v2/models/{{model_name}}{suffix}/infer",
-                self.v2_infer,
+                self._v2_route(False),
                 "KServe v2 inference with typed tensors.",
+            )
+            router.add(
+                "POST",
+                f"/v2/models/{{model_name}}{suffix}/explain",
+                self._v2_route(True),
+                "An explanation of a KServe v2 request (TorchServe's extension).",
             )
 
     # TorchServe and KServe v1
@@ -117,22 +123,29 @@ class InferenceApi:
             {"name": entry.name, "ready": entry.healthy}, 200 if entry.healthy else 503
         )
 
-    async def v2_infer(self, request: Request) -> Response:
-        self._plane.model(request.params["model_name"], request.params.get("model_version"))
-        try:
-            parsed = kserve_v2.parse_request(
-                request.body, request.headers, max_depth=self._plane.max_json_depth
-            )
-        except kserve_v2.V2Error as error:
-            raise ApiError(400, f"Invalid KServe v2 request: {error}") from None
-        body = json.dumps(parsed.document).encode()
-        result, document = await self._plane.infer_v2(
-            _call(request, body, "application/json", False), parsed
-        )
-        if document is None:
-            return _response(result)
-        encoded, headers = kserve_v2.encode_json(document, parsed)
-        return Response(200, encoded, "application/json", {**result.headers, **headers})
+    def _v2_route(self, explain: bool) -> Callable[[Request], Awaitable[Response]]:
+        """A validated v2 request (binary tensors turned into JSON data) for the handler. An
+        inference's answer becomes a v2 response here, unless a service_envelope makes one in
+        the worker; an explanation, as in TorchServe, is the handler's answer unchanged."""
+
+        async def route(request: Request) -> Response:
+            self._plane.model(request.params["model_name"], request.params.get("model_version"))
+            try:
+                parsed = kserve_v2.parse_request(
+                    request.body, request.headers, max_depth=self._plane.max_json_depth
+                )
+            except kserve_v2.V2Error as error:
+                raise ApiError(400, f"Invalid KServe v2 request: {error}") from None
+            call = _call(request, json.dumps(parsed.document).encode(), "application/json", explain)
+            if explain or self._plane.envelope:
+                return _response(await self._plane.predict(call))
+            result, document = await self._plane.infer_v2(call, parsed)
+            if document is None:
+                return _response(result)
+            encoded, headers = kserve_v2.encode_json(document, parsed)
+            return Response(200, encoded, "application/json", {**result.headers, **headers})
+
+        return route
 
 
 def _call(request: Request, body: bytes, content_type: str, explain: bool) -> Call:

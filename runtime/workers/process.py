@@ -39,6 +39,7 @@ class WorkerSpec:
     load_timeout: float
     env: Mapping[str, str]
     handler: str | None = None  # the registration API's `handler`, instead of the manifest's
+    envelope: str = ""  # TorchServe's service_envelope (handlers/envelopes.py); "": none
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +116,7 @@ class WorkerProcess:
             "gpu_id": spec.gpu_id,
             "batch_size": spec.batch_size,
             "handler": spec.handler,
+            "envelope": spec.envelope,
             "threads": spec.threads,
         }
         try:

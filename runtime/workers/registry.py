@@ -65,6 +65,7 @@ class WorkerEnvironment:
     threads: int
     env: Mapping[str, str]
     stop_grace_s: float
+    envelope: str = ""  # TorchServe's service_envelope, for every model (envelopes.py)
 
 
 @dataclass(eq=False)
@@ -219,6 +220,7 @@ class ModelRegistry:
                 load_timeout=float(settings.startup_timeout_s),
                 env=self._workers.env,
                 handler=handler,
+                envelope=self._workers.envelope,
             )
 
         pool = WorkerPool(

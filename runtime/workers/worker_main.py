@@ -63,6 +63,7 @@ def main(argv: list[str]) -> int:
             gpu_id=spec["gpu_id"],
             batch_size=int(spec["batch_size"]),
             handler=spec.get("handler"),
+            envelope=spec.get("envelope", ""),
             metrics_sink=sink,
         )
     except ModelLoadError as error:

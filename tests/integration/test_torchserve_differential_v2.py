@@ -1,0 +1,223 @@
+"""Differential test of TorchServe's KServe v2 side and its Prometheus metrics: the real
+TorchServe 0.12 with `service_envelope=kservev2` and `metrics_mode=prometheus`, and `marfleet
+serve` with the same config.properties, the same archives from the real torch-model-archiver.
+
+Through the envelope a stock handler (TorchServe's MNIST example, a subclass of
+`ImageClassifier`) serves v2 requests, and a probe handler shows the rows each v2 input
+becomes, the explain flag of `/v2/models/{m}/explain`, and records one custom metric of every
+kind and API (`context.metrics`). Compared per call: status and body, byte for byte where both
+are JSON with the same volatile fields (the request id TorchServe assigns) set aside. Then the
+metric families both servers export: names, types and label names. Calls whose difference is
+deliberate are in `DELIBERATE`, each with its reason (docs/moving-from-torchserve.md).
+One TorchServe and one marfleet for the module.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.handler_sources import MNIST_HANDLER, PROBE_HANDLER, write_handler
+from tests.models import TinyDigitClassifier, image_bytes, write_eager
+from tests.serving import serve
+from tests.torchserve_tools import TorchServe, torch_model_archiver
+
+pytestmark = pytest.mark.slow
+
+DIGIT = base64.b64encode(image_bytes(size=(28, 28), seed=6, mode="L")).decode()
+PIXELS = [[[round((row * 28 + col) / 784, 3) for col in range(28)] for row in range(28)]]
+
+
+def v2(*inputs: dict[str, Any], request_id: str | None = None) -> bytes:
+    document: dict[str, Any] = {"inputs": list(inputs)}
+    if request_id is not None:
+        document["id"] = request_id
+    return json.dumps(document).encode()
+
+
+@dataclass(frozen=True)
+class Step:
+    label: str
+    method: str
+    path: str
+    body: bytes | None = None
+
+
+STEPS = [
+    Step("mnist, a base64 PNG", "POST", "/v2/models/mnist/infer", v2(
+        {"name": "input-0", "shape": [1], "datatype": "BYTES", "data": [DIGIT]},
+        request_id="d1",
+    )),
+    Step("mnist, pixels as FP32", "POST", "/v2/models/mnist/infer", v2(
+        {"name": "pixels", "shape": [1, 28, 28], "datatype": "FP32", "data": PIXELS},
+    )),
+    Step("probe, two inputs", "POST", "/v2/models/probe/infer", v2(
+        {"name": "a", "shape": [2, 2], "datatype": "INT64", "data": [1, 2, 3, 4]},
+        {"name": "b", "shape": [1], "datatype": "BYTES", "data": ["word"]},
+        request_id="p1",
+    )),
+    Step("probe, booleans and floats", "POST", "/v2/models/probe/infer", v2(
+        {"name": "flags", "shape": [3], "datatype": "BOOL", "data": [True, False, True]},
+        {"name": "x", "shape": [1, 2], "datatype": "FP64", "data": [[0.5, 1.25]]},
+        request_id="p2",
+    )),
+    Step("probe, explain", "POST", "/v2/models/probe/explain", v2(
+        {"name": "a", "shape": [2], "datatype": "INT32", "data": [7, 8]}, request_id="p3"
+    )),
+    Step("mnist, explain", "POST", "/v2/models/mnist/explain", v2(
+        {"name": "input-0", "shape": [1], "datatype": "BYTES", "data": [DIGIT]}, request_id="d2"
+    )),
+    Step("probe through /predictions", "POST", "/predictions/probe", v2(
+        {"name": "a", "shape": [1], "datatype": "INT64", "data": [5]}, request_id="p4"
+    )),
+    Step("probe, unknown model", "POST", "/v2/models/nope/infer", v2(
+        {"name": "a", "shape": [1], "datatype": "INT64", "data": [5]}
+    )),
+    Step("probe, no inputs", "POST", "/v2/models/probe/infer", b'{"id": "x"}'),
+    Step("probe, a version", "POST", "/v2/models/probe/versions/1.0/infer", v2(
+        {"name": "a", "shape": [1], "datatype": "INT64", "data": [5]}, request_id="p5"
+    )),
+]  # fmt: skip
+
+# label -> why marfleet's answer differs (the same reasons are in docs/moving-from-torchserve.md)
+DELIBERATE = {
+    "probe, no inputs": "marfleet refuses a malformed v2 request with 400 before a worker sees "
+    "it; TorchServe's envelope fails in the worker (503)",
+    "probe, a version": "marfleet serves the versioned v2 paths; TorchServe answers 404",
+}
+
+
+@dataclass
+class Answers:
+    calls: dict[str, tuple[int, Any]]
+    raw: dict[str, bytes]  # the bodies as sent
+    metrics: str
+
+
+def ask(inference: str, metrics: str) -> Answers:
+    calls: dict[str, tuple[int, Any]] = {}
+    raw: dict[str, bytes] = {}
+    for step in STEPS:
+        response = httpx.request(
+            step.method,
+            inference + step.path,
+            content=step.body,
+            headers={"Content-Type": "application/json"},
+            timeout=60,
+        )
+        try:
+            body: Any = response.json()
+        except ValueError:
+            body = response.content
+        calls[step.label] = (response.status_code, body)
+        raw[step.label] = response.content
+    return Answers(calls, raw, httpx.get(f"{metrics}/metrics", timeout=30).text)
+
+
+def build_store(root: Path) -> Path:
+    store = root / "store"
+    store.mkdir()
+    mnist = write_handler(root, "mnist_handler", MNIST_HANDLER)
+    digits, digit_weights = write_eager(root, TinyDigitClassifier, stem="digits")
+    torch_model_archiver(
+        *("--model-name", "mnist", "-v", "1.0", "--handler", mnist),
+        *("--model-file", digits, "--serialized-file", digit_weights, "--export-path", store),
+    )
+    probe = write_handler(root, "probe_handler", PROBE_HANDLER)
+    torch_model_archiver(
+        "--model-name", "probe", "-v", "1.0", "--handler", f"{probe.with_suffix('')}:handle",
+        "--export-path", store,
+    )  # fmt: skip
+    return store
+
+
+PROPERTIES = {"service_envelope": "kservev2", "metrics_mode": "prometheus"}
+
+
+@pytest.fixture(scope="module")
+def answers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Answers, Answers]]:
+    root = tmp_path_factory.mktemp("differential-v2")
+    store = build_store(root)
+    models = {"mnist": "mnist.mar", "probe": "probe.mar"}
+    torchserve = TorchServe(root / "torchserve", store, models, properties=PROPERTIES)
+    try:
+        torchserve.start()
+        theirs = ask(torchserve.inference, torchserve.metrics)
+    finally:
+        torchserve.stop()
+    with serve(
+        store, root / "marfleet", models=list(models.values()), properties=PROPERTIES
+    ) as server:
+        ours = ask(server.inference, server.metrics)
+    yield theirs, ours
+
+
+def comparable(answer: tuple[int, Any]) -> tuple[int, Any]:
+    """The answer without the id TorchServe or marfleet made up for a request that had none."""
+    status, body = answer
+    if isinstance(body, dict) and "id" in body and not str(body["id"]).startswith(("d", "p")):
+        body = {key: value for key, value in body.items() if key != "id"}
+    return status, body
+
+
+def test_v2_answers_as_torchserve(answers: tuple[Answers, Answers]) -> None:
+    theirs, ours = answers
+    differing = [
+        f"{step.label}: TorchServe {theirs.calls[step.label]!r}, "
+        f"marfleet {ours.calls[step.label]!r}"
+        for step in STEPS
+        if step.label not in DELIBERATE
+        and comparable(theirs.calls[step.label]) != comparable(ours.calls[step.label])
+    ]
+    assert not differing, "\n".join(differing)
+
+
+def test_v2_bodies_are_byte_identical(answers: tuple[Answers, Answers]) -> None:
+    """Where the request names its id, nothing in the answer is the server's own."""
+    theirs, ours = answers
+    named = [step.label for step in STEPS if step.body and b'"id": "' in step.body]
+    compared = [label for label in named if label not in DELIBERATE]
+    assert len(compared) == 6
+    for label in compared:
+        assert ours.raw[label] == theirs.raw[label], label
+
+
+def test_the_v2_comparison_is_not_vacuous(answers: tuple[Answers, Answers]) -> None:
+    theirs, ours = answers
+    status, digit = theirs.calls["mnist, a base64 PNG"]
+    assert status == 200 and digit["outputs"][0]["datatype"] == "INT64"
+    rows = [output["data"][0]["row"] for output in theirs.calls["probe, two inputs"][1]["outputs"]]
+    assert rows[0]["data"] == [[1, 2], [3, 4]] and rows[1]["data"] == "word"
+    explained = theirs.calls["probe, explain"][1]["outputs"][0]["data"][0]
+    assert explained["explain"] == "True"
+    assert len(theirs.calls["mnist, explain"][1]["outputs"][0]["data"]) == 28 * 28
+    assert theirs.calls["probe, no inputs"][0] == 503
+    assert ours.calls["probe, no inputs"][0] == 400
+    assert theirs.calls["probe, a version"][0] == 404
+    assert ours.calls["probe, a version"][1]["id"] == "p5"
+
+
+def families(text: str) -> dict[str, tuple[str, frozenset[str]]]:
+    """metric name -> (type, label names) from Prometheus text."""
+    types = dict(re.findall(r"^# TYPE (\S+) (\S+)$", text, re.MULTILINE))
+    found: dict[str, tuple[str, frozenset[str]]] = {}
+    for name, labels in re.findall(r"^([A-Za-z_:][\w:]*)(?:\{([^}]*)\})? ", text, re.MULTILINE):
+        base = re.sub(r"_(bucket|sum|count)$", "", name) if name not in types else name
+        label_names = frozenset(re.findall(r'(\w+)="', labels)) - {"le"}
+        found[base] = (types.get(base, "untyped"), label_names)
+    return found
+
+
+def test_metric_families_as_torchserve(answers: tuple[Answers, Answers]) -> None:
+    theirs, ours = answers
+    reference, mine = families(theirs.metrics), families(ours.metrics)
+    missing = {name: value for name, value in reference.items() if mine.get(name) != value}
+    assert not missing, {name: (value, mine.get(name)) for name, value in missing.items()}
