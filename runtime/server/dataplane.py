@@ -119,14 +119,15 @@ class DataPlane:
         }
 
     def model_metadata(self, name: str, version: str | None) -> dict[str, Any]:
-        """KServe v2 model metadata (marfleet does not know tensor signatures: empty lists)."""
+        """KServe v2 model metadata; the tensors are those the archive's model-config.yaml
+        declares (`kserve_v2.declared_tensors`), else empty lists."""
         entry = self.model(name, version)
         return {
             "name": entry.name,
             "versions": [v.version for v in self._registry.versions(entry.name)],
             "platform": "pytorch",
-            "inputs": [],
-            "outputs": [],
+            "inputs": entry.tensors.get("inputs", []),
+            "outputs": entry.tensors.get("outputs", []),
         }
 
     # inference

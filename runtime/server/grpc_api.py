@@ -314,8 +314,13 @@ class OpenInference:
     ) -> oip.ModelMetadataResponse:
         self._authorize(context)
         metadata = self._plane.model_metadata(request.name, request.version or None)
+        tensor = oip.ModelMetadataResponse.TensorMetadata
         return oip.ModelMetadataResponse(
-            name=metadata["name"], versions=metadata["versions"], platform=metadata["platform"]
+            name=metadata["name"],
+            versions=metadata["versions"],
+            platform=metadata["platform"],
+            inputs=[tensor(**entry) for entry in metadata["inputs"]],
+            outputs=[tensor(**entry) for entry in metadata["outputs"]],
         )
 
     async def model_infer(

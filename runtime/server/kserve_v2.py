@@ -218,6 +218,40 @@ def _binary_to_list(name: str, datatype: str, raw: bytes, expected: int) -> list
     return values
 
 
+def declared_tensors(model_config: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The tensors an archive's model-config.yaml declares for v2 model metadata: its `inputs`
+    and `outputs` lists, each entry `{name, datatype, shape}` (-1: a dimension of any size).
+    TorchServe ignores both keys, so the same archive still loads there. V2Error names the
+    entry at fault."""
+    declared: dict[str, list[dict[str, Any]]] = {}
+    for key in ("inputs", "outputs"):
+        entries = model_config.get(key)
+        if entries is None:
+            declared[key] = []
+            continue
+        if not isinstance(entries, list):
+            raise V2Error(f"model-config.yaml {key} must be a list of {{name, datatype, shape}}")
+        declared[key] = [_tensor_metadata(f"{key}[{i}]", e) for i, e in enumerate(entries)]
+    return declared
+
+
+def _tensor_metadata(where: str, entry: object) -> dict[str, Any]:
+    if not isinstance(entry, dict) or set(entry) != {"name", "datatype", "shape"}:
+        raise V2Error(f"model-config.yaml {where} must have exactly name, datatype and shape")
+    name, datatype, shape = entry["name"], entry["datatype"], entry["shape"]
+    if not isinstance(name, str) or not name:
+        raise V2Error(f"model-config.yaml {where}: name must be a non-empty string")
+    if datatype not in DATATYPES:
+        raise V2Error(
+            f"model-config.yaml {where}: datatype {datatype!r} is not one of {', '.join(DATATYPES)}"
+        )
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= -1 for d in shape
+    ):
+        raise V2Error(f"model-config.yaml {where}: shape must be a list of integers, -1 or more")
+    return {"name": name, "datatype": datatype, "shape": shape}
+
+
 def response_document(
     request: V2Request, model: str, version: str, handler_body: bytes
 ) -> dict[str, Any]:

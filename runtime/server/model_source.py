@@ -27,6 +27,7 @@ from marfleet.runtime.archive.manifest import validate_model_name, validate_mode
 from marfleet.runtime.archive.model_config import read_model_config
 from marfleet.runtime.archive.reader import ModelArchive, load_archive
 from marfleet.runtime.config import ConfigError, ServerConfig, resolve_model_settings
+from marfleet.runtime.server import kserve_v2
 from marfleet.runtime.server.errors import ApiError
 from marfleet.runtime.storage.fetch import FetchError, FetchSettings, fetch
 from marfleet.runtime.workers.placement import (
@@ -131,14 +132,16 @@ class ModelLoader:
         config = self._config
         properties_model = config.models.get(name, {}).get(version, {})
         try:
+            model_yaml = _model_yaml(archive)
             settings = resolve_model_settings(
                 config,
                 default_workers=self._default_workers(registration),
                 properties_model=properties_model,
-                model_yaml=_model_yaml(archive),
+                model_yaml=model_yaml,
                 api=registration.api,
             )
             devices = model_devices(self._gpu_count, settings.device_type, settings.device_ids)
+            tensors = kserve_v2.declared_tensors(model_yaml)
         except (ConfigError, ValueError) as error:
             raise ApiError(400, f"Model {name!r} version {version}: {error}") from None
         self.check_workers(settings.min_workers, "minWorkers (initial_workers)")
@@ -156,6 +159,7 @@ class ModelLoader:
                 cleanup_dir=cleanup,
                 wait=registration.synchronous,
                 handler=registration.handler,
+                tensors=tensors,
             )
         except AlreadyRegistered as error:
             raise ApiError(409, str(error), type="ConflictStatusException") from None

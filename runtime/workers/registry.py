@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from marfleet.runtime.batching import BatchQueue, QueueFull
 from marfleet.runtime.config import ModelSettings
@@ -82,6 +83,8 @@ class ModelVersion:
     metrics: ModelMetrics
     loaded_at_startup: bool
     cleanup_dir: Path | None = None
+    # the v2 metadata tensors its model-config.yaml declares: {"inputs": [...], "outputs": [...]}
+    tensors: Mapping[str, list[dict[str, Any]]] = field(default_factory=dict)
     serving: bool = False  # its initial workers loaded; until then /ping ignores it
     removed: bool = False
     registered_at: float = field(default_factory=time.time)
@@ -192,6 +195,7 @@ class ModelRegistry:
         cleanup_dir: Path | None,
         wait: bool,
         handler: str | None = None,
+        tensors: Mapping[str, list[dict[str, Any]]] | None = None,
     ) -> list[str]:
         """Register and start `settings.min_workers` workers; returns load errors if `wait`.
 
@@ -245,6 +249,7 @@ class ModelRegistry:
             metrics,
             loaded_at_startup,
             cleanup_dir,
+            tensors or {},
         )
         self._models.setdefault(name, {})[version] = entry
         self._defaults.setdefault(name, version)

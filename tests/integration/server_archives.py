@@ -1,7 +1,8 @@
 """The model store the server tests share, made with the real torch-model-archiver.
 
 echo (1.0 and 2.0), slow, victim: the `behaviour` test handler with different model-config.yaml
-settings; mlp: a random-weight TorchScript TinyMLP; loadfail: a handler that cannot initialise;
+settings; mlp: a random-weight TorchScript TinyMLP (its model-config.yaml declares its v2
+tensors); loadfail: a handler that cannot initialise;
 stream: a handler that answers in parts (intermediate responses);
 broken.mar: bytes that are no archive at all.
 """
@@ -16,6 +17,13 @@ from tests.models import TinyMLP, write_torchscript
 from tests.serving import archive
 
 HANDLERS = Path(__file__).parent / "server_handlers"
+
+
+# KServe v2 model metadata, as an archive declares it (docs/runtime-api.md)
+MLP_TENSORS: dict[str, object] = {
+    "inputs": [{"name": "input-0", "datatype": "FP32", "shape": [-1, 4]}],
+    "outputs": [{"name": "scores", "datatype": "FP32", "shape": [-1, 3]}],
+}
 
 
 def _config(directory: Path, name: str, settings: dict[str, object]) -> Path:
@@ -44,7 +52,10 @@ def build_store(root: Path) -> Path:
     archive(store, "slow", behaviour, config_file=slow_config)
     archive(store, "victim", behaviour)
     weights = write_torchscript(work, TinyMLP)
-    archive(store, "mlp", HANDLERS / "mlp.py", serialized_file=weights)
+    archive(
+        store, "mlp", HANDLERS / "mlp.py", serialized_file=weights,
+        config_file=_config(work, "mlp", MLP_TENSORS),
+    )  # fmt: skip
     archive(store, "loadfail", HANDLERS / "failing.py")
     stream_config = _config(work, "stream", {"batchSize": 1, "maxBatchDelay": 1})
     archive(store, "stream", HANDLERS / "streaming.py", config_file=stream_config)

@@ -27,7 +27,7 @@ from google.protobuf import empty_pb2
 from marfleet.runtime.server.protos import inference_pb2 as ts_pb2
 
 from e2e.bench.router_procs import router
-from tests.integration.server_archives import build_store
+from tests.integration.server_archives import MLP_TENSORS, build_store
 from tests.models import TinyMLP, build
 from tests.serving import Server, serve
 
@@ -299,6 +299,11 @@ def test_tritonclient_grpc_live_metadata_and_infer(server: Server) -> None:
     assert client.is_model_ready("mlp")
     metadata = client.get_model_metadata("mlp")
     assert metadata.name == "mlp" and metadata.platform == "pytorch"
+    declared = [
+        [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in tensors]
+        for tensors in (metadata.inputs, metadata.outputs)
+    ]
+    assert declared == [MLP_TENSORS["inputs"], MLP_TENSORS["outputs"]]
     row = np.array([[0.1, 0.2, 0.3, 0.4]], dtype=np.float32)
     tensor = triton_grpc.InferInput("input-0", [1, 4], "FP32")
     tensor.set_data_from_numpy(row)
@@ -331,6 +336,11 @@ def test_v2_health_metadata_and_readiness(server: Server) -> None:
     assert httpx.get(f"{base}/v2").json()["extensions"] == ["binary_tensor_data"]
     metadata = httpx.get(f"{base}/v2/models/mlp").json()
     assert metadata["name"] == "mlp" and metadata["versions"] == ["1.0"]
+    assert (metadata["inputs"], metadata["outputs"]) == (
+        MLP_TENSORS["inputs"],
+        MLP_TENSORS["outputs"],
+    )
+    assert httpx.get(f"{base}/v2/models/echo").json()["inputs"] == []  # nothing declared
     assert httpx.get(f"{base}/v2/models/mlp/versions/1.0").status_code == 200
     assert httpx.get(f"{base}/v2/models/mlp/ready").json() == {"name": "mlp", "ready": True}
     assert httpx.get(f"{base}/v2/models/mlp/versions/1.0/ready").status_code == 200

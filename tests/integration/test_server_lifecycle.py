@@ -91,6 +91,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     config.write_text(yaml.safe_dump({"startupTimeout": 4, "minWorkers": 1}))
     archive(store, "hang", HANDLERS / "hang.py", config_file=config)
     archive(store, "slowload", HANDLERS / "slowload.py")
+    tensors = root / "badtensors-config.yaml"
+    tensors.write_text(
+        yaml.safe_dump({"inputs": [{"name": "x", "datatype": "FP33", "shape": [1]}]})
+    )
+    archive(store, "badtensors", HANDLERS / "hang.py", config_file=tensors)
     properties = {
         "enable_model_api": "true",
         "disable_token_authorization": "true",
@@ -159,6 +164,15 @@ def test_worker_counts_are_capped(server: Server) -> None:
     assert model_status(server, "many") == 404 and unpacked(server) == before
     scaled = httpx.put(f"{server.management}/models/victim?min_worker={MAX_WORKERS + 1}")
     assert scaled.status_code == 400 and "max_workers_per_model" in scaled.json()["message"]
+
+
+def test_v2_tensors_an_archive_declares_wrongly_are_refused(server: Server) -> None:
+    before = unpacked(server)
+    refused = register(server, "url=badtensors.mar&initial_workers=1")
+    assert refused.status_code == 400, refused.text
+    message = refused.json()["message"]
+    assert "model-config.yaml inputs[0]: datatype 'FP33' is not one of BOOL" in message
+    assert model_status(server, "badtensors") == 404 and unpacked(server) == before
 
 
 def test_a_failed_registration_leaves_nothing(server: Server) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import struct
 
 import numpy as np
@@ -11,6 +12,7 @@ from marfleet.runtime.server.kserve_v2 import (
     HEADER_LENGTH,
     V2Error,
     V2Request,
+    declared_tensors,
     encode_json,
     parse_request,
     response_document,
@@ -242,3 +244,32 @@ def test_regular_nested_data_is_still_accepted() -> None:
     assert request.document["inputs"][0]["data"] == [[1, 2], [3, True]]
     request = parse_request(*encode(_one_input("BYTES", [2, 1], [["a"], ["b"]])))
     assert request.document["inputs"][0]["data"] == [["a"], ["b"]]
+
+
+def test_declared_tensors_come_from_model_config() -> None:
+    config = {
+        "batchSize": 4,
+        "inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]}],
+        "outputs": [{"name": "scores", "datatype": "FP32", "shape": [-1, 10]}],
+    }
+    assert declared_tensors(config) == {
+        "inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]}],
+        "outputs": [{"name": "scores", "datatype": "FP32", "shape": [-1, 10]}],
+    }
+    assert declared_tensors({}) == {"inputs": [], "outputs": []}
+
+
+@pytest.mark.parametrize(
+    ("config", "fragment"),
+    [
+        ({"inputs": {"name": "x"}}, "inputs must be a list"),
+        ({"outputs": [{"name": "x", "datatype": "FP32"}]}, "outputs[0] must have exactly"),
+        ({"inputs": [{"name": "", "datatype": "FP32", "shape": [1]}]}, "name must be"),
+        ({"inputs": [{"name": "x", "datatype": "F32", "shape": [1]}]}, "datatype 'F32'"),
+        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [-2]}]}, "-1 or more"),
+        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": "1"}]}, "shape must be"),
+    ],
+)
+def test_wrong_tensor_declarations_name_the_entry(config: dict[str, object], fragment: str) -> None:
+    with pytest.raises(V2Error, match=re.escape(fragment)):
+        declared_tensors(config)
