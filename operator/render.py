@@ -27,7 +27,15 @@ from . import fetching, labels, traffic
 from .compare import stamp
 from .spec import API_VERSION, KIND, Autoscaling, InferenceService, Variant, merge_env
 
-PORTS = {"inference": 8080, "management": 8081, "metrics": 8082, "grpc": 7070}
+# the runtime's ports; the router and the stable Service carry inference, metrics and grpc only:
+# management (HTTP and gRPC, which want the management key) stays on the pods and variant Services
+PORTS = {
+    "inference": 8080,
+    "management": 8081,
+    "metrics": 8082,
+    "grpc": 7070,
+    "grpc-management": 7071,
+}
 MODEL_STORE = fetching.MODEL_STORE
 CONFIG_DIR = "/etc/marfleet"
 DRAIN_SECONDS = 5

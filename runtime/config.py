@@ -89,6 +89,7 @@ class ServerConfig:
     disable_inference_token_authorization: bool = False
     # gRPC (TorchServe's key; 0 = no gRPC listener, see docs/runtime-api.md)
     grpc_inference_port: int = 0
+    grpc_management_port: int = 0
     # TLS (TorchServe's keys): https:// addresses and enable_grpc_ssl use this pair of PEM files
     certificate_file: Path | None = None
     private_key_file: Path | None = None
@@ -118,6 +119,7 @@ _INT_KEYS = {
     "max_connections",
     "max_json_depth",
     "grpc_inference_port",
+    "grpc_management_port",
     "max_model_unpacked_size",
     "max_download_size",
     "max_concurrent_downloads",

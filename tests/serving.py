@@ -92,6 +92,11 @@ class Server:
         return f"127.0.0.1:{self.ports['grpc']}"
 
     @property
+    def grpc_management(self) -> str:
+        """host:port of TorchServe's gRPC management service."""
+        return f"127.0.0.1:{self.ports['grpc_management']}"
+
+    @property
     def auth(self) -> dict[str, str]:
         """The management Authorization header (empty when token auth is off)."""
         return self.bearer("management")
@@ -142,7 +147,8 @@ def serve(
     `inference_port`: a port chosen beforehand, for a caller that must name the URL early.
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    ports = {name: free_port() for name in ("inference", "management", "metrics", "grpc")}
+    names = ("inference", "management", "metrics", "grpc", "grpc_management")
+    ports = {name: free_port() for name in names}
     if inference_port is not None:
         ports["inference"] = inference_port
     settings = {
@@ -150,6 +156,7 @@ def serve(
         for name in ("inference", "management", "metrics")
     }
     settings["grpc_inference_port"] = str(ports["grpc"])
+    settings["grpc_management_port"] = str(ports["grpc_management"])
     if tls is not None:  # (certificate, key): HTTPS on inference and management, gRPC over TLS
         for name in ("inference", "management"):
             settings[f"{name}_address"] = f"https://127.0.0.1:{ports[name]}"

@@ -93,6 +93,7 @@ class TorchServe:
         self.management = f"http://127.0.0.1:{free_port()}"
         self.metrics = f"http://127.0.0.1:{free_port()}"
         self.grpc = f"127.0.0.1:{free_port()}"  # its gRPC inference port
+        self.grpc_management = f"127.0.0.1:{free_port()}"  # its gRPC management port
         self.process: subprocess.Popen[bytes] | None = None
         self.env = {
             **os.environ,
@@ -112,7 +113,7 @@ class TorchServe:
             f"management_address={self.management}\n"
             f"metrics_address={self.metrics}\n"
             f"grpc_inference_port={self.grpc.rsplit(':', 1)[1]}\n"  # gRPC always starts
-            f"grpc_management_port={free_port()}\n"
+            f"grpc_management_port={self.grpc_management.rsplit(':', 1)[1]}\n"
             "default_workers_per_model=1\n"
             "install_py_dep_per_model=false\n"
             "disable_system_metrics=true\n"

@@ -316,6 +316,7 @@ class Demo:
                         for name, port in ports.items()
                     },
                     "TS_GRPC_INFERENCE_PORT": str(grpc_port),
+                    "TS_GRPC_MANAGEMENT_PORT": str(free_port()),
                 },
             )
             self.grpc_targets[variant] = f"127.0.0.1:{grpc_port}"

@@ -102,42 +102,74 @@ def _table(description: Mapping[str, Any]) -> list[str]:
 
 
 def _grpc_section() -> list[str]:
-    """The gRPC services `grpc_api` serves, read from the descriptors it serves them with."""
-    from marfleet.runtime.server import grpc_api
-    from marfleet.runtime.server.protos import inference_pb2, open_inference_grpc_pb2
+    """The gRPC services `grpc_api` and `grpc_management` serve, read from the descriptors they
+    serve them with."""
+    from marfleet.runtime.server import grpc_api, grpc_management
+    from marfleet.runtime.server.protos import (
+        inference_pb2,
+        management_pb2,
+        open_inference_grpc_pb2,
+    )
 
-    rows = []
-    services = (
+    def rows(services: Any) -> list[str]:
+        lines = []
+        for name, service in services:
+            for method in service.methods:
+                kind = {
+                    (False, False): "unary",
+                    (False, True): "server stream",
+                    (True, True): "bidirectional stream",
+                }[(method.client_streaming, method.server_streaming)]
+                lines.append(f"| `{name}` | `{method.name}` | {kind} |")
+        return lines
+
+    inference = (
         (grpc_api.TS_INFERENCE, inference_pb2.DESCRIPTOR.services_by_name["InferenceAPIsService"]),
         *(
             (name, open_inference_grpc_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"])
             for name in grpc_api.OIP_SERVICES
         ),
     )
-    for name, service in services:
-        for method in service.methods:
-            kind = {
-                (False, False): "unary",
-                (False, True): "server stream",
-                (True, True): "bidirectional stream",
-            }[(method.client_streaming, method.server_streaming)]
-            rows.append(f"| `{name}` | `{method.name}` | {kind} |")
+    management = (
+        (
+            grpc_management.SERVICE,
+            management_pb2.DESCRIPTOR.services_by_name["ManagementAPIsService"],
+        ),
+    )
     return [
-        "## gRPC (port `grpc_inference_port`, TorchServe's 7070)",
+        "## gRPC",
         "",
-        "With `grpc_inference_port` set (the operator sets 7070), the inference services answer",
-        "over gRPC as well, with the same models, tokens (metadata `authorization: Bearer",
-        "<key>`), limits and metrics as HTTP. Messages and field numbers are TorchServe 0.12's",
-        "(`inference.proto`, `open_inference_grpc.proto`); the Open Inference Protocol is served",
-        "under TorchServe's package and KServe's `inference` package, so tritonclient and KServe",
-        "clients work unchanged. A `PredictionsRequest`'s `input` map gives the handler one",
-        "input per entry, as bytes. Errors map HTTP statuses to gRPC codes: 400",
-        "INVALID_ARGUMENT, 404 NOT_FOUND, 413 and 507 RESOURCE_EXHAUSTED, 500 INTERNAL,",
-        "503 UNAVAILABLE. StreamPredictions sends one message per intermediate response.",
+        "Two more ports, off unless set: `grpc_inference_port` and `grpc_management_port`",
+        "(TorchServe's 7070 and 7071). With `grpc_inference_port` set (the operator sets 7070),",
+        "the inference services answer over gRPC as well, with the same models, tokens",
+        "(metadata `authorization: Bearer <key>`), limits and metrics as HTTP. Messages and",
+        "field numbers are TorchServe 0.12's (`inference.proto`, `management.proto`,",
+        "`open_inference_grpc.proto`); the Open Inference Protocol is served under TorchServe's",
+        "package and KServe's `inference` package, so tritonclient and KServe clients work",
+        "unchanged. A `PredictionsRequest`'s `input` map gives the handler one input per entry,",
+        "as bytes. Errors map HTTP statuses to gRPC codes:",
+        "400 INVALID_ARGUMENT, 404 NOT_FOUND, 409 ALREADY_EXISTS, 413 and 507",
+        "RESOURCE_EXHAUSTED, 500 INTERNAL, 503 UNAVAILABLE; a missing or wrong key is",
+        "PERMISSION_DENIED. StreamPredictions sends one message per intermediate response.",
         "",
         "| service | method | kind |",
         "|---|---|---|",
-        *rows,
+        *rows(inference),
+        "",
+        "With `grpc_management_port` set, TorchServe's management service answers there (the",
+        "operator sets 7071 and, like the HTTP management port, exposes it on the pods and the",
+        "variant Services only). Each method runs the HTTP management call of the same name",
+        "with the same rules, and wants the `management` key.",
+        "`msg` carries TorchServe's status text or the JSON document the HTTP call answers. As",
+        "in TorchServe's gRPC service, a number left at 0 counts as not given (`min_worker`",
+        "then means 1), RegisterModel is asynchronous unless `synchronous` is set, ListModels",
+        "lists nothing without a `limit`, and RegisterModel or UnregisterModel with the model",
+        "API off (`enable_model_api=false`, the default) is PERMISSION_DENIED",
+        '"Model API disabled". `DescribeModel`\'s `customized` flag is not served.',
+        "",
+        "| service | method | kind |",
+        "|---|---|---|",
+        *rows(management),
     ]
 
 

@@ -28,7 +28,7 @@ import grpc
 from marfleet.runtime.config import ConfigError, ModelSource, ServerConfig
 from marfleet.runtime.host_metrics import HostSampler
 from marfleet.runtime.metrics import CONTENT_TYPE, RuntimeMetrics
-from marfleet.runtime.server import grpc_api
+from marfleet.runtime.server import grpc_api, grpc_management
 from marfleet.runtime.server.auth import Tokens, require_token, token_api
 from marfleet.runtime.server.dataplane import DataPlane
 from marfleet.runtime.server.errors import ApiError, error_response, json_response
@@ -156,8 +156,10 @@ class ModelServer:
         self._draining = False
         self._stop = asyncio.Event()
         self._startup_task: asyncio.Task[None] | None = None
-        self._grpc: grpc.aio.Server | None = None
-        self._grpc_port = 0
+        self._grpc: dict[str, tuple[grpc.aio.Server, int]] = {}  # name -> (server, port)
+        self._management = ManagementApi(
+            self.registry, self.loader, enable_model_api=config.enable_model_api
+        )
 
     # health
 
@@ -197,20 +199,35 @@ class ModelServer:
             )
             await server.start(address.host, address.port, tls=tls if address.tls else None)
             self._servers[name] = server
-        if config.grpc_inference_port:
-            self._grpc, self._grpc_port = await grpc_api.start_server(
-                self.plane,
+        credentials = grpc_credentials(config) if config.enable_grpc_ssl else None
+        for name, handlers, host, port in (
+            (
+                "grpc_inference",
+                grpc_api.inference_handlers(self.plane),
                 config.inference_address.host,
                 config.grpc_inference_port,
-                max_request_bytes=config.max_request_size,
-                max_response_bytes=config.max_response_size,
-                credentials=grpc_credentials(config) if config.enable_grpc_ssl else None,
-            )
+            ),
+            (
+                "grpc_management",
+                [grpc_management.Management(self._management, self.plane.authorize).handler()],
+                config.management_address.host,
+                config.grpc_management_port,
+            ),
+        ):
+            if port:
+                self._grpc[name] = await grpc_api.start_server(
+                    handlers,
+                    host,
+                    port,
+                    max_request_bytes=config.max_request_size,
+                    max_response_bytes=config.max_response_size,
+                    credentials=credentials,
+                )
         log.info(
             "listening",
             extra={
                 **{name: server.port for name, server in self._servers.items()},
-                "grpc_inference": self._grpc_port,
+                **{name: port for name, (_, port) in self._grpc.items()},
                 "gpus": self.gpu_count,
                 "token_authorization": self.plane.tokens is not None,
             },
@@ -218,8 +235,8 @@ class ModelServer:
         self._startup_task = asyncio.get_running_loop().create_task(self._load_startup_models())
 
     def port(self, name: str) -> int:
-        if name == "grpc_inference":
-            return self._grpc_port
+        if name in self._grpc:
+            return self._grpc[name][1]
         return self._servers[name].port
 
     def request_stop(self) -> None:
@@ -241,8 +258,8 @@ class ModelServer:
         front = [self._servers[n] for n in ("inference", "management") if n in self._servers]
         for server in front:
             server.begin_shutdown()
-        if self._grpc is not None:
-            await self._grpc.stop(max(0.0, grace - (time.monotonic() - started)))
+        for grpc_server, _ in self._grpc.values():
+            await grpc_server.stop(max(0.0, grace - (time.monotonic() - started)))
         for server in front:
             await server.wait_closed(max(0.0, grace - (time.monotonic() - started)))
         await self.registry.shutdown(drain_timeout=max(0.0, grace - (time.monotonic() - started)))
@@ -270,9 +287,7 @@ class ModelServer:
         InferenceApi(self.plane).routes(router)
 
     def _management_routes(self, router: Router) -> None:
-        ManagementApi(
-            self.registry, self.loader, enable_model_api=self.config.enable_model_api
-        ).routes(router)
+        self._management.routes(router)
         if self.plane.tokens is not None:
             summary = "A new management or inference key (?type=), with the API key."
             router.add("GET", "/token", token_api(self.plane.tokens), summary)

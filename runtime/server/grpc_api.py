@@ -428,8 +428,13 @@ def _raw(datatype: str, data: list[Any]) -> bytes:
     return np.asarray(data, dtype=kserve_v2.numpy_type(datatype)).tobytes()
 
 
+def inference_handlers(plane: DataPlane) -> list[grpc.GenericRpcHandler]:
+    """Both inference services of `grpc_inference_port`."""
+    return [TorchServeInference(plane).handler(), *OpenInference(plane).handlers()]
+
+
 async def start_server(
-    plane: DataPlane,
+    handlers: list[grpc.GenericRpcHandler],
     host: str,
     port: int,
     *,
@@ -437,17 +442,15 @@ async def start_server(
     max_response_bytes: int,
     credentials: grpc.ServerCredentials | None = None,
 ) -> tuple[grpc.aio.Server, int]:
-    """Serve both inference services on host:port (TLS with `credentials`); the bound port.
-    Messages over `max_request_bytes` are refused with RESOURCE_EXHAUSTED, as HTTP's 413."""
+    """Serve `handlers` on host:port (TLS with `credentials`); the bound port. Messages over
+    `max_request_bytes` are refused with RESOURCE_EXHAUSTED, as HTTP's 413."""
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_request_bytes),
             ("grpc.max_send_message_length", max_response_bytes),
         ]
     )
-    server.add_generic_rpc_handlers(
-        [TorchServeInference(plane).handler(), *OpenInference(plane).handlers()]
-    )
+    server.add_generic_rpc_handlers(handlers)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         if credentials is None:

@@ -1,4 +1,8 @@
-"""The management port: TorchServe's model API with its parameters, statuses and bodies.
+"""The management API: TorchServe's model calls with their parameters, statuses and bodies.
+
+`ManagementApi` holds the calls, each taking TorchServe's parameters as strings and returning
+an `Answer`; the HTTP routes here and TorchServe's gRPC ManagementAPIsService
+(`grpc_management.py`) are thin adapters over them, so both transports share every rule.
 
 Register, scale, describe, list (paginated), unregister (draining what was accepted) and
 set-default answer exactly as TorchServe 0.12 does — tests/integration/
@@ -16,12 +20,15 @@ models loaded at start-up get marfleet's default instead).
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from marfleet.runtime.server.errors import ApiError, json_response
-from marfleet.runtime.server.http import Request, Response
+from marfleet.runtime.server.http import Handler, Request, Response
 from marfleet.runtime.server.model_source import ModelLoader, Registration
 from marfleet.runtime.server.routing import METHOD_NOT_ALLOWED, Router
 from marfleet.runtime.workers.pool import WorkerSlot
@@ -64,7 +71,40 @@ _UNUSED_FEATURES_AFTER_DEVICE = {
 }
 
 
+@dataclass(frozen=True)
+class Answer:
+    """A management call's outcome, whichever transport asked: the JSON document HTTP sends as
+    the body, and for calls that answer TorchServe's status text, that text (gRPC's `msg`)."""
+
+    document: Any
+    status: int = 200
+    message: str | None = None
+
+    @classmethod
+    def status_text(cls, message: str, status: int = 200) -> Answer:
+        return cls({"status": message}, status, message)
+
+    def text(self) -> str:
+        """What TorchServe's gRPC ManagementResponse carries: the status text, or the document
+        as TorchServe pretty-prints it."""
+        return self.message if self.message is not None else json.dumps(self.document, indent=2)
+
+    def response(self) -> Response:
+        return json_response(self.document, self.status)
+
+
+class ModelApiDisabled(ApiError):
+    """Registering or unregistering while `enable_model_api` is off: TorchServe's 405 over
+    HTTP; its gRPC service answers PERMISSION_DENIED instead."""
+
+    def __init__(self) -> None:
+        super().__init__(405, METHOD_NOT_ALLOWED)
+
+
 class ManagementApi:
+    """The management calls on TorchServe's parameters (strings, as in its query strings),
+    shared by the HTTP routes here and the gRPC service (`grpc_management.py`)."""
+
     def __init__(
         self, registry: ModelRegistry, loader: ModelLoader, *, enable_model_api: bool
     ) -> None:
@@ -73,38 +113,73 @@ class ManagementApi:
         self._enable_model_api = enable_model_api
 
     def routes(self, router: Router) -> None:
-        router.add("GET", "/models", self.list_models, "List registered models (paginated).")
-        router.add("POST", "/models", self.register, "Register a model from the store or a URL.")
+        def http(call: Callable[[Request], Awaitable[Answer]]) -> Handler:
+            async def handle(request: Request) -> Response:
+                return (await call(request)).response()
+
+            return handle
+
+        def name(request: Request) -> str:
+            return request.params["model_name"]
+
+        def version(request: Request) -> str | None:
+            return request.params.get("model_version")
+
+        router.add(
+            "GET",
+            "/models",
+            http(lambda r: self.list_models(r.query)),
+            "List registered models (paginated).",
+        )
+        router.add(
+            "POST",
+            "/models",
+            http(lambda r: self.register(r.query)),
+            "Register a model from the store or a URL.",
+        )
         for pattern in ("/models/{model_name}", "/models/{model_name}/{model_version}"):
-            router.add("GET", pattern, self.describe, "Describe a model version (or all).")
-            router.add("PUT", pattern, self.scale, "Scale a model version's workers.")
-            router.add("DELETE", pattern, self.unregister, "Unregister a model version.")
+            router.add(
+                "GET",
+                pattern,
+                http(lambda r: self.describe(name(r), version(r))),
+                "Describe a model version (or all).",
+            )
+            router.add(
+                "PUT",
+                pattern,
+                http(lambda r: self.scale(name(r), version(r), r.query)),
+                "Scale a model version's workers.",
+            )
+            router.add(
+                "DELETE",
+                pattern,
+                http(lambda r: self.unregister(name(r), version(r))),
+                "Unregister a model version.",
+            )
         router.add(
             "PUT",
             "/models/{model_name}/{model_version}/set-default",
-            self.set_default,
+            http(lambda r: self.set_default(name(r), r.params["model_version"])),
             "Make a version the model's default.",
         )
 
-    async def list_models(self, request: Request) -> Response:
-        limit = _number(request.query, "limit", DEFAULT_PAGE_SIZE)
-        start = max(0, _number(request.query, "next_page_token", 0))
+    async def list_models(self, query: Mapping[str, str]) -> Answer:
+        limit = _number(query, "limit", DEFAULT_PAGE_SIZE)
+        start = max(0, _number(query, "next_page_token", 0))
         if limit < 0 or limit > DEFAULT_PAGE_SIZE:
             limit = DEFAULT_PAGE_SIZE
         names = self._registry.names()
-        last = min(start + limit, len(names))
-        page = names[start:last]
-        body: dict[str, Any] = {}
-        if last < len(names):
-            body["nextPageToken"] = str(last)
-        body["models"] = [
+        document: dict[str, Any] = {}
+        if start + limit <= len(names):  # TorchServe: a page that reaches the end has a token
+            document["nextPageToken"] = str(start + limit)
+        page = names[start : start + limit]
+        document["models"] = [
             {"modelName": name, "modelUrl": self._registry.get(name).url} for name in page
         ]
-        return json_response(body)
+        return Answer(document)
 
-    async def register(self, request: Request) -> Response:
+    async def register(self, query: Mapping[str, str]) -> Answer:
         self._require_model_api()
-        query = request.query
         url = query.get("url")
         if not url:
             raise ApiError(400, "Parameter url is required.")
@@ -124,27 +199,24 @@ class ManagementApi:
         )
         entry, workers = await self._loader.register(registration)
         if workers and not synchronous:
-            return json_response({"status": PROCESSING}, 202)
+            return Answer.status_text(PROCESSING, 202)
         message = (
             f'Model "{entry.name}" Version: {entry.version} '
             f"registered with {workers} initial workers"
         )
         if workers == 0:
             message += ". Use scale workers API to add workers for the model."
-        return json_response({"status": message})
+        return Answer.status_text(message)
 
-    async def describe(self, request: Request) -> Response:
-        name, version = request.params["model_name"], request.params.get("model_version")
+    async def describe(self, name: str, version: str | None) -> Answer:
         if version == "all":
             entries = self._call(lambda: self._registry.versions(name))
         else:
             entries = [self._entry(name, version)]
-        return json_response([self._description(entry) for entry in entries])
+        return Answer([self._description(entry) for entry in entries])
 
-    async def scale(self, request: Request) -> Response:
-        name, version = request.params["model_name"], request.params.get("model_version")
+    async def scale(self, name: str, version: str | None, query: Mapping[str, str]) -> Answer:
         entry = self._entry(name, version)
-        query = request.query
         count = _number(query, "min_worker", entry.settings.min_workers)
         maximum = _number(query, "max_worker", count)
         if count < 0:
@@ -158,32 +230,30 @@ class ManagementApi:
         if errors:
             raise ApiError(500, f"Failed to start workers for model {name}: {errors[0]}")
         if not synchronous:
-            return json_response({"status": PROCESSING}, 202)
+            return Answer.status_text(PROCESSING, 202)
         suffix = f", version: {version}" if version else ""
-        return json_response({"status": f"Workers scaled to {count} for model: {name}{suffix}"})
+        return Answer.status_text(f"Workers scaled to {count} for model: {name}{suffix}")
 
-    async def unregister(self, request: Request) -> Response:
+    async def unregister(self, name: str, version: str | None) -> Answer:
         self._require_model_api()
-        name, version = request.params["model_name"], request.params.get("model_version")
         entry = self._entry(name, version)
         try:
             await self._registry.remove(entry, drain_timeout=entry.settings.response_timeout_s)
         except DefaultVersionInUse as error:
             raise ApiError(403, str(error), type="InvalidModelVersionException") from None
-        return json_response({"status": f'Model "{name}" unregistered'})
+        return Answer.status_text(f'Model "{name}" unregistered')
 
-    async def set_default(self, request: Request) -> Response:
-        name, version = request.params["model_name"], request.params["model_version"]
+    async def set_default(self, name: str, version: str) -> Answer:
         self._call(lambda: self._registry.set_default(name, version))
-        return json_response(
-            {"status": f'Default version successfully updated for model "{name}" to "{version}"'}
+        return Answer.status_text(
+            f'Default version successfully updated for model "{name}" to "{version}"'
         )
 
     # helpers
 
     def _require_model_api(self) -> None:
         if not self._enable_model_api:
-            raise ApiError(405, METHOD_NOT_ALLOWED)
+            raise ModelApiDisabled()
 
     def _entry(self, name: str, version: str | None) -> ModelVersion:
         return self._call(lambda: self._registry.get(name, version))
@@ -250,7 +320,7 @@ def _resident_bytes(pid: int | None) -> int:
         return 0
 
 
-def _number(query: dict[str, str], key: str, default: int) -> int:
+def _number(query: Mapping[str, str], key: str, default: int) -> int:
     value = query.get(key)
     if value is None or value == "":
         return default

@@ -324,7 +324,7 @@ def test_design_example_becomes_a_placed_ready_fleet(
             f"https://models.example/{uri}",
         ]
         assert {"name": "MARFLEET_VARIANT", "value": variant} in server["env"]
-        assert [p["containerPort"] for p in server["ports"]] == [8080, 8081, 8082, 7070]
+        assert [p["containerPort"] for p in server["ports"]] == [8080, 8081, 8082, 7070, 7071]
         hpa = k8s.AutoscalingV2Api(api).read_namespaced_horizontal_pod_autoscaler(
             f"resnet50-{variant}", namespace
         )

@@ -1,7 +1,7 @@
 """TLS with TorchServe's keys: a self-signed certificate made here (openssl), `https://`
-addresses for the inference and management ports, `enable_grpc_ssl=true` for gRPC, and real
-clients (httpx, grpcio) that trust only that certificate. A plain-HTTP client on the TLS port is
-refused at the handshake, and the server goes on serving."""
+addresses for the inference and management ports, `enable_grpc_ssl=true` for both gRPC ports,
+and real clients (httpx, grpcio) that trust only that certificate. A plain-HTTP client on the TLS
+port is refused at the handshake, and the server goes on serving."""
 
 from __future__ import annotations
 
@@ -9,18 +9,21 @@ import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
 import pytest
 from google.protobuf import empty_pb2
 from marfleet.runtime.server.protos import inference_pb2 as ts_pb2
+from marfleet.runtime.server.protos import management_pb2
 
 from tests.integration.server_archives import HANDLERS
 from tests.serving import Server, archive, serve
 
 PING = "/org.pytorch.serve.grpc.inference.InferenceAPIsService/Ping"
 PREDICT = "/org.pytorch.serve.grpc.inference.InferenceAPIsService/Predictions"
+MANAGEMENT = "/org.pytorch.serve.grpc.management.ManagementAPIsService"
 
 
 @pytest.fixture(scope="module")
@@ -91,3 +94,34 @@ def test_grpc_over_tls(server: Server) -> None:
                 response_deserializer=ts_pb2.TorchServeHealthResponse.FromString,
             )(empty_pb2.Empty(), timeout=10)
         assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_grpc_management_over_tls_with_the_management_key(server: Server) -> None:
+    """The gRPC management port shares the certificate; the model API is off here (the
+    default), which TorchServe 0.12's gRPC service answers PERMISSION_DENIED "Model API
+    disabled" (seen on TorchServe itself), where HTTP answers 405."""
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=Path(str(server.certificate)).read_bytes()
+    )
+    with grpc.secure_channel(server.grpc_management, credentials) as channel:
+
+        def call(method: str, request: Any, metadata: list[tuple[str, str]]) -> Any:
+            return channel.unary_unary(
+                f"{MANAGEMENT}/{method}",
+                request_serializer=type(request).SerializeToString,
+                response_deserializer=management_pb2.ManagementResponse.FromString,
+            )(request, metadata=metadata, timeout=30)
+
+        auth = [("authorization", server.auth["Authorization"])]
+        listed = call("ListModels", management_pb2.ListModelsRequest(limit=10), auth)
+        assert [m["modelName"] for m in json.loads(listed.msg)["models"]] == ["echo"]
+        with pytest.raises(grpc.RpcError) as error:
+            call("RegisterModel", management_pb2.RegisterModelRequest(url="echo.mar"), auth)
+        assert (error.value.code(), error.value.details()) == (
+            grpc.StatusCode.PERMISSION_DENIED,
+            "Model API disabled",
+        )
+        inference_key = [("authorization", server.bearer("inference")["Authorization"])]
+        with pytest.raises(grpc.RpcError) as error:
+            call("ListModels", management_pb2.ListModelsRequest(limit=10), inference_key)
+        assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED

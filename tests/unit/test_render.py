@@ -273,6 +273,7 @@ def test_server_container() -> None:
         {"name": "management", "containerPort": 8081, "protocol": "TCP"},
         {"name": "metrics", "containerPort": 8082, "protocol": "TCP"},
         {"name": "grpc", "containerPort": 7070, "protocol": "TCP"},
+        {"name": "grpc-management", "containerPort": 7071, "protocol": "TCP"},
     ]
     assert server["readinessProbe"]["httpGet"] == {"path": "/ping", "port": "inference"}
     assert server["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "inference"}
@@ -345,6 +346,7 @@ def test_config_properties_carry_the_runtime_settings() -> None:
         "management_address": "http://0.0.0.0:8081",
         "metrics_address": "http://0.0.0.0:8082",
         "grpc_inference_port": "7070",
+        "grpc_management_port": "7071",
         "number_of_gpu": "1",
         "workers_per_device": "1",
         "batch_size": "32",
@@ -452,6 +454,12 @@ def test_variant_service() -> None:
         {"name": "management", "port": 8081, "targetPort": "management", "protocol": "TCP"},
         {"name": "metrics", "port": 8082, "targetPort": "metrics", "protocol": "TCP"},
         {"name": "grpc", "port": 7070, "targetPort": "grpc", "protocol": "TCP"},
+        {
+            "name": "grpc-management",
+            "port": 7071,
+            "targetPort": "grpc-management",
+            "protocol": "TCP",
+        },
     ]
     assert svc["metadata"]["labels"][labels.SCRAPE] == "true"
 
