@@ -27,6 +27,7 @@ from google.protobuf import empty_pb2
 from marfleet.runtime.server.protos import inference_pb2 as ts_pb2
 
 from e2e.bench.router_procs import router
+from e2e.support import free_port
 from tests.integration.server_archives import MLP_TENSORS, build_store
 from tests.models import TinyMLP, build
 from tests.serving import Server, serve
@@ -214,13 +215,22 @@ def test_intermediate_responses_arrive_one_by_one_as_http_chunks(
     assert sent[0] < 4, sent
 
 
+@pytest.fixture(scope="module")
+def routed(server: Server) -> Iterator[tuple[str, str]]:
+    """One `marfleet router` before the server, HTTP and gRPC: (HTTP URL, gRPC host:port)."""
+    grpc_port = free_port()
+    args = ["--weights", "stable=100", "--grpc-port", str(grpc_port)]
+    args.append(f"--grpc-backend=stable={server.grpc}")
+    with router({"stable": server.inference}, *args) as proc:
+        yield proc.url, f"127.0.0.1:{grpc_port}"
+
+
 def test_intermediate_responses_pass_through_the_router_one_by_one(
-    server: Server, tmp_path: Path
+    routed: tuple[str, str], tmp_path: Path
 ) -> None:
     log = tmp_path / "parts.log"
     body = {"parts": 5, "delay": 0.4, "log": str(log)}
-    with router({"stable": server.inference}, "--weights", "stable=100") as proc:
-        chunks, sent = _read_stream(f"{proc.url}/predictions/stream", body, log)
+    chunks, sent = _read_stream(f"{routed[0]}/predictions/stream", body, log)
     parts = [json.loads(line) for line in b"".join(chunks).splitlines()]
     assert parts == [{"part": index} for index in range(5)]
     assert sent[0] < 4, sent
@@ -278,12 +288,18 @@ def test_grpc_ping_predictions_and_errors(server: Server) -> None:
         assert error.value.code() == grpc.StatusCode.INTERNAL
 
 
-def test_grpc_stream_predictions_deliver_parts_one_by_one(server: Server, tmp_path: Path) -> None:
+@pytest.mark.parametrize("via", ["direct", "router"])
+def test_grpc_stream_predictions_deliver_parts_one_by_one(
+    server: Server, routed: tuple[str, str], tmp_path: Path, via: str
+) -> None:
+    """Each StreamPredictions message reaches the client (directly or through the router) while
+    the handler still has parts to produce."""
     log = tmp_path / "parts.log"
     body = json.dumps({"parts": 5, "delay": 0.4, "log": str(log)}).encode()
     request = ts_pb2.PredictionsRequest(model_name="stream", input={"body": body})
     parts, sent = [], []
-    with grpc.insecure_channel(server.grpc) as channel:
+    target = server.grpc if via == "direct" else routed[1]
+    with grpc.insecure_channel(target) as channel:
         for reply in _ts_call(
             channel, "StreamPredictions", request, ts_pb2.PredictionResponse, stream=True
         ):
