@@ -21,6 +21,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from marfleet.runtime.metrics_config import MetricsConfig
+
 DEFAULT_STARTUP_TIMEOUT_S = 120  # TorchServe's startupTimeout: how long a worker may load
 
 
@@ -75,6 +77,9 @@ class ServerConfig:
     enable_model_api: bool = False
     enable_envvars_config: bool = False
     service_envelope: str = ""  # TorchServe's request envelope for every model ("": none)
+    metrics_config: Path | None = None  # TorchServe's metrics.yaml (None: its default)
+    model_metrics_auto_detect: bool = False  # export handler metrics metrics_config lacks
+    metrics: MetricsConfig | None = None  # metrics_config as read (serve_cli), None: default
     # marfleet's own keys
     workers_per_device: int = 1
     worker_threads: int = 1
@@ -139,6 +144,7 @@ _BOOL_KEYS = {
     "enable_model_api",
     "enable_envvars_config",
     "enable_grpc_ssl",
+    "model_metrics_auto_detect",
 }
 _ADDRESS_KEYS = {"inference_address", "management_address", "metrics_address"}
 _KNOWN_KEYS = (
@@ -155,6 +161,7 @@ _KNOWN_KEYS = (
         "certificate_file",
         "private_key_file",
         "service_envelope",
+        "metrics_config",
     }
 )
 # TorchServe 0.12's envelopes (runtime/handlers/envelopes.py)
@@ -232,7 +239,7 @@ def _build(values: Mapping[str, str]) -> ServerConfig:
             settings[key] = Address.parse(key, value)
         elif key in _FLOAT_KEYS:
             settings[key] = _as_float(key, value)
-        elif key in ("model_store", "certificate_file", "private_key_file"):
+        elif key in ("model_store", "certificate_file", "private_key_file", "metrics_config"):
             settings[key] = Path(value) if value else None
         elif key == "allowed_urls":
             settings[key] = tuple(part.strip() for part in value.split(",") if part.strip())

@@ -6,6 +6,11 @@ without a `_total` suffix, which prometheus_client always appends), and the fron
 several series per request on a single event loop, where plain attribute arithmetic on
 pre-bound children is several times cheaper than prometheus_client's locked label lookups.
 Rendering follows the Prometheus text format 0.0.4.
+
+TorchServe's metrics are the ones its `metrics_config` declares (metrics_config.py), with the
+declared type and labels; each is updated through a `Series`, which adds, sets or observes as
+that type says and does nothing for a metric the config leaves out, so the code that measures
+never needs to know. marfleet's own `marfleet_*` metrics are always there.
 """
 
 from __future__ import annotations
@@ -16,6 +21,13 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 
 from marfleet.runtime.host_metrics import HostSampler
+from marfleet.runtime.metrics_config import (
+    LABEL_NAME,
+    METRIC_NAME,
+    MetricsConfig,
+    MetricSpec,
+    default_metrics_config,
+)
 from marfleet.runtime.workers.pool import Job
 from marfleet.runtime.workers.process import MetricRecord
 
@@ -26,6 +38,8 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 LOAD_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+# TorchServe's histograms: the Prometheus Java client's default buckets
+TS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
 
 
 class Value:
@@ -164,30 +178,47 @@ def _escape(value: str) -> str:
 
 
 MODEL_LABELS = ("model", "version", "variant")
-TS_LABELS = ("model_name", "model_version", "hostname")  # TorchServe 0.12's, lower-case here
-HOST_LABELS = ("Level", "Hostname")
-# TorchServe's default metrics (its metrics.yaml), as its Prometheus mode exports them
-TS_HOST_GAUGES = {
-    "QueueTime": "Milliseconds",
-    "WorkerThreadTime": "Milliseconds",
-    "CPUUtilization": "Percent",
-    "MemoryUsed": "Megabytes",
-    "MemoryAvailable": "Megabytes",
-    "MemoryUtilization": "Percent",
-    "DiskUsage": "Gigabytes",
-    "DiskAvailable": "Gigabytes",
-    "DiskUtilization": "Percent",
-}
-TS_MODEL_GAUGES = ("HandlerTime", "PredictionTime")  # from the worker, in ms
+
+
+def _ignore(value: float) -> None:
+    """The update of a metric metrics_config leaves out."""
+
+
+class Series:
+    """One series of a TorchServe metric, whatever type metrics_config gave it: a counter adds
+    the value, a gauge takes it, a histogram observes it (TorchServe's `addOrUpdate`)."""
+
+    __slots__ = ("record",)
+
+    def __init__(self, family: Family | None, labels: dict[str, str]) -> None:
+        self.record: Callable[[float], None] = _ignore
+        if family is None:
+            return
+        values = tuple(labels.get(name, "") for name in family.labelnames)
+        if family.kind == "histogram":
+            self.record = family.histogram(*values).observe
+        elif family.kind == "gauge":
+            self.record = family.labels(*values).set
+        else:
+            self.record = family.labels(*values).inc
 
 
 class RuntimeMetrics:
     """Every series `marfleet serve` exports; per-model views come from `for_model`."""
 
-    def __init__(self, *, variant: str, hostname: str, host: HostSampler | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        variant: str,
+        hostname: str,
+        host: HostSampler | None = None,
+        config: MetricsConfig | None = None,
+    ) -> None:
         self.variant = variant
         self.hostname = hostname
+        self.config = config = config if config is not None else default_metrics_config()
         self.registry = registry = Registry()
+        self._dropped: set[str] = set()  # handler metrics not declared, logged once
         self._queue_depths: dict[tuple[str, str], tuple[Value, Callable[[], int]]] = {}
         self._host = host
         registry.on_render(self._refresh_queue_depths)
@@ -202,48 +233,16 @@ class RuntimeMetrics:
         ) -> Family:
             return registry.add(Family(name, help_text, kind, labels, buckets))
 
-        self.ts_requests = family(
-            "ts_inference_requests_total", "Inference requests received.", "counter", TS_LABELS
-        )
-        self.ts_latency = family(
-            "ts_inference_latency_microseconds",
-            "Total inference latency in microseconds.",
-            "counter",
-            TS_LABELS,
-        )
-        self.ts_queue = family(
-            "ts_queue_latency_microseconds",
-            "Total time requests spent queued, in microseconds.",
-            "counter",
-            TS_LABELS,
-        )
+        self._ts: dict[str, Family] = {
+            spec.name: self._ts_family(spec, spec.dimensions) for spec in config.frontend.values()
+        }
+        self._model: dict[str, Family] = {
+            spec.name: self._ts_family(spec, _with_hostname(spec.dimensions))
+            for spec in config.model.values()
+        }
         self.by_class = {
-            cls: family(
-                f"Requests{cls}XX",
-                f"Responses with a {cls}xx status, on every API (unit: Count).",
-                "counter",
-                HOST_LABELS,
-            ).labels("Host", hostname)
+            cls: self.ts_series(f"Requests{cls}XX", Level="Host", Hostname=hostname)
             for cls in (2, 4, 5)
-        }
-        self.ts_host = {
-            name: family(name, f"TorchServe's {name} (unit: {unit}).", "gauge", HOST_LABELS)
-            for name, unit in TS_HOST_GAUGES.items()
-        }
-        self.worker_load_time = family(
-            "WorkerLoadTime",
-            "Time a worker took to load its model (unit: Milliseconds).",
-            "gauge",
-            ("WorkerName", *HOST_LABELS),
-        )
-        self.ts_model = {
-            name: family(
-                name,
-                f"TorchServe's {name} of the last batch (unit: ms).",
-                "gauge",
-                ("ModelName", *HOST_LABELS),
-            )
-            for name in TS_MODEL_GAUGES
         }
         self.requests = family(
             "marfleet_requests_total",
@@ -319,10 +318,18 @@ class RuntimeMetrics:
             MODEL_LABELS,
         )
 
+    def _ts_family(self, spec: MetricSpec, labelnames: Sequence[str]) -> Family:
+        help_text = f"Torchserve prometheus {spec.kind} metric with unit: {spec.unit}"
+        return self.registry.add(Family(spec.name, help_text, spec.kind, labelnames, TS_BUCKETS))
+
+    def ts_series(self, name: str, **labels: str) -> Series:
+        """The series of TorchServe's frontend metric `name` with these label values."""
+        return Series(self._ts.get(name), labels)
+
     def count_status(self, status: int) -> None:
         child = self.by_class.get(status // 100)
         if child is not None:
-            child.inc()
+            child.record(1)
 
     def for_model(self, name: str, version: str, queue_depth: Callable[[], int]) -> ModelMetrics:
         metrics = ModelMetrics(self, name, version)
@@ -344,14 +351,14 @@ class RuntimeMetrics:
             if not (keep_load_failures and family is self.load_failures):
                 family.remove(belongs)
 
-    def host_gauge(self, name: str) -> Value:
-        return self.ts_host[name].labels("Host", self.hostname)
+    def host_series(self, name: str) -> Series:
+        return self.ts_series(name, Level="Host", Hostname=self.hostname)
 
     def _refresh_host(self) -> None:
         if self._host is None:
             return
         for name, value in self._host.sample().items():
-            self.host_gauge(name).set(value)
+            self.host_series(name).record(value)
 
     def _refresh_queue_depths(self) -> None:
         for gauge, depth in self._queue_depths.values():
@@ -360,12 +367,31 @@ class RuntimeMetrics:
     def model_load_failed(self, name: str, version: str) -> None:
         self.load_failures.labels(name, version, self.variant).inc()
 
-    def handler_family(self, name: str, kind: str, labelnames: Sequence[str]) -> Family:
-        metric_name = "ts_custom_" + "".join(c if c.isalnum() or c == "_" else "_" for c in name)
-        buckets = LATENCY_BUCKETS if kind == "histogram" else ()
-        return self.registry.add(
-            Family(metric_name, f"Handler metric {name}.", kind, labelnames, buckets)
-        )
+    def model_metric(
+        self, name: str, kind: str, unit: str, dimensions: dict[str, str]
+    ) -> Series | None:
+        """The series of a worker's metric (the handler's own, HandlerTime, PredictionTime)
+        with these dimensions, as TorchServe exports it: declared in metrics_config's
+        model_metrics (the declared type and dimensions win), or auto-detected when
+        model_metrics_auto_detect is on; None (and logged once) when it is not exported."""
+        family = self._model.get(name)
+        if family is None and self.config.auto_detect and _nameable(name, dimensions):
+            spec = MetricSpec(name, kind, unit, tuple(dimensions))
+            try:
+                family = self._model[name] = self._ts_family(spec, _with_hostname(spec.dimensions))
+            except ValueError:  # a name marfleet already uses
+                family = None
+        labels = {**dimensions, "Hostname": self.hostname}
+        if family is None or set(family.labelnames) != set(labels):
+            if name not in self._dropped:
+                self._dropped.add(name)
+                log.warning(
+                    "handler metric not exported: declare it in metrics_config's model_metrics "
+                    "with these dimensions, or set model_metrics_auto_detect=true",
+                    extra={"metric": name, "dimensions": sorted(dimensions)},
+                )
+            return None
+        return Series(family, labels)
 
 
 class ModelMetrics:
@@ -376,10 +402,10 @@ class ModelMetrics:
         self.name = name
         labels = (name, version, parent.variant)
         self._labels = labels
-        ts = (name, version, parent.hostname)
-        self.ts_requests = parent.ts_requests.labels(*ts)
-        self.ts_latency = parent.ts_latency.labels(*ts)
-        self.ts_queue = parent.ts_queue.labels(*ts)
+        ts = {"model_name": name, "model_version": version, "hostname": parent.hostname}
+        self.ts_requests = parent.ts_series("ts_inference_requests_total", **ts)
+        self.ts_latency = parent.ts_series("ts_inference_latency_microseconds", **ts)
+        self.ts_queue = parent.ts_series("ts_queue_latency_microseconds", **ts)
         self.duration = parent.duration.histogram(*labels)
         self.queue_time = parent.queue_time.histogram(*labels)
         self.batch_size = parent.batch_size.histogram(*labels)
@@ -389,15 +415,12 @@ class ModelMetrics:
         self.load_time = parent.load_time.histogram(*labels)
         self._by_code: dict[int, Value] = {}
         self._version = version
-        self._queue_gauge = parent.host_gauge("QueueTime")
-        self._thread_gauge = parent.host_gauge("WorkerThreadTime")
-        self._ts_model = {
-            metric: family.labels(name, "Model", parent.hostname)
-            for metric, family in parent.ts_model.items()
-        }
+        self._queue_gauge = parent.host_series("QueueTime")
+        self._thread_gauge = parent.host_series("WorkerThreadTime")
+        self._last_ms = {"HandlerTime": 0.0, "PredictionTime": 0.0}  # for WorkerThreadTime
 
     def request_received(self) -> None:
-        self.ts_requests.inc()
+        self.ts_requests.record(1)
         self.inflight.inc()
 
     def request_answered(self, status: int, seconds: float) -> None:
@@ -407,7 +430,7 @@ class ModelMetrics:
             child = self._by_code[status] = self._parent.requests.labels(*self._labels, str(status))
         child.inc()
         self.duration.observe(seconds)
-        self.ts_latency.inc(seconds * 1e6)
+        self.ts_latency.record(seconds * 1e6)
 
     # PoolObserver
 
@@ -424,9 +447,11 @@ class ModelMetrics:
     def model_loaded(self, seconds: float, worker_id: str) -> None:
         self.load_time.observe(seconds)
         worker = f"W-{worker_id}-{self.name}_{self._version}"  # TorchServe's worker name
-        self._parent.worker_load_time.labels(worker, "Host", self._parent.hostname).set(
-            round(seconds * 1000)
+        parent = self._parent
+        series = parent.ts_series(
+            "WorkerLoadTime", WorkerName=worker, Level="Host", Hostname=parent.hostname
         )
+        series.record(round(seconds * 1000))
 
     def model_load_failed(self) -> None:
         self._parent.load_failures.labels(*self._labels).inc()
@@ -436,35 +461,38 @@ class ModelMetrics:
         for job in jobs:
             waited = now - job.enqueued_at
             self.queue_time.observe(waited)
-            self.ts_queue.inc(waited * 1e6)
-            self._queue_gauge.set(round(waited * 1000))
+            self.ts_queue.record(waited * 1e6)
+            self._queue_gauge.record(round(waited * 1000))
 
     def batch_finished(self, seconds: float) -> None:
         """WorkerThreadTime: the batch's round trip to its worker less the handler's own time
         (TorchServe: time in the frontend's worker thread, backend excluded)."""
-        handler_ms = self._ts_model["HandlerTime"].value or self._ts_model["PredictionTime"].value
-        self._thread_gauge.set(max(0, round(seconds * 1000 - handler_ms)))
+        handler_ms = self._last_ms["HandlerTime"] or self._last_ms["PredictionTime"]
+        self._thread_gauge.record(max(0, round(seconds * 1000 - handler_ms)))
 
     def handler_failed(self, code: int) -> None:
         self._parent.handler_errors.labels(*self._labels, str(code)).inc()
 
     def handler_metrics(self, records: list[MetricRecord]) -> None:
-        for name, value, _unit, dimensions, kind in records:
-            if name in self._ts_model:  # TorchServe's own: under its name, as TorchServe does
-                self._ts_model[str(name)].set(float(str(value)))
-                continue
-            dims = dict(dimensions) if isinstance(dimensions, dict) else {}
-            labelnames = ("model", *sorted(dims))
-            try:
-                family = self._parent.handler_family(str(name), str(kind), labelnames)
-            except ValueError as error:
-                log.warning("handler metric dropped", extra={"reason": str(error)})
-                continue
-            values = (self.name, *(str(dims[k]) for k in sorted(dims)))
+        for name, value, unit, dimensions, kind in records:
             number = float(str(value))
-            if kind == "histogram":
-                family.histogram(*values).observe(number)
-            elif kind == "gauge":
-                family.labels(*values).set(number)
-            else:
-                family.labels(*values).inc(number)
+            if name in self._last_ms:
+                self._last_ms[str(name)] = number
+            dims = (
+                {str(k): str(v) for k, v in dimensions.items()}
+                if isinstance(dimensions, dict)
+                else {}
+            )
+            series = self._parent.model_metric(str(name), str(kind), str(unit), dims)
+            if series is not None:
+                series.record(number)
+
+
+def _nameable(name: str, dimensions: dict[str, str]) -> bool:
+    """Whether a handler's metric can be exported under its own name and dimensions."""
+    return bool(METRIC_NAME.fullmatch(name)) and all(LABEL_NAME.fullmatch(d) for d in dimensions)
+
+
+def _with_hostname(dimensions: Sequence[str]) -> tuple[str, ...]:
+    """A worker metric's labels: its dimensions and the Hostname TorchServe's backend adds."""
+    return tuple(dimensions) if "Hostname" in dimensions else (*dimensions, "Hostname")

@@ -20,10 +20,12 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import uvloop
 from marfleet.runtime.config import ConfigError, ServerConfig, load_server_config, parse_properties
+from marfleet.runtime.metrics_config import MetricsConfigError, load_metrics_config
 from marfleet.runtime.server.app import ModelServer
 from marfleet.runtime.server.logs import configure_logging
 
@@ -75,7 +77,13 @@ def load_config(args: argparse.Namespace, env: dict[str, str]) -> ServerConfig:
         raise ConfigError("missing the model store: pass --model-store DIR (or model_store=)")
     if not config.model_store.is_dir():
         raise ConfigError(f"model store {config.model_store} is not a directory")
-    return config
+    try:
+        metrics = load_metrics_config(
+            config.metrics_config, auto_detect=config.model_metrics_auto_detect
+        )
+    except MetricsConfigError as error:
+        raise ConfigError(str(error)) from None
+    return replace(config, metrics=metrics)
 
 
 def main(argv: list[str]) -> int:

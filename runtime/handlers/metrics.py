@@ -2,10 +2,14 @@
 
 TorchServe workers print metrics to stdout for the frontend to parse; marfleet keeps them as
 `HandlerMetric` records that the service hands to a sink after each call, and the frontend
-exports them as `ts_custom_<name>`. The method names and signatures are TorchServe's
+exports them as TorchServe does (runtime/metrics.py, metrics_config.py). The method names and
+signatures are TorchServe's
 (`add_counter`, `add_time(name, value, idx, unit, dimensions, metric_type)`, the
 `add_metric_to_cache`/`add_or_update` pair, ...) so handlers call them unchanged; dimensions and
 metric types from the real `ts` package are accepted too, by their `name`/`value` attributes.
+The helpers add TorchServe's default dimensions: `ModelName` and `Level: Model` while a batch
+is handled, `Level: Error` outside one (at load) and for `add_error`; `add_metric_to_cache`
+metrics carry exactly the dimensions declared.
 """
 
 from __future__ import annotations
@@ -110,7 +114,8 @@ class CachedMetric:
 class HandlerMetrics:
     """The object handlers reach as `context.metrics`; `drain()` hands over what they recorded."""
 
-    def __init__(self) -> None:
+    def __init__(self, model_name: str = "") -> None:
+        self.model_name = model_name
         self.request_ids: dict[int, str] | None = None
         self._records: list[HandlerMetric] = []
         self._cache: dict[tuple[str, str], CachedMetric] = {}
@@ -126,6 +131,19 @@ class HandlerMetrics:
             return
         self._records.append(HandlerMetric(name, float(value), unit, dimensions, kind))
 
+    def _with_defaults(
+        self, dimensions: Sequence[Any] | None, *, error: bool = False
+    ) -> dict[str, str]:
+        """The dimensions plus TorchServe's defaults (`_add_default_dims`): ModelName and
+        Level=Model within a batch, Level=Error outside one; a dimension given wins."""
+        labels = _labels(dimensions)
+        if error or self.request_ids is None:
+            labels.setdefault("Level", "Error")
+        else:
+            labels.setdefault("ModelName", self.model_name)
+            labels.setdefault("Level", "Model")
+        return labels
+
     def drain(self) -> list[HandlerMetric]:
         records, self._records = self._records, []
         return records
@@ -139,7 +157,7 @@ class HandlerMetrics:
         dimensions: Sequence[Any] | None = None,
         metric_type: Any = MetricTypes.COUNTER,
     ) -> None:
-        self.record(name, value, unit, _labels(dimensions), _kind(metric_type))
+        self.record(name, value, unit, self._with_defaults(dimensions), _kind(metric_type))
 
     def add_counter(
         self,
@@ -148,7 +166,7 @@ class HandlerMetrics:
         idx: str | None = None,
         dimensions: Sequence[Any] | None = None,
     ) -> None:
-        self.record(name, value, "count", _labels(dimensions), "counter")
+        self.record(name, value, "count", self._with_defaults(dimensions), "counter")
 
     def add_time(
         self,
@@ -161,7 +179,7 @@ class HandlerMetrics:
     ) -> None:
         if unit not in TIME_UNITS:
             raise ValueError(f"the unit of a time metric must be one of {TIME_UNITS}, not {unit!r}")
-        self.record(name, value, unit, _labels(dimensions), _kind(metric_type))
+        self.record(name, value, unit, self._with_defaults(dimensions), _kind(metric_type))
 
     def add_size(
         self,
@@ -174,7 +192,7 @@ class HandlerMetrics:
     ) -> None:
         if unit not in SIZE_UNITS:
             raise ValueError(f"the unit of a size metric must be one of {SIZE_UNITS}, not {unit!r}")
-        self.record(name, value, unit, _labels(dimensions), _kind(metric_type))
+        self.record(name, value, unit, self._with_defaults(dimensions), _kind(metric_type))
 
     def add_percent(
         self,
@@ -184,10 +202,10 @@ class HandlerMetrics:
         dimensions: Sequence[Any] | None = None,
         metric_type: Any = MetricTypes.GAUGE,
     ) -> None:
-        self.record(name, value, "percent", _labels(dimensions), _kind(metric_type))
+        self.record(name, value, "percent", self._with_defaults(dimensions), _kind(metric_type))
 
     def add_error(self, name: str, value: float, dimensions: Sequence[Any] | None = None) -> None:
-        self.record(name, value, "", _labels(dimensions), "counter")
+        self.record(name, value, "", self._with_defaults(dimensions, error=True), "counter")
 
     def add_metric_to_cache(
         self,

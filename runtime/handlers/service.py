@@ -145,7 +145,7 @@ class ModelService:
         except ArchiveError as error:
             raise ModelLoadError(str(error)) from error
         name = model_name or manifest.model_name
-        metrics = HandlerMetrics()
+        metrics = HandlerMetrics(name)
         context = Context(
             name,
             str(model_dir),

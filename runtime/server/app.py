@@ -127,6 +127,7 @@ class ModelServer:
             variant=env.get("MARFLEET_VARIANT", ""),
             hostname=socket.gethostname(),
             host=HostSampler(Path.cwd()),
+            config=config.metrics,
         )
         self.gpu_count = visible_gpu_count(env, installed_gpu_count(), config.number_of_gpu)
         self.registry = ModelRegistry(

@@ -47,6 +47,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "worker_threads": "1",
         "max_request_head_size": str(MAX_HEAD),
         "max_json_depth": "20",
+        "model_metrics_auto_detect": "true",  # the behaviour handler's RowsProcessed
     }
     with serve(
         store, root / "run", models=["echo.mar", "mlp.mar", "stream.mar"], properties=properties
@@ -432,7 +433,7 @@ def test_metrics_use_the_documented_names(server: Server) -> None:
     assert metric_value(text, "marfleet_queue_depth", **labels) == 0
     assert metric_value(text, "marfleet_workers", device="cpu", state="ready", **labels) == 1
     assert metric_value(text, "marfleet_model_load_seconds_count", **labels) == 1
-    assert metric_value(text, "ts_custom_RowsProcessed", model="echo") >= 1
+    assert metric_value(text, "RowsProcessed", ModelName="echo", Level="Model") >= 1
     # TorchServe's default metrics, as its Prometheus mode names and labels them
     assert metric_value(text, "PredictionTime", ModelName="echo", Level="Model") > 0
     assert metric_value(text, "QueueTime", Level="Host") >= 0

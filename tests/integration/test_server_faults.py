@@ -3,7 +3,7 @@ clients, SIGTERM. Nothing is faked — workers are SIGKILLed, handlers really sl
 
 `slow` has one worker, batch size 1, a queue of 2 and a 3 s response timeout; `victim` has one
 worker; both run the `behaviour` test handler, which reports its pid and counts the rows it
-processes (ts_custom_RowsProcessed).
+processes (RowsProcessed, exported as model_metrics_auto_detect=true lets TorchServe).
 """
 
 from __future__ import annotations
@@ -28,7 +28,11 @@ from tests.integration.server_archives import build_store
 from tests.serving import Server, serve
 
 WORKER_DIED = {"code": 500, "type": "InternalServerException", "message": "Worker died."}
-PROPERTIES = {"disable_token_authorization": "true", "worker_threads": "1"}
+PROPERTIES = {
+    "disable_token_authorization": "true",
+    "worker_threads": "1",
+    "model_metrics_auto_detect": "true",
+}
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +68,7 @@ def worker_pid(server: Server, model: str) -> int:
 
 def rows_processed(server: Server, model: str) -> float:
     for line in httpx.get(f"{server.metrics}/metrics").text.splitlines():
-        if line.startswith("ts_custom_RowsProcessed{") and f'model="{model}"' in line:
+        if line.startswith("RowsProcessed{") and f'ModelName="{model}"' in line:
             return float(line.rsplit(" ", 1)[1])
     return 0.0
 

@@ -1,13 +1,15 @@
 """Differential test of TorchServe's KServe v2 side and its Prometheus metrics: the real
-TorchServe 0.12 with `service_envelope=kservev2` and `metrics_mode=prometheus`, and `marfleet
-serve` with the same config.properties, the same archives from the real torch-model-archiver.
+TorchServe 0.12 with `service_envelope=kservev2`, `metrics_mode=prometheus` and a
+`metrics_config` of its own, and `marfleet serve` with the same config.properties, the same
+archives from the real torch-model-archiver.
 
 Through the envelope a stock handler (TorchServe's MNIST example, a subclass of
 `ImageClassifier`) serves v2 requests, and a probe handler shows the rows each v2 input
 becomes, the explain flag of `/v2/models/{m}/explain`, and records one custom metric of every
-kind and API (`context.metrics`). Compared per call: status and body, byte for byte where both
-are JSON with the same volatile fields (the request id TorchServe assigns) set aside. Then the
-metric families both servers export: names, types and label names. Calls whose difference is
+kind and API (`context.metrics`); its model-config.yaml declares v2 tensors (TorchServe loads
+it all the same). Compared per call: status and body, byte for byte where the request names its
+id. Then the metric families: every family TorchServe exports, marfleet exports with the same
+type and label names, and nothing metrics_config leaves out. Calls whose difference is
 deliberate are in `DELIBERATE`, each with its reason (docs/moving-from-torchserve.md).
 One TorchServe and one marfleet for the module.
 """
@@ -24,6 +26,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from tests.handler_sources import MNIST_HANDLER, PROBE_HANDLER, write_handler
 from tests.models import TinyDigitClassifier, image_bytes, write_eager
@@ -41,6 +44,13 @@ def v2(*inputs: dict[str, Any], request_id: str | None = None) -> bytes:
     if request_id is not None:
         document["id"] = request_id
     return json.dumps(document).encode()
+
+
+# v2 model metadata as the probe's model-config.yaml declares it (TorchServe ignores the keys)
+PROBE_TENSORS = {
+    "inputs": [{"name": "a", "datatype": "INT64", "shape": [-1]}],
+    "outputs": [{"name": "a", "datatype": "BYTES", "shape": [1]}],
+}
 
 
 @dataclass(frozen=True)
@@ -82,6 +92,7 @@ STEPS = [
         {"name": "a", "shape": [1], "datatype": "INT64", "data": [5]}
     )),
     Step("probe, no inputs", "POST", "/v2/models/probe/infer", b'{"id": "x"}'),
+    Step("probe, metadata", "GET", "/v2/models/probe"),
     Step("probe, a version", "POST", "/v2/models/probe/versions/1.0/infer", v2(
         {"name": "a", "shape": [1], "datatype": "INT64", "data": [5]}, request_id="p5"
     )),
@@ -92,6 +103,8 @@ DELIBERATE = {
     "probe, no inputs": "marfleet refuses a malformed v2 request with 400 before a worker sees "
     "it; TorchServe's envelope fails in the worker (503)",
     "probe, a version": "marfleet serves the versioned v2 paths; TorchServe answers 404",
+    "probe, metadata": "TorchServe answers 404 to v2 model metadata over HTTP; marfleet serves "
+    "it, with the tensors the model-config.yaml declares",
 }
 
 
@@ -132,14 +145,59 @@ def build_store(root: Path) -> Path:
         *("--model-file", digits, "--serialized-file", digit_weights, "--export-path", store),
     )
     probe = write_handler(root, "probe_handler", PROBE_HANDLER)
+    config = root / "probe-config.yaml"
+    config.write_text(yaml.safe_dump({"batchSize": 1, **PROBE_TENSORS}))
     torch_model_archiver(
         "--model-name", "probe", "-v", "1.0", "--handler", f"{probe.with_suffix('')}:handle",
-        "--export-path", store,
+        "--config-file", config, "--export-path", store,
     )  # fmt: skip
     return store
 
 
 PROPERTIES = {"service_envelope": "kservev2", "metrics_mode": "prometheus"}
+
+# A metrics_config of one's own: some of TorchServe's default metrics (QueueTime as a histogram),
+# some of the probe's metrics; what it leaves out is not exported.
+METRICS_YAML = """
+dimensions:
+  - &model_name "ModelName"
+  - &level "Level"
+  - &hostname "Hostname"
+ts_metrics:
+  counter:
+    - name: Requests2XX
+      unit: Count
+      dimensions: [*level, *hostname]
+    - name: Requests4XX
+      unit: Count
+      dimensions: [*level, *hostname]
+    - name: ts_inference_requests_total
+      unit: Count
+      dimensions: ["model_name", "model_version", "hostname"]
+  histogram:
+    - name: QueueTime
+      unit: Milliseconds
+      dimensions: [*level, *hostname]
+model_metrics:
+  gauge:
+    - name: HandlerTime
+      unit: ms
+      dimensions: [*model_name, *level]
+    - name: ProbeTime
+      unit: ms
+      dimensions: ["Kind", *model_name, *level]
+    - name: ProbeGauge
+      unit: count
+      dimensions: ["Kind"]
+  counter:
+    - name: ProbeRows
+      unit: count
+      dimensions: ["Kind", *model_name, *level]
+  histogram:
+    - name: ProbeHistogram
+      unit: ms
+      dimensions: ["Kind"]
+"""
 
 
 @pytest.fixture(scope="module")
@@ -147,14 +205,17 @@ def answers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Answers,
     root = tmp_path_factory.mktemp("differential-v2")
     store = build_store(root)
     models = {"mnist": "mnist.mar", "probe": "probe.mar"}
-    torchserve = TorchServe(root / "torchserve", store, models, properties=PROPERTIES)
+    metrics_yaml = root / "metrics.yaml"
+    metrics_yaml.write_text(METRICS_YAML)
+    properties = {**PROPERTIES, "metrics_config": str(metrics_yaml)}
+    torchserve = TorchServe(root / "torchserve", store, models, properties=properties)
     try:
         torchserve.start()
         theirs = ask(torchserve.inference, torchserve.metrics)
     finally:
         torchserve.stop()
     with serve(
-        store, root / "marfleet", models=list(models.values()), properties=PROPERTIES
+        store, root / "marfleet", models=list(models.values()), properties=properties
     ) as server:
         ours = ask(server.inference, server.metrics)
     yield theirs, ours
@@ -206,7 +267,7 @@ def test_the_v2_comparison_is_not_vacuous(answers: tuple[Answers, Answers]) -> N
 
 
 def families(text: str) -> dict[str, tuple[str, frozenset[str]]]:
-    """metric name -> (type, label names) from Prometheus text."""
+    """metric name -> (type, label names) of every family with samples, from Prometheus text."""
     types = dict(re.findall(r"^# TYPE (\S+) (\S+)$", text, re.MULTILINE))
     found: dict[str, tuple[str, frozenset[str]]] = {}
     for name, labels in re.findall(r"^([A-Za-z_:][\w:]*)(?:\{([^}]*)\})? ", text, re.MULTILINE):
@@ -217,7 +278,22 @@ def families(text: str) -> dict[str, tuple[str, frozenset[str]]]:
 
 
 def test_metric_families_as_torchserve(answers: tuple[Answers, Answers]) -> None:
+    """Every series TorchServe exports, marfleet exports with its type and labels; and beside
+    its own marfleet_* series, marfleet exports nothing metrics_config does not declare."""
     theirs, ours = answers
     reference, mine = families(theirs.metrics), families(ours.metrics)
-    missing = {name: value for name, value in reference.items() if mine.get(name) != value}
-    assert not missing, {name: (value, mine.get(name)) for name, value in missing.items()}
+    differing = {name: (value, mine.get(name)) for name, value in reference.items()}
+    assert {name: pair for name, pair in differing.items() if pair[0] != pair[1]} == {}
+    declared = set(re.findall(r"^# TYPE (\S+) ", theirs.metrics, re.MULTILINE))
+    extra = {name for name in mine if not name.startswith("marfleet_")} - declared
+    assert extra == set()
+
+
+def test_the_metrics_comparison_is_not_vacuous(answers: tuple[Answers, Answers]) -> None:
+    reference = families(answers[0].metrics)
+    assert reference["ProbeRows"] == ("counter", {"Kind", "ModelName", "Level", "Hostname"})
+    assert reference["ProbeHistogram"] == ("histogram", {"Kind", "Hostname"})
+    assert reference["QueueTime"] == ("histogram", {"Level", "Hostname"})
+    assert reference["HandlerTime"][0] == "gauge"
+    for left_out in ("ProbeSize", "ProbeMetric", "PredictionTime", "WorkerThreadTime"):
+        assert left_out not in answers[0].metrics

@@ -63,15 +63,30 @@ def test_metric_helpers_record_name_value_unit_kind_and_dimensions() -> None:
     metrics.add_percent("Ratio", 50.0, metric_type=MetricTypes.HISTOGRAM)
     metrics.add_metric("Tokens", 7, "count", None, dims, MetricTypes.GAUGE)
     metrics.add_error("Failures", 1)
+    error = {"Level": "Error"}  # outside a batch, TorchServe's default dimension
     assert metrics.drain() == [
-        HandlerMetric("Calls", 2.0, "count", {"stage": "pre"}, "counter"),
-        HandlerMetric("Latency", 1.5, "s", {"stage": "pre"}, "gauge"),
-        HandlerMetric("Bytes", 10.0, "kB", {}, "gauge"),
-        HandlerMetric("Ratio", 50.0, "percent", {}, "histogram"),
-        HandlerMetric("Tokens", 7.0, "count", {"stage": "pre"}, "gauge"),
-        HandlerMetric("Failures", 1.0, "", {}, "counter"),
+        HandlerMetric("Calls", 2.0, "count", {"stage": "pre", **error}, "counter"),
+        HandlerMetric("Latency", 1.5, "s", {"stage": "pre", **error}, "gauge"),
+        HandlerMetric("Bytes", 10.0, "kB", error, "gauge"),
+        HandlerMetric("Ratio", 50.0, "percent", error, "histogram"),
+        HandlerMetric("Tokens", 7.0, "count", {"stage": "pre", **error}, "gauge"),
+        HandlerMetric("Failures", 1.0, "", error, "counter"),
     ]
     assert metrics.drain() == []
+
+
+def test_within_a_batch_the_model_name_and_level_are_added_as_torchserve_does() -> None:
+    metrics = HandlerMetrics("resnet")
+    metrics.set_request_ids({0: "a", 1: "b"})
+    metrics.add_counter("Calls", 1, None, [Dimension("stage", "pre")])
+    metrics.add_time("Latency", 2.0, dimensions=[Dimension("Level", "Custom")])
+    metrics.add_error("Failures", 1)
+    model = {"ModelName": "resnet", "Level": "Model"}
+    assert metrics.drain() == [
+        HandlerMetric("Calls", 1.0, "count", {"stage": "pre", **model}, "counter"),
+        HandlerMetric("Latency", 2.0, "ms", {"Level": "Custom", "ModelName": "resnet"}, "gauge"),
+        HandlerMetric("Failures", 1.0, "", {"Level": "Error"}, "counter"),
+    ]
 
 
 def test_declared_metrics_take_dimension_values() -> None:
@@ -110,4 +125,6 @@ def test_dimensions_and_types_from_torchserves_own_package_are_accepted() -> Non
     metrics.add_metric(
         "X", 1, "count", None, [TorchServeDimension("a", "b")], TorchServeMetricTypes.HISTOGRAM
     )
-    assert metrics.drain() == [HandlerMetric("X", 1.0, "count", {"a": "b"}, "histogram")]
+    assert metrics.drain() == [
+        HandlerMetric("X", 1.0, "count", {"a": "b", "Level": "Error"}, "histogram")
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from importlib.resources import files
 from pathlib import Path
 
@@ -9,6 +10,12 @@ import pytest
 import yaml
 from marfleet.runtime.host_metrics import HostSampler
 from marfleet.runtime.metrics import Family, Registry, RuntimeMetrics
+from marfleet.runtime.metrics_config import (
+    DEFAULT_METRICS_YAML,
+    MetricsConfigError,
+    default_metrics_config,
+    parse_metrics_config,
+)
 
 
 def samples(text: str) -> dict[str, float]:
@@ -66,15 +73,97 @@ def test_a_name_cannot_change_its_type_or_labels() -> None:
         registry.add(Family("x", "help", "gauge", ("a",)))
 
 
-def test_handler_metrics_become_ts_custom_series() -> None:
+MODEL = {"ModelName": "m", "Level": "Model"}
+HANDLER_RECORDS: list[tuple[object, ...]] = [
+    ("Rows", 3, "count", {"Kind": "a", **MODEL}, "counter"),
+    ("Rows", 2, "count", {"Kind": "a", **MODEL}, "counter"),
+    ("Temp", 7, "C", MODEL, "gauge"),
+    ("Bad Name", 1, "count", MODEL, "counter"),
+]
+
+
+def test_handler_metrics_metrics_config_does_not_declare_are_not_exported() -> None:
     metrics = RuntimeMetrics(variant="", hostname="h")
-    model = metrics.for_model("m", "1.0", queue_depth=lambda: 0)
-    model.handler_metrics(
-        [("Rows Seen", 3, "count", {"Level": "Model"}, "counter"), ("Temp", 7, "C", {}, "gauge")]
+    metrics.for_model("m", "1.0", queue_depth=lambda: 0).handler_metrics(HANDLER_RECORDS)
+    text = metrics.registry.render().decode()
+    assert "Rows" not in text and "Temp" not in text
+
+
+def test_declared_handler_metrics_take_the_declared_type_and_dimensions() -> None:
+    config = parse_metrics_config(
+        "model_metrics:\n"
+        "  histogram:\n"
+        "    - {name: Rows, unit: count, dimensions: [Kind, ModelName, Level]}\n"
+        "  gauge:\n"
+        "    - {name: Temp, unit: C, dimensions: [Kind]}\n",
+        "test",
     )
-    values = samples(metrics.registry.render().decode())
-    assert values['ts_custom_Rows_Seen{model="m",Level="Model"}'] == 3
-    assert values['ts_custom_Temp{model="m"}'] == 7
+    metrics = RuntimeMetrics(variant="", hostname="h", config=config)
+    metrics.for_model("m", "1.0", queue_depth=lambda: 0).handler_metrics(HANDLER_RECORDS)
+    text = metrics.registry.render().decode()
+    values = samples(text)
+    assert "# TYPE Rows histogram" in text
+    assert values['Rows_count{Kind="a",ModelName="m",Level="Model",Hostname="h"}'] == 2
+    assert values['Rows_sum{Kind="a",ModelName="m",Level="Model",Hostname="h"}'] == 5
+    assert "Temp{" not in text  # recorded with other dimensions than declared: dropped
+    assert "# TYPE Temp gauge" in text  # declared, so described, as TorchServe does
+
+
+def test_auto_detected_handler_metrics_keep_their_own_type_and_dimensions() -> None:
+    config = default_metrics_config(auto_detect=True)
+    metrics = RuntimeMetrics(variant="", hostname="h", config=config)
+    metrics.for_model("m", "1.0", queue_depth=lambda: 0).handler_metrics(HANDLER_RECORDS)
+    text = metrics.registry.render().decode()
+    values = samples(text)
+    assert values['Rows{Kind="a",ModelName="m",Level="Model",Hostname="h"}'] == 5
+    assert values['Temp{ModelName="m",Level="Model",Hostname="h"}'] == 7
+    assert "Bad Name" not in text  # not a Prometheus name
+
+
+def test_a_metrics_config_picks_torchserves_metrics_and_their_types() -> None:
+    config = parse_metrics_config(
+        "ts_metrics:\n"
+        "  histogram:\n"
+        "    - {name: ts_inference_latency_microseconds, unit: us, dimensions: [model_name]}\n"
+        "  counter:\n"
+        "    - {name: Requests2XX, unit: Count, dimensions: [Hostname, Level]}\n",
+        "test",
+    )
+    metrics = RuntimeMetrics(variant="", hostname="h", config=config)
+    model = metrics.for_model("m", "1.0", queue_depth=lambda: 0)
+    model.request_received()
+    model.request_answered(200, 0.004)
+    metrics.count_status(200)
+    metrics.count_status(500)
+    text = metrics.registry.render().decode()
+    values = samples(text)
+    assert values['ts_inference_latency_microseconds_count{model_name="m"}'] == 1
+    assert values['Requests2XX{Hostname="h",Level="Host"}'] == 1
+    assert "Requests5XX" not in text and "ts_inference_requests_total" not in text
+    assert "QueueTime" not in text and "HandlerTime" not in text
+    assert 'marfleet_requests_total{model="m",version="1.0",variant="",code="200"} 1.0' in text
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("ts_metrics: [1]", "ts_metrics must map types to lists"),
+        ("ts_metrics:\n  summary: []", "type 'summary' is not one of counter"),
+        ("model_metrics:\n  gauge:\n    - {unit: ms}", "needs a name"),
+        ("model_metrics:\n  gauge:\n    - {name: 'a b'}", "is not a Prometheus metric name"),
+        ("model_metrics:\n  gauge:\n    - {name: A, dimensions: ['x y']}", "label name"),
+        ("ts_metrics:\n  gauge:\n    - {name: QueueTime, dimensions: [ModelName]}", "use some of"),
+        ("ts_metrics: {", "not valid YAML"),
+    ],
+)
+def test_a_wrong_metrics_config_names_the_problem(text: str, fragment: str) -> None:
+    with pytest.raises(MetricsConfigError, match=re.escape(fragment)):
+        parse_metrics_config(text, "metrics.yaml")
+
+
+def test_the_default_is_torchserves_own_metrics_yaml() -> None:
+    theirs = yaml.safe_load(files("ts").joinpath("configs/metrics.yaml").read_text())
+    assert yaml.safe_load(DEFAULT_METRICS_YAML) == theirs
 
 
 def test_forgetting_a_model_removes_its_series() -> None:
@@ -100,29 +189,30 @@ def test_a_version_that_failed_to_load_keeps_its_failure_count() -> None:
 
 
 def torchserve_default_metrics() -> dict[str, tuple[str, tuple[str, ...]]]:
-    """name -> (type, label names) from TorchServe 0.12's own metrics.yaml (GPU ones aside),
-    the model metrics with the `Hostname` TorchServe's backend adds."""
+    """name -> (type, label names) from TorchServe 0.12's own metrics.yaml, the model metrics
+    with the `Hostname` TorchServe's backend adds."""
     document = yaml.safe_load(files("ts").joinpath("configs/metrics.yaml").read_text())
     wanted = {}
     for section, extra in (("ts_metrics", ()), ("model_metrics", ("Hostname",))):
         for kind, metrics in document[section].items():
             for metric in metrics:
-                if not metric["name"].startswith("GPU"):
-                    wanted[metric["name"]] = (kind, (*metric["dimensions"], *extra))
+                wanted[metric["name"]] = (kind, (*metric["dimensions"], *extra))
     return wanted
 
 
 def test_torchserves_default_metrics_have_its_names_types_and_labels() -> None:
     metrics = RuntimeMetrics(variant="", hostname="h", host=HostSampler(Path.cwd()))
     model = metrics.for_model("m", "1.0", queue_depth=lambda: 0)
-    model.handler_metrics([("HandlerTime", 4.5, "ms", {}, "gauge")])
+    model.handler_metrics(
+        [("HandlerTime", 4.5, "ms", {"ModelName": "m", "Level": "Model"}, "gauge")]
+    )
     model.model_loaded(1.25, "9000")
     ours = {
         family.name: (family.kind, tuple(family.labelnames))
         for family in metrics.registry.families()
     }
     wanted = torchserve_default_metrics()
-    assert len(wanted) == 18
+    assert len(wanted) == 21
     assert {name: ours.get(name) for name in wanted} == wanted
     values = samples(metrics.registry.render().decode())
     assert values['HandlerTime{ModelName="m",Level="Model",Hostname="h"}'] == 4.5
@@ -147,3 +237,26 @@ def test_host_metrics_are_torchserves_numbers(tmp_path: Path) -> None:
     )
     (proc / "stat").write_text("cpu  190 0 110 800 100 0 0 0 0 0\n")
     assert sampler.sample()["CPUUtilization"] == 50.0  # 100 busy of 200 since the last scrape
+
+
+def test_serve_reads_metrics_config_and_refuses_a_wrong_one(tmp_path: Path) -> None:
+    from marfleet.runtime.config import ConfigError
+    from marfleet.runtime.serve_cli import build_parser, load_config
+
+    metrics_yaml = tmp_path / "metrics.yaml"
+    metrics_yaml.write_text("model_metrics:\n  counter:\n    - {name: Rows, dimensions: [Kind]}\n")
+    properties = tmp_path / "config.properties"
+    properties.write_text(f"metrics_config={metrics_yaml}\nmodel_metrics_auto_detect=true\n")
+    args = build_parser().parse_args(
+        ["--model-store", str(tmp_path), "--ts-config", str(properties)]
+    )
+    config = load_config(args, {})
+    assert config.metrics is not None and config.metrics.auto_detect
+    assert config.metrics.model["Rows"].dimensions == ("Kind",)
+    assert "Requests2XX" not in config.metrics.frontend
+    metrics_yaml.write_text("ts_metrics:\n  gauge:\n    - {name: QueueTime, dimensions: [Pod]}\n")
+    with pytest.raises(ConfigError, match=r"QueueTime dimensions \['Pod'\] are not ones"):
+        load_config(args, {})
+    metrics_yaml.unlink()
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_config(args, {})
