@@ -4,14 +4,21 @@ Started by `process.WorkerProcess` as `python -m marfleet.runtime.workers.worker
 (SPEC is JSON) with one end of a Unix socket pair inherited as `SPEC["fd"]`. It is
 single-threaded and blocking on purpose: one batch at a time, exactly like a TorchServe worker.
 It exits when the frontend says stop or the socket closes (the frontend is gone), so a killed
-server never leaves workers behind. SIGINT is ignored: the frontend owns the shutdown. A second
+server never leaves workers behind. SIGINT is ignored: the frontend owns the shutdown.
+
+It exits without the interpreter's finalization (`os._exit` once its output is flushed): with
+torch loaded that takes a second or more, and a handler's non-daemon thread makes it wait
+forever, while unregistering a model or scaling down waits for the exit. A TorchServe worker is
+killed outright at that point, so a handler cannot count on atexit hooks there either. A second
 socket (SPEC["control_fd"]) carries only cancellations, which a streaming handler's
 `send_intermediate_predict_response` checks between parts (see protocol.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -19,7 +26,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import BinaryIO, NoReturn, cast
 
 from marfleet.runtime.handlers.errors import RequestCancelled
 from marfleet.runtime.handlers.messages import InferenceResult
@@ -113,5 +120,14 @@ class _PartSender:
             send_frame(self._sock, ("partial", self._batch_id, summary), [part.body])
 
 
+def _exit_now(code: int) -> NoReturn:
+    """Flush what was logged or printed, then end the process without finalizing Python."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    _exit_now(main(sys.argv[1:]))

@@ -20,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
 
 import httpx
+import psutil
 import pytest
 import yaml
 
@@ -96,6 +97,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yaml.safe_dump({"inputs": [{"name": "x", "datatype": "FP33", "shape": [1]}]})
     )
     archive(store, "badtensors", HANDLERS / "hang.py", config_file=tensors)
+    archive(store, "lingering", HANDLERS / "lingering.py")
+    many = root / "many-config.yaml"
+    many.write_text(yaml.safe_dump({"minWorkers": 50, "maxWorkers": 50}))
+    archive(store, "many", HANDLERS / "slowload.py", config_file=many)
     properties = {
         "enable_model_api": "true",
         "disable_token_authorization": "true",
@@ -164,6 +169,12 @@ def test_worker_counts_are_capped(server: Server) -> None:
     assert model_status(server, "many") == 404 and unpacked(server) == before
     scaled = httpx.put(f"{server.management}/models/victim?min_worker={MAX_WORKERS + 1}")
     assert scaled.status_code == 400 and "max_workers_per_model" in scaled.json()["message"]
+    # the archive's own model-config.yaml (minWorkers: 50) is held to the same limit
+    archived = register(server, "url=many.mar")
+    assert archived.status_code == 400, archived.text
+    assert "minWorkers" in archived.json()["message"]
+    assert "max_workers_per_model" in archived.json()["message"]
+    assert model_status(server, "many") == 404 and unpacked(server) == before
 
 
 def test_v2_tensors_an_archive_declares_wrongly_are_refused(server: Server) -> None:
@@ -216,6 +227,23 @@ def test_delete_of_a_loading_model_answers_at_once_and_ping_stays_healthy(server
     assert time.monotonic() - started < 2
     assert model_status(server, "hang2") == 404
     wait_until(lambda: unpacked(server) == before, 5, "hang2's files stayed")
+
+
+def test_unregistering_does_not_wait_for_the_worker_interpreter_to_wind_down(
+    server: Server,
+) -> None:
+    # the handler leaves a non-daemon thread running: Python's own exit would wait for it
+    registered = register(server, "url=lingering.mar&initial_workers=1")
+    assert registered.status_code == 200, registered.text
+    (described,) = httpx.get(f"{server.management}/models/lingering").json()
+    pid = described["workers"][0]["pid"]
+    started = time.monotonic()
+    removed = httpx.delete(f"{server.management}/models/lingering", timeout=60)
+    elapsed = time.monotonic() - started
+    assert removed.status_code == 200, removed.text
+    # before, the worker was killed only after shutdown_grace_seconds (30 s)
+    assert elapsed < 15, f"DELETE took {elapsed:.1f} s: it waited for the worker to wind down"
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
 def test_a_client_that_leaves_a_registration_leaves_nothing(server: Server) -> None:
