@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 from pathlib import Path
 
 import pytest
 from marfleet.runtime.config import ServerConfig, load_server_config
+from marfleet.runtime.router.cli import parser as router_parser
 
 from e2e.docs import crd_reference, markdown
 
@@ -87,3 +89,55 @@ def test_operations_lists_each_request_limit_with_its_real_default() -> None:
         assert load_server_config({key: default}, {}) == defaults, (
             f"operations.md: {key} default {default} is not the default"
         )
+
+
+# A config key or router flag that bounds what a client, an archive or a download can make the
+# server spend is named like one of these; the few that match and bound nothing are listed.
+_LIMIT_NAME = re.compile(r"^max_|_size$|timeout|_seconds$|_limit$")
+_NOT_LIMITS = {"batch_size", "max_batch_delay"}
+
+
+def limits_section() -> str:
+    page = (REPO / "docs" / "operations.md").read_text()
+    return page.split("\n## Limits\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_operations_lists_every_server_limit_with_its_real_default() -> None:
+    section = limits_section()
+    named = {span for span in markdown.unquote(section)}
+    limits = {
+        f.name
+        for f in dataclasses.fields(ServerConfig)
+        if _LIMIT_NAME.search(f.name) and f.name not in _NOT_LIMITS
+    }
+    assert len(limits) >= 15
+    assert sorted(limits - named) == [], "limits missing from operations.md#limits"
+    defaults = ServerConfig()
+    rows = markdown.table(section, ["key", "default", "what it bounds"])
+    checked = 0
+    for key_cell, default_cell, _ in rows:
+        keys = [k for k in markdown.unquote(key_cell) if k in limits]
+        values = [v for v in markdown.unquote(default_cell) if re.fullmatch(r"[\d.]+", v)]
+        if keys and values:
+            assert load_server_config({keys[-1]: values[0]}, {}) == defaults, (
+                f"operations.md: {keys[-1]} default {values[0]} is not the default"
+            )
+            checked += 1
+    assert checked >= 6
+
+
+def test_operations_lists_every_router_limit_flag_with_its_default() -> None:
+    rows = markdown.table(limits_section(), ["flag", "default", "beyond it"])
+    documented = {
+        markdown.unquote(flag)[0]: markdown.unquote(default)[0] for flag, default, _ in rows
+    }
+    flags = {
+        action.option_strings[0]: action.default
+        for action in router_parser()._actions
+        if action.option_strings
+        and _LIMIT_NAME.search(action.option_strings[0].removeprefix("--").replace("-", "_"))
+    }
+    assert len(flags) >= 10
+    assert sorted(set(flags) - set(documented)) == [], "router flags missing from operations.md"
+    for flag, default in flags.items():
+        assert float(documented[flag]) == float(default), f"operations.md: {flag} default"
