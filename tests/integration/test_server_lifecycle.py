@@ -29,12 +29,14 @@ from tests.serving import Server, archive, serve
 
 MAX_WORKERS = 3
 MAX_DOWNLOAD = 1_000_000
+MAX_DOWNLOADS = 6  # as many as the default thread pool's threads on a 2-core machine
 
 
 class Archives(BaseHTTPRequestHandler):
     """A model host that misbehaves on purpose, one way per path; loopback only."""
 
     closed: ClassVar[list[str]] = []  # paths whose client (the server) hung up mid-body
+    trickling: ClassVar[list[str]] = []  # paths whose trickle began
 
     def do_GET(self) -> None:
         name = self.path.strip("/")
@@ -52,6 +54,7 @@ class Archives(BaseHTTPRequestHandler):
             time.sleep(8)
         elif name.startswith("trickle"):  # a byte every 0.2 s, never stalling
             self._head({"Content-Length": "1000"})
+            self.trickling.append(name)
             try:
                 for _ in range(150):
                     self.wfile.write(b"x")
@@ -109,7 +112,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "max_download_size": str(MAX_DOWNLOAD),
         "download_timeout_seconds": "6",
         "download_stall_timeout_seconds": "2",
-        "max_concurrent_downloads": "2",
+        "max_concurrent_downloads": str(MAX_DOWNLOADS),
     }
     tmp = root / "tmp"
     tmp.mkdir()
@@ -324,13 +327,16 @@ def test_downloads_have_a_deadline_a_bound_and_stop_with_their_client(
         url = f"{server.management}/models"
         return httpx.post(url, params={"url": f"{host}/{name}"}, timeout=timeout)
 
-    with ThreadPoolExecutor(2) as pool:
-        slow = [pool.submit(download, f"trickle{i}.mar", 30) for i in range(2)]
-        time.sleep(1)
-        third = download("trickle2.mar", 5)  # both download slots are taken
-        assert third.status_code == 503 and "max_concurrent_downloads" in third.json()["message"]
-        other = register(server, "url=victim.mar&model_name=during")  # not by URL: unaffected
+    with ThreadPoolExecutor(MAX_DOWNLOADS) as pool:
+        slow = [pool.submit(download, f"trickle{i}.mar", 30) for i in range(MAX_DOWNLOADS)]
+        wait_until(lambda: len(Archives.trickling) == MAX_DOWNLOADS, 5, "downloads never began")
+        one_more = download("trickle-more.mar", 5)  # every download slot is taken
+        assert one_more.status_code == 503
+        assert "max_concurrent_downloads" in one_more.json()["message"]
+        # six trickling downloads hold six threads of their own, none that unpacking needs
+        other = register(server, "url=victim.mar&model_name=during")  # not by URL
         assert other.status_code == 200, other.text
+        assert not any(future.done() for future in slow), "it waited for a download to end"
         for future in slow:  # 150 bytes in 30 s: stopped by the 6 s overall deadline
             response = future.result()
             assert response.status_code == 400 and "deadline" in response.json()["message"]
