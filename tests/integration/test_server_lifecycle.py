@@ -2,9 +2,9 @@
 hang, are abandoned by their client or deleted while loading leave nothing behind; worker counts
 are capped; queued requests have a deadline; bad startup archives fail alone.
 
-One server for the module, started with two good and three bad startup archives; its TMPDIR is
-its own, so what registrations unpack can be counted. Startup and response timeouts are short
-(hang: startupTimeout 4 s; slow: responseTimeout 3 s).
+One server for the module, started with three good (one slow to load) and three bad startup
+archives; its TMPDIR is its own, so what registrations unpack can be counted. Startup and
+response timeouts are short (hang: startupTimeout 4 s; slow: responseTimeout 3 s).
 """
 
 from __future__ import annotations
@@ -119,6 +119,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     with zipfile.ZipFile(store / "badutf8.mar", "w") as bad:  # a manifest that is not UTF-8
         bad.writestr("MAR-INF/MANIFEST.json", b'{"model": {"handler": "\xff\xfe"}}')
     models = ["broken.mar", "loadfail.mar", "badutf8.mar", "victim.mar", "slow.mar"]
+    models.append("startslow=slowload.mar")  # loads in 4 s: /ping must wait for it
     env = {"TMPDIR": str(tmp)}
     # three workers start at once: on a loaded 2-core machine that can take minutes
     with serve(
@@ -150,8 +151,12 @@ def register(server: Server, query: str, timeout: float = 60) -> httpx.Response:
 
 def test_bad_startup_archives_fail_alone(server: Server) -> None:
     names = [m["modelName"] for m in httpx.get(f"{server.management}/models").json()["models"]]
-    assert names == ["slow", "victim"]
-    assert unpacked(server) == 2  # what the bad ones unpacked is gone
+    assert names == ["slow", "startslow", "victim"]
+    # /ping turned healthy (the fixture waited for it) only once every loadable one served
+    for name in names:
+        (described,) = httpx.get(f"{server.management}/models/{name}").json()
+        assert [w["status"] for w in described["workers"]] == ["READY"], name
+    assert unpacked(server) == 3  # what the bad ones unpacked is gone
     assert httpx.get(f"{server.inference}/ping").json() == {"status": "Healthy"}
     assert httpx.post(f"{server.inference}/predictions/victim", json={"a": 1}).status_code == 200
 
@@ -224,11 +229,19 @@ def test_delete_of_a_loading_model_answers_at_once_and_ping_stays_healthy(server
     assert accepted.status_code == 202
     time.sleep(1)
     assert httpx.get(f"{server.inference}/ping").status_code == 200  # loading is not unhealthy
+
+    def loading_pid() -> int:
+        (loading,) = httpx.get(f"{server.management}/models/hang2").json()
+        return int(loading["workers"][0]["pid"])
+
+    wait_until(lambda: loading_pid() > 0, 10, "no worker process was started")
+    pid = loading_pid()
     started = time.monotonic()
     removed = httpx.delete(f"{server.management}/models/hang2", timeout=30)
     assert removed.status_code == 200
     assert time.monotonic() - started < 2
     assert model_status(server, "hang2") == 404
+    assert not psutil.pid_exists(pid), "the loading worker was not stopped"
     wait_until(lambda: unpacked(server) == before, 5, "hang2's files stayed")
 
 
