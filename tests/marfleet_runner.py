@@ -57,9 +57,13 @@ class Answer:
 
 
 def run_without_torchserve(
-    scratch: Path, models: dict[str, Path], batches: list[tuple[str, list[Call], bool]]
+    scratch: Path,
+    models: dict[str, Path],
+    batches: list[tuple[str, list[Call], bool]],
+    envelopes: dict[str, str] | None = None,
 ) -> tuple[dict[str, Any], list[list[Answer]]]:
-    """(facts about `ts` in the child, answers per batch); batches are (model, calls, explain)."""
+    """(facts about `ts` in the child, answers per batch); batches are (model, calls, explain).
+    The facts include `metrics`: the handler metrics recorded, in order, as lists."""
     from tests.torchserve_tools import python_without_torchserve
 
     spec = scratch / "batches.json"
@@ -68,6 +72,7 @@ def run_without_torchserve(
         json.dumps(
             {
                 "models": {name: str(path) for name, path in models.items()},
+                "envelopes": envelopes or {},
                 "batches": [
                     {"model": model, "explain": explain, "calls": [c.to_json() for c in calls]}
                     for model, calls, explain in batches
@@ -106,40 +111,66 @@ def same_json(ours: Any, theirs: Any, tolerance: float = 1e-5) -> bool:
     return bool(ours == theirs)
 
 
+def serve_batches(
+    models: dict[str, Path], batches: list[tuple[str, list[Call], bool]], envelopes: dict[str, str]
+) -> tuple[list[list[Answer]], list[list[Any]]]:
+    """Each batch through its model's ModelService in this process: (answers per batch, the
+    handler metrics recorded as [name, value, unit, dimensions, kind])."""
+    from marfleet.runtime.handlers.service import HandlerMetric, InferenceRequest, ModelService
+
+    recorded: list[list[Any]] = []
+
+    def sink(records: list[HandlerMetric]) -> None:
+        recorded.extend([m.name, m.value, m.unit, m.dimensions, m.kind] for m in records)
+
+    services = {
+        name: ModelService.load(
+            path, gpu_id=None, batch_size=4, envelope=envelopes.get(name, ""), metrics_sink=sink
+        )
+        for name, path in models.items()
+    }
+    answers = []
+    for model, calls, explain in batches:
+        requests = [
+            InferenceRequest(f"req-{i}", c.body, c.content_type, lower(c.headers), {}, c.form)
+            for i, c in enumerate(calls)
+        ]
+        results = services[model].handle(requests, explain=explain)
+        answers.append([Answer(r.status, r.body, r.content_type, dict(r.headers)) for r in results])
+    return answers, recorded
+
+
 def main(spec_path: str, out_path: str) -> None:
     import torch
 
     torch.set_num_threads(1)
     ts_before = importlib.util.find_spec("ts") is not None
-    from marfleet.runtime.handlers.service import InferenceRequest, ModelService
-
     spec = json.loads(Path(spec_path).read_text())
-    services = {
-        name: ModelService.load(Path(path), gpu_id=None, batch_size=4)
-        for name, path in spec["models"].items()
-    }
-    answers = []
-    for batch in spec["batches"]:
-        calls = [Call.from_json(c) for c in batch["calls"]]
-        requests = [
-            InferenceRequest(f"req-{i}", c.body, c.content_type, lower(c.headers), {}, c.form)
-            for i, c in enumerate(calls)
-        ]
-        results = services[batch["model"]].handle(requests, explain=batch["explain"])
-        answers.append(
-            [
-                {
-                    "status": r.status,
-                    "body": base64.b64encode(r.body).decode(),
-                    "content_type": r.content_type,
-                    "headers": r.headers,
-                }
-                for r in results
-            ]
-        )
+    batches = [
+        (batch["model"], [Call.from_json(c) for c in batch["calls"]], batch["explain"])
+        for batch in spec["batches"]
+    ]
+    models = {name: Path(path) for name, path in spec["models"].items()}
+    answers, metrics = serve_batches(models, batches, spec["envelopes"])
     import ts
 
-    facts = {"ts_installed_before": ts_before, "ts_file": ts.__file__, "answers": answers}
+    facts = {
+        "ts_installed_before": ts_before,
+        "ts_file": ts.__file__,
+        "metrics": metrics,
+        "answers": [
+            [
+                {
+                    "status": a.status,
+                    "body": base64.b64encode(a.body).decode(),
+                    "content_type": a.content_type,
+                    "headers": a.headers,
+                }
+                for a in batch
+            ]
+            for batch in answers
+        ],
+    }
     Path(out_path).write_text(json.dumps(facts))
 
 

@@ -8,22 +8,24 @@ see TorchServe, where marfleet's compatibility package must stand in; the answer
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from marfleet.runtime import ts_compat
 from marfleet.runtime.archive.reader import load_archive
-from marfleet.runtime.handlers.service import InferenceRequest, ModelService
 
 from tests.handler_sources import (
     FUNCTION_HANDLER,
     MLP_HANDLER,
     MNIST_HANDLER,
+    PROBE_HANDLER,
     TOP_TWO_HANDLER,
     write_handler,
 )
-from tests.marfleet_runner import Answer, Call, run_without_torchserve, same_json
+from tests.marfleet_runner import Call, run_without_torchserve, same_json, serve_batches
 from tests.models import (
     TinyDigitClassifier,
     TinyImageClassifier,
@@ -39,6 +41,15 @@ torch.set_num_threads(1)
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 
 JSON = "application/json"
+V2_PAIR = json.dumps(
+    {
+        "id": "v2",
+        "inputs": [
+            {"name": "a", "shape": [2], "datatype": "INT64", "data": [1, 2]},
+            {"name": "b", "shape": [1], "datatype": "BYTES", "data": ["x"]},
+        ],
+    }
+).encode()
 Batch = tuple[str, list[Call], bool]
 BATCHES: list[Batch] = [
     ("mlp", [Call(b"[1, 2, 3, 4]", JSON), Call(b"[0, 1, 0, 1]", JSON)], False),
@@ -51,7 +62,11 @@ BATCHES: list[Batch] = [
         [Call(image_bytes(size=(28, 28), seed=s, mode="L"), "image/png") for s in (6, 7)],
         False,
     ),
+    ("probe", [Call(V2_PAIR, JSON)], False),
+    ("probe", [Call(V2_PAIR, JSON)], True),
 ]
+ENVELOPES = {"probe": "kservev2"}  # TorchServe's service_envelope=kservev2
+MODEL = {"ModelName": "probe", "Level": "Model"}
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +79,7 @@ def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     top2 = write_handler(folder, "top_two", TOP_TWO_HANDLER)
     fn = write_handler(folder, "fn_handler", FUNCTION_HANDLER)
     mnist = write_handler(folder, "mnist_handler", MNIST_HANDLER)
+    probe = write_handler(folder, "probe_handler", PROBE_HANDLER)
     write_eager(folder, TinyDigitClassifier, stem="digits")
     torchscript: list[str | Path] = ["--serialized-file", folder / "model.pt"]
     eager: list[str | Path] = ["--model-file", folder / "classifier.py"]
@@ -75,6 +91,7 @@ def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "top2": [*eager, "--handler", top2, "--extra-files", folder / "index_to_name.json"],
         "fn": [*torchscript, "--handler", f"{fn.with_suffix('')}:infer"],
         "mnist": [*digits, "--handler", mnist],
+        "probe": ["--handler", f"{probe.with_suffix('')}:handle"],
     }
     dirs = {}
     for name, extra in flags.items():
@@ -83,20 +100,12 @@ def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return dirs
 
 
-def serve_here(model_dirs: dict[str, Path], batches: list[Batch]) -> list[list[Answer]]:
-    services = {
-        name: ModelService.load(path, gpu_id=None, batch_size=4)
-        for name, path in model_dirs.items()
-    }
-    answers = []
-    for model, calls, explain in batches:
-        requests = [
-            InferenceRequest(f"req-{i}", call.body, call.content_type, {}, {})
-            for i, call in enumerate(calls)
-        ]
-        results = services[model].handle(requests, explain=explain)
-        answers.append([Answer(r.status, r.body, r.content_type, r.headers) for r in results])
-    return answers
+def untimed(records: list[list[Any]]) -> list[list[Any]]:
+    """Metric records without the values of timings (HandlerTime, ...), which vary run to run."""
+    return [
+        [n, None if n.endswith("Time") and n != "ProbeTime" else v, *rest]
+        for n, v, *rest in records
+    ]
 
 
 def test_an_installed_torchserve_is_not_shadowed() -> None:
@@ -110,12 +119,16 @@ def test_an_installed_torchserve_is_not_shadowed() -> None:
 def test_handlers_run_the_same_without_torchserve(
     model_dirs: dict[str, Path], tmp_path: Path
 ) -> None:
-    facts, shimmed = run_without_torchserve(tmp_path, model_dirs, BATCHES)
+    facts, shimmed = run_without_torchserve(tmp_path, model_dirs, BATCHES, ENVELOPES)
     assert facts["ts_installed_before"] is False
     assert Path(facts["ts_file"]).parent.parent == Path(ts_compat.SHIM_ROOT)
-    native = serve_here(model_dirs, BATCHES)
+    native, metrics = serve_batches(model_dirs, BATCHES, ENVELOPES)
     statuses = [[answer.status for answer in batch] for batch in shimmed]
-    assert statuses == [[200, 200], [400], [200], [200], [422], [200, 200]]
+    assert statuses == [[200, 200], [400], [200], [200], [422], [200, 200], [200], [200]]
+    # the probe's metrics, recorded through `ts.metrics` classes of either package, agree
+    assert untimed(json.loads(json.dumps(metrics))) == untimed(facts["metrics"])
+    probe = [record for record in metrics if record[0] == "ProbeRows"]
+    assert probe == [["ProbeRows", 2.0, "count", {"Kind": "rows", **MODEL}, "counter"]] * 2
     for ours, theirs in zip(shimmed, native, strict=True):
         for mine, reference in zip(ours, theirs, strict=True):
             assert (mine.status, mine.content_type, mine.headers) == (
