@@ -21,7 +21,7 @@ from marfleet.runtime.router.metrics import RouterMetrics
 from marfleet.runtime.router.proxy import Proxy
 from marfleet.runtime.router.source import IsvcWatch, load_kube_config
 from marfleet.runtime.router.table import Routing, RoutingTable
-from marfleet.runtime.router.upstream import Timeouts, UpstreamPool
+from marfleet.runtime.router.upstream import Timeouts, UpstreamPool, upstream_tls
 from marfleet.runtime.server.errors import error_response
 from marfleet.runtime.server.http import HttpLimits, HttpServer, Request, Response
 
@@ -45,19 +45,27 @@ class RouterSettings:
     grpc_port: int  # 0: no gRPC listener
     grpc_backends: dict[str, str]  # variant -> host:port of its gRPC inference port
     log_level: str
+    upstream_ca: bytes | None = None  # PEM CA(s) for https:// backends; None: system store
 
 
 class Router:
     def __init__(self, settings: RouterSettings) -> None:
         self.settings = settings
         self.metrics = RouterMetrics(isvc=settings.isvc, namespace=settings.namespace)
+        # a variant whose backend is https:// is reached over TLS on both transports
+        secure = {v for v, url in settings.backends.items() if url.startswith("https://")}
+        tls = upstream_tls(settings.upstream_ca) if secure else None
         self.pools = {
-            variant: UpstreamPool(url, settings.timeouts)
+            variant: UpstreamPool(url, settings.timeouts, tls=tls if variant in secure else None)
             for variant, url in settings.backends.items()
         }
         self.proxy = Proxy(self.metrics, mirror_limit=settings.mirror_limit)
         self.grpc = grpc_proxy.GrpcProxy(
-            lambda: self.proxy.table, settings.grpc_backends, self.metrics
+            lambda: self.proxy.table,
+            settings.grpc_backends,
+            self.metrics,
+            tls_variants=frozenset(secure),
+            root_certificates=settings.upstream_ca,
         )
         self.routed = asyncio.Event()
 

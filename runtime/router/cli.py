@@ -7,6 +7,8 @@ and weights as flags and no API server is involved:
 
     marfleet router --backend stable=http://127.0.0.1:9001 --backend canary=http://127.0.0.1:9002 \\
         --weights stable=90,canary=10 --sticky-header x-user-id --mirror canary=5
+
+An `https://` backend is reached over TLS on HTTP and gRPC, verified with `--upstream-ca`.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import argparse
 import json
 import logging
 import os
+import ssl
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import uvloop
@@ -117,6 +121,13 @@ def parser() -> argparse.ArgumentParser:
         metavar="VARIANT=HOST:PORT",
         help="a variant's gRPC address, where it is not --backend's host:--grpc-backend-port",
     )
+    p.add_argument(
+        "--upstream-ca",
+        default=None,
+        metavar="FILE",
+        help="PEM CA certificate(s) that https:// backends (and their gRPC ports) are verified "
+        "with (default: the system's trust store)",
+    )
     p.add_argument("--mirror-limit", type=int, default=64, help="shadow copies in flight at most")
     p.add_argument("--drain-seconds", type=float, default=20.0, help="grace period on SIGTERM")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -165,6 +176,7 @@ def settings_from(argv: Sequence[str], environ: Mapping[str, str]) -> RouterSett
         grpc_backends=_grpc_backends(backends, args.grpc_backend_port, args.grpc_backend),
         drain_seconds=args.drain_seconds,
         log_level=args.log_level,
+        upstream_ca=_upstream_ca(args.upstream_ca, backends),
     )
 
 
@@ -180,6 +192,21 @@ def _backends(flags: Sequence[str], env_value: str) -> dict[str, str]:
         raise UsageError(
             f"${BACKENDS_ENV} must be a JSON list of {{variant, url}} objects: {exc}"
         ) from None
+
+
+def _upstream_ca(path: str | None, backends: Mapping[str, str]) -> bytes | None:
+    if path is None:
+        return None
+    if not any(url.startswith("https://") for url in backends.values()):
+        raise UsageError("--upstream-ca verifies https:// backends, and no --backend is one")
+    try:
+        pem = Path(path).read_bytes()
+        ssl.create_default_context(cadata=pem.decode("ascii"))
+    except (OSError, UnicodeDecodeError, ssl.SSLError, ValueError) as exc:
+        raise UsageError(
+            f"--upstream-ca {path}: not a readable PEM CA certificate ({exc})"
+        ) from None
+    return pem
 
 
 def _pair(text: str, flag: str) -> tuple[str, str]:

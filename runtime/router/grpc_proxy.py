@@ -8,7 +8,8 @@ name only says whether a call streams (TorchServe's StreamPredictions answers a 
 StreamPredictions2 streams both ways; everything else is unary). The answer's initial
 metadata carries `x-marfleet-variant`, upstream errors keep their code and details, and each
 answer is counted per variant with the HTTP status its code stands for (`grpc_codes`).
-Mirroring stays HTTP-only.
+Mirroring stays HTTP-only. A variant whose HTTP backend is `https://` is called over TLS here
+too, verified against the same CA.
 """
 
 from __future__ import annotations
@@ -36,17 +37,28 @@ def _identity(data: bytes) -> bytes:
 
 
 class GrpcProxy(grpc.GenericRpcHandler):
-    """`table()` gives the routing table in force; `targets` maps variant -> host:port."""
+    """`table()` gives the routing table in force; `targets` maps variant -> host:port; the
+    `tls_variants` are called over TLS, verified with `root_certificates` (PEM; None: the
+    system's)."""
 
     def __init__(
         self,
         table: Callable[[], RoutingTable | None],
         targets: Mapping[str, str],
         metrics: RouterMetrics,
+        *,
+        tls_variants: frozenset[str] = frozenset(),
+        root_certificates: bytes | None = None,
     ) -> None:
         self._table = table
         self._metrics = metrics
-        self._channels = {variant: grpc.aio.insecure_channel(t) for variant, t in targets.items()}
+        credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+        self._channels = {
+            variant: grpc.aio.secure_channel(target, credentials)
+            if variant in tls_variants
+            else grpc.aio.insecure_channel(target)
+            for variant, target in targets.items()
+        }
 
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
         method: str = details.method

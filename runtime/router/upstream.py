@@ -1,4 +1,4 @@
-"""A keep-alive HTTP/1.1 client for the router's upstreams (the variants' Services).
+"""A keep-alive HTTP/1.1 client for the router's upstreams (the variants' Services), plain or TLS.
 
 Why not httpx or aiohttp: the router adds its cost to every inference request, and a general
 client spends most of its time on what a proxy does not need (URL objects, cookie jars, header
@@ -15,6 +15,9 @@ mirror image of the server core it sits behind, with:
   byte of the answer (the keep-alive race every pool meets: the upstream closed an idle
   connection just as the request went out on it).
 
+An `https://` upstream is reached over TLS, its certificate verified against the CA given
+(`upstream_tls`) and the URL's host name; a failed handshake is a `connect` failure.
+
 Failures raise `UpstreamError` whose `reason` is the `reason` label of
 `marfleet_router_upstream_errors_total`: connect, timeout or reset.
 """
@@ -22,6 +25,7 @@ Failures raise `UpstreamError` whose `reason` is the `reason` label of
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -296,16 +300,33 @@ class _Connection(asyncio.Protocol):
             self._transport.abort()
 
 
-class UpstreamPool:
-    """Keep-alive connections to one upstream base URL (`http://host:port`)."""
+def upstream_tls(ca_pem: bytes | None) -> ssl.SSLContext:
+    """The client side of TLS to upstreams: certificates verified against `ca_pem` (PEM, one or
+    more CA certificates), or the system's trust store when None, and the host name checked."""
+    return ssl.create_default_context(cadata=ca_pem.decode("ascii") if ca_pem else None)
 
-    def __init__(self, url: str, timeouts: Timeouts, *, max_idle: int = 64) -> None:
+
+class UpstreamPool:
+    """Keep-alive connections to one upstream base URL (`http://host:port`, or `https://host:port`
+    with `tls`, the context `upstream_tls` makes)."""
+
+    def __init__(
+        self,
+        url: str,
+        timeouts: Timeouts,
+        *,
+        tls: ssl.SSLContext | None = None,
+        max_idle: int = 64,
+    ) -> None:
         parts = urlsplit(url)
-        if parts.scheme != "http" or not parts.hostname:
-            raise ValueError(f"upstream URL {url!r} must look like http://host:port")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"upstream URL {url!r} must look like http(s)://host:port")
+        if (parts.scheme == "https") != (tls is not None):
+            raise ValueError(f"upstream URL {url!r}: TLS context for https:// URLs only")
         self.host = parts.hostname
-        self.port = parts.port or 80
+        self.port = parts.port or (443 if tls is not None else 80)
         self.address = f"{self.host}:{self.port}"
+        self.tls = tls
         self.timeouts = timeouts
         self._max_idle = max_idle
         self._idle: list[_Connection] = []
@@ -354,11 +375,22 @@ class UpstreamPool:
         seconds = self.timeouts.connect
         try:
             _, protocol = await asyncio.wait_for(
-                loop.create_connection(lambda: _Connection(self), self.host, self.port), seconds
+                loop.create_connection(
+                    lambda: _Connection(self),
+                    self.host,
+                    self.port,
+                    ssl=self.tls,
+                    server_hostname=self.host if self.tls is not None else None,
+                ),
+                seconds,
             )
         except TimeoutError:
             raise UpstreamError(
                 TIMEOUT, f"connecting to upstream {self.address} took over {seconds} s"
+            ) from None
+        except ssl.SSLError as exc:
+            raise UpstreamError(
+                CONNECT, f"TLS with upstream {self.address} failed: {exc.reason or exc}"
             ) from None
         except OSError as exc:
             raise UpstreamError(

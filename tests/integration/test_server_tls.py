@@ -18,6 +18,8 @@ from google.protobuf import empty_pb2
 from marfleet.runtime.server.protos import inference_pb2 as ts_pb2
 from marfleet.runtime.server.protos import management_pb2
 
+from e2e.bench.router_procs import router
+from e2e.support import free_port
 from tests.integration.server_archives import HANDLERS
 from tests.serving import Server, archive, serve
 
@@ -125,3 +127,27 @@ def test_grpc_management_over_tls_with_the_management_key(server: Server) -> Non
         with pytest.raises(grpc.RpcError) as error:
             call("ListModels", management_pb2.ListModelsRequest(limit=10), inference_key)
         assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_the_router_talks_tls_to_its_upstream_over_http_and_grpc(server: Server) -> None:
+    """A router before the TLS server (an https:// backend), trusting the test's certificate
+    with --upstream-ca: HTTP and gRPC reach the model; without that CA the upstream's
+    certificate is not trusted, and the router answers 502 saying so."""
+    grpc_port = free_port()
+    args = ["--weights", "stable=100", "--upstream-ca", str(server.certificate)]
+    args += ["--grpc-port", str(grpc_port), f"--grpc-backend=stable={server.grpc}"]
+    with router({"stable": server.inference}, *args) as proc:
+        answer = httpx.post(f"{proc.url}/predictions/echo", json={"x": 1}, timeout=30)
+        assert answer.status_code == 200 and answer.json()["echo"] == {"x": 1}
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            request = ts_pb2.PredictionsRequest(model_name="echo", input={"body": b"{}"})
+            reply = channel.unary_unary(
+                PREDICT,
+                request_serializer=ts_pb2.PredictionsRequest.SerializeToString,
+                response_deserializer=ts_pb2.PredictionResponse.FromString,
+            )(request, timeout=30)
+        assert json.loads(reply.prediction)["batch"] == 1
+    with router({"stable": server.inference}, "--weights", "stable=100") as proc:
+        refused = httpx.post(f"{proc.url}/predictions/echo", json={"x": 1}, timeout=30)
+    assert refused.status_code == 502, refused.text
+    assert "CERTIFICATE_VERIFY_FAILED" in refused.json()["message"], refused.text

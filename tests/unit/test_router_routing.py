@@ -220,6 +220,16 @@ def test_in_a_pod_backends_and_namespace_come_from_the_environment() -> None:
             {},
             "go with --weights",
         ),
+        (
+            ["--backend", "a=http://x:1", "--weights", "a=100", "--upstream-ca", "/dev/null"],
+            {},
+            "no --backend is one",
+        ),
+        (
+            ["--backend", "a=https://x:1", "--weights", "a=100", "--upstream-ca", "/nonexistent"],
+            {},
+            "not a readable PEM CA certificate",
+        ),
     ],
 )
 def test_bad_flags_say_what_to_do(argv: list[str], environ: dict[str, str], message: str) -> None:
