@@ -38,6 +38,11 @@ PORTS = {
 }
 MODEL_STORE = fetching.MODEL_STORE
 CONFIG_DIR = "/etc/marfleet"
+TLS_DIR = "/etc/marfleet/tls"
+"""spec.tls: the server's certificate and key (tls.crt, tls.key), in the server container only."""
+UPSTREAM_CA_DIR = "/etc/marfleet/upstream-ca"
+"""spec.tls: the router's CA (only the Secret's caKey, as ca.crt), to verify the variants."""
+TLS_FILE_MODE = 0o440  # read by the runtime user through the pod's fsGroup
 DRAIN_SECONDS = 5
 RUNTIME_UID = 1000
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
@@ -221,6 +226,9 @@ def config_properties(isvc: InferenceService, variant: Variant) -> str:
             runtime=variant.runtime,
             accelerator=isvc.resources.accelerator,
             ports=PORTS,
+            scheme="https" if isvc.tls.enabled else "http",
+            tls=isvc.tls.enabled,
+            tls_dir=TLS_DIR,
         )
     )
 
@@ -248,6 +256,14 @@ def deployment(
         {"name": "config", "configMap": {"name": name}},
         *fetch.volumes,
     ]
+    tls_mounts = []
+    if isvc.tls.enabled:
+        volumes.append(
+            _secret_volume(
+                "tls", isvc.tls.secret_name, {"tls.crt": "tls.crt", "tls.key": "tls.key"}
+            )
+        )
+        tls_mounts.append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
     config_hash = hashlib.sha256(properties.encode()).hexdigest()[:16]
     return _template(
         "deployment.yaml.j2",
@@ -295,9 +311,24 @@ def deployment(
             {"name": "tmp", "mountPath": "/tmp"},
             {"name": "shm", "mountPath": "/dev/shm"},
             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+            *tls_mounts,
         ],
         volumes=volumes,
+        tls=isvc.tls.enabled,
     )
+
+
+def _secret_volume(name: str, secret: str, keys: Mapping[str, str]) -> dict[str, Any]:
+    """A volume of only `keys` (Secret key -> file name) of `secret`, readable by the pod's
+    group alone."""
+    return {
+        "name": name,
+        "secret": {
+            "secretName": secret,
+            "items": [{"key": key, "path": path} for key, path in keys.items()],
+            "defaultMode": TLS_FILE_MODE,
+        },
+    }
 
 
 def runtime_image(isvc: InferenceService, ctx: RenderContext) -> str:
@@ -490,14 +521,23 @@ def router_access(isvc: InferenceService) -> list[dict[str, Any]]:
 def router_deployment(isvc: InferenceService, ctx: RenderContext) -> dict[str, Any]:
     # No weights here: the router follows them through the API, so a weight change never
     # changes (and so never restarts) the router's pods.
+    tls = isvc.tls
+    scheme = "https" if tls.enabled else "http"
     backends = [
         {
             "variant": v.name,
-            "url": f"http://{labels.variant_object_name(isvc, v.name)}.{isvc.namespace}"
+            "url": f"{scheme}://{labels.variant_object_name(isvc, v.name)}.{isvc.namespace}"
             f".svc.{ctx.cluster_domain}:{PORTS['inference']}",
         }
         for v in isvc.variants
     ]
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
+    upstream_ca: list[str] = []
+    if tls.enabled:
+        volumes.append(_secret_volume("upstream-ca", tls.ca_secret, {tls.ca_key: "ca.crt"}))
+        mounts.append({"name": "upstream-ca", "mountPath": UPSTREAM_CA_DIR, "readOnly": True})
+        upstream_ca = ["--upstream-ca", f"{UPSTREAM_CA_DIR}/ca.crt"]
     return _template(
         "router.yaml.j2",
         isvc,
@@ -516,6 +556,7 @@ def router_deployment(isvc: InferenceService, ctx: RenderContext) -> dict[str, A
             str(PORTS["grpc"]),
             "--grpc-backend-port",
             str(PORTS["grpc"]),
+            *upstream_ca,
         ],
         env=[
             {
@@ -526,6 +567,8 @@ def router_deployment(isvc: InferenceService, ctx: RenderContext) -> dict[str, A
         ],
         ports=PORTS,
         drain_seconds=DRAIN_SECONDS,
+        mounts=mounts,
+        volumes=volumes,
     )
 
 

@@ -97,6 +97,24 @@ class Scheduling:
 
 
 @dataclass(frozen=True)
+class Tls:
+    """TLS on the model servers' ports, from a kubernetes.io/tls Secret of the namespace; the
+    router verifies the variants with `ca_key` of `ca_secret` (by default the same Secret)."""
+
+    secret_name: str = ""
+    ca_secret_name: str = ""
+    ca_key: str = "ca.crt"
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.secret_name)
+
+    @property
+    def ca_secret(self) -> str:
+        return self.ca_secret_name or self.secret_name
+
+
+@dataclass(frozen=True)
 class InferenceService:
     name: str
     namespace: str
@@ -106,6 +124,7 @@ class InferenceService:
     resources: Resources
     autoscaling: Autoscaling
     scheduling: Scheduling
+    tls: Tls = Tls()
 
     @property
     def multi_variant(self) -> bool:
@@ -131,6 +150,15 @@ def parse(obj: Mapping[str, Any]) -> InferenceService:
         resources=_resources(spec.get("resources") or {}),
         autoscaling=_autoscaling(spec.get("autoscaling") or {}),
         scheduling=_scheduling(spec.get("scheduling") or {}),
+        tls=_tls(spec.get("tls") or {}),
+    )
+
+
+def _tls(raw: Mapping[str, Any]) -> Tls:
+    return Tls(
+        secret_name=raw.get("secretName", ""),
+        ca_secret_name=raw.get("caSecretName", ""),
+        ca_key=raw.get("caKey", "ca.crt"),
     )
 
 

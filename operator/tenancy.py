@@ -115,6 +115,7 @@ def refusals(obj: Mapping[str, Any], policy: TenancyPolicy) -> tuple[Refusal, ..
         found += _runtime(variant.get("runtime") or {}, f"{path}.runtime", namespace, policy)
         found += _model(variant.get("model") or {}, f"{path}.model", namespace, policy)
     found += _scheduling(spec.get("scheduling") or {}, policy)
+    found += _tls(spec.get("tls") or {}, namespace, policy)
     size = len(json.dumps(spec, separators=(",", ":")))
     if size > MAX_SPEC_BYTES:
         found.append(
@@ -187,6 +188,13 @@ def _model(
             namespace,
             {"name": account},
         )
+
+
+def _tls(tls: Mapping[str, Any], namespace: str, policy: TenancyPolicy) -> Iterator[Refusal]:
+    for key in ("secretName", "caSecretName"):
+        secret = tls.get(key) or ""
+        if secret and not policy.allows_secret(namespace, secret):
+            yield _not_listed(f"spec.tls.{key}", "secrets", "Secret", namespace, {"name": secret})
 
 
 def _scheduling(scheduling: Mapping[str, Any], policy: TenancyPolicy) -> Iterator[Refusal]:

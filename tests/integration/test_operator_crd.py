@@ -228,6 +228,14 @@ INVALID = {
         ),
         ["must be at most 63 characters"],
     ),
+    "TLS handing the router the private key": (
+        manifest(ONE + "  tls: {secretName: web-tls, caKey: tls.key}\n"),
+        ["tls.caKey may not be tls.key"],
+    ),
+    "a TLS Secret in another namespace": (
+        manifest(ONE + "  tls: {secretName: other/web-tls}\n"),
+        ["spec.tls.secretName", "should match"],
+    ),
     "rollout steps not ending at 100": (
         manifest(ONE + "  rollout: {steps: [10, 50]}\n"),
         ["rollout.steps must end at 100"],

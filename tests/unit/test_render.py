@@ -696,3 +696,86 @@ def test_the_stable_service_waits_for_a_router_pod_before_switching_to_it() -> N
         o for o in routed.objects if (o["kind"], o["metadata"]["name"]) == ("Service", "bert")
     )
     assert service["spec"]["selector"][labels.COMPONENT] == labels.ROUTER
+
+
+# ----- TLS (spec.tls) -----
+
+
+def test_tls_serves_https_and_grpc_tls_from_the_secret_in_the_server_pods_only() -> None:
+    obj = design_example()
+    obj["spec"]["tls"] = {"secretName": "resnet50-tls", "caKey": "tls.crt"}
+    objects = rendered(obj)
+    text = objects[("ConfigMap", "resnet50-stable")]["data"]["config.properties"]
+    props = dict(
+        line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#")
+    )
+    assert props["inference_address"] == "https://0.0.0.0:8080"
+    assert props["management_address"] == "https://0.0.0.0:8081"
+    assert props["metrics_address"] == "http://0.0.0.0:8082"  # scrapers stay plain
+    assert (props["certificate_file"], props["private_key_file"], props["enable_grpc_ssl"]) == (
+        "/etc/marfleet/tls/tls.crt",
+        "/etc/marfleet/tls/tls.key",
+        "true",
+    )
+    spec_ = pod(objects, "resnet50-stable")
+    assert {
+        "name": "tls",
+        "secret": {
+            "secretName": "resnet50-tls",
+            "items": [
+                {"key": "tls.crt", "path": "tls.crt"},
+                {"key": "tls.key", "path": "tls.key"},
+            ],
+            "defaultMode": 0o440,
+        },
+    } in spec_["volumes"]
+    server = spec_["containers"][0]
+    assert {"name": "tls", "mountPath": "/etc/marfleet/tls", "readOnly": True} in server[
+        "volumeMounts"
+    ]
+    assert "tls" not in [m["name"] for m in spec_["initContainers"][0]["volumeMounts"]]
+    assert server["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    assert server["livenessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    # the router reaches the variants over TLS and gets the CA alone, never the key
+    router = pod(objects, "resnet50-router")
+    box = router["containers"][0]
+    assert box["args"][-2:] == ["--upstream-ca", "/etc/marfleet/upstream-ca/ca.crt"]
+    backends = json.loads({e["name"]: e for e in box["env"]}["MARFLEET_ROUTER_BACKENDS"]["value"])
+    assert {b["url"] for b in backends} == {
+        "https://resnet50-stable.vision.svc.cluster.local:8080",
+        "https://resnet50-canary.vision.svc.cluster.local:8080",
+    }
+    assert {
+        "name": "upstream-ca",
+        "secret": {
+            "secretName": "resnet50-tls",
+            "items": [{"key": "tls.crt", "path": "ca.crt"}],
+            "defaultMode": 0o440,
+        },
+    } in router["volumes"]
+    assert {"name": "upstream-ca", "mountPath": "/etc/marfleet/upstream-ca", "readOnly": True} in (
+        box["volumeMounts"]
+    )
+    # turning TLS on rolls the servers: the config hash of their pods changes
+    plain = rendered(design_example())[("Deployment", "resnet50-stable")]
+    secured = objects[("Deployment", "resnet50-stable")]
+    hashes = [
+        d["spec"]["template"]["metadata"]["annotations"][labels.CONFIG_HASH]
+        for d in (plain, secured)
+    ]
+    assert hashes[0] != hashes[1]
+
+
+def test_tls_with_a_separate_ca_secret_and_without_tls_nothing_changes() -> None:
+    obj = design_example()
+    obj["spec"]["tls"] = {"secretName": "server-tls", "caSecretName": "cluster-ca"}
+    router = pod(rendered(obj), "resnet50-router")
+    (volume,) = [v for v in router["volumes"] if v["name"] == "upstream-ca"]
+    assert volume["secret"]["secretName"] == "cluster-ca"
+    assert volume["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
+    plain = rendered(design_example())
+    assert "--upstream-ca" not in pod(plain, "resnet50-router")["containers"][0]["args"]
+    server = pod(plain, "resnet50-stable")["containers"][0]
+    assert "scheme" not in server["readinessProbe"]["httpGet"]
+    text = plain[("ConfigMap", "resnet50-stable")]["data"]["config.properties"]
+    assert "certificate_file" not in text and "https://" not in text

@@ -218,3 +218,15 @@ def test_a_spec_too_large_to_copy_into_every_variant_is_refused() -> None:
     terms = [{"matchExpressions": [{"key": f"k{i}", "operator": "Exists"}]} for i in range(4000)]
     affinity = {"nodeAffinity": {"unknownField": terms}}
     assert found(isvc(scheduling={"affinity": affinity})) == [("spec", "maxSpecBytes")]
+
+
+def test_tls_secrets_are_the_admins_to_allow() -> None:
+    obj = isvc(tls={"secretName": "web-tls", "caSecretName": "cluster-ca"})
+    assert found(obj) == [
+        ("spec.tls.secretName", "tenancy.secrets"),
+        ("spec.tls.caSecretName", "tenancy.secrets"),
+    ]
+    policy = TenancyPolicy.from_json('{"secrets": ["team-a/web-tls", "team-a/cluster-ca"]}')
+    assert found(obj, policy) == []
+    # a name, never a namespace: the same names in another namespace are not allowed
+    assert len(found(isvc(namespace="team-b", tls={"secretName": "web-tls"}), policy)) == 1
