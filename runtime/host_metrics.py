@@ -4,14 +4,22 @@ TorchServe samples them with psutil in a separate process once a minute; marflee
 same numbers when Prometheus scrapes, with no dependency and no extra process: memory from
 /proc/meminfo (used = total - available, the share psutil's percent measures), the disk holding the
 working directory from statvfs, CPU busy time from /proc/stat since the previous scrape (since
-boot on the first). Units are TorchServe's: percent, megabytes, gigabytes. GPU metrics are not
-read here (the frontend does not load CUDA); see docs/metrics.md.
+boot on the first). Units are TorchServe's: percent, megabytes, gigabytes.
+
+GPU metrics (GPUUtilization, GPUMemoryUsed, GPUMemoryUtilization per device, as TorchServe's
+nvgpu-based sampler reports them) come from one `nvidia-smi` query per scrape, on a thread,
+only on a server that sees GPUs: the frontend never loads CUDA.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import subprocess
+from collections.abc import Callable, Sequence
 from pathlib import Path
+
+log = logging.getLogger("marfleet.metrics")
 
 MB = 1024 * 1024
 GB = 1024 * MB
@@ -82,3 +90,57 @@ class HostSampler:
             "DiskAvailable": free / GB,
             "DiskUtilization": round(100.0 * used / (used + free), 1),
         }
+
+
+GPU_QUERY = [
+    "nvidia-smi",
+    "--query-gpu=index,utilization.gpu,memory.used,memory.total",
+    "--format=csv,noheader,nounits",
+]
+GPU_QUERY_TIMEOUT_S = 5.0
+
+
+def _run_nvidia_smi(command: Sequence[str]) -> str:
+    done = subprocess.run(
+        command, check=True, capture_output=True, text=True, timeout=GPU_QUERY_TIMEOUT_S
+    )
+    return done.stdout
+
+
+class GpuSampler:
+    """TorchServe's GPU metrics per device index, from nvidia-smi (blocking: call it on a
+    thread). A failed or timed-out query gives no samples and is logged."""
+
+    def __init__(self, run: Callable[[Sequence[str]], str] = _run_nvidia_smi) -> None:
+        self._run = run
+
+    def sample(self) -> dict[str, dict[str, float]]:
+        try:
+            output = self._run(GPU_QUERY)
+        except (OSError, subprocess.SubprocessError) as error:
+            log.warning("GPU metrics not read: nvidia-smi failed", extra={"reason": str(error)})
+            return {}
+        devices: dict[str, dict[str, float]] = {}
+        for line in output.splitlines():
+            fields = [field.strip() for field in line.split(",")]
+            if len(fields) != 4 or not fields[0].isdigit():
+                continue
+            index, utilization, used, total = fields
+            values: dict[str, float] = {}
+            for name, text in (("GPUUtilization", utilization), ("GPUMemoryUsed", used)):
+                number = _number(text)
+                if number is not None:
+                    values[name] = number
+            used_mb, total_mb = _number(used), _number(total)
+            if used_mb is not None and total_mb:
+                values["GPUMemoryUtilization"] = round(100.0 * used_mb / total_mb, 1)
+            devices[index] = values
+        return devices
+
+
+def _number(text: str) -> float | None:
+    """nvidia-smi's number, or None for its `[N/A]`, `[Not Supported]`."""
+    try:
+        return float(text)
+    except ValueError:
+        return None

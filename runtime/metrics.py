@@ -360,6 +360,13 @@ class RuntimeMetrics:
         for name, value in self._host.sample().items():
             self.host_series(name).record(value)
 
+    def record_gpus(self, devices: dict[str, dict[str, float]]) -> None:
+        """TorchServe's GPU metrics of each device index (host_metrics.GpuSampler)."""
+        for device, values in devices.items():
+            for name, value in values.items():
+                labels = {"Level": "Host", "DeviceId": device, "Hostname": self.hostname}
+                self.ts_series(name, **labels).record(value)
+
     def _refresh_queue_depths(self) -> None:
         for gauge, depth in self._queue_depths.values():
             gauge.set(depth())

@@ -138,10 +138,8 @@ _DATATYPES = {
 
 
 class KServev2Envelope(BaseEnvelope):
-    def __init__(self, handle_fn: HandleFn) -> None:
-        super().__init__(handle_fn)
-        self._input_names: list[str] = []
-        self._request_id: str | None = None
+    """Keeps what it needs between the calls on the context, as TorchServe's does
+    (`context.input_names`, `context.input_request_id`), where a handler may read it."""
 
     def parse_input(self, data: Any) -> Any:
         document = _first_document(data)
@@ -152,18 +150,26 @@ class KServev2Envelope(BaseEnvelope):
             else:
                 tensor["data"] = np.array(tensor["data"]).reshape(tuple(tensor["shape"])).tolist()
             names.append(tensor["name"])
-        self._input_names = names
+        context = self.context
+        context.input_names = names  # type: ignore[union-attr]
         request_id = document.get("id")
-        self._request_id = request_id if request_id and request_id.strip() else None
+        if request_id and request_id.strip():
+            context.input_request_id = request_id  # type: ignore[union-attr]
         return document.get("inputs")
 
     def format_output(self, data: Any) -> Any:
-        assert self.context is not None
-        request_id, self._request_id = self._request_id, None
-        model = (self.context.manifest or {}).get("model", {})
-        names, self._input_names = self._input_names, []
+        context = self.context
+        assert context is not None
+        request_id = getattr(context, "input_request_id", None)
+        if request_id is not None:
+            del context.input_request_id  # type: ignore[attr-defined]
+        else:
+            request_id = context.get_request_id(0)
+        names = context.input_names  # type: ignore[attr-defined]
+        del context.input_names  # type: ignore[attr-defined]
+        model = (context.manifest or {}).get("model", {})
         response = {
-            "id": request_id if request_id is not None else self.context.get_request_id(0),
+            "id": request_id,
             "model_name": model.get("modelName"),
             "model_version": model.get("modelVersion"),
             "outputs": [_tensor(item, names[index]) for index, item in enumerate(data)],

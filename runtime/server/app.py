@@ -26,7 +26,7 @@ from typing import TextIO
 
 import grpc
 from marfleet.runtime.config import ConfigError, ModelSource, ServerConfig
-from marfleet.runtime.host_metrics import HostSampler
+from marfleet.runtime.host_metrics import GpuSampler, HostSampler
 from marfleet.runtime.metrics import CONTENT_TYPE, RuntimeMetrics
 from marfleet.runtime.server import grpc_api, grpc_management
 from marfleet.runtime.server.auth import Tokens, require_token, token_api
@@ -130,6 +130,8 @@ class ModelServer:
             config=config.metrics,
         )
         self.gpu_count = visible_gpu_count(env, installed_gpu_count(), config.number_of_gpu)
+        self._gpus = GpuSampler() if self.gpu_count else None  # TorchServe's GPU metrics
+        self._gpu_query = asyncio.Lock()
         self.registry = ModelRegistry(
             metrics=self.metrics,
             workers=WorkerEnvironment(
@@ -294,6 +296,9 @@ class ModelServer:
             router.add("GET", "/token", token_api(self.plane.tokens), summary)
 
     async def _metrics(self, request: Request) -> Response:
+        if self._gpus is not None:
+            async with self._gpu_query:  # one nvidia-smi at a time, off the event loop
+                self.metrics.record_gpus(await asyncio.to_thread(self._gpus.sample))
         return Response(200, self.metrics.registry.render(), CONTENT_TYPE)
 
     def _completion_hook(self, name: str) -> AccessLog:

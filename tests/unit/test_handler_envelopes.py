@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import copy
 import importlib
+import importlib.util
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
+from marfleet.runtime import ts_compat
 from marfleet.runtime.config import SERVICE_ENVELOPES, ConfigError, load_server_config
 from marfleet.runtime.handlers.context import Context, RequestProcessor
 from marfleet.runtime.handlers.envelopes import ENVELOPES, wrap
@@ -68,6 +71,12 @@ def sizes(data: Any, ctx: Context) -> list[Any]:
     return [[type(row).__name__, len(row)] for row in data]
 
 
+def names(data: Any, ctx: Context) -> list[Any]:
+    """What TorchServe's kservev2 envelope leaves on the context for the handler."""
+    left = [getattr(ctx, "input_names", None), getattr(ctx, "input_request_id", None)]
+    return [json.dumps(left)] * len(data)
+
+
 def numbers(data: Any, ctx: Context) -> list[Any]:
     return [[1.5, 2.5], [True, False], 7][: len(data)]
 
@@ -78,6 +87,7 @@ def numbers(data: Any, ctx: Context) -> list[Any]:
         ("kservev2", [{"body": V2}], describe, False),
         ("kservev2", [{"body": json.dumps(V2).encode()}], numbers, False),
         ("kservev2", [{"data": {"inputs": V2["inputs"]}}], numbers, True),
+        ("kservev2", [{"body": V2}], names, False),
         ("kserve", [{"body": {"instances": [[1, 2], [3, 4]]}}], describe, False),
         ("kserve", [{"body": b'{"instances": ["x"]}'}], describe, True),
         ("json", [{"body": {"instances": [{"b64": "aGk="}, {"b64": "eW8="}]}}], sizes, False),
@@ -121,3 +131,15 @@ def test_service_envelope_in_config_properties() -> None:
     assert load_server_config({}, {}).service_envelope == ""
     with pytest.raises(ConfigError, match="service_envelope=kservev3: must be one of body"):
         load_server_config({"service_envelope": "kservev3"}, {})
+
+
+def test_the_ts_shim_offers_the_envelope_modules() -> None:
+    """Without TorchServe, `ts.torch_handler.request_envelope.<name>` are marfleet's classes."""
+    folder = Path(ts_compat.SHIM_ROOT) / "ts" / "torch_handler" / "request_envelope"
+    for name, envelope in ENVELOPES.items():
+        spec = importlib.util.spec_from_file_location(f"shim_{name}", folder / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        assert getattr(module, envelope.__name__) is envelope
+        assert envelope.__name__ == torchserve_envelope(name).__name__

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+import subprocess
+from collections.abc import Sequence
 from importlib.resources import files
 from pathlib import Path
 
 import pytest
 import yaml
-from marfleet.runtime.host_metrics import HostSampler
+from marfleet.runtime.host_metrics import GpuSampler, HostSampler
 from marfleet.runtime.metrics import Family, Registry, RuntimeMetrics
 from marfleet.runtime.metrics_config import (
     DEFAULT_METRICS_YAML,
@@ -260,3 +262,27 @@ def test_serve_reads_metrics_config_and_refuses_a_wrong_one(tmp_path: Path) -> N
     metrics_yaml.unlink()
     with pytest.raises(ConfigError, match="cannot be read"):
         load_config(args, {})
+
+
+def test_gpu_metrics_per_device_as_torchserve_names_them() -> None:
+    # This machine has no GPU: nvidia-smi's answer is given, in its documented CSV layout
+    # (two GPUs, the second without utilization support), and must be read as TorchServe does.
+    def nvidia_smi(command: Sequence[str]) -> str:
+        assert command[0] == "nvidia-smi" and "--format=csv,noheader,nounits" in command
+        return "0, 35, 2048, 81559\n1, [N/A], 40779, 81559\n"
+
+    metrics = RuntimeMetrics(variant="", hostname="h")
+    metrics.record_gpus(GpuSampler(nvidia_smi).sample())
+    values = samples(metrics.registry.render().decode())
+    device = 'Level="Host",DeviceId="{}",Hostname="h"'
+    assert values[f"GPUUtilization{{{device.format(0)}}}"] == 35
+    assert values[f"GPUMemoryUsed{{{device.format(0)}}}"] == 2048
+    assert values[f"GPUMemoryUtilization{{{device.format(1)}}}"] == 50.0
+    assert f"GPUUtilization{{{device.format(1)}}}" not in values
+
+
+def test_a_failing_nvidia_smi_gives_no_gpu_samples() -> None:
+    def failing(command: Sequence[str]) -> str:
+        raise subprocess.TimeoutExpired(command, 5)
+
+    assert GpuSampler(failing).sample() == {}

@@ -1,0 +1,1 @@
+"""TorchServe's `ts.torch_handler.request_envelope`: marfleet's (handlers/envelopes.py)."""
