@@ -93,6 +93,10 @@ STEPS = [
     )),
     Step("probe, no inputs", "POST", "/v2/models/probe/infer", b'{"id": "x"}'),
     Step("probe, metadata", "GET", "/v2/models/probe"),
+    Step("server metadata", "GET", "/v2"),
+    Step("server live", "GET", "/v2/health/live"),
+    Step("server ready", "GET", "/v2/health/ready"),
+    Step("probe, ready", "GET", "/v2/models/probe/ready"),
     Step("probe, a version", "POST", "/v2/models/probe/versions/1.0/infer", v2(
         {"name": "a", "shape": [1], "datatype": "INT64", "data": [5]}, request_id="p5"
     )),
@@ -105,6 +109,11 @@ DELIBERATE = {
     "probe, a version": "marfleet serves the versioned v2 paths; TorchServe answers 404",
     "probe, metadata": "TorchServe answers 404 to v2 model metadata over HTTP; marfleet serves "
     "it, with the tensors the model-config.yaml declares",
+    **{
+        label: "TorchServe serves v2 health and server metadata over HTTP only with "
+        "ts_open_inference_protocol, and model readiness never; marfleet always does"
+        for label in ("server metadata", "server live", "server ready", "probe, ready")
+    },
 }
 
 
@@ -221,10 +230,13 @@ def answers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Answers,
     yield theirs, ours
 
 
+NAMED_IDS = {"d1", "d2", "p1", "p2", "p3", "p4", "p5", "x"}  # the ids the requests carry
+
+
 def comparable(answer: tuple[int, Any]) -> tuple[int, Any]:
     """The answer without the id TorchServe or marfleet made up for a request that had none."""
     status, body = answer
-    if isinstance(body, dict) and "id" in body and not str(body["id"]).startswith(("d", "p")):
+    if isinstance(body, dict) and body.get("id") not in NAMED_IDS:
         body = {key: value for key, value in body.items() if key != "id"}
     return status, body
 
@@ -264,6 +276,7 @@ def test_the_v2_comparison_is_not_vacuous(answers: tuple[Answers, Answers]) -> N
     assert ours.calls["probe, no inputs"][0] == 400
     assert theirs.calls["probe, a version"][0] == 404
     assert ours.calls["probe, a version"][1]["id"] == "p5"
+    assert theirs.calls["server live"][0] == 404 and ours.calls["server live"][0] == 200
 
 
 def families(text: str) -> dict[str, tuple[str, frozenset[str]]]:
