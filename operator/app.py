@@ -48,6 +48,7 @@ class OperatorSettings:
 
 async def run(settings: OperatorSettings) -> int:
     api = KubeAPI(settings.kubeconfig)
+    await api.open()
     metrics = OperatorMetrics()
     failed = asyncio.Event()
     server = HealthServer(
@@ -78,9 +79,9 @@ async def run(settings: OperatorSettings) -> int:
     finally:
         metrics.leader.set(0)
         if elector is not None:
-            await asyncio.to_thread(elector.release)
+            await elector.release()
         await server.stop()
-        api.close()
+        await api.close()
 
 
 async def _lead(

@@ -120,7 +120,7 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         '{"hostPath": "/var/lib/...", "persistentVolumeClaim": "", "maxBytes": N} '
         "(env MARFLEET_MODEL_CACHE); default: none",
     )
-    parser.add_argument("--workers", type=int, default=4, help="concurrent reconciliations")
+    parser.add_argument("--workers", type=int, default=16, help="concurrent reconciliations")
     parser.add_argument("--resync-seconds", type=float, default=600.0)
     parser.add_argument("--host", default="0.0.0.0", help="address of /metrics and /healthz")
     parser.add_argument(

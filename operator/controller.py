@@ -14,14 +14,12 @@ unreachable API server) is retried with backoff. Nothing here raises out of a wo
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from . import compare, labels, render, rollout, spec, status, tenancy, traffic
 from .kube import FIELD_MANAGER, ApiError, KubeAPI, Ref
@@ -35,14 +33,12 @@ KEDA_CRD = "scaledobjects.keda.sh"
 SERVICE_MONITOR_CRD = "servicemonitors.monitoring.coreos.com"
 ADDON_CRDS = (KEDA_CRD, SERVICE_MONITOR_CRD)
 
-T = TypeVar("T")
-
 
 @dataclass(frozen=True)
 class ControllerSettings:
     render: render.RenderContext
     identity: str
-    workers: int = 4
+    workers: int = 16
     resync_seconds: float = 600.0
     tenancy: tenancy.TenancyPolicy = field(default_factory=tenancy.TenancyPolicy)
     now: Callable[[], str] = field(
@@ -61,8 +57,6 @@ class Controller:
         self.queue: WorkQueue[Key] = WorkQueue()
         metrics.queue_depth.set_function(self.queue.depth)
         self.addons: set[str] = set()
-        # Each worker applies an InferenceService's children concurrently.
-        self._executor = ThreadPoolExecutor(4 * settings.workers, thread_name_prefix="kube")
         self._reported_errors: dict[Key, tuple[str, ...]] = {}
         self._rendered: dict[Key, _Rendered] = {}
         self._verified: dict[Key, dict[tuple[str, str], tuple[str, int]]] = {}
@@ -125,7 +119,6 @@ class Controller:
             for worker in workers:
                 worker.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
-            self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _worker(self) -> None:
         while True:
@@ -270,7 +263,7 @@ class Controller:
             if not name:
                 continue
             try:
-                found = await self._call(self.api.exists, Ref("v1", "Secret", key[0], name))
+                found = await self.api.exists(Ref("v1", "Secret", key[0], name))
             except ApiError as error:
                 if error.status != 403:
                     raise
@@ -302,7 +295,7 @@ class Controller:
         """A child as the store has it, or else as the API server has it (then stored)."""
         have: Mapping[str, Any] | None = self.store.child(key, ref.kind, ref.name)
         if have is None:
-            have = await self._call(self.api.get, ref)
+            have = await self.api.get(ref)
             if have is not None:
                 self.store.put_child(have)
         return have
@@ -316,7 +309,7 @@ class Controller:
         if self._in_sync(key, want, have):
             return None
         try:
-            result = await self._call(self.api.apply, want)
+            result = await self.api.apply(want)
         except ApiError as error:
             if error.retriable or _going_away(error):
                 raise
@@ -354,7 +347,7 @@ class Controller:
         for (kind, name), have in self.store.children_of(key).items():
             if (kind, name) in keep or name in frozen or not owned_by(have, isvc.uid):
                 continue
-            await self._call(self.api.delete, Ref.of(have), have["metadata"]["uid"])
+            await self.api.delete(Ref.of(have), have["metadata"]["uid"])
             self.metrics.writes.labels(verb="delete", kind=kind).inc()
             self.store.remove_child(have)
             log.info("deleted", extra={"isvc": "/".join(key), "kind": kind, "object": name})
@@ -384,7 +377,7 @@ class Controller:
             weights=rollout.effective_weights(obj),
         )
         if computed != status.own_part(previous):
-            result = await self._call(self.api.apply_status, obj, computed)
+            result = await self.api.apply_status(obj, computed)
             self.metrics.writes.labels(verb="status", kind=spec.KIND).inc()
             self.store.put_isvc(result)
         for change in transitions:
@@ -428,7 +421,7 @@ class Controller:
             "count": 1,
         }
         try:
-            await self._call(self.api.create, event)
+            await self.api.create(event)
         except ApiError as error:
             if _going_away(error):
                 return
@@ -438,10 +431,6 @@ class Controller:
             )
             return
         self.metrics.writes.labels(verb="event", kind="Event").inc()
-
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
 
 
 def _waves(objects: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:

@@ -1,28 +1,30 @@
 """The only module that writes to the Kubernetes API server (watch.py reads its watch streams).
 
-Plain JSON over the official client's configuration (authentication, TLS, proxies, kubeconfig
-or in-cluster config) and its connection pool, addressed by apiVersion/kind through a small
+Plain JSON with the official client's configuration loader (kubeconfig or in-cluster config,
+credentials refreshed where it refreshes them), addressed by apiVersion/kind through a small
 table of the kinds the operator touches, so manifests stay plain dicts from renderer to wire:
-a request is one json.dumps, one pooled HTTP call and one json.loads (the client's own
-request path walks every body and builds response objects, a measurable share of the
-operator's CPU at scale, docs/scale.md). Writes are server-side apply
-under one field manager with `force`, so the operator reclaims fields a person changed by
-hand, and everything else in an object (fields set by other managers) is left alone.
-Calls are blocking; the controller runs them in worker threads.
+a request is one json.dumps, one HTTP call on a pooled connection and one json.loads.
+Calls are asynchronous, on the event loop that runs the watches and the workers (aiohttp):
+a synchronous client in a thread pool cost about twice the CPU per call, in thread hand-offs
+and urllib3's request path, and capped concurrency at its thread count (docs/scale.md).
+Writes are server-side apply under one field manager with `force`, so the operator reclaims
+fields a person changed by hand, and everything else in an object (fields set by other
+managers) is left alone.
 """
 
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 from urllib.parse import urlencode
 
-import urllib3
+import aiohttp
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
-from urllib3.exceptions import HTTPError
 
 from .spec import API_VERSION, KIND, PLURAL
 
@@ -103,8 +105,24 @@ class Credentials:
     private_key_path: str | None
 
 
+def ssl_context(creds: Credentials) -> ssl.SSLContext:
+    """The TLS settings `creds` ask for (CA, client certificate, verification)."""
+    context = ssl.create_default_context(cafile=creds.ca_path)
+    if creds.insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if creds.certificate_path and creds.private_key_path:
+        context.load_cert_chain(creds.certificate_path, creds.private_key_path)
+    return context
+
+
 class KubeAPI:
-    def __init__(self, kubeconfig: str | None = None, timeout: float = 30.0) -> None:
+    """Calls to the API server. `async with KubeAPI(...)` (or open() and close()) around use:
+    the connection pool lives on the event loop that opened it."""
+
+    def __init__(
+        self, kubeconfig: str | None = None, timeout: float = 30.0, connections: int = 32
+    ) -> None:
         configuration = k8s.Configuration()
         if kubeconfig is not None:
             k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
@@ -113,14 +131,34 @@ class KubeAPI:
                 k8s_config.load_incluster_config(client_configuration=configuration)
             except k8s_config.ConfigException:
                 k8s_config.load_kube_config(client_configuration=configuration)
-        configuration.connection_pool_maxsize = 32
         self._configuration = configuration
-        self._client = k8s.ApiClient(configuration)
-        self._pool = self._client.rest_client.pool_manager
-        self._timeout = urllib3.Timeout(connect=5.0, read=timeout)
+        self._connections = connections
+        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=5.0)
+        self._session: aiohttp.ClientSession | None = None
 
-    def close(self) -> None:
-        self._client.close()
+    async def open(self) -> None:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                ssl=ssl_context(self.credentials()), limit=self._connections
+            )
+            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> KubeAPI:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
 
     def credentials(self) -> Credentials:
         config = self._configuration
@@ -137,30 +175,30 @@ class KubeAPI:
         )
 
     # ----- objects -----
-    def get(self, ref: Ref) -> dict[str, Any] | None:
+    async def get(self, ref: Ref) -> dict[str, Any] | None:
         try:
-            return self._request("GET", ref.path())
+            return await self._request("GET", ref.path())
         except ApiError as error:
             if error.status == 404:
                 return None
             raise
 
-    def exists(self, ref: Ref) -> bool:
+    async def exists(self, ref: Ref) -> bool:
         """Whether the object exists, asking for its metadata only (PartialObjectMetadata):
         used for Secrets, whose data the operator never needs to receive."""
         try:
-            self._request("GET", ref.path(), accept=METADATA_ONLY)
+            await self._request("GET", ref.path(), accept=METADATA_ONLY)
         except ApiError as error:
             if error.status == 404:
                 return False
             raise
         return True
 
-    def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+    async def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         """Server-side apply `obj` under the operator's field manager; return the result."""
-        return self._apply(Ref.of(obj).path(), obj)
+        return await self._apply(Ref.of(obj).path(), obj)
 
-    def apply_status(
+    async def apply_status(
         self,
         owner: Mapping[str, Any],
         status: Mapping[str, Any],
@@ -174,29 +212,29 @@ class KubeAPI:
             "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
             "status": dict(status),
         }
-        return self._apply(Ref.of(owner).path(subresource="status"), body, manager)
+        return await self._apply(Ref.of(owner).path(subresource="status"), body, manager)
 
-    def delete(self, ref: Ref, uid: str) -> None:
+    async def delete(self, ref: Ref, uid: str) -> None:
         """Delete the object if it is still the one with `uid` (never a same-named successor)."""
         body = {"preconditions": {"uid": uid}, "propagationPolicy": "Background"}
         try:
-            self._request("DELETE", ref.path(), body=body)
+            await self._request("DELETE", ref.path(), body=body)
         except ApiError as error:
             if error.status not in (404, 409):
                 raise
 
-    def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
-        return self._request("POST", Ref.of(obj).path(collection=True), body=obj)
+    async def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        return await self._request("POST", Ref.of(obj).path(collection=True), body=obj)
 
-    def replace(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+    async def replace(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         """PUT with the object's resourceVersion: a 409 ApiError if someone wrote in between."""
-        return self._request("PUT", Ref.of(obj).path(), body=obj)
+        return await self._request("PUT", Ref.of(obj).path(), body=obj)
 
     # ----- internals -----
-    def _apply(
+    async def _apply(
         self, path: str, body: Mapping[str, Any], manager: str = FIELD_MANAGER
     ) -> dict[str, Any]:
-        return self._request(
+        return await self._request(
             "PATCH",
             path,
             body=body,
@@ -204,7 +242,7 @@ class KubeAPI:
             content_type=APPLY_CONTENT,
         )
 
-    def _request(
+    async def _request(
         self,
         method: str,
         path: str,
@@ -214,6 +252,7 @@ class KubeAPI:
         content_type: str = "application/json",
         accept: str = "application/json",
     ) -> dict[str, Any]:
+        assert self._session is not None, "KubeAPI.open() first"
         headers = {"Accept": accept, "Content-Type": content_type}
         # asks the configuration each time: in-cluster and exec credentials are refreshed there
         token = self._configuration.get_api_key_with_prefix("BearerToken")
@@ -225,14 +264,14 @@ class KubeAPI:
             url += "?" + urlencode(params)
         data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
         try:
-            response = self._pool.request(
-                method, url, body=data, headers=headers, timeout=self._timeout, retries=False
-            )
-        except (OSError, HTTPError) as error:
-            raise ApiError(0, type(error).__name__, str(error)) from None
-        if response.status >= 400:
-            raise api_error(response.status, response.reason or "", response.data)
-        parsed: dict[str, Any] = json.loads(response.data) if response.data else {}
+            async with self._session.request(method, url, data=data, headers=headers) as response:
+                answer = await response.read()
+                status, reason = response.status, response.reason or ""
+        except (OSError, aiohttp.ClientError, TimeoutError) as error:
+            raise ApiError(0, type(error).__name__, str(error) or "no answer in time") from None
+        if status >= 400:
+            raise api_error(status, reason, answer)
+        parsed: dict[str, Any] = json.loads(answer) if answer else {}
         return parsed
 
 

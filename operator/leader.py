@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -53,7 +53,7 @@ class LeaderElector:
     async def acquire(self) -> None:
         """Return once this replica holds the lease."""
         announced = False
-        while not await asyncio.to_thread(self.try_acquire_or_renew):
+        while not await self.try_acquire_or_renew():
             if not announced:
                 log.info("waiting for leadership", extra={"lease": self.settings.name})
                 announced = True
@@ -66,7 +66,7 @@ class LeaderElector:
         while True:
             await asyncio.sleep(self.settings.renew_seconds)
             try:
-                renewed = await asyncio.to_thread(self.try_acquire_or_renew)
+                renewed = await self.try_acquire_or_renew()
             except ApiError as error:
                 log.warning("lease renewal failed", extra={"error": str(error)})
                 renewed = False
@@ -80,11 +80,13 @@ class LeaderElector:
                 log.error("lost leadership", extra={"identity": self.settings.identity})
                 return
 
-    def try_acquire_or_renew(self) -> bool:
+    async def try_acquire_or_renew(self) -> bool:
         now = _micro_time()
-        lease = self.api.get(self.ref)
+        lease = await self.api.get(self.ref)
         if lease is None:
-            return self._write(self.api.create, self._body(None, now, transitions=0, acquired=now))
+            return await self._write(
+                self.api.create, self._body(None, now, transitions=0, acquired=now)
+            )
         spec = lease.get("spec") or {}
         holder = spec.get("holderIdentity") or ""
         record = (holder, spec.get("renewTime"), spec.get("leaseDurationSeconds"))
@@ -98,13 +100,13 @@ class LeaderElector:
             return False
         transitions = int(spec.get("leaseTransitions") or 0) + (0 if mine else 1)
         acquired = spec.get("acquireTime") if mine else now
-        return self._write(self.api.replace, self._body(lease, now, transitions, acquired))
+        return await self._write(self.api.replace, self._body(lease, now, transitions, acquired))
 
-    def release(self) -> None:
+    async def release(self) -> None:
         """Give the lease up at shutdown so a standby takes over at once."""
         if not self.leading:
             return
-        lease = self.api.get(self.ref)
+        lease = await self.api.get(self.ref)
         if (
             lease is None
             or (lease.get("spec") or {}).get("holderIdentity") != self.settings.identity
@@ -112,7 +114,7 @@ class LeaderElector:
             return
         lease["spec"] = {**lease["spec"], "holderIdentity": "", "leaseDurationSeconds": 1}
         try:
-            self.api.replace(lease)
+            await self.api.replace(lease)
         except ApiError as error:
             log.warning("could not release the lease", extra={"error": str(error)})
         self.leading = False
@@ -138,11 +140,13 @@ class LeaderElector:
             },
         }
 
-    def _write(
-        self, write: Callable[[dict[str, Any]], dict[str, Any]], body: dict[str, Any]
+    async def _write(
+        self,
+        write: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]],
+        body: dict[str, Any],
     ) -> bool:
         try:
-            result = write(body)
+            result = await write(body)
         except ApiError as error:
             if error.status in (409, 422):
                 self.leading = False

@@ -163,7 +163,7 @@ class RolloutLoop:
     async def _forget(self, key: Key, obj: Mapping[str, Any], state: rollout.State) -> None:
         """`spec.rollout` is gone (or one variant is left): the spec's weights are in force;
         remove what this loop wrote and say which weights now apply."""
-        result = await asyncio.to_thread(self._api.apply_status, obj, {}, manager=FIELD_MANAGER)
+        result = await self._api.apply_status(obj, {}, manager=FIELD_MANAGER)
         self._store.put_isvc(result)
         self._requeue(key)
         weights = rollout.effective_weights(obj)
@@ -195,7 +195,7 @@ class RolloutLoop:
         name = labels.router_name_of(key[1])
         service = self._store.children_of(key).get(("Service", name))
         if service is None:
-            service = await asyncio.to_thread(self._api.get, Ref("v1", "Service", key[0], name))
+            service = await self._api.get(Ref("v1", "Service", key[0], name))
             if service is not None:
                 self._store.put_child(service)
         if service is not None and owned_by(service, obj["metadata"].get("uid", "")):
@@ -216,7 +216,7 @@ class RolloutLoop:
                 state, [c for c in previous if c.get("type") in rollout.CONDITIONS], now, generation
             ),
         }
-        result = await asyncio.to_thread(self._api.apply_status, obj, body, manager=FIELD_MANAGER)
+        result = await self._api.apply_status(obj, body, manager=FIELD_MANAGER)
         self._store.put_isvc(result)
         self._requeue(key)
 

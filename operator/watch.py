@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +26,7 @@ from urllib.parse import urlencode
 
 import aiohttp
 
-from .kube import ApiError, Credentials, api_error
+from .kube import ApiError, Credentials, api_error, ssl_context
 
 log = logging.getLogger("marfleet.operator.watch")
 
@@ -61,7 +60,8 @@ class Resource:
 
 
 class Session:
-    """One aiohttp session to the API server with the operator's credentials."""
+    """One aiohttp session to the API server with the operator's credentials, for the watches'
+    long-lived requests (apart from KubeAPI's pool, which they would otherwise hold)."""
 
     def __init__(self, credentials: Callable[[], Credentials]) -> None:
         self._credentials = credentials
@@ -70,15 +70,9 @@ class Session:
 
     async def open(self) -> None:
         creds = self._credentials()
-        context = ssl.create_default_context(cafile=creds.ca_path)
-        if creds.insecure:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        if creds.certificate_path and creds.private_key_path:
-            context.load_cert_chain(creds.certificate_path, creds.private_key_path)
         self._server = creds.server.rstrip("/")
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=context, limit=0),
+            connector=aiohttp.TCPConnector(ssl=ssl_context(creds), limit=0),
             read_bufsize=READ_BUFFER,
             max_line_size=READ_BUFFER,
             max_field_size=READ_BUFFER,

@@ -12,12 +12,10 @@ import json
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -516,10 +514,14 @@ def writes_before_children_are_listed(cluster: LocalCluster, obj: dict[str, Any]
     env = cluster.env()
     args = ["--kubeconfig", str(cluster.kubeconfig), "--runtime-image", RUNTIME_IMAGE]
     settings = settings_from(parser(env).parse_args(args), env)
-    controller = Controller(
-        KubeAPI(str(cluster.kubeconfig)), settings.controller, OperatorMetrics()
-    )
-    asyncio.run(controller.reconcile(controller.store.put_isvc(obj)))
+
+    async def reconcile_once() -> Controller:
+        async with KubeAPI(str(cluster.kubeconfig)) as api:
+            controller = Controller(api, settings.controller, OperatorMetrics())
+            await controller.reconcile(controller.store.put_isvc(obj))
+            return controller
+
+    controller = asyncio.run(reconcile_once())
     return sum(
         sample.value
         for family in controller.metrics.registry.collect()
@@ -789,29 +791,26 @@ def test_operator_logs_are_json(operators: Operators) -> None:
     assert all({"time", "level", "logger", "message"} <= entry.keys() for entry in parsed)
 
 
-def race_for(elector: LeaderElector, start: threading.Barrier) -> bool:
-    start.wait()
-    return elector.try_acquire_or_renew()
-
-
 def test_two_candidates_never_both_win_the_lease(cluster: LocalCluster) -> None:
     """Candidates racing for a free lease: the API server lets exactly one of them create it,
     and after that only the holder renews."""
-    clients = [KubeAPI(str(cluster.kubeconfig)) for _ in range(2)]
-    try:
-        for index in range(10):
-            name = f"race-{uuid.uuid4().hex[:6]}"
-            electors = [
-                LeaderElector(client, LeaseSettings("default", name, identity=f"candidate-{n}"))
-                for n, client in enumerate(clients)
-            ]
-            start = threading.Barrier(len(electors))
-            with ThreadPoolExecutor(len(electors)) as pool:
-                won = list(pool.map(race_for, electors, [start] * len(electors)))
-            assert won.count(True) == 1, (index, won)
-            winner, loser = electors[won.index(True)], electors[won.index(False)]
-            assert winner.try_acquire_or_renew() and not loser.try_acquire_or_renew()
-            cluster.kubectl("delete", "lease", name, "-n", "default")
-    finally:
-        for client in clients:
-            client.close()
+
+    async def race() -> None:
+        async with (
+            KubeAPI(str(cluster.kubeconfig)) as one,
+            KubeAPI(str(cluster.kubeconfig)) as other,
+        ):
+            for index in range(10):
+                name = f"race-{uuid.uuid4().hex[:6]}"
+                electors = [
+                    LeaderElector(client, LeaseSettings("default", name, identity=f"candidate-{n}"))
+                    for n, client in enumerate((one, other))
+                ]
+                won = await asyncio.gather(*(e.try_acquire_or_renew() for e in electors))
+                assert won.count(True) == 1, (index, won)
+                winner, loser = electors[won.index(True)], electors[won.index(False)]
+                assert await winner.try_acquire_or_renew()
+                assert not await loser.try_acquire_or_renew()
+                cluster.kubectl("delete", "lease", name, "-n", "default")
+
+    asyncio.run(race())

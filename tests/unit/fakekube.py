@@ -52,19 +52,19 @@ class FakeKubeAPI:
     def stored(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any]:
         return self.objects[(api_version, kind, namespace, name)]
 
-    # ----- the KubeAPI surface -----
-    def get(self, ref: Ref) -> dict[str, Any] | None:
+    # ----- the KubeAPI surface (asynchronous, like KubeAPI's) -----
+    async def get(self, ref: Ref) -> dict[str, Any] | None:
         self._record("get", ref.kind, ref.name)
         found = self.objects.get(object_key(ref))
         return copy.deepcopy(found) if found is not None else None
 
-    def exists(self, ref: Ref) -> bool:
+    async def exists(self, ref: Ref) -> bool:
         """A metadata-only read (the object's data is not returned)."""
         ref.path()  # the real client needs the kind's plural
         self._record("exists", ref.kind, ref.name)
         return object_key(ref) in self.objects
 
-    def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+    async def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         self._record("apply", obj["kind"], obj["metadata"]["name"])
         key = object_key(Ref.of(obj))
         old = self.objects.get(key)
@@ -78,7 +78,7 @@ class FakeKubeAPI:
         self.objects[key] = new
         return copy.deepcopy(new)
 
-    def apply_status(
+    async def apply_status(
         self, owner: Mapping[str, Any], status: Mapping[str, Any], manager: str = ""
     ) -> dict[str, Any]:
         meta = owner["metadata"]
@@ -91,13 +91,13 @@ class FakeKubeAPI:
         stored["metadata"]["resourceVersion"] = str(next(self._versions))
         return copy.deepcopy(stored)
 
-    def delete(self, ref: Ref, uid: str) -> None:
+    async def delete(self, ref: Ref, uid: str) -> None:
         self._record("delete", ref.kind, ref.name)
         found = self.objects.get(object_key(ref))
         if found is not None and found["metadata"]["uid"] == uid:
             del self.objects[object_key(ref)]
 
-    def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+    async def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         meta = obj["metadata"]
         name = meta.get("name") or f"{meta.get('generateName', '')}{next(self._uids)}"
         self._record("create", obj["kind"], name)
@@ -111,7 +111,7 @@ class FakeKubeAPI:
         self.objects[key] = new
         return copy.deepcopy(new)
 
-    def replace(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+    async def replace(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         meta = obj["metadata"]
         self._record("replace", obj["kind"], meta["name"])
         key = object_key(Ref.of(obj))

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import time
 from collections.abc import Iterator, Mapping
 from typing import Any, cast
 
@@ -252,10 +251,10 @@ def test_a_child_the_api_server_refuses_is_reported_and_the_rest_applied(h: Harn
     h.create(isvc())
     original = h.api.apply
 
-    def refusing(obj: Mapping[str, Any]) -> dict[str, Any]:
+    async def refusing(obj: Mapping[str, Any]) -> dict[str, Any]:
         if obj["kind"] == "HorizontalPodAutoscaler":
             raise ApiError(422, "Invalid", "spec.maxReplicas: must be at least 1")
-        return original(obj)
+        return await original(obj)
 
     h.api.apply = refusing  # type: ignore[method-assign]
     h.reconcile()
@@ -328,10 +327,10 @@ class RbacCheckingAPI(FakeKubeAPI):
     over the network. (A fake because the local control plane's admin credentials skip that
     check.)"""
 
-    def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+    async def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         meta = obj["metadata"]
         if obj["kind"] == "Role":
-            time.sleep(0.05)
+            await asyncio.sleep(0.05)
         if obj["kind"] == "RoleBinding":
             role = obj["roleRef"]["name"]
             if (
@@ -343,7 +342,7 @@ class RbacCheckingAPI(FakeKubeAPI):
                 raise ApiError(
                     404, "NotFound", f'roles.rbac.authorization.k8s.io "{role}" not found'
                 )
-        return super().apply(obj)
+        return await super().apply(obj)
 
 
 def test_a_new_router_gets_its_role_before_the_binding_so_creation_reports_no_failure() -> None:
@@ -405,10 +404,10 @@ def test_a_server_error_is_reported_in_the_status_and_retried(h: Harness) -> Non
     h.create(isvc())
     original = h.api.apply
 
-    def failing(obj: Mapping[str, Any]) -> dict[str, Any]:
+    async def failing(obj: Mapping[str, Any]) -> dict[str, Any]:
         if obj["kind"] == "Deployment":
             raise ApiError(500, "InternalError", 'failed calling webhook "x": connection refused')
-        return original(obj)
+        return await original(obj)
 
     h.api.apply = failing  # type: ignore[method-assign]
     with pytest.raises(ApiError):

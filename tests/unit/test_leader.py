@@ -28,6 +28,10 @@ def elector(api: FakeKubeAPI, identity: str, clock: Clock, **overrides: Any) -> 
     return LeaderElector(cast(KubeAPI, api), settings, clock=clock)
 
 
+def attempt(candidate: LeaderElector) -> bool:
+    return asyncio.run(candidate.try_acquire_or_renew())
+
+
 def holder(api: FakeKubeAPI) -> str:
     spec: dict[str, Any] = api.stored(*LEASE)["spec"]
     return str(spec["holderIdentity"])
@@ -36,7 +40,7 @@ def holder(api: FakeKubeAPI) -> str:
 def test_the_first_candidate_creates_the_lease_and_leads() -> None:
     api, clock = FakeKubeAPI(), Clock()
     a = elector(api, "a", clock)
-    assert a.try_acquire_or_renew()
+    assert attempt(a)
     assert a.leading
     assert holder(api) == "a"
     spec = api.stored(*LEASE)["spec"]
@@ -47,11 +51,11 @@ def test_the_first_candidate_creates_the_lease_and_leads() -> None:
 def test_a_standby_waits_while_the_holder_renews() -> None:
     api, clock = FakeKubeAPI(), Clock()
     a, b = elector(api, "a", clock), elector(api, "b", clock)
-    assert a.try_acquire_or_renew()
+    assert attempt(a)
     for _ in range(20):
         clock.now += 2
-        assert a.try_acquire_or_renew(), "the holder renews"
-        assert not b.try_acquire_or_renew(), "a fresh lease is not taken"
+        assert attempt(a), "the holder renews"
+        assert not attempt(b), "a fresh lease is not taken"
     assert holder(api) == "a"
     assert not b.leading
 
@@ -59,15 +63,15 @@ def test_a_standby_waits_while_the_holder_renews() -> None:
 def test_a_standby_takes_over_a_lease_not_renewed_for_its_duration_by_its_own_clock() -> None:
     api, clock = FakeKubeAPI(), Clock()
     a, b = elector(api, "a", clock), elector(api, "b", clock)
-    assert a.try_acquire_or_renew()
-    assert not b.try_acquire_or_renew()  # b sees the record for the first time now
+    assert attempt(a)
+    assert not attempt(b)  # b sees the record for the first time now
     clock.now += 14.9
-    assert not b.try_acquire_or_renew(), "not yet expired as b has seen it"
+    assert not attempt(b), "not yet expired as b has seen it"
     clock.now += 0.2
-    assert b.try_acquire_or_renew()
+    assert attempt(b)
     assert holder(api) == "b"
     assert api.stored(*LEASE)["spec"]["leaseTransitions"] == 1
-    assert not a.try_acquire_or_renew(), "the old holder sees it lost"
+    assert not attempt(a), "the old holder sees it lost"
     assert not a.leading
 
 
@@ -83,30 +87,30 @@ def test_two_candidates_racing_for_an_expired_lease_cannot_both_win() -> None:
         }
     )
     # both read the free lease, then both write: the second write carries a stale version
-    stale = api.get(Ref(*LEASE))
-    assert a.try_acquire_or_renew()
+    stale = asyncio.run(api.get(Ref(*LEASE)))
+    assert attempt(a)
     assert stale is not None
     stale["spec"]["holderIdentity"] = "b"
     try:
-        api.replace(stale)
+        asyncio.run(api.replace(stale))
     except ApiError as error:
         assert error.status == 409
     else:
         raise AssertionError("a stale write must be refused")
-    assert not b.try_acquire_or_renew(), "b now sees a's fresh lease"
+    assert not attempt(b), "b now sees a's fresh lease"
     assert holder(api) == "a"
 
 
 def test_a_conflict_on_write_makes_the_candidate_a_standby() -> None:
     api, clock = FakeKubeAPI(), Clock()
     a = elector(api, "a", clock)
-    assert a.try_acquire_or_renew()
+    assert attempt(a)
 
-    def conflicting(obj: Mapping[str, Any]) -> dict[str, Any]:
+    async def conflicting(obj: Mapping[str, Any]) -> dict[str, Any]:
         raise ApiError(409, "Conflict", "the object has been modified")
 
     api.replace = conflicting  # type: ignore[method-assign]
-    assert not a.try_acquire_or_renew()
+    assert not attempt(a)
     assert not a.leading
 
 
@@ -115,9 +119,9 @@ def test_hold_returns_when_renewals_fail_past_the_deadline() -> None:
     a = elector(
         api, "a", clock, renew_seconds=0.001, renew_deadline_seconds=10.0, lease_seconds=15.0
     )
-    assert a.try_acquire_or_renew()
+    assert attempt(a)
 
-    def unreachable(ref: Any) -> dict[str, Any] | None:
+    async def unreachable(ref: Any) -> dict[str, Any] | None:
         clock.now += 3  # each failed attempt takes time
         raise ApiError(0, "ConnectionRefusedError", "no route")
 
@@ -134,24 +138,24 @@ def test_hold_returns_when_renewals_fail_past_the_deadline() -> None:
 def test_release_hands_the_lease_over_at_once() -> None:
     api, clock = FakeKubeAPI(), Clock()
     a, b = elector(api, "a", clock), elector(api, "b", clock)
-    assert a.try_acquire_or_renew()
-    assert not b.try_acquire_or_renew()
-    a.release()
+    assert attempt(a)
+    assert not attempt(b)
+    asyncio.run(a.release())
     assert not a.leading
     assert holder(api) == ""
-    assert b.try_acquire_or_renew(), "an empty holder is free to take, no waiting"
+    assert attempt(b), "an empty holder is free to take, no waiting"
     assert holder(api) == "b"
 
 
 def test_release_leaves_someone_elses_lease_alone() -> None:
     api, clock = FakeKubeAPI(), Clock()
     a, b = elector(api, "a", clock), elector(api, "b", clock)
-    assert a.try_acquire_or_renew()
-    assert not b.try_acquire_or_renew()
+    assert attempt(a)
+    assert not attempt(b)
     clock.now += 16  # a stopped renewing (paused, partitioned) and b took over
-    assert b.try_acquire_or_renew()
+    assert attempt(b)
     writes = len(api.writes)
-    a.release()
+    asyncio.run(a.release())
     assert len(api.writes) == writes
     assert holder(api) == "b"
 
@@ -160,16 +164,16 @@ def test_acquire_waits_until_the_lease_is_free() -> None:
     api, clock = FakeKubeAPI(), Clock()
     a = elector(api, "a", clock)
     b = elector(api, "b", clock, retry_seconds=0.001)
-    assert a.try_acquire_or_renew()
+    assert attempt(a)
     attempts = 0
     original = b.try_acquire_or_renew
 
-    def counting() -> bool:
+    async def counting() -> bool:
         nonlocal attempts
         attempts += 1
         if attempts == 3:
-            a.release()
-        return original()
+            await a.release()
+        return await original()
 
     b.try_acquire_or_renew = counting  # type: ignore[method-assign]
 
