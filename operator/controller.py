@@ -71,7 +71,9 @@ class Controller:
             self._rendered.pop(key, None)
             self._verified.pop(key, None)
         else:
-            self.queue.add(self.store.put_isvc(obj))
+            key = self.store.put_isvc(obj)
+            if key is not None:
+                self.queue.add(key)
         self.metrics.managed.set(len(self.store.isvcs))
 
     def on_child(self, event_type: str | None, obj: Mapping[str, Any]) -> None:

@@ -40,19 +40,26 @@ def owned_by(obj: Mapping[str, Any], uid: str) -> bool:
     return any(ref.get("uid") == uid and ref.get("controller") for ref in refs)
 
 
-def _older(new: Mapping[str, Any], old: Mapping[str, Any] | None) -> bool:
-    """Whether `new` is an older version than `old` (a late watch event after our own write).
+def _newer(new: Mapping[str, Any], old: Mapping[str, Any] | None) -> bool:
+    """Whether `new` is a later version than `old`. Not when it is older (a late watch event
+    after the operator's own write) nor the same (the watch event of the operator's own
+    write, whose answer is stored already): nothing changed, nothing to reconcile.
 
     resourceVersions are opaque to clients in general; the API server's are etcd revisions,
-    so they are compared as numbers when both are numbers and otherwise taken as newer."""
+    so they are compared as numbers when both are numbers, and otherwise only for equality."""
     if old is None:
-        return False
+        return True
     a = str(new["metadata"].get("resourceVersion", ""))
     b = str(old["metadata"].get("resourceVersion", ""))
-    return a.isdigit() and b.isdigit() and int(a) < int(b)
+    if a.isdigit() and b.isdigit():
+        return int(a) > int(b)
+    return not a or a != b
 
 
 _VOLATILE = frozenset({"resourceVersion", "generation", "managedFields"})
+_BOOKKEEPING_ANNOTATIONS = frozenset({"deployment.kubernetes.io/revision"})
+"""Annotations a controller of the cluster sets on the operator's children to count its own
+work (the Deployment controller its rollout revision): not a change in what the child is."""
 
 
 def _same_content(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
@@ -61,10 +68,19 @@ def _same_content(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
         k: v for k, v in b.items() if k not in ("status", "metadata")
     }:
         return False
-    meta_a, meta_b = a["metadata"], b["metadata"]
-    return {k: v for k, v in meta_a.items() if k not in _VOLATILE} == {
-        k: v for k, v in meta_b.items() if k not in _VOLATILE
+    return _content_meta(a["metadata"]) == _content_meta(b["metadata"])
+
+
+def _content_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
+    kept = {k: v for k, v in meta.items() if k not in _VOLATILE}
+    annotations = {
+        k: v
+        for k, v in (kept.pop("annotations", None) or {}).items()
+        if k not in _BOOKKEEPING_ANNOTATIONS
     }
+    if annotations:
+        kept["annotations"] = annotations
+    return kept
 
 
 def _trimmed(obj: Mapping[str, Any]) -> dict[str, Any]:
@@ -80,10 +96,13 @@ class Store:
         self._content: dict[tuple[str, str, str], int] = {}
         self._versions = itertools.count(1)
 
-    def put_isvc(self, obj: Mapping[str, Any]) -> Key:
+    def put_isvc(self, obj: Mapping[str, Any]) -> Key | None:
+        """Record an InferenceService; return its key, or None when this version is not newer
+        than the one held (nothing to reconcile)."""
         key = key_of(obj)
-        if not _older(obj, self.isvcs.get(key)):
-            self.isvcs[key] = _trimmed(obj)
+        if not _newer(obj, self.isvcs.get(key)):
+            return None
+        self.isvcs[key] = _trimmed(obj)
         return key
 
     def remove_isvc(self, obj: Mapping[str, Any]) -> Key:
@@ -95,7 +114,7 @@ class Store:
         """Record a child; return the InferenceServices affected (old and new owner)."""
         owner = owner_key(obj)
         old = self._children.get(owner, {}).get(_child_key(obj)) if owner is not None else None
-        if _older(obj, old):
+        if not _newer(obj, old):
             return set()
         ident = (obj["metadata"].get("namespace", ""), obj["kind"], obj["metadata"]["name"])
         version = self._content.get(ident)

@@ -518,7 +518,9 @@ def writes_before_children_are_listed(cluster: LocalCluster, obj: dict[str, Any]
     async def reconcile_once() -> Controller:
         async with KubeAPI(str(cluster.kubeconfig)) as api:
             controller = Controller(api, settings.controller, OperatorMetrics())
-            await controller.reconcile(controller.store.put_isvc(obj))
+            key = controller.store.put_isvc(obj)
+            assert key is not None
+            await controller.reconcile(key)
             return controller
 
     controller = asyncio.run(reconcile_once())

@@ -296,6 +296,7 @@ def test_a_restart_before_the_children_are_listed_reads_them_and_writes_nothing(
 def test_a_deleted_or_deleting_inferenceservice_is_left_alone(h: Harness) -> None:
     stored = h.create(isvc())
     stored["metadata"]["deletionTimestamp"] = "2030-01-01T00:00:00Z"
+    stored["metadata"]["resourceVersion"] += "1"  # a new version, as the API server writes it
     h.controller.on_inferenceservice("MODIFIED", stored)
     assert h.reconcile() == []
     h.controller.on_inferenceservice("DELETED", stored)
@@ -316,7 +317,11 @@ def test_child_events_queue_only_their_known_owner(h: Harness) -> None:
     }
     h.controller.on_child("ADDED", stray)
     assert queue.depth() == 0
-    h.controller.on_child("MODIFIED", h.api.stored("v1", "ConfigMap", NS, "m-main"))
+    own = copy.deepcopy(h.api.stored("v1", "ConfigMap", NS, "m-main"))
+    h.controller.on_child("MODIFIED", own)
+    assert queue.depth() == 0, "the event of the operator's own write brings nothing new"
+    own["metadata"]["resourceVersion"] += "1"  # a later version: someone else's write
+    h.controller.on_child("MODIFIED", own)
     assert queue.depth() == 1
 
 

@@ -62,6 +62,16 @@ def test_an_older_version_never_replaces_a_newer_one() -> None:
     assert store.children_of(("ns", "m"))[("Service", "m")]["metadata"]["resourceVersion"] == "30"
 
 
+def test_the_same_version_again_changes_nothing_and_affects_no_one() -> None:
+    """The watch event of the operator's own write carries the version its answer did."""
+    store = Store()
+    assert store.put_isvc(isvc(rv="12")) == ("ns", "m")
+    assert store.put_isvc(isvc(rv="12")) is None
+    assert store.put_child(child("Service", "m", rv="30")) == {("ns", "m")}
+    assert store.put_child(child("Service", "m", rv="30")) == set()
+    assert store.put_child(child("Service", "m", rv="31")) == {("ns", "m")}
+
+
 def test_children_are_found_by_owner_label_and_put_returns_who_is_affected() -> None:
     store = Store()
     assert store.put_child(child("Deployment", "m-a")) == {("ns", "m")}
@@ -138,6 +148,8 @@ def test_content_version_moves_on_any_change_but_status_and_bookkeeping() -> Non
     assert first != 0
     status_only = {**deploy, "status": {"readyReplicas": 1}}
     status_only["metadata"] = {**deploy["metadata"], "resourceVersion": "21", "generation": 2}
+    # the Deployment controller counts its rollouts in an annotation of its own
+    status_only["metadata"]["annotations"] = {"deployment.kubernetes.io/revision": "1"}
     store.put_child(status_only)
     assert store.content_version("ns", "Deployment", "m-a") == first
     edited = {**status_only, "spec": {"replicas": 2}}
