@@ -71,9 +71,9 @@ class Controller:
             self._rendered.pop(key, None)
             self._verified.pop(key, None)
         else:
-            key = self.store.put_isvc(obj)
-            if key is not None:
-                self.queue.add(key)
+            changed = self.store.put_isvc(obj)
+            if changed is not None:
+                self.queue.add(changed)
         self.metrics.managed.set(len(self.store.isvcs))
 
     def on_child(self, event_type: str | None, obj: Mapping[str, Any]) -> None:
