@@ -32,6 +32,7 @@ pytestmark = pytest.mark.slow
 
 JSON = {"Content-Type": "application/json"}
 ROW = b"[1, 2, 3, 4]"
+V2_ROW = b'{"inputs": [{"name": "x", "shape": [4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}'
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,8 @@ def token_steps() -> list[Step]:
         ("POST", "/v1/models/mlp:explain", ROW),
         ("GET", "/v2/health/live", None),
         ("GET", "/v2/models/mlp", None),
+        ("POST", "/v2/models/mlp/infer", V2_ROW),
+        ("POST", "/v2/models/mlp/explain", V2_ROW),
         ("GET", "/nowhere", None),
     ]
     wrong = [
