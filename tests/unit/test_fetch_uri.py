@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,7 @@ def test_pvc_copy_is_verified_and_placed(tmp_path: Path) -> None:
     claim.mkdir(parents=True)
     data = b"archive" * 1000
     (claim / "m.mar").write_bytes(data)
+    (claim / "m.mar").chmod(0o644)  # world-readable on the claim
     events = Events()
     settings = FetchSettings(pvc_root=tmp_path / "pvc")
     digest = hashlib.sha256(data).hexdigest()
@@ -119,6 +121,7 @@ def test_pvc_copy_is_verified_and_placed(tmp_path: Path) -> None:
     )
     assert placed == tmp_path / "store" / "m.mar"
     assert placed.read_bytes() == data
+    assert stat.S_IMODE(placed.stat().st_mode) == 0o640  # the copy is not
     assert events.names() == ["start", "done"]
     assert events.seen[-1][1]["sha256"] == digest
     assert sorted(p.name for p in (tmp_path / "store").iterdir()) == ["m.mar"]
