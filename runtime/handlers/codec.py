@@ -51,15 +51,17 @@ def handler_row(request: InferenceRequest) -> dict[str, Any]:
     return {"body": decode_body(request.body, request.content_type)}
 
 
-def request_properties(request: InferenceRequest, *, explain: bool) -> dict[str, Any]:
-    """What `context.get_all_request_header(idx)` returns for this request."""
+def request_properties(request: InferenceRequest, *, explain: bool | None) -> dict[str, Any]:
+    """What `context.get_all_request_header(idx)` returns for this request (no `explain` for
+    None: TorchServe's gRPC ModelInfer sets none)."""
     properties: dict[str, Any]
     if request.form is not None:
         properties = {name: {"content-type": ""} for name in request.form}
     else:
         properties = {"body": {"content-type": mime_type(request.content_type)}}
     properties.update(request.headers)
-    properties["explain"] = "True" if explain else "False"
+    if explain is not None:
+        properties["explain"] = "True" if explain else "False"
     return properties
 
 

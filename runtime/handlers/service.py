@@ -193,7 +193,7 @@ class ModelService:
         self,
         batch: Sequence[InferenceRequest],
         *,
-        explain: bool = False,
+        explain: bool | None = False,
         part_sink: PartSink | None = None,
     ) -> list[InferenceResult]:
         """Run one batch through the handler; one result per request, in order. Never raises.
@@ -210,7 +210,9 @@ class ModelService:
             self.context.part_sink = None
             self._flush_metrics()
 
-    def _handle(self, batch: Sequence[InferenceRequest], explain: bool) -> list[InferenceResult]:
+    def _handle(
+        self, batch: Sequence[InferenceRequest], explain: bool | None
+    ) -> list[InferenceResult]:
         rows = [handler_row(request) for request in batch]
         request_ids = {index: request.request_id for index, request in enumerate(batch)}
         processors = [

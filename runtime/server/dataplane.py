@@ -64,7 +64,7 @@ class Call:
     headers: Mapping[str, str]  # names lower-cased (HTTP headers, gRPC metadata)
     parameters: Mapping[str, str]  # the query string, or a gRPC request's `input` map
     received_at: float  # time.perf_counter() when the request had fully arrived
-    explain: bool = False
+    explain: bool | None = False  # None: the handler sees no `explain` property at all
 
 
 class DataPlane:

@@ -337,11 +337,12 @@ class OpenInference:
         call = Call(
             request.model_name,
             request.model_version or None,
-            json.dumps(parsed.document).encode(),
+            json.dumps(_as_torchserve_sends(parsed.document)).encode(),
             "application/json",
             headers,
             {},
             received_at,
+            explain=None,  # TorchServe's ModelInfer sets no explain property
         )
         result, answer = await self._plane.infer_v2(call, parsed)
         if answer is None:
@@ -398,6 +399,28 @@ def v2_document(request: oip.ModelInferRequest) -> tuple[dict[str, Any], bytes]:
     return document, b"".join(raw)
 
 
+def _as_torchserve_sends(document: dict[str, Any]) -> dict[str, Any]:
+    """The validated document with each input's keys in the order TorchServe's gRPC frontend
+    writes them (shape, data, datatype, name), parameters only where there are some."""
+    inputs = []
+    for tensor in document["inputs"]:
+        entry = {key: tensor[key] for key in ("shape", "data", "datatype", "name")}
+        if tensor.get("parameters"):
+            entry["parameters"] = tensor["parameters"]
+        inputs.append(entry)
+    return {**document, "inputs": inputs}
+
+
+def _bytes_element(item: Any) -> bytes:
+    """One BYTES element: bytes as they are, text as UTF-8, anything else as compact JSON (as
+    TorchServe writes a handler's structured result)."""
+    if isinstance(item, bytes):
+        return item
+    if isinstance(item, str):
+        return item.encode()
+    return json.dumps(item, separators=(",", ":")).encode()
+
+
 def v2_response(answer: Mapping[str, Any], *, raw: bool) -> oip.ModelInferResponse:
     """The v2 response document as a ModelInferResponse (raw or typed output contents)."""
     response = oip.ModelInferResponse(
@@ -413,9 +436,7 @@ def v2_response(answer: Mapping[str, Any], *, raw: bool) -> oip.ModelInferRespon
         if raw:
             response.raw_output_contents.append(_raw(datatype, data))
         elif datatype == "BYTES":
-            tensor.contents.bytes_contents.extend(
-                item if isinstance(item, bytes) else str(item).encode() for item in data
-            )
+            tensor.contents.bytes_contents.extend(_bytes_element(item) for item in data)
         else:
             getattr(tensor.contents, _CONTENTS[datatype]).extend(data)
     return response
@@ -423,7 +444,7 @@ def v2_response(answer: Mapping[str, Any], *, raw: bool) -> oip.ModelInferRespon
 
 def _raw(datatype: str, data: list[Any]) -> bytes:
     if datatype == "BYTES":
-        encoded = [item if isinstance(item, bytes) else str(item).encode() for item in data]
+        encoded = [_bytes_element(item) for item in data]
         return b"".join(len(item).to_bytes(4, "little") + item for item in encoded)
     return np.asarray(data, dtype=kserve_v2.numpy_type(datatype)).tobytes()
 

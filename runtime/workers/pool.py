@@ -56,7 +56,7 @@ class Job:
     """One request waiting for (or being run by) a worker."""
 
     item: BatchItem
-    explain: bool
+    explain: bool | None
     future: asyncio.Future[ItemResult]
     enqueued_at: float = field(default_factory=time.perf_counter)
     stream: Parts | None = None  # once the handler sent an intermediate response (parts.py)

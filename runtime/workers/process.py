@@ -174,7 +174,7 @@ class WorkerProcess:
         self,
         items: Sequence[BatchItem],
         *,
-        explain: bool,
+        explain: bool | None,
         timeout: float,
         on_partial: PartCallback | None = None,
     ) -> tuple[list[ItemResult], list[MetricRecord]]:

@@ -95,7 +95,9 @@ def main(argv: list[str]) -> int:
                 InferenceRequest(request_id, body, content_type, headers, parameters, form)
             )
         send_part = _PartSender(sock, control, batch_id, len(requests))
-        results = service.handle(requests, explain=bool(explain), part_sink=send_part)
+        results = service.handle(
+            requests, explain=None if explain is None else bool(explain), part_sink=send_part
+        )
         summaries = [(r.status, r.content_type, r.headers, len(r.body)) for r in results]
         send_frame(sock, ("results", batch_id, summaries, metrics[:]), [r.body for r in results])
         metrics.clear()

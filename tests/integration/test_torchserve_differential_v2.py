@@ -1,15 +1,16 @@
 """Differential test of TorchServe's KServe v2 side and its Prometheus metrics: the real
-TorchServe 0.12 with `service_envelope=kservev2`, `metrics_mode=prometheus` and a
-`metrics_config` of its own, and `marfleet serve` with the same config.properties, the same
-archives from the real torch-model-archiver.
+TorchServe 0.12 with `service_envelope=kservev2`, `ts_open_inference_protocol=true`,
+`metrics_mode=prometheus` and a `metrics_config` of its own, and `marfleet serve` with the same
+config.properties, the same archives from the real torch-model-archiver.
 
 Through the envelope a stock handler (TorchServe's MNIST example, a subclass of
 `ImageClassifier`) serves v2 requests, and a probe handler shows the rows each v2 input
 becomes, the explain flag of `/v2/models/{m}/explain`, and records one custom metric of every
 kind and API (`context.metrics`); its model-config.yaml declares v2 tensors (TorchServe loads
 it all the same). Compared per call: status and body, byte for byte where the request names its
-id. Then the metric families: every family TorchServe exports, marfleet exports with the same
-type and label names, and nothing metrics_config leaves out. Calls whose difference is
+id, and a gRPC ModelInfer (Open Inference Protocol) through the envelope. Then the metric
+families: every family TorchServe exports, marfleet exports with the same type and label names,
+and nothing metrics_config leaves out. Calls whose difference is
 deliberate are in `DELIBERATE`, each with its reason (docs/moving-from-torchserve.md).
 One TorchServe and one marfleet for the module.
 """
@@ -24,9 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 import yaml
+from google.protobuf.json_format import MessageToDict
+from marfleet.runtime.server.protos import open_inference_grpc_pb2 as oip
 
 from tests.handler_sources import MNIST_HANDLER, PROBE_HANDLER, write_handler
 from tests.models import TinyDigitClassifier, image_bytes, write_eager
@@ -106,14 +110,12 @@ STEPS = [
 DELIBERATE = {
     "probe, no inputs": "marfleet refuses a malformed v2 request with 400 before a worker sees "
     "it; TorchServe's envelope fails in the worker (503)",
-    "probe, a version": "marfleet serves the versioned v2 paths; TorchServe answers 404",
+    "probe, a version": "marfleet serves the versioned v2 paths; TorchServe answers 501",
     "probe, metadata": "TorchServe answers 404 to v2 model metadata over HTTP; marfleet serves "
     "it, with the tensors the model-config.yaml declares",
-    **{
-        label: "TorchServe serves v2 health and server metadata over HTTP only with "
-        "ts_open_inference_protocol, and model readiness never; marfleet always does"
-        for label in ("server metadata", "server live", "server ready", "probe, ready")
-    },
+    "server metadata": "marfleet names itself, its version and the binary tensor extension "
+    "it serves (TorchServe: Torchserve, kserve and kubeflow under a misspelt key)",
+    "probe, ready": "TorchServe answers 404 to v2 model readiness over HTTP; marfleet serves it",
 }
 
 
@@ -122,9 +124,29 @@ class Answers:
     calls: dict[str, tuple[int, Any]]
     raw: dict[str, bytes]  # the bodies as sent
     metrics: str
+    grpc: dict[str, Any]  # ModelInfer over the Open Inference Protocol: the response as JSON
 
 
-def ask(inference: str, metrics: str) -> Answers:
+GRPC_INFER = "/org.pytorch.serve.grpc.openinference.GRPCInferenceService/ModelInfer"
+
+
+def ask_grpc(target: str) -> dict[str, Any]:
+    request = oip.ModelInferRequest(model_name="probe", id="g1")
+    tensor = request.inputs.add(name="a", datatype="INT64", shape=[2])
+    tensor.contents.int64_contents.extend([3, 4])
+    with grpc.insecure_channel(target) as channel:
+        call = channel.unary_unary(
+            GRPC_INFER,
+            request_serializer=oip.ModelInferRequest.SerializeToString,
+            response_deserializer=oip.ModelInferResponse.FromString,
+        )
+        try:
+            return MessageToDict(call(request, timeout=60))
+        except grpc.RpcError as error:
+            return {"code": str(error.code()), "details": error.details()}
+
+
+def ask(inference: str, metrics: str, grpc_target: str) -> Answers:
     calls: dict[str, tuple[int, Any]] = {}
     raw: dict[str, bytes] = {}
     for step in STEPS:
@@ -141,7 +163,8 @@ def ask(inference: str, metrics: str) -> Answers:
             body = response.content
         calls[step.label] = (response.status_code, body)
         raw[step.label] = response.content
-    return Answers(calls, raw, httpx.get(f"{metrics}/metrics", timeout=30).text)
+    scraped = httpx.get(f"{metrics}/metrics", timeout=30).text
+    return Answers(calls, raw, scraped, ask_grpc(grpc_target))
 
 
 def build_store(root: Path) -> Path:
@@ -163,7 +186,11 @@ def build_store(root: Path) -> Path:
     return store
 
 
-PROPERTIES = {"service_envelope": "kservev2", "metrics_mode": "prometheus"}
+PROPERTIES = {
+    "service_envelope": "kservev2",
+    "metrics_mode": "prometheus",
+    "ts_open_inference_protocol": "true",
+}
 
 # A metrics_config of one's own: some of TorchServe's default metrics (QueueTime as a histogram),
 # some of the probe's metrics; what it leaves out is not exported.
@@ -220,13 +247,13 @@ def answers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Answers,
     torchserve = TorchServe(root / "torchserve", store, models, properties=properties)
     try:
         torchserve.start()
-        theirs = ask(torchserve.inference, torchserve.metrics)
+        theirs = ask(torchserve.inference, torchserve.metrics, torchserve.grpc)
     finally:
         torchserve.stop()
     with serve(
         store, root / "marfleet", models=list(models.values()), properties=properties
     ) as server:
-        ours = ask(server.inference, server.metrics)
+        ours = ask(server.inference, server.metrics, server.grpc)
     yield theirs, ours
 
 
@@ -253,6 +280,16 @@ def test_v2_answers_as_torchserve(answers: tuple[Answers, Answers]) -> None:
     assert not differing, "\n".join(differing)
 
 
+def test_grpc_model_infer_as_torchserve(answers: tuple[Answers, Answers]) -> None:
+    theirs, ours = answers
+    assert ours.grpc == theirs.grpc
+    (element,) = theirs.grpc["outputs"][0]["contents"]["bytesContents"]
+    assert json.loads(base64.b64decode(element)) == {  # the row as TorchServe's gRPC makes it
+        "row": {"shape": [2], "data": [3, 4], "datatype": "INT64", "name": "a"},
+        "explain": None,
+    }
+
+
 def test_v2_bodies_are_byte_identical(answers: tuple[Answers, Answers]) -> None:
     """Where the request names its id, nothing in the answer is the server's own."""
     theirs, ours = answers
@@ -274,9 +311,9 @@ def test_the_v2_comparison_is_not_vacuous(answers: tuple[Answers, Answers]) -> N
     assert len(theirs.calls["mnist, explain"][1]["outputs"][0]["data"]) == 28 * 28
     assert theirs.calls["probe, no inputs"][0] == 503
     assert ours.calls["probe, no inputs"][0] == 400
-    assert theirs.calls["probe, a version"][0] == 404
+    assert theirs.calls["probe, a version"][0] == 501
     assert ours.calls["probe, a version"][1]["id"] == "p5"
-    assert theirs.calls["server live"][0] == 404 and ours.calls["server live"][0] == 200
+    assert theirs.calls["server live"] == (200, {"live": True})
 
 
 def families(text: str) -> dict[str, tuple[str, frozenset[str]]]:
