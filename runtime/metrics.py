@@ -39,6 +39,8 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 LOAD_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 # TorchServe's histograms: the Prometheus Java client's default buckets
+# auto-detected handler metric names a server takes on at most (each is a family kept forever)
+MAX_HANDLER_METRICS = 256
 TS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
 
 
@@ -382,7 +384,12 @@ class RuntimeMetrics:
         model_metrics (the declared type and dimensions win), or auto-detected when
         model_metrics_auto_detect is on; None (and logged once) when it is not exported."""
         family = self._model.get(name)
-        if family is None and self.config.auto_detect and _nameable(name, dimensions):
+        if (
+            family is None
+            and self.config.auto_detect
+            and _nameable(name, dimensions)
+            and len(self._model) < MAX_HANDLER_METRICS
+        ):
             spec = MetricSpec(name, kind, unit, tuple(dimensions))
             try:
                 family = self._model[name] = self._ts_family(spec, _with_hostname(spec.dimensions))

@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 import yaml
 from marfleet.runtime.host_metrics import GpuSampler, HostSampler
-from marfleet.runtime.metrics import Family, Registry, RuntimeMetrics
+from marfleet.runtime.metrics import MAX_HANDLER_METRICS, Family, Registry, RuntimeMetrics
 from marfleet.runtime.metrics_config import (
     DEFAULT_METRICS_YAML,
+    MAX_METRICS_CONFIG_BYTES,
     MetricsConfigError,
     default_metrics_config,
+    load_metrics_config,
     parse_metrics_config,
 )
 
@@ -286,3 +288,24 @@ def test_a_failing_nvidia_smi_gives_no_gpu_samples() -> None:
         raise subprocess.TimeoutExpired(command, 5)
 
     assert GpuSampler(failing).sample() == {}
+
+
+def test_a_metrics_config_over_its_size_limit_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.yaml"
+    path.write_bytes(b"#" * (MAX_METRICS_CONFIG_BYTES + 1))
+    with pytest.raises(MetricsConfigError, match="is larger than 1048576 bytes"):
+        load_metrics_config(path)
+    path.write_text("")
+    assert load_metrics_config(path).frontend == {}  # an empty file declares nothing
+
+
+def test_auto_detection_stops_at_its_limit_of_metric_names() -> None:
+    metrics = RuntimeMetrics(
+        variant="", hostname="h", config=default_metrics_config(auto_detect=True)
+    )
+    model = metrics.for_model("m", "1.0", queue_depth=lambda: 0)
+    model.handler_metrics([(f"M{i}", 1, "count", MODEL, "counter") for i in range(300)])
+    text = metrics.registry.render().decode()
+    declared = len(default_metrics_config().model)  # HandlerTime, PredictionTime
+    assert f"# TYPE M{MAX_HANDLER_METRICS - declared - 1} counter" in text
+    assert f"# TYPE M{MAX_HANDLER_METRICS - declared} counter" not in text
