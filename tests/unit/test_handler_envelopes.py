@@ -129,6 +129,10 @@ def test_every_envelope_torchserve_has_and_only_those() -> None:
 def test_service_envelope_in_config_properties() -> None:
     assert load_server_config({"service_envelope": "kservev2"}, {}).service_envelope == "kservev2"
     assert load_server_config({}, {}).service_envelope == ""
+    from_env = load_server_config(
+        {"enable_envvars_config": "true"}, {"TS_SERVICE_ENVELOPE": "json"}
+    )
+    assert from_env.service_envelope == "json"  # how an InferenceService sets it (runtime.env)
     with pytest.raises(ConfigError, match="service_envelope=kservev3: must be one of body"):
         load_server_config({"service_envelope": "kservev3"}, {})
 
