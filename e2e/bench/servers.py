@@ -227,7 +227,7 @@ def start(
     ]
     lines += [
         f"grpc_inference_port={ports['grpc']}",
-        f"grpc_management_port={free_port()}",  # TorchServe always opens it (marfleet: ignored)
+        f"grpc_management_port={free_port()}",  # both serve TorchServe's management service
         f"model_store={store}",
         "disable_token_authorization=true",
         "enable_model_api=true",

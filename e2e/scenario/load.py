@@ -72,6 +72,35 @@ def _one(host: str, port: int, path: str) -> Outcome:
         connection.close()
 
 
+PREDICTIONS = "/org.pytorch.serve.grpc.inference.InferenceAPIsService/Predictions"
+
+
+def _one_grpc(target: str, model: str) -> Outcome:
+    """One TorchServe gRPC Predictions call (the same body as the `data` input)."""
+    import grpc
+    from marfleet.runtime.server.protos import inference_pb2
+
+    started = time.time()
+    clock = time.monotonic()
+    request = inference_pb2.PredictionsRequest(model_name=model, input={"data": BODY})
+    with grpc.insecure_channel(target) as channel:
+        predict = channel.unary_unary(
+            PREDICTIONS,
+            request_serializer=inference_pb2.PredictionsRequest.SerializeToString,
+            response_deserializer=inference_pb2.PredictionResponse.FromString,
+        )
+        try:
+            reply, call = predict.with_call(request, timeout=TIMEOUT_SECONDS)
+        except grpc.RpcError as exc:
+            return Outcome(
+                started, 0, time.monotonic() - clock, "", "", f"{exc.code()}: {exc.details()}"
+            )
+    variant = dict(call.initial_metadata() or ()).get("x-marfleet-variant", "")
+    answer = json.loads(reply.prediction)
+    version = str(answer.get("model_version", "")) if isinstance(answer, dict) else ""
+    return Outcome(started, 200, time.monotonic() - clock, str(variant), version, "")
+
+
 def generate(url: str, rate: float, record: Path, workers: int = 32) -> None:
     """Send POSTs to `url` at `rate` per second until SIGTERM, recording each outcome."""
     parts = urlsplit(url)
@@ -198,13 +227,18 @@ class Load(Started):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m e2e.scenario.load", description=__doc__)
-    parser.add_argument("url", help="http://host[:port]/predictions/<model>")
+    parser.add_argument(
+        "url", help="http://host[:port]/predictions/<model>, or grpc://host:port/<model> (one call)"
+    )
     parser.add_argument("rate", type=float, help="requests per second; 0: one request")
     parser.add_argument("record", help="file to append one JSON line per request to; - stdout")
     args = parser.parse_args(argv)
     if args.rate <= 0:
         parts = urlsplit(args.url)
-        outcome = _one(parts.hostname or "", parts.port or 80, parts.path)
+        if parts.scheme == "grpc":
+            outcome = _one_grpc(parts.netloc, parts.path.strip("/"))
+        else:
+            outcome = _one(parts.hostname or "", parts.port or 80, parts.path)
         print(json.dumps(outcome.__dict__))
         return 0
     generate(args.url, args.rate, Path(args.record))

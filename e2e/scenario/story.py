@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from marfleet.operator import labels
+from marfleet.operator import labels, render
 
 from e2e.demo import kube
 from e2e.demo.console import Check, Console, Probe
@@ -124,6 +124,7 @@ class Scenario:
         self.store: VersityS3 | None = None
         self.load: Load | None = None
         self.urls: dict[str, str] = {}
+        self.service_ip = ""
 
     # ----- the whole story -----
     def run(self) -> Report:
@@ -259,7 +260,8 @@ class Scenario:
             self.cluster.kubectl("get", "pods,svc,hpa", "-n", NAMESPACE, "-o", "wide").stdout
         )
         service = kube.get_json(self.cluster, "service", ISVC, "-n", NAMESPACE)
-        url = f"http://{service['spec']['clusterIP']}/predictions/{archives.MODEL}"
+        self.service_ip = service["spec"]["clusterIP"]
+        url = f"http://{self.service_ip}/predictions/{archives.MODEL}"
         self.load = Load(
             netns_name(self.cluster.name), url, LOAD_RATE, self.settings.workdir / "load.jsonl"
         )
@@ -339,7 +341,9 @@ class Scenario:
             self.settings.timeout,
         )
         routed_at = time.time()
-        time.sleep(SETTLE_SECONDS * 1.5)
+        settled = time.monotonic() + SETTLE_SECONDS * 1.5
+        self._grpc_through_the_router(settled)  # while the HTTP load settles: no time added
+        time.sleep(max(0.0, settled - time.monotonic()))
         split = Summary.of(self.load.record.between(routed_at))
         share = 100 * split.versions.get("2.0", 0) / max(1, split.requests - split.failed)
         self.report.facts["canary_share"] = share
@@ -351,6 +355,22 @@ class Scenario:
             raise ScenarioError(
                 f"version 2.0 answered {share:.1f} % of requests, weight 10: {split.describe()}"
             )
+
+    def _grpc_through_the_router(self, deadline: float) -> None:
+        """One TorchServe gRPC prediction through the stable Service's gRPC port (the router),
+        tried until `deadline`."""
+        url = f"grpc://{self.service_ip}:{render.PORTS['grpc']}/{archives.MODEL}"
+        outcome = probe(netns_name(self.cluster.name), url)
+        while not outcome.ok and time.monotonic() < deadline:
+            time.sleep(1.0)
+            outcome = probe(netns_name(self.cluster.name), url)
+        if not outcome.ok:
+            raise ScenarioError(f"no gRPC prediction through the router at {url}: {outcome.error}")
+        self.report.facts["grpc_variant"] = outcome.variant
+        self.out.line(
+            f"a gRPC prediction through the router ({url}): variant {outcome.variant}, "
+            f"model version {outcome.version}"
+        )
 
     def _wind_down(self) -> None:
         assert self.load is not None

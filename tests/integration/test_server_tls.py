@@ -70,6 +70,16 @@ def test_plain_http_on_a_tls_port_is_refused_and_serving_goes_on(
     assert httpx.get(f"{server.inference}/ping", verify=server.verify).status_code == 200
 
 
+def _predict_echo(channel: grpc.Channel) -> Any:
+    request = ts_pb2.PredictionsRequest(model_name="echo", input={"body": b"{}"})
+    answer = channel.unary_unary(
+        PREDICT,
+        request_serializer=ts_pb2.PredictionsRequest.SerializeToString,
+        response_deserializer=ts_pb2.PredictionResponse.FromString,
+    )(request, timeout=30)
+    return json.loads(answer.prediction)
+
+
 def test_grpc_over_tls(server: Server) -> None:
     credentials = grpc.ssl_channel_credentials(
         root_certificates=Path(str(server.certificate)).read_bytes()
@@ -81,13 +91,7 @@ def test_grpc_over_tls(server: Server) -> None:
             response_deserializer=ts_pb2.TorchServeHealthResponse.FromString,
         )(empty_pb2.Empty(), timeout=30)
         assert json.loads(ping.health) == {"status": "Healthy"}
-        request = ts_pb2.PredictionsRequest(model_name="echo", input={"body": b"{}"})
-        answer = channel.unary_unary(
-            PREDICT,
-            request_serializer=ts_pb2.PredictionsRequest.SerializeToString,
-            response_deserializer=ts_pb2.PredictionResponse.FromString,
-        )(request, timeout=30)
-        assert json.loads(answer.prediction)["batch"] == 1
+        assert _predict_echo(channel)["batch"] == 1
     with grpc.insecure_channel(server.grpc) as plain:
         with pytest.raises(grpc.RpcError) as error:
             plain.unary_unary(
@@ -140,13 +144,7 @@ def test_the_router_talks_tls_to_its_upstream_over_http_and_grpc(server: Server)
         answer = httpx.post(f"{proc.url}/predictions/echo", json={"x": 1}, timeout=30)
         assert answer.status_code == 200 and answer.json()["echo"] == {"x": 1}
         with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
-            request = ts_pb2.PredictionsRequest(model_name="echo", input={"body": b"{}"})
-            reply = channel.unary_unary(
-                PREDICT,
-                request_serializer=ts_pb2.PredictionsRequest.SerializeToString,
-                response_deserializer=ts_pb2.PredictionResponse.FromString,
-            )(request, timeout=30)
-        assert json.loads(reply.prediction)["batch"] == 1
+            assert _predict_echo(channel)["batch"] == 1
     with router({"stable": server.inference}, "--weights", "stable=100") as proc:
         refused = httpx.post(f"{proc.url}/predictions/echo", json={"x": 1}, timeout=30)
     assert refused.status_code == 502, refused.text
