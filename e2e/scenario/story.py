@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from marfleet.operator import labels, render
+from marfleet.operator import labels
+from marfleet.operator.render import PORTS
 
 from e2e.demo import kube
 from e2e.demo.console import Check, Console, Probe
@@ -359,7 +360,7 @@ class Scenario:
     def _grpc_through_the_router(self, deadline: float) -> None:
         """One TorchServe gRPC prediction through the stable Service's gRPC port (the router),
         tried until `deadline`."""
-        url = f"grpc://{self.service_ip}:{render.PORTS['grpc']}/{archives.MODEL}"
+        url = f"grpc://{self.service_ip}:{PORTS['grpc']}/{archives.MODEL}"
         outcome = probe(netns_name(self.cluster.name), url)
         while not outcome.ok and time.monotonic() < deadline:
             time.sleep(1.0)
