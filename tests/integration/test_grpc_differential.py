@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -203,21 +204,26 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dic
     torchserve = TorchServe(
         root / "torchserve", store, models, token_auth=True, properties={"enable_model_api": "true"}
     )
-    try:
-        torchserve.start()
-        theirs = _calls(torchserve.grpc, torchserve.grpc_management, torchserve.keys())
-    finally:
-        torchserve.stop()
     properties = {
         "disable_inference_token_authorization": "false",
         "enable_model_api": "true",
         "default_workers_per_model": "1",  # as the TorchServe above
     }
-    with serve(
-        store, root / "marfleet", models=list(models.values()), properties=properties
-    ) as srv:
-        keys = json.loads((srv.workdir / "key_file.json").read_text())
-        mine = _calls(srv.grpc, srv.grpc_management, {k: v["key"] for k, v in keys.items()})
+    # TorchServe (a JVM and three workers) starts while marfleet starts and answers: the two
+    # never serve each other's calls, and the module waits for the slower start only once.
+    with ThreadPoolExecutor(1) as pool:
+        starting = pool.submit(torchserve.start)
+        try:
+            with serve(
+                store, root / "marfleet", models=list(models.values()), properties=properties
+            ) as srv:
+                keys = json.loads((srv.workdir / "key_file.json").read_text())
+                mine = _calls(srv.grpc, srv.grpc_management, {k: v["key"] for k, v in keys.items()})
+            starting.result()
+            theirs = _calls(torchserve.grpc, torchserve.grpc_management, torchserve.keys())
+        finally:
+            starting.exception()  # wait for the start to end, however it ends, then stop
+            torchserve.stop()
     yield {"torchserve": theirs, "marfleet": mine}
 
 
