@@ -65,6 +65,7 @@ class Controller:
 
     # ----- watch events (called by the watches, on the event loop) -----
     def on_inferenceservice(self, event_type: str | None, obj: Mapping[str, Any]) -> None:
+        self.metrics.watch_events.labels(kind=spec.KIND).inc()
         if event_type == "DELETED":
             key = self.store.remove_isvc(obj)
             self._reported_errors.pop(key, None)
@@ -77,6 +78,7 @@ class Controller:
         self.metrics.managed.set(len(self.store.isvcs))
 
     def on_child(self, event_type: str | None, obj: Mapping[str, Any]) -> None:
+        self.metrics.watch_events.labels(kind=obj["kind"]).inc()
         if event_type == "DELETED":
             affected = self.store.remove_child(obj)
         else:
@@ -239,6 +241,7 @@ class Controller:
         ):
             return last.outline, False
         desired = render.render(isvc, ctx, router_ready=ready, missing=missing)
+        self.metrics.renders.inc()
         outline = replace(desired, objects=tuple(_outline(o) for o in desired.objects))
         self._rendered[key] = _Rendered(isvc, ctx, ready, dict(missing), outline)
         return desired, True

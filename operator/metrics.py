@@ -39,6 +39,17 @@ class OperatorMetrics:
             ["verb", "kind"],
             registry=self.registry,
         )
+        self.renders = Counter(
+            "marfleet_operator_renders_total",
+            "Renders of an InferenceService's children (an input changed, or a child did).",
+            registry=self.registry,
+        )
+        self.watch_events = Counter(
+            "marfleet_operator_watch_events_total",
+            "Watch events received (list items included), by kind.",
+            ["kind"],
+            registry=self.registry,
+        )
         self.leader = Gauge(
             "marfleet_operator_leader",
             "1 while this replica holds the leader lease and acts, else 0.",

@@ -57,6 +57,8 @@ from e2e.support import free_port, terminate, wait_for
 GROUP, VERSION, PLURAL = "serving.marfleet.io", "v1alpha1", "inferenceservices"
 CRD = Path(__file__).resolve().parents[2] / "crds" / "inferenceservice.yaml"
 DEFAULT_MARFLEET = str(Path(sys.executable).with_name("marfleet"))
+COUNTED = ("marfleet_operator_renders_total", "marfleet_operator_watch_events_total")
+"""Counters reported per InferenceService besides writes and reconciliations."""
 APPLY_THREADS = 8
 """Concurrent server-side applies when submitting the N InferenceServices or their edits."""
 TIMEOUT = 1200.0
@@ -376,6 +378,7 @@ def run_one(
         rss_idle = peak_rss_mib(pid)
         writes0 = operator.total("marfleet_operator_writes_total")
         reconciles0 = operator.total("marfleet_operator_reconciles_total")
+        counted0 = {m: operator.total(m) for m in COUNTED}
         cpu0 = cpu_seconds(pid)
         plane0 = control_plane_cpu(cluster)
         load0 = os.getloadavg()[0]
@@ -390,6 +393,7 @@ def run_one(
         cpu_settled = cpu_seconds(pid) - cpu0
         writes = operator.total("marfleet_operator_writes_total") - writes0
         reconciles = operator.total("marfleet_operator_reconciles_total") - reconciles0
+        counted = {m: operator.total(m) - counted0[m] for m in COUNTED}
         result.update(
             ready=len(ready),
             apply_to_ready=summary(list(ready.values())),
@@ -400,6 +404,14 @@ def run_one(
             cpu_ms_per_isvc=round(1000 * cpu_settled / count, 1),
             writes_per_isvc=round(writes / count, 2),
             reconciles_per_isvc=round(reconciles / count, 2),
+            **{
+                f"{name}_per_isvc": round(value / count, 2)
+                for name, value in (
+                    (m.removeprefix("marfleet_operator_").removesuffix("_total"), v)
+                    for m, v in counted.items()
+                )
+                if value  # builds without the metric report none
+            },
             operator_idle_rss_mib=rss_idle,
             load_average_1m_before=round(load0, 1),
             load_average_1m_after=round(os.getloadavg()[0], 1),
