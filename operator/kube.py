@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import ssl
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -49,6 +50,7 @@ PLURALS: dict[tuple[str, str], str] = {
     (API_VERSION, KIND): PLURAL,
 }
 CLUSTER_SCOPED = {"CustomResourceDefinition"}
+CREDENTIALS_RECHECK_SECONDS = 30.0
 
 
 class ApiError(RuntimeError):
@@ -135,6 +137,8 @@ class KubeAPI:
         self._connections = connections
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=5.0)
         self._session: aiohttp.ClientSession | None = None
+        self._authorization: str | None = None
+        self._authorization_until = 0.0
 
     async def open(self) -> None:
         if self._session is None:
@@ -160,9 +164,20 @@ class KubeAPI:
     ) -> None:
         await self.close()
 
+    def authorization(self) -> str | None:
+        """The Authorization header, as the configuration has it at most
+        `CREDENTIALS_RECHECK_SECONDS` ago: asking it refreshes in-cluster and exec
+        credentials, and for a kubeconfig reloads its authentication each time (a measurable
+        share of the CPU per call), while a token stays valid for far longer."""
+        now = time.monotonic()
+        if now >= self._authorization_until:
+            self._authorization = self._configuration.get_api_key_with_prefix("BearerToken")
+            self._authorization_until = now + CREDENTIALS_RECHECK_SECONDS
+        return self._authorization
+
     def credentials(self) -> Credentials:
         config = self._configuration
-        header = config.get_api_key_with_prefix("BearerToken") or ""
+        header = self.authorization() or ""
         scheme, _, token = header.rpartition(" ")
         return Credentials(
             server=config.host,
@@ -254,8 +269,7 @@ class KubeAPI:
     ) -> dict[str, Any]:
         assert self._session is not None, "KubeAPI.open() first"
         headers = {"Accept": accept, "Content-Type": content_type}
-        # asks the configuration each time: in-cluster and exec credentials are refreshed there
-        token = self._configuration.get_api_key_with_prefix("BearerToken")
+        token = self.authorization()
         if token:
             headers["Authorization"] = token
         url = f"{self._configuration.host}{path}"
@@ -270,6 +284,8 @@ class KubeAPI:
         except (OSError, aiohttp.ClientError, TimeoutError) as error:
             raise ApiError(0, type(error).__name__, str(error) or "no answer in time") from None
         if status >= 400:
+            if status == 401:
+                self._authorization_until = 0.0  # ask the configuration again next time
             raise api_error(status, reason, answer)
         parsed: dict[str, Any] = json.loads(answer) if answer else {}
         return parsed

@@ -117,8 +117,14 @@ def summary(values: list[float]) -> dict[str, float]:
 
 
 def cpu_seconds(pid: int) -> float:
+    return sum(cpu_user_system(pid))
+
+
+def cpu_user_system(pid: int) -> tuple[float, float]:
+    """CPU seconds in user space and in the kernel (system calls: sockets, polling)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def control_plane_cpu(cluster: LocalCluster) -> float:
@@ -380,6 +386,7 @@ def run_one(
         reconciles0 = operator.total("marfleet_operator_reconciles_total")
         counted0 = {m: operator.total(m) for m in COUNTED}
         cpu0 = cpu_seconds(pid)
+        user0, system0 = cpu_user_system(pid)
         plane0 = control_plane_cpu(cluster)
         load0 = os.getloadavg()[0]
         follower.expect(ready_now)
@@ -391,6 +398,7 @@ def run_one(
         plane_ready = control_plane_cpu(cluster) - plane0
         settle(operator)
         cpu_settled = cpu_seconds(pid) - cpu0
+        user1, system1 = cpu_user_system(pid)
         writes = operator.total("marfleet_operator_writes_total") - writes0
         reconciles = operator.total("marfleet_operator_reconciles_total") - reconciles0
         counted = {m: operator.total(m) - counted0[m] for m in COUNTED}
@@ -402,6 +410,10 @@ def run_one(
             operator_cpu_seconds_to_ready=round(cpu_ready, 2),
             operator_cpu_seconds_settled=round(cpu_settled, 2),
             cpu_ms_per_isvc=round(1000 * cpu_settled / count, 1),
+            cpu_ms_per_isvc_user_system=(
+                round(1000 * (user1 - user0) / count, 1),
+                round(1000 * (system1 - system0) / count, 1),
+            ),
             writes_per_isvc=round(writes / count, 2),
             reconciles_per_isvc=round(reconciles / count, 2),
             **{
