@@ -365,6 +365,7 @@ def run_one(
     workdir: Path,
     profile: bool,
     multi_every: int = 3,
+    wait_cleanup: bool = True,
 ) -> dict[str, Any]:
     namespace = f"bench-{label}-{count}-{uuid.uuid4().hex[:5]}"
     cluster.kubectl("create", "namespace", namespace)
@@ -441,7 +442,8 @@ def run_one(
         result["log_errors"] = len(errors)
         result["log_error_samples"] = errors[:5]
         cluster.kubectl("delete", "namespace", namespace, "--wait=false")
-        wait_gone(cluster, namespace)
+        if wait_cleanup:
+            wait_gone(cluster, namespace)
     if prof is not None and prof.exists():
         result["profile"] = top_costs(prof)
     return result
@@ -635,6 +637,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-cluster", action="store_true", help="leave the cluster running")
     parser.add_argument("--profile-dir", type=Path, default=None, help="run under py-spy")
     parser.add_argument(
+        "--no-cleanup-wait",
+        action="store_true",
+        help="do not wait for each namespace's deletion (a cluster thrown away afterwards)",
+    )
+    parser.add_argument(
         "--multi-every",
         type=int,
         default=3,
@@ -680,6 +687,7 @@ def main(argv: list[str] | None = None) -> int:
                         workdir,
                         args.profile_dir is not None,
                         args.multi_every,
+                        not args.no_cleanup_wait,
                     )
                 )
                 args.out.parent.mkdir(parents=True, exist_ok=True)
