@@ -644,7 +644,7 @@ def _json_filter(value: Any) -> str:
     if recorded is None:
         return json.dumps(value, sort_keys=False)
     recorded.append(value)
-    return json.dumps(f"{_PLACEHOLDER}{len(recorded) - 1}")
+    return f'"{_PLACEHOLDER}{len(recorded) - 1}"'  # letters, digits and dashes: no escapes
 
 
 @lru_cache(maxsize=512)
