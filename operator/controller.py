@@ -300,7 +300,9 @@ class Controller:
         """A child as the store has it, or else as the API server has it (then stored)."""
         have: Mapping[str, Any] | None = self.store.child(key, ref.kind, ref.name)
         if have is None:
-            have = await self.api.get(ref)
+            # from the watch cache: the store has every child of ours the watches have listed,
+            # so this is mostly "is the name free", asked once per child when it is created
+            have = await self.api.get(ref, cached=True)
             if have is not None:
                 self.store.put_child(have)
         return have

@@ -190,9 +190,14 @@ class KubeAPI:
         )
 
     # ----- objects -----
-    async def get(self, ref: Ref) -> dict[str, Any] | None:
+    async def get(self, ref: Ref, *, cached: bool = False) -> dict[str, Any] | None:
+        """The object, or None if there is none. `cached`: as the API server's watch cache has
+        it (resourceVersion=0: no read from etcd, which matters to the API server when many
+        objects are asked for at once; a write made a moment ago may not be there yet)."""
         try:
-            return await self._request("GET", ref.path())
+            return await self._request(
+                "GET", ref.path(), query=[("resourceVersion", "0")] if cached else ()
+            )
         except ApiError as error:
             if error.status == 404:
                 return None

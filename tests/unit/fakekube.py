@@ -53,7 +53,7 @@ class FakeKubeAPI:
         return self.objects[(api_version, kind, namespace, name)]
 
     # ----- the KubeAPI surface (asynchronous, like KubeAPI's) -----
-    async def get(self, ref: Ref) -> dict[str, Any] | None:
+    async def get(self, ref: Ref, *, cached: bool = False) -> dict[str, Any] | None:
         self._record("get", ref.kind, ref.name)
         found = self.objects.get(object_key(ref))
         return copy.deepcopy(found) if found is not None else None
