@@ -121,7 +121,7 @@ def test_hold_returns_when_renewals_fail_past_the_deadline() -> None:
     )
     assert attempt(a)
 
-    async def unreachable(ref: Any) -> dict[str, Any] | None:
+    async def unreachable(ref: Any, *, cached: bool = False) -> dict[str, Any] | None:
         clock.now += 3  # each failed attempt takes time
         raise ApiError(0, "ConnectionRefusedError", "no route")
 
