@@ -83,8 +83,13 @@ format: venv
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# mypy's cache lives beside the toolchains, not in the tree: a fresh clone (CI) then checks
+# only what changed (~5 s) instead of everything (~80 s on 2 cores). mypy re-checks any module
+# whose source hash differs from the cached one, and writes its cache files atomically.
+MYPY_CACHE := $(HOME)/.cache/marfleet/mypy
+
 typecheck: venv
-	MYPYPATH=$(VENV)/typecheck $(VENV)/bin/mypy -p marfleet -p e2e -p tests
+	MYPYPATH=$(VENV)/typecheck $(VENV)/bin/mypy --cache-dir $(MYPY_CACHE) -p marfleet -p e2e -p tests
 
 test: setup $(TEST_NODE) lint typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
