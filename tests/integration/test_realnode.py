@@ -16,7 +16,7 @@ import pytest
 
 from e2e import images
 from e2e.localcluster import LocalCluster, realnode
-from tests.realnode import real_node_cluster
+from tests.realnode import SharedRealNode
 
 pytestmark = pytest.mark.slow
 
@@ -135,9 +135,12 @@ def cluster_ip(cluster: LocalCluster, service: str, namespace: str = "default") 
 
 
 @pytest.fixture(scope="module")
-def real_cluster() -> Iterator[LocalCluster]:
-    with real_node_cluster("pytest-real", (images.base(),)) as local:
-        yield local
+def real_cluster(real_node: SharedRealNode) -> Iterator[LocalCluster]:
+    local = real_node.with_images(images.base())
+    yield local
+    if real_node.up:  # the modules after this one share the node
+        local.kubectl("delete", "deployment,service", "web", "--wait=false", check=False)
+        local.kubectl("delete", "pod", "client", "dns-client", "--wait=false", check=False)
 
 
 def test_pods_serve_through_a_service_and_reach_the_apiserver(real_cluster: LocalCluster) -> None:

@@ -18,7 +18,7 @@ from e2e import images
 from e2e.localcluster import LocalCluster, realnode
 from e2e.prometheus.adapter import API_SERVICE, CustomMetrics
 from e2e.support import wait_for
-from tests.realnode import real_node_cluster
+from tests.realnode import SharedRealNode
 
 pytestmark = pytest.mark.slow
 
@@ -86,9 +86,15 @@ def quantity(text: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
-    with real_node_cluster("pytest-hpa", (images.base(),)) as local:
-        yield local
+def cluster(real_node: SharedRealNode) -> Iterator[LocalCluster]:
+    local = real_node.with_images(images.base())
+    yield local
+    if real_node.up:  # the modules after this one share the node
+        service = isvc()
+        hpa = render.hpa(service, service.variants[0])
+        local.kubectl("delete", "hpa", hpa["metadata"]["name"], "--wait=false", check=False)
+        target = hpa["spec"]["scaleTargetRef"]["name"]
+        local.kubectl("delete", "deployment", target, "--wait=false", check=False)
 
 
 def test_hpa_scales_a_real_deployment_from_prometheus(

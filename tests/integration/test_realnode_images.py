@@ -33,7 +33,7 @@ from tests.models import (
     write_eager,
     write_torchscript,
 )
-from tests.realnode import real_node_cluster
+from tests.realnode import SharedRealNode
 from tests.serving import archive
 
 pytestmark = pytest.mark.slow
@@ -82,12 +82,15 @@ class Node(NamedTuple):
 
 
 @pytest.fixture(scope="module")
-def node() -> Iterator[Node]:
-    """A real-node cluster holding both images, as built once here: the working tree is shared,
+def node(real_node: SharedRealNode) -> Iterator[Node]:
+    """The real node holding both images, as built once here: the working tree is shared,
     and a later build could have another key."""
     runtime, operator = marfleet.runtime(), marfleet.operator()
-    with real_node_cluster("pytest-images", (runtime, operator)) as local:
-        yield Node(local, runtime, operator)
+    local = real_node.with_images(runtime, operator)
+    yield Node(local, runtime, operator)
+    if real_node.up:  # the modules after this one share the node
+        local.kubectl("delete", "pod", "serve", "operator", "--wait=false", check=False)
+        local.kubectl("delete", "configmap", "models", check=False)
 
 
 def pod(name: str, containers: list[dict[str, Any]], **spec: Any) -> str:
