@@ -122,6 +122,7 @@ bench: setup
 # the peers come from PyPI into .venv-peers, which sees this venv's torch after its own packages
 bench-peers: setup
 	$(PY) -m e2e.bench.run --servers marfleet torchserve kserve ray litserve --peer-venv .venv-peers \
+	  --scenarios mlp-c16 mlp-c64 resnet18-b1 resnet18-b8 \
 	  --duration $(or $(BENCH_SECONDS),10) --rounds $(or $(ROUNDS),3) \
 	  --out bench-results/peers.json --chart bench-results/peers.png
 

@@ -29,6 +29,7 @@ METHOD = "/org.pytorch.serve.grpc.inference.InferenceAPIsService/Predictions"
 async def _caller(
     call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes],
     request: bytes,
+    metadata: tuple[tuple[str, str], ...],
     tally: Tally,
     stop_at: float,
     errors: dict[str, int],
@@ -36,7 +37,7 @@ async def _caller(
     while time.perf_counter() < stop_at:
         started = time.perf_counter()
         try:
-            await call(request, timeout=60)
+            await call(request, metadata=metadata, timeout=60)
         except grpc.aio.AioRpcError as error:
             if tally.counting:
                 errors[error.code().name] = errors.get(error.code().name, 0) + 1
@@ -46,7 +47,13 @@ async def _caller(
 
 
 async def run(
-    target: str, request: bytes, concurrency: int, channels: int, duration: float, warmup: float
+    target: str,
+    request: bytes,
+    concurrency: int,
+    channels: int,
+    duration: float,
+    warmup: float,
+    metadata: tuple[tuple[str, str], ...] = (),
 ) -> tuple[Tally, float, dict[str, int]]:
     tally = Tally()
     errors: dict[str, int] = {}
@@ -59,7 +66,9 @@ async def run(
     ]
     stop_at = time.perf_counter() + warmup + duration
     tasks = [
-        asyncio.create_task(_caller(calls[i % len(calls)], request, tally, stop_at, errors))
+        asyncio.create_task(
+            _caller(calls[i % len(calls)], request, metadata, tally, stop_at, errors)
+        )
         for i in range(concurrency)
     ]
     await asyncio.sleep(warmup)
@@ -81,12 +90,25 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--channels", type=int, default=1)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--header", action="append", default=[], help="metadata 'Name: value'")
     args = parser.parse_args(argv)
+    metadata = tuple(
+        (name.strip().lower(), value.strip())
+        for name, value in (header.split(":", 1) for header in args.header)
+    )
     request = inference_pb2.PredictionsRequest(
         model_name=args.model, input={"data": args.body_file.read_bytes()}
     ).SerializeToString()
     tally, elapsed, errors = uvloop.run(
-        run(args.target, request, args.concurrency, args.channels, args.duration, args.warmup)
+        run(
+            args.target,
+            request,
+            args.concurrency,
+            args.channels,
+            args.duration,
+            args.warmup,
+            metadata,
+        )
     )
     result = summarise([(tally, elapsed)], args.concurrency)
     result["errors"] = errors

@@ -1,9 +1,11 @@
 """`make bench`: marfleet serve and TorchServe 0.12 side by side, in one run, on one machine.
 
 Same archives (packed by torch-model-archiver), same worker count and batching settings, same
-thread limits; both servers are up for the whole run but only one is under load at a time, in
-short rounds that alternate which goes first (medians reported), and the load comes from a
-separate process (`loadgen`). Scenarios:
+thread limits, token authorization on as both ship it; every server is up for the whole run but
+only one runs at a time (the others are frozen with SIGSTOP, so an idle one's background work
+costs the measured one nothing), in short rounds that alternate which goes first (medians
+reported), and the load comes from a separate process (`loadgen`). The in-process limits are
+measured first, before any server starts. Scenarios:
 
     (a) overhead floor: tiny MLP, JSON body, batchSize 8 / maxBatchDelay 5 ms,
         concurrency 16 and 64 -> req/s, p50, p99; and the same model over gRPC (TorchServe's
@@ -53,7 +55,8 @@ BUDGETS = {
     "torchserve": "1 JVM frontend + 1 worker process per model",
     "kserve": "1 process (uvicorn, 1 worker), models in-process, no server batching",
     "ray": "Ray head (GCS, raylet) + controller + HTTP proxy + 1 replica per model",
-    "litserve": "1 uvicorn API process + 1 inference worker process per model",
+    "litserve": "3 uvicorn API processes (its default: one per inference worker) "
+    "+ 1 inference worker process per model",
 }
 
 
@@ -117,11 +120,24 @@ def body_file(bodies: Path, server: str, model: str) -> Path:
 def run_scenario(
     server: RunningServer, scenario: Scenario, bodies: Path, duration: float, warmup: float
 ) -> dict[str, Any]:
+    """One round against `server`, the others frozen meanwhile (`RunningServer.pause`)."""
+    server.resume()
+    try:
+        return _load(server, scenario, bodies, duration, warmup)
+    finally:
+        server.pause()
+
+
+def _load(
+    server: RunningServer, scenario: Scenario, bodies: Path, duration: float, warmup: float
+) -> dict[str, Any]:
     request = requests_for(server.name, bodies)[scenario.model]
     before = server.cpu_seconds()
     timing = ["--duration", str(duration), "--warmup", str(warmup)]
     load = ["--body-file", str(body_file(bodies, server.name, scenario.model))]
     load += ["--concurrency", str(scenario.concurrency)]
+    for header, value in server.bearer("inference").items():  # marfleet, TorchServe: tokens on
+        load += ["--header", f"{header}: {value}"]
     if scenario.transport == "grpc":
         target = f"127.0.0.1:{server.ports['grpc']}"
         result = _python(
@@ -188,7 +204,7 @@ def interleaved(
             continue
         keys = [k for k, v in done[0].items() if isinstance(v, (int, float))]
         summary[name] = {key: round(statistics.median(run[key] for run in done), 3) for key in keys}
-        summary[name]["errors"] = sum(sum(run["errors"].values()) for run in done)
+        summary[name]["errors"] = sum(sum(run.get("errors", {}).values()) for run in done)
         summary[name]["failed_rounds"] = len(runs) - len(done)
         summary[name]["rounds"] = runs
     return summary
@@ -273,7 +289,7 @@ def start_all(
         print(f"starting {name}", flush=True)
         try:
             if name in MAR_SERVERS:
-                server = start(name, store, root / name)
+                server = start(name, store, root / name, token_auth=True)
                 servers[name] = server
                 for model in models:
                     archive, batch, delay = REGISTRATIONS[model]
@@ -288,6 +304,8 @@ def start_all(
             print(f"  {name} did not start: {error}", flush=True)
             if name in servers:
                 servers.pop(name).stop()
+            continue
+        servers[name].pause()  # frozen until its rounds: the next one starts undisturbed
     return failed
 
 
@@ -346,20 +364,21 @@ def main(argv: list[str]) -> int:
         "in_process": {},
         "served": {name: {} for name in names},
     }
+    # the limits first, with no server running at all
+    impls = list(dict.fromkeys(handler_of(name) for name in names))
+    batches = sorted({s.batch for s in scenarios if s.model.startswith("resnet")})
+    if batches:
+        model_dir = load_archive(store / "resnet18.mar", root / "resnet18-unpacked").model_dir
+    in_seconds = args.in_process_seconds or args.duration
+    for batch in batches:
+        print(f"in-process resnet18 batch {batch}", flush=True)
+        sample = functools.partial(_in_process_sample, model_dir, batch, in_seconds)
+        summary = interleaved(args.rounds, sample, impls)
+        for impl in impls:
+            results["in_process"].setdefault(impl, {})[str(batch)] = summary[impl]
     servers: dict[str, RunningServer] = {}
     try:
         results["failed_to_start"] = start_all(names, models, store, root, peer_python, servers)
-        impls = list(dict.fromkeys(handler_of(name) for name in names))
-        batches = sorted({s.batch for s in scenarios if s.model.startswith("resnet")})
-        if batches:
-            model_dir = load_archive(store / "resnet18.mar", root / "resnet18-unpacked").model_dir
-        in_seconds = args.in_process_seconds or args.duration
-        for batch in batches:
-            print(f"in-process resnet18 batch {batch}", flush=True)
-            sample = functools.partial(_in_process_sample, model_dir, batch, in_seconds)
-            summary = interleaved(args.rounds, sample, impls)
-            for impl in impls:
-                results["in_process"].setdefault(impl, {})[str(batch)] = summary[impl]
         up = [name for name in names if name in servers]
         for scenario in scenarios:
             print(scenario.name, flush=True)

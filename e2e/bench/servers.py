@@ -1,11 +1,12 @@
 """Start, configure and stop the servers under test with identical settings.
 
-Both get the same config.properties (loopback ports, no token, model API on, a 1000-deep
-queue), the same model store, one worker per model unless registered with more, and the same
-torch/OpenMP threads per worker (one unless asked; marfleet's `worker_threads`, TorchServe's
-OMP_NUM_THREADS, which is what its workers' torch reads); each runs in its own session so
-stopping it takes every worker with it. TorchServe is started as `python -m ts.model_server`
-(its console script's module), so it also runs where it was installed with `pip --target`.
+Both get the same config.properties (loopback ports, model API on, a 1000-deep queue; token
+authorization on as both ship it, or off where a caller asks), the same model store, one worker
+per model unless registered with more, and the same torch/OpenMP threads per worker (one unless
+asked; marfleet's `worker_threads`, TorchServe's OMP_NUM_THREADS, which is what its workers'
+torch reads); each runs in its own session so stopping it takes every worker with it.
+TorchServe is started as `python -m ts.model_server` (its console script's module), so it also
+runs where it was installed with `pip --target`.
 
 The peers (KServe, Ray Serve, LitServe) run `e2e.bench.peer_apps` under the peer venv's python
 on one loopback port, with the same thread limits, and are ready once every model answers its
@@ -83,6 +84,14 @@ class RunningServer:
     def url(self, api: str) -> str:
         return f"http://127.0.0.1:{self.ports[api]}"
 
+    def bearer(self, kind: str) -> dict[str, str]:
+        """`Authorization: Bearer <kind key>` from the key_file.json the server wrote in its
+        working directory (marfleet and TorchServe alike); empty when token auth is off."""
+        key_file = self.workdir / "key_file.json"
+        if not key_file.exists():
+            return {}
+        return {"Authorization": f"Bearer {json.loads(key_file.read_text())[kind]['key']}"}
+
     def cpu_seconds(self) -> dict[str, float]:
         """CPU time so far of the frontend (the process that listens) and of all workers."""
         root = psutil.Process(self.process.pid)
@@ -112,16 +121,37 @@ class RunningServer:
                 "initial_workers": workers,
                 "synchronous": "true",
             },
+            headers=self.bearer("management"),
             timeout=300,
         )
         if response.status_code != 200:
             raise RuntimeError(f"{self.name}: registering {name} failed: {response.text}")
 
+    def _processes(self) -> list[psutil.Process]:
+        """The server's process and every descendant, including those that left its session."""
+        with suppress(psutil.NoSuchProcess):
+            root = psutil.Process(self.process.pid)
+            return [root, *root.children(recursive=True)]
+        return []
+
+    def _signal_all(self, signum: int) -> None:
+        for proc in self._processes():
+            with suppress(psutil.NoSuchProcess):
+                proc.send_signal(signum)
+
+    def pause(self) -> None:
+        """Freeze every process of the server (SIGSTOP) while another one is measured: idle,
+        Ray's head and LitServe's polling workers still take a tenth to a quarter of a core,
+        which on a small machine would come out of whichever server is under load."""
+        self._signal_all(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._signal_all(signal.SIGCONT)
+
     def stop(self) -> None:
         """Stop the server's session, then any descendant that left it (Ray's workers do)."""
-        descendants: list[psutil.Process] = []
-        with suppress(psutil.NoSuchProcess):
-            descendants = psutil.Process(self.process.pid).children(recursive=True)
+        self.resume()  # a frozen process would hold SIGTERM until continued
+        descendants = self._processes()[1:]
         with suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGTERM)
         with suppress(subprocess.TimeoutExpired):
@@ -216,8 +246,11 @@ def start(
     *,
     extra: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
+    token_auth: bool = False,
 ) -> RunningServer:
-    """Start `name` (marfleet or torchserve); `extra` config.properties lines, `env` on top."""
+    """Start `name` (marfleet or torchserve); `extra` config.properties lines, `env` on top;
+    `token_auth` leaves TorchServe's token authorization on (both servers' default), and the
+    caller sends `RunningServer.bearer(...)`."""
     workdir.mkdir(parents=True, exist_ok=True)
     ports = {api: free_port() for api in ("inference", "management", "metrics", "grpc")}
     config = workdir / "config.properties"
@@ -229,7 +262,7 @@ def start(
         f"grpc_inference_port={ports['grpc']}",
         f"grpc_management_port={free_port()}",  # both serve TorchServe's management service
         f"model_store={store}",
-        "disable_token_authorization=true",
+        f"disable_token_authorization={str(not token_auth).lower()}",
         "enable_model_api=true",
         "default_workers_per_model=1",
         "job_queue_size=1000",
@@ -249,7 +282,8 @@ def start(
     server = RunningServer(name, _popen(command, workdir, threads, env), ports, workdir)
 
     def pings() -> bool:
-        return httpx.get(f"{server.url('inference')}/ping", timeout=2).status_code == 200
+        ping = f"{server.url('inference')}/ping"
+        return httpx.get(ping, headers=server.bearer("inference"), timeout=2).status_code == 200
 
     _wait_ready(server, pings, 180)
     return server
