@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
 from PIL import Image
 from torch import nn
 
@@ -91,6 +90,8 @@ def build_archives(store: Path, work: Path, resnet: bool = True) -> dict[str, Pa
 def resnet_archive(store: Path, work: Path, arch: str) -> Path:
     """`<arch>.mar`: torchvision's `arch` (random weights, seed 0) as TorchScript behind the
     built-in image_classifier handler."""
+    import torchvision  # 5 s to import on a busy 2-core machine: only where a ResNet is built
+
     torch.manual_seed(0)
     weights = _script(getattr(torchvision.models, arch)(weights=None), work / f"{arch}.pt")
     return _archive(store, arch, "image_classifier", weights)
