@@ -171,7 +171,22 @@ def encode_head(response: Response, *, keep_alive: bool) -> bytes:
     return b"".join(parts)
 
 
+_HEADER_LINES: dict[tuple[str, str], bytes] = {}  # checked and encoded: most answers repeat them
+_HEADER_LINES_MAX = 512
+
+
 def _header_line(name: str, value: str) -> bytes:
+    key = (name, value)
+    line = _HEADER_LINES.get(key)
+    if line is None:
+        line = _checked_header_line(name, value)
+        if len(_HEADER_LINES) >= _HEADER_LINES_MAX:
+            _HEADER_LINES.clear()  # per-request values (ids) must not crowd out the common ones
+        _HEADER_LINES[key] = line
+    return line
+
+
+def _checked_header_line(name: str, value: str) -> bytes:
     if not isinstance(name, str) or _TOKEN.fullmatch(name) is None:
         raise InvalidHeader(f"response header name {name!r} is not a valid HTTP token")
     if not isinstance(value, str):
@@ -215,7 +230,10 @@ class _Connection(asyncio.Protocol):
         self._rejecting = False
         self._pending: deque[tuple[Request, bool]] = deque()
         self._task: asyncio.Task[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None  # fires at _timer_at (see _arm)
+        self._timer_at = 0.0
+        self._deadline = 0.0
+        self._on_deadline: Callable[[], object] | None = None
         self._writable: asyncio.Event | None = None  # made by the first pause_writing()
         self.closing = False
 
@@ -282,6 +300,9 @@ class _Connection(asyncio.Protocol):
         if self._writable is not None:
             self._writable.set()
         self._cancel_timer()
+        if self._timer is not None:
+            self._timer.cancel()  # nothing is due any more: do not keep the connection alive
+            self._timer = None
         self._pending.clear()
         if self._task is not None and not self._task.done():
             self._task.cancel()  # the client is gone: drop its queued work
@@ -525,17 +546,42 @@ class _Connection(asyncio.Protocol):
 
     # timers: head, body, keep-alive idle, linger
 
+    # One loop timer per connection, moved as little as possible: a request re-arms the
+    # deadline three times (head, body, keep-alive), and cancelling and scheduling a loop timer
+    # each time was a visible share of the frontend's CPU. A later deadline keeps the timer that
+    # fires first, which then re-schedules itself for the deadline; cancelling only forgets the
+    # callback.
+
     def _arm(self, delay: float, callback: Callable[[], object]) -> None:
-        self._cancel_timer()
-        self._timer = asyncio.get_running_loop().call_later(delay, callback)
+        """Call `callback` in `delay` seconds, instead of whatever was armed before."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + delay
+        self._deadline = deadline
+        self._on_deadline = callback
+        if self._timer is not None:
+            if self._timer_at <= deadline:
+                return
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = loop.call_at(deadline, self._timer_fired)
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._on_deadline = None
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        callback = self._on_deadline
+        if callback is None:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._deadline - 0.001:  # re-armed for later since it was scheduled
+            self._timer_at = self._deadline
+            self._timer = loop.call_at(self._deadline, self._timer_fired)
+            return
+        self._on_deadline = None
+        callback()
 
     def _head_timed_out(self) -> None:
-        self._timer = None
         if self._task is not None or self._pending:
             # a pipelined head waits while an earlier request is served; its clock starts after
             self._arm(self._limits.head_timeout, self._head_timed_out)
@@ -551,7 +597,6 @@ class _Connection(asyncio.Protocol):
         )
 
     def _body_timed_out(self) -> None:
-        self._timer = None
         idle = asyncio.get_running_loop().time() - self._last_read
         if idle < self._limits.body_timeout:
             self._arm(self._limits.body_timeout - idle, self._body_timed_out)

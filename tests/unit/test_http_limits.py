@@ -124,6 +124,23 @@ def test_a_head_that_does_not_complete_in_time_is_408(server: Running) -> None:
     assert time.monotonic() - started < 4
 
 
+def test_a_stalled_head_after_an_answer_on_a_kept_connection_is_408_in_head_time(
+    server: Running,
+) -> None:
+    """The connection's deadline moves from head to keep-alive (5 s) and back to the next head
+    (0.5 s): the head's, not the keep-alive's, decides."""
+    with closing(server.connect()) as sock:
+        sock.sendall(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(sock)[0] == 200
+        time.sleep(0.7)  # past the first head's deadline: the kept connection stays open
+        started = time.monotonic()
+        sock.sendall(b"GET /second HTTP/1.1\r\nHost: x\r\n")
+        status, _, body = read_response(sock)
+    assert status == 408
+    assert "request_head_timeout_seconds" in json.loads(body)["message"]
+    assert LIMITS.head_timeout * 0.8 < time.monotonic() - started < LIMITS.keepalive_timeout / 2
+
+
 def test_a_silent_connection_is_closed_after_the_head_timeout(server: Running) -> None:
     with closing(server.connect()) as sock:
         started = time.monotonic()
