@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from json.encoder import encode_basestring_ascii as _string
 from collections.abc import Callable
+from json.encoder import encode_basestring_ascii as _string
 from typing import TextIO
 
 from marfleet.runtime.server.http import Request, Response
