@@ -1,5 +1,6 @@
 """One real-node LocalCluster shared by the test modules that need one (the `real_node`
-fixture in conftest.py), with the images their pods run imported on demand.
+fixture in conftest.py: test_realnode*, the scenario among them), with the images their pods
+run imported on demand.
 
 Bringing a real node up and down costs ~40 s on the CI machine, so the modules share one
 rather than each starting its own; each module deletes what it created. The node goes down

@@ -114,10 +114,15 @@ def variant(
 
 
 class Scenario:
-    def __init__(self, settings: Settings, console: Console) -> None:
+    def __init__(
+        self, settings: Settings, console: Console, cluster: LocalCluster | None = None
+    ) -> None:
+        """cluster: a real-node cluster that is up already (the test suite's shared one) to
+        run on instead of a new one named `settings.cluster`; it is left up afterwards."""
         self.settings = settings
         self.out = console
-        self.cluster = LocalCluster(settings.cluster, real_node=True)
+        self.own_cluster = cluster is None
+        self.cluster = cluster or LocalCluster(settings.cluster, real_node=True)
         self.report = Report()
         self.images: dict[str, Image] = {}
         self.metrics: CustomMetrics | None = None
@@ -149,7 +154,7 @@ class Scenario:
                 self._timed(title, step)
         finally:
             self._stop_helpers()
-            if not self.settings.keep:
+            if self.own_cluster and not self.settings.keep:
                 self.cluster.down()
         self.report.seconds["total"] = time.monotonic() - started
         return self.report
@@ -175,8 +180,9 @@ class Scenario:
             )
 
     def _cluster(self) -> None:
-        self.cluster.down()
-        self.cluster.up()
+        if self.own_cluster:
+            self.cluster.down()
+            self.cluster.up()
         self.cluster.kubectl("taint", "nodes", "-l", "type=kwok", SIMULATED_TAINT, "--overwrite")
         self.out.line(f"KUBECONFIG={self.cluster.kubeconfig}")
         self.out.block(self.cluster.kubectl("get", "nodes", "-o", "wide").stdout)

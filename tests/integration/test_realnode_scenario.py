@@ -13,15 +13,18 @@ import pytest
 
 from e2e.demo.console import Console
 from e2e.scenario.story import MAX_REPLICAS, STEPS, Scenario, Settings, summary_json
+from tests.realnode import SharedRealNode
 
 pytestmark = pytest.mark.slow
 
 
 def test_real_pods_serve_scale_survive_a_deleted_pod_and_roll_without_failures(
-    tmp_path: Path,
+    real_node: SharedRealNode, tmp_path: Path
 ) -> None:
-    settings = Settings(cluster="scenario-test", workdir=tmp_path)
-    report = Scenario(settings, Console(sys.stdout, STEPS)).run()
+    settings = Settings(cluster=real_node.name, workdir=tmp_path)
+    # on the real node the other real-node modules used (tests/realnode.py): `make real`
+    # brings up its own; the images are imported (again) by the scenario's own step
+    report = Scenario(settings, Console(sys.stdout, STEPS), real_node.with_images()).run()
     print(summary_json(report))
     assert report.facts["ready_replicas_under_load"] == MAX_REPLICAS
     for phase in ("scale_up", "delete_pod", "roll"):
