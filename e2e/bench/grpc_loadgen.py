@@ -42,6 +42,7 @@ async def _caller(
             if tally.counting:
                 errors[error.code().name] = errors.get(error.code().name, 0) + 1
             continue
+        tally.answered += 1
         if tally.counting:
             tally.latencies.append(time.perf_counter() - started)
 

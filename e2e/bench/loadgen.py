@@ -34,6 +34,7 @@ class Tally:
     latencies: list[float] = field(default_factory=list)
     errors: dict[int, int] = field(default_factory=dict)
     counting: bool = False
+    answered: int = 0  # warm-up included: what the server's CPU over the whole run was spent on
 
 
 async def _one_connection(
@@ -57,6 +58,7 @@ async def _one_connection(
                 await _read_chunks(reader)
             elif length:
                 await reader.readexactly(length)
+            tally.answered += 1
             if tally.counting:
                 tally.latencies.append(time.perf_counter() - started)
                 if status != 200:
@@ -123,6 +125,7 @@ def summarise(runs: list[tuple[Tally, float]], concurrency: int) -> dict[str, ob
 
     return {
         "requests": count,
+        "answered_with_warmup": sum(tally.answered for tally, _ in runs),
         "errors": errors,
         "rps": round(rps, 1),
         "p50_ms": percentile(0.50),

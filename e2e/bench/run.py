@@ -152,7 +152,8 @@ def _load(
             *timing,
         )
     after = server.cpu_seconds()
-    requests = max(1, int(result["requests"]))
+    # the CPU was read before the warm-up and after the last answer: divide by every answer
+    requests = max(1, int(result.pop("answered_with_warmup", result["requests"])))
     for part in ("frontend", "workers"):
         spent = after[part] - before[part]
         result[f"{part}_cpu_us_per_request"] = round(spent / requests * 1e6, 1)
