@@ -12,9 +12,10 @@ OMP_NUM_THREADS, which the harness sets (to 1) as it does for the other servers:
   protocol (`POST /v1/models/NAME:predict`, `{"instances": [...]}`); the JPEG travels as
   `{"instances": [{"image": {"b64": ...}}]}` as in KServe's image examples. The PyPI server has
   no batching of its own (KServe batches in its agent sidecar), so none here.
-- ray: a `@serve.deployment` class per model (1 replica) whose `__call__` takes the Starlette
-  request and hands the input to a `@serve.batch` method; one application per model at
-  `/NAME`; the raw body (JSON or JPEG) as for marfleet.
+- ray: a `@serve.deployment` class per model (1 replica, `max_ongoing_requests=64` so that a
+  batch can fill) whose `__call__` takes the Starlette request and hands the input to a
+  `@serve.batch` method; one application per model at `/NAME`; the raw body (JSON or JPEG) as
+  for marfleet.
 - litserve: a `ls.LitAPI` per model (`max_batch_size`, `batch_timeout`, its own `api_path`),
   one `ls.LitServer` for the three on CPU, 1 worker per device; JSON `{"input": ...}` and the
   JPEG as base64 in `{"image": ...}`, as LitServe's examples do.
@@ -139,7 +140,12 @@ def serve_ray(port: int, weights: Weights) -> None:
                 item = body if self.predictor.image else await request.json()
                 return await self.batched(item)
 
-        deployment = serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 1})(Served)
+        # Ray's default max_ongoing_requests (5) is below the batch size, so a batch of 8 could
+        # never fill (Ray logs a warning saying so); its batching guide asks for at least the
+        # batch size. 64, the benchmark's highest concurrency, queues like the other servers do.
+        deployment = serve.deployment(
+            num_replicas=1, max_ongoing_requests=64, ray_actor_options={"num_cpus": 1}
+        )(Served)
         serve.run(deployment.bind(name), name=name, route_prefix=f"/{name}")
     print("ray serve ready", flush=True)
     while True:
