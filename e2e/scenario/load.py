@@ -170,7 +170,9 @@ class Summary:
             failed=sum(not o.ok for o in outcomes),
             variants=Counter(o.variant for o in outcomes if o.ok),
             versions=Counter(o.version for o in outcomes if o.ok),
-            errors=Counter(f"{o.status} {o.error[:80]}" for o in outcomes if not o.ok),
+            errors=Counter(
+                f"{o.status} {' '.join(o.error.split())[:200]}" for o in outcomes if not o.ok
+            ),
             p99_ms=p99,
         )
 

@@ -5,8 +5,10 @@ hop-by-hop ones, which belong to each connection), status and response headers, 
 `x-marfleet-variant: <variant>` on every answer and `x-forwarded-for`. Failures the router
 itself sees become TorchServe-style error bodies: 502 when the upstream cannot be reached or
 breaks off, 504 when it does not answer in time, 503 when no variant takes traffic. A request
-whose variant refuses the connection (no Ready pod behind its Service yet, say a canary just
-added) was never sent, so it goes to the heaviest other variant instead of failing.
+whose variant cannot be connected to — refused (no Ready pod behind its Service yet, say a
+canary just added) or not answered within the connect timeout (a Service still sending new
+connections to a pod that is gone) — was never sent, so it goes to the heaviest other variant
+instead of failing.
 
 Shadow copies (mirroring) are sent after the client's answer is ready, from their own task, and
 their answers are read and dropped: they cannot delay or fail the client's request. At most
@@ -23,7 +25,7 @@ from urllib.parse import quote
 
 from marfleet.runtime.router.metrics import RouterMetrics, VariantMetrics
 from marfleet.runtime.router.table import NoRoute, Route, RoutingTable
-from marfleet.runtime.router.upstream import CONNECT, TIMEOUT, Reply, UpstreamError
+from marfleet.runtime.router.upstream import TIMEOUT, Reply, UpstreamError
 from marfleet.runtime.server.errors import error_response
 from marfleet.runtime.server.http import (
     MODEL_VERSION_HEADER,
@@ -129,7 +131,7 @@ class Proxy:
         try:
             reply = await route.pool.request(serialise(request), head_only=request.method == "HEAD")
         except UpstreamError as exc:
-            if exc.reason == CONNECT and fallback is not None:
+            if exc.unsent and fallback is not None:
                 # Nothing was sent, so nothing can have happened twice: try the other variant.
                 metrics.errors[exc.reason].inc()
                 self._log_failure(route.variant, exc)

@@ -43,10 +43,12 @@ _STREAM_LOW_WATER = 64 * 1024
 
 
 class UpstreamError(Exception):
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, *, unsent: bool = False) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
+        self.unsent = unsent
+        """No connection was made, so no byte of the request left: safe to send elsewhere."""
 
 
 class _StaleConnection(Exception):
@@ -385,15 +387,12 @@ class UpstreamPool:
                 seconds,
             )
         except TimeoutError:
-            raise UpstreamError(
-                TIMEOUT, f"connecting to upstream {self.address} took over {seconds} s"
-            ) from None
+            message = f"connecting to upstream {self.address} took over {seconds} s"
+            raise UpstreamError(TIMEOUT, message, unsent=True) from None
         except ssl.SSLError as exc:
-            raise UpstreamError(
-                CONNECT, f"TLS with upstream {self.address} failed: {exc.reason or exc}"
-            ) from None
+            message = f"TLS with upstream {self.address} failed: {exc.reason or exc}"
+            raise UpstreamError(CONNECT, message, unsent=True) from None
         except OSError as exc:
-            raise UpstreamError(
-                CONNECT, f"cannot connect to upstream {self.address}: {exc.strerror or exc}"
-            ) from None
+            message = f"cannot connect to upstream {self.address}: {exc.strerror or exc}"
+            raise UpstreamError(CONNECT, message, unsent=True) from None
         return protocol

@@ -131,6 +131,33 @@ def test_upstream_failures_are_answered_quickly_with_a_message(stable: Proc) -> 
         assert metric(text, "marfleet_router_requests_total", code_class="5xx") == 2
 
 
+def test_a_variant_that_never_accepts_the_connection_hands_the_request_to_another(
+    stable: Proc,
+) -> None:
+    # A listener whose accept queue is full drops new SYNs, as a Service still sending new
+    # connections to a pod that is gone does: connecting waits for the connect timeout.
+    with closing(socket.socket()) as hole, closing(socket.socket()) as filler:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(0)
+        filler.connect(hole.getsockname())  # fills the queue of one: later SYNs are dropped
+        black_hole = f"http://127.0.0.1:{hole.getsockname()[1]}"
+        flags = ["--weights", "stable=50,hole=50", "--connect-timeout", "0.3"]
+        with router({"stable": stable.url, "hole": black_hole}, *flags) as proc:
+            client = Client(proc.url)
+            answers = [client.request("GET", "/ping") for _ in range(6)]
+            assert [(a[0], a[1]["x-marfleet-variant"]) for a in answers] == [(200, "stable")] * 6
+            text = scrape(proc)
+            errors = metric(text, "marfleet_router_upstream_errors_total", variant="hole")
+            assert errors >= 1, "no request was routed to the unreachable variant first"
+            assert metric(text, "marfleet_router_upstream_errors_total", reason="timeout") >= 1
+        with router(
+            {"hole": black_hole}, "--weights", "hole=100", "--connect-timeout", "0.3"
+        ) as proc:
+            status, headers, body = Client(proc.url).request("GET", "/ping")
+            assert (status, headers["x-marfleet-variant"]) == (504, "hole")
+            assert "took over 0.3 s" in json.loads(body)["message"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("weights", [(90, 10), (50, 50), (99, 1)])
 def test_split_is_within_a_point_over_10000_requests(
