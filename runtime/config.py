@@ -90,6 +90,7 @@ class ServerConfig:
     request_body_timeout_seconds: float = 30.0
     keepalive_timeout_seconds: float = 75.0
     max_connections: int = 1000
+    max_buffered_request_size: int = 512 * 1024 * 1024
     max_json_depth: int = 64
     disable_inference_token_authorization: bool = False
     # gRPC (TorchServe's key; 0 = no gRPC listener, see docs/runtime-api.md)
@@ -122,6 +123,7 @@ _INT_KEYS = {
     "token_expiration_min",
     "max_request_head_size",
     "max_connections",
+    "max_buffered_request_size",
     "max_json_depth",
     "grpc_inference_port",
     "grpc_management_port",
@@ -270,6 +272,7 @@ _POSITIVE_KEYS = (
     "max_request_size",
     "max_request_head_size",
     "max_connections",
+    "max_buffered_request_size",
     "max_json_depth",
     "max_model_unpacked_size",
     "max_download_size",

@@ -106,6 +106,12 @@ def parser() -> argparse.ArgumentParser:
         help="client connections at most (503 beyond)",
     )
     p.add_argument(
+        "--max-buffered-request-bytes",
+        type=int,
+        default=defaults.max_buffered_body_bytes,
+        help="bytes of request bodies still arriving, all clients together (503 beyond)",
+    )
+    p.add_argument(
         "--grpc-port", type=int, default=0, help="listen for gRPC calls here too (0: no gRPC)"
     )
     p.add_argument(
@@ -170,6 +176,7 @@ def settings_from(argv: Sequence[str], environ: Mapping[str, str]) -> RouterSett
             body_timeout=args.request_body_timeout,
             keepalive_timeout=args.keepalive_timeout,
             max_connections=args.max_connections,
+            max_buffered_body_bytes=args.max_buffered_request_bytes,
         ),
         mirror_limit=args.mirror_limit,
         grpc_port=args.grpc_port,

@@ -63,6 +63,7 @@ def http_limits(config: ServerConfig) -> HttpLimits:
         body_timeout=config.request_body_timeout_seconds,
         keepalive_timeout=config.keepalive_timeout_seconds,
         max_connections=config.max_connections,
+        max_buffered_body_bytes=config.max_buffered_request_size,
     )
 
 

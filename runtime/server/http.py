@@ -120,6 +120,7 @@ class HttpLimits:
     body_timeout: float = 30.0  # longest pause between two reads of a body
     keepalive_timeout: float = 75.0
     max_connections: int = 1000  # per listener
+    max_buffered_body_bytes: int = 512 * 1024 * 1024  # bodies still arriving, per listener
 
 
 class InvalidHeader(ValueError):
@@ -222,6 +223,7 @@ class _Connection(asyncio.Protocol):
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
         self._body_size = 0
+        self._buffered = 0  # of this connection's body bytes, those counted by the listener
         self._in_head = True  # between requests or inside a head: input counts against the head
         self._head_bytes = 0
         self._head_started = False
@@ -296,6 +298,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
+        self._release_body()
         self._transport = None
         if self._writable is not None:
             self._writable.set()
@@ -359,7 +362,24 @@ class _Connection(asyncio.Protocol):
         if self._body_size > self._limits.max_body_bytes:
             self._reject(413, self._too_large_message())
             return
+        server = self._server
+        server.buffered_body_bytes += len(body)
+        self._buffered += len(body)
+        if server.buffered_body_bytes > self._limits.max_buffered_body_bytes:
+            self._reject(
+                503,
+                "Request bodies still arriving on this listener hold over "
+                f"{self._limits.max_buffered_body_bytes} bytes (max_buffered_request_size); "
+                "retry later",
+                headers={"Retry-After": "1"},
+            )
+            return
         self._body.append(body)
+
+    def _release_body(self) -> None:
+        """This connection's body no longer counts as arriving (complete, refused or gone)."""
+        self._server.buffered_body_bytes -= self._buffered
+        self._buffered = 0
 
     def on_message_complete(self) -> None:
         if self._rejecting:
@@ -367,6 +387,7 @@ class _Connection(asyncio.Protocol):
         if self._in_body:
             self._in_body = False
             self._cancel_timer()
+        self._release_body()
         self._in_head = True
         self._head_bytes = 0
         parsed = httptools.parse_url(self._url)
@@ -512,6 +533,8 @@ class _Connection(asyncio.Protocol):
         """
         self._rejecting = True
         self._pending.clear()
+        self._release_body()
+        self._body = []
         transport = self._transport
         if transport is None or transport.is_closing():
             return
@@ -643,6 +666,7 @@ class HttpServer:
         self._server: asyncio.Server | None = None
         self.connections: set[_Connection] = set()
         self.refused_connections = 0  # over max_connections, since start
+        self.buffered_body_bytes = 0  # of requests whose bodies are still arriving
         self._all_closed = asyncio.Event()
 
     async def start(self, host: str, port: int, *, tls: ssl.SSLContext | None = None) -> None:

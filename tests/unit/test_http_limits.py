@@ -27,6 +27,7 @@ LIMITS = HttpLimits(
     body_timeout=0.5,
     keepalive_timeout=5.0,
     max_connections=4,
+    max_buffered_body_bytes=150_000,
 )
 
 
@@ -187,6 +188,25 @@ def test_connections_over_the_cap_get_503(server: Running) -> None:
     with closing(server.connect()) as sock:  # slots are free again
         sock.sendall(b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n")
         assert read_response(sock)[0] == 200
+
+
+def test_bodies_still_arriving_are_bounded_per_listener(server: Running) -> None:
+    head = b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 90000\r\n\r\n"
+    with closing(server.connect()) as first, closing(server.connect()) as second:
+        first.sendall(head + b"x" * 80_000)  # within max_body_bytes, not yet complete
+        time.sleep(0.1)
+        send_quietly(second, head + b"x" * 80_000)  # 160,000 bytes arriving: over 150,000
+        status, headers, body = read_response(second)
+        assert (status, headers["retry-after"]) == (503, "1")
+        assert "max_buffered_request_size" in json.loads(body)["message"]
+        first.sendall(b"x" * 10_000)  # the first upload was not disturbed
+        status, _, body = read_response(first)
+        assert (status, json.loads(body)["size"]) == (200, 90_000)
+    with closing(server.connect()) as third:  # what the finished and refused ones held is free
+        third.sendall(head + b"x" * 90_000)
+        status, _, body = read_response(third)
+        assert (status, json.loads(body)["size"]) == (200, 90_000)
+    assert server.server.buffered_body_bytes == 0
 
 
 @pytest.mark.parametrize("path", ["/crlf", "/latin"])
