@@ -18,6 +18,7 @@ from __future__ import annotations
 import bisect
 import logging
 import math
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 
 from marfleet.runtime.host_metrics import HostSampler
@@ -38,9 +39,11 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 LOAD_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
-# TorchServe's histograms: the Prometheus Java client's default buckets
 # auto-detected handler metric names a server takes on at most (each is a family kept forever)
 MAX_HANDLER_METRICS = 256
+WORKER_SERIES_KEPT = 64
+"""WorkerLoadTime series kept per model version: the latest worker starts (names are unique)."""
+# TorchServe's histograms: the Prometheus Java client's default buckets
 TS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
 
 
@@ -343,15 +346,23 @@ class RuntimeMetrics:
         keeps its load-failure count, so the alert on it can see the failure."""
         self._queue_depths.pop((name, version), None)
 
+        workers = f"-{name}_{version}"  # TorchServe's worker names end so (WorkerLoadTime)
+
         def belongs(labels: dict[str, str]) -> bool:
             return (
                 labels.get("model", labels.get("model_name")),
                 labels.get("version", labels.get("model_version")),
-            ) == (name, version)
+            ) == (name, version) or labels.get("WorkerName", "").endswith(workers)
 
         for family in self.registry.families():
             if not (keep_load_failures and family is self.load_failures):
                 family.remove(belongs)
+
+    def forget_worker(self, worker: str) -> None:
+        """Drop the series of one worker name (WorkerLoadTime's), e.g. a worker long replaced."""
+        family = self._ts.get("WorkerLoadTime")
+        if family is not None:
+            family.remove(lambda labels: labels.get("WorkerName") == worker)
 
     def host_series(self, name: str) -> Series:
         return self.ts_series(name, Level="Host", Hostname=self.hostname)
@@ -432,6 +443,7 @@ class ModelMetrics:
         self._queue_gauge = parent.host_series("QueueTime")
         self._thread_gauge = parent.host_series("WorkerThreadTime")
         self._last_ms = {"HandlerTime": 0.0, "PredictionTime": 0.0}  # for WorkerThreadTime
+        self._workers_loaded: deque[str] = deque()  # WorkerLoadTime's names, oldest first
 
     def request_received(self) -> None:
         self.ts_requests.record(1)
@@ -466,6 +478,12 @@ class ModelMetrics:
             "WorkerLoadTime", WorkerName=worker, Level="Host", Hostname=parent.hostname
         )
         series.record(round(seconds * 1000))
+        # Each worker start has a name of its own: keep the latest few, so a crash-looping
+        # worker cannot grow the metrics page without bound.
+        self._workers_loaded.append(worker)
+        if len(self._workers_loaded) > WORKER_SERIES_KEPT:
+            oldest = self._workers_loaded.popleft()
+            parent.forget_worker(oldest)
 
     def model_load_failed(self) -> None:
         self._parent.load_failures.labels(*self._labels).inc()

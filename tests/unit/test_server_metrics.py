@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 import yaml
 from marfleet.runtime.host_metrics import GpuSampler, HostSampler
-from marfleet.runtime.metrics import MAX_HANDLER_METRICS, Family, Registry, RuntimeMetrics
+from marfleet.runtime.metrics import (
+    MAX_HANDLER_METRICS,
+    WORKER_SERIES_KEPT,
+    Family,
+    Registry,
+    RuntimeMetrics,
+)
 from marfleet.runtime.metrics_config import (
     DEFAULT_METRICS_YAML,
     MAX_METRICS_CONFIG_BYTES,
@@ -224,6 +230,27 @@ def test_torchserves_default_metrics_have_its_names_types_and_labels() -> None:
     assert 0 <= values['CPUUtilization{Level="Host",Hostname="h"}'] <= 100
     assert values['MemoryUsed{Level="Host",Hostname="h"}'] > 0
     assert 0 < values['DiskUtilization{Level="Host",Hostname="h"}'] <= 100
+
+
+def test_worker_load_series_are_bounded_and_go_with_their_model() -> None:
+    metrics = RuntimeMetrics(variant="", hostname="h", host=HostSampler(Path.cwd()))
+    model = metrics.for_model("m", "1.0", queue_depth=lambda: 0)
+    other = metrics.for_model("n", "1.0", queue_depth=lambda: 0)
+    other.model_loaded(1.0, "1")
+    for worker in range(9000, 9000 + WORKER_SERIES_KEPT + 10):  # a worker that keeps crashing
+        model.model_loaded(1.0, str(worker))
+
+    def loaded() -> list[str]:
+        text = metrics.registry.render().decode()
+        return [name for name in samples(text) if name.startswith("WorkerLoadTime{")]
+
+    names = loaded()
+    assert len(names) == WORKER_SERIES_KEPT + 1
+    assert f'WorkerName="W-{9000 + WORKER_SERIES_KEPT + 9}-m_1.0"' in "".join(names)
+    assert 'WorkerName="W-9000-m_1.0"' not in "".join(names)  # the oldest went first
+    metrics.forget_model("m", "1.0")  # unregistered: its workers' series go with it
+    assert [name for name in loaded() if "-m_1.0" in name] == []
+    assert len(loaded()) == 1  # model n's stays
 
 
 def test_host_metrics_are_torchserves_numbers(tmp_path: Path) -> None:
