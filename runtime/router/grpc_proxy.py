@@ -65,13 +65,13 @@ class GrpcProxy(grpc.GenericRpcHandler):
         name = method.rsplit("/", 1)[-1]
         if name in _BIDI_STREAMS:
             return grpc.stream_stream_rpc_method_handler(
-                partial(self._bidi, method),
+                partial(self._stream, method),
                 request_deserializer=_identity,
                 response_serializer=_identity,
             )
         if name in _SERVER_STREAMS:
             return grpc.unary_stream_rpc_method_handler(
-                partial(self._server_stream, method),
+                partial(self._stream, method),
                 request_deserializer=_identity,
                 response_serializer=_identity,
             )
@@ -119,25 +119,18 @@ class GrpcProxy(grpc.GenericRpcHandler):
         self._answered(route.variant, grpc.StatusCode.OK, started)
         return reply
 
-    async def _server_stream(
-        self, method: str, request: bytes, context: Context
+    async def _stream(
+        self, method: str, request: bytes | AsyncIterator[bytes], context: Context
     ) -> AsyncIterator[bytes]:
+        """A call the upstream answers with a stream: one request (server streaming) or a
+        stream of them (bidirectional), relayed message by message."""
         started = time.perf_counter()
         route, metadata = await self._route(context)
-        call = self._channels[route.variant].unary_stream(
-            method, request_serializer=_identity, response_deserializer=_identity
-        )(request, metadata=metadata, timeout=context.time_remaining())
-        async for reply in self._relay(route, call, context, started):
-            yield reply
-
-    async def _bidi(
-        self, method: str, requests: AsyncIterator[bytes], context: Context
-    ) -> AsyncIterator[bytes]:
-        started = time.perf_counter()
-        route, metadata = await self._route(context)
-        call = self._channels[route.variant].stream_stream(
-            method, request_serializer=_identity, response_deserializer=_identity
-        )(requests, metadata=metadata, timeout=context.time_remaining())
+        channel = self._channels[route.variant]
+        callable_ = channel.unary_stream if isinstance(request, bytes) else channel.stream_stream
+        call = callable_(method, request_serializer=_identity, response_deserializer=_identity)(
+            request, metadata=metadata, timeout=context.time_remaining()
+        )
         async for reply in self._relay(route, call, context, started):
             yield reply
 

@@ -310,6 +310,29 @@ def test_grpc_stream_predictions_deliver_parts_one_by_one(
     assert sent[0] < 4, sent
 
 
+@pytest.mark.parametrize("via", ["direct", "router"])
+def test_grpc_stream_predictions2_answers_each_request_of_the_stream(
+    server: Server, routed: tuple[str, str], via: str
+) -> None:
+    rows = [[0.1, 0.2, 0.3, 0.4], [1.0, -2.0, 0.5, 3.0]]
+    requests = [
+        ts_pb2.PredictionsRequest(model_name="mlp", input={"body": json.dumps(row).encode()})
+        for row in rows
+    ]
+    target = server.grpc if via == "direct" else routed[1]
+    with grpc.insecure_channel(target) as channel:
+        replies = list(
+            channel.stream_stream(
+                f"{TS_SERVICE}/StreamPredictions2",
+                request_serializer=ts_pb2.PredictionsRequest.SerializeToString,
+                response_deserializer=ts_pb2.PredictionResponse.FromString,
+            )(iter(requests), timeout=30)
+        )
+    assert len(replies) == len(rows)
+    for reply, row in zip(replies, rows, strict=True):
+        assert json.loads(reply.prediction) == pytest.approx(mlp_scores(row), abs=1e-5)
+
+
 def test_tritonclient_grpc_live_metadata_and_infer(server: Server) -> None:
     client = triton_grpc.InferenceServerClient(server.grpc)
     assert client.is_server_live() and client.is_server_ready()
