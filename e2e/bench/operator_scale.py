@@ -127,13 +127,14 @@ def cpu_user_system(pid: int) -> tuple[float, float]:
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
-def control_plane_cpu(cluster: LocalCluster) -> float:
-    """CPU seconds of the cluster's own processes (etcd, apiserver, controllers, KWOK)."""
-    total = 0.0
-    for pid in cluster.state.pids.values():
+def control_plane_cpu(cluster: LocalCluster) -> dict[str, float]:
+    """CPU seconds of each of the cluster's own processes (etcd, apiserver, controllers,
+    KWOK), by name."""
+    seconds: dict[str, float] = {}
+    for name, pid in cluster.state.pids.items():
         with contextlib.suppress(OSError):
-            total += cpu_seconds(pid)
-    return total
+            seconds[name] = cpu_seconds(pid)
+    return seconds
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -396,7 +397,8 @@ def run_one(
         ready = follower.wait(names, TIMEOUT)
         created = applied
         cpu_ready = cpu_seconds(pid) - cpu0
-        plane_ready = control_plane_cpu(cluster) - plane0
+        plane1 = control_plane_cpu(cluster)
+        plane_ready = {k: v - plane0.get(k, 0.0) for k, v in plane1.items()}
         settle(operator)
         cpu_settled = cpu_seconds(pid) - cpu0
         user1, system1 = cpu_user_system(pid)
@@ -407,7 +409,10 @@ def run_one(
             ready=len(ready),
             apply_to_ready=summary(list(ready.values())),
             created_to_ready=summary([t - created.get(n, 0.0) for n, t in ready.items()]),
-            control_plane_cpu_seconds_to_ready=round(plane_ready, 1),
+            control_plane_cpu_seconds_to_ready=round(sum(plane_ready.values()), 1),
+            control_plane_cpu_seconds_by_process={
+                k: round(v, 1) for k, v in sorted(plane_ready.items(), key=lambda kv: -kv[1])
+            },
             operator_cpu_seconds_to_ready=round(cpu_ready, 2),
             operator_cpu_seconds_settled=round(cpu_settled, 2),
             cpu_ms_per_isvc=round(1000 * cpu_settled / count, 1),
