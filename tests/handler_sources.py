@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
+
 # TorchScript MLP (tests.models.TinyMLP) behind a BaseHandler subclass with custom hooks.
 MLP_HANDLER = """
 import torch
@@ -46,19 +48,8 @@ class TopTwo(ImageClassifier):
 """
 
 # TorchServe's MNIST example: ImageClassifier with its own 1-channel transform (grayscale in).
-MNIST_HANDLER = """
-from torchvision import transforms
-from ts.torch_handler.image_classifier import ImageClassifier
-
-
-class MNISTDigitClassifier(ImageClassifier):
-    image_processing = transforms.Compose(
-        [transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))]
-    )
-
-    def postprocess(self, data):
-        return data.argmax(1).tolist()
-"""
+# The file of examples/mnist, which the real-node scenario (e2e/scenario) serves as well.
+MNIST_HANDLER = (REPO / "examples" / "mnist" / "mnist_handler.py").read_text()
 
 # A module:function handler that loads a TorchScript model itself.
 FUNCTION_HANDLER = """

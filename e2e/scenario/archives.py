@@ -1,5 +1,6 @@
 """The scenario's model archives: built by TorchServe's own `torch-model-archiver` and served
-over plain HTTP from the host, the way a team's artifact server would serve them.
+over plain HTTP from the host, the way a team's artifact server would serve them: the demo's
+classifier (two versions) and TorchServe's MNIST example (a grayscale image handler).
 
 The server binds the host end of the real node's link, the one address both the host and
 the pods reach; the operator's init container (`marfleet fetch`) downloads from it.
@@ -20,6 +21,8 @@ from e2e.support import Started
 REPO = Path(__file__).resolve().parents[2]
 BUILDER = REPO / "examples" / "demo" / "build.py"
 MODEL = "classifier"
+MNIST_BUILDER = REPO / "examples" / "mnist" / "build.py"
+MNIST = "mnist"
 
 
 def build(out: Path, version: str, seed: int) -> Path:
@@ -40,6 +43,18 @@ def build(out: Path, version: str, seed: int) -> Path:
     (scratch / f"{MODEL}.mar").replace(archive)
     scratch.rmdir()
     return archive
+
+
+def build_mnist(out: Path, seed: int = 1) -> tuple[Path, Path]:
+    """(`<out>/mnist.mar`, `<out>/digit.png`): TorchServe's MNIST example with random weights
+    seeded by `seed`, and the 28x28 grayscale PNG to send it."""
+    subprocess.run(
+        [sys.executable, str(MNIST_BUILDER), "--out", str(out), "--seed", str(seed)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    return out / f"{MNIST}.mar", out / "digit.png"
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):

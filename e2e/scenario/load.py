@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 from e2e.support import Started, terminate
 
 BODY = json.dumps({"features": [5.1, 3.5, 1.4, 0.2]}).encode()
+JSON = "application/json"
 TIMEOUT_SECONDS = 10.0
 
 
@@ -41,30 +42,41 @@ class Outcome:
     variant: str
     version: str
     error: str
+    answer: str = ""  # the body of a 200, kept by one-shot probes only
 
     @property
     def ok(self) -> bool:
         return self.status == 200
 
 
-def _one(host: str, port: int, path: str) -> Outcome:
+def _one(
+    host: str,
+    port: int,
+    path: str,
+    body: bytes = BODY,
+    content_type: str = JSON,
+    keep_answer: bool = False,
+) -> Outcome:
     started = time.time()
     clock = time.monotonic()
     connection = http.client.HTTPConnection(host, port, timeout=TIMEOUT_SECONDS)
     try:
-        connection.request("POST", path, BODY, {"Content-Type": "application/json"})
+        connection.request("POST", path, body, {"Content-Type": content_type})
         response = connection.getresponse()
-        body = response.read()
+        answer = response.read()
         version = ""
         if response.status == 200:
-            version = str(json.loads(body).get("model_version", ""))
+            document = json.loads(answer)
+            if isinstance(document, dict):
+                version = str(document.get("model_version", ""))
         return Outcome(
             started,
             response.status,
             time.monotonic() - clock,
             response.getheader("x-marfleet-variant", ""),
             version,
-            "" if response.status == 200 else body[:200].decode(errors="replace"),
+            "" if response.status == 200 else answer[:200].decode(errors="replace"),
+            answer.decode(errors="replace") if keep_answer and response.status == 200 else "",
         )
     except (OSError, http.client.HTTPException, ValueError) as exc:
         return Outcome(started, 0, time.monotonic() - clock, "", "", f"{type(exc).__name__}: {exc}")
@@ -187,9 +199,12 @@ class Summary:
         return text
 
 
-def probe(netns: str, url: str) -> Outcome:
-    """One prediction from inside the network namespace; its outcome."""
+def probe(netns: str, url: str, body: Path | None = None, content_type: str = JSON) -> Outcome:
+    """One prediction from inside the network namespace (of the file `body`, else the iris
+    row); its outcome, with the answer."""
     command = [sys.executable, "-m", "e2e.scenario.load", url, "0", "-"]
+    if body is not None:
+        command += ["--body", str(body), "--content-type", content_type]
     result = subprocess.run(
         ["ip", "netns", "exec", netns, *command], capture_output=True, text=True, timeout=30
     )
@@ -234,13 +249,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("rate", type=float, help="requests per second; 0: one request")
     parser.add_argument("record", help="file to append one JSON line per request to; - stdout")
+    parser.add_argument("--body", type=Path, help="one request only: send this file's bytes")
+    parser.add_argument("--content-type", default=JSON, help="of --body (default: JSON)")
     args = parser.parse_args(argv)
     if args.rate <= 0:
         parts = urlsplit(args.url)
         if parts.scheme == "grpc":
             outcome = _one_grpc(parts.netloc, parts.path.strip("/"))
         else:
-            outcome = _one(parts.hostname or "", parts.port or 80, parts.path)
+            body = args.body.read_bytes() if args.body else BODY
+            address = (parts.hostname or "", parts.port or 80, parts.path)
+            outcome = _one(*address, body, args.content_type, keep_answer=True)
         print(json.dumps(outcome.__dict__))
         return 0
     generate(args.url, args.rate, Path(args.record))

@@ -6,7 +6,11 @@ at an archive that TorchServe's `torch-model-archiver` built and a host serves o
 init container fetches it and runtime pods answer predictions through the stable Service.
 Then real load: Prometheus scrapes the pods, prometheus-adapter serves the HPA its metric, and
 the HPA scales the variant up and, once the load stops, back down. Under that load a runtime
-pod is deleted and a new model version is rolled in at 90/10 behind the router.
+pod is deleted and a new model version is rolled in at 90/10 behind the router. While the HPA
+scales down, a second InferenceService serves TorchServe's MNIST example (`examples/mnist`: an
+`ImageClassifier` subclass with a 1-channel transform) from the same runtime image, which has
+no TorchServe, and its answer to a grayscale PNG is compared with real TorchServe's (0.12, from
+the dev environment, on loopback) for the same archive and picture.
 
 Each step judges what it saw and raises ScenarioError with the evidence when something is
 wrong, so `python -m e2e.scenario` and the slow test enforce the same things. The KWOK nodes
@@ -15,6 +19,8 @@ are tainted for the run, so every pod lands on the real node.
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import json
 import shutil
 import time
@@ -23,9 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 from marfleet.operator import labels
 from marfleet.operator.render import PORTS
 
+from e2e.bench import servers
 from e2e.demo import kube
 from e2e.demo.console import Check, Console, Probe
 from e2e.demo.console import DemoError as ScenarioError
@@ -42,6 +50,8 @@ from .load import Load, Summary, probe
 
 NAMESPACE = "shop"
 ISVC = "classifier"
+DIGITS = "digits"
+"""The InferenceService of TorchServe's MNIST example (a fixed single replica, no HPA)."""
 RELEASE = "marfleet"
 BUCKET = "models"
 STORE_SECRET = "model-store"
@@ -53,7 +63,23 @@ MAX_REPLICAS = 3
 LOAD_RATE = 16.0  # requests per second: the HPA wants ceil(16 / 4) = 4, capped at 3
 SCALE_DOWN_SECONDS = 20
 SETTLE_SECONDS = 20  # load observed after each change before judging it
-STEPS = 10
+STEPS = 11
+AUTOSCALING = {
+    "minReplicas": 1,
+    "maxReplicas": MAX_REPLICAS,
+    "metric": "requestsPerSecond",
+    "targetPerReplica": TARGET_PER_REPLICA,
+    "scaleDownStabilizationSeconds": SCALE_DOWN_SECONDS,
+}
+# Run in the MNIST pod: is TorchServe there, and where does a handler's `import ts` lead?
+WHICH_TS = """
+import importlib.util, json
+from marfleet.runtime import ts_compat
+installed = importlib.util.find_spec("ts") is not None
+ts_compat.install()
+import ts
+print(json.dumps({"torchserve_installed": installed, "ts": ts.__path__[0]}))
+"""
 
 
 @dataclass
@@ -73,11 +99,15 @@ class Report:
     facts: dict[str, Any] = field(default_factory=dict)
 
 
-def inference_service(variants: list[dict[str, Any]]) -> dict[str, Any]:
+def inference_service(
+    variants: list[dict[str, Any]],
+    name: str = ISVC,
+    autoscaling: Mapping[str, Any] = AUTOSCALING,
+) -> dict[str, Any]:
     return {
         "apiVersion": "serving.marfleet.io/v1alpha1",
         "kind": "InferenceService",
-        "metadata": {"name": ISVC, "namespace": NAMESPACE},
+        "metadata": {"name": name, "namespace": NAMESPACE},
         "spec": {
             "variants": variants,
             "runtime": {
@@ -88,26 +118,25 @@ def inference_service(variants: list[dict[str, Any]]) -> dict[str, Any]:
                 "requests": {"cpu": "100m", "memory": "256Mi"},
                 "limits": {"memory": "1Gi"},
             },
-            "autoscaling": {
-                "minReplicas": 1,
-                "maxReplicas": MAX_REPLICAS,
-                "metric": "requestsPerSecond",
-                "targetPerReplica": TARGET_PER_REPLICA,
-                "scaleDownStabilizationSeconds": SCALE_DOWN_SECONDS,
-            },
+            "autoscaling": dict(autoscaling),
         },
     }
 
 
-def deployment_of(variant: str) -> str:
+def deployment_of(variant: str, isvc: str = ISVC) -> str:
     """The Deployment (and HPA) the operator names after a variant."""
-    return f"{ISVC}-{variant}"
+    return f"{isvc}-{variant}"
 
 
 def variant(
-    name: str, version: str, uri: str, weight: int, storage: Mapping[str, Any] | None = None
+    name: str,
+    version: str,
+    uri: str,
+    weight: int,
+    storage: Mapping[str, Any] | None = None,
+    model_name: str = archives.MODEL,
 ) -> dict[str, Any]:
-    model: dict[str, Any] = {"uri": uri, "name": archives.MODEL, "version": version}
+    model: dict[str, Any] = {"uri": uri, "name": model_name, "version": version}
     if storage:
         model["storage"] = dict(storage)
     return {"name": name, "weight": weight, "model": model}
@@ -131,6 +160,7 @@ class Scenario:
         self.load: Load | None = None
         self.urls: dict[str, str] = {}
         self.service_ip = ""
+        self.load_stopped = 0.0  # time.monotonic() when the load stopped
 
     # ----- the whole story -----
     def run(self) -> Report:
@@ -149,7 +179,12 @@ class Scenario:
                 ("load: the HPA scales the variant up", self._scale_up),
                 ("delete a runtime pod under load", self._delete_pod),
                 ("roll in version 2.0 at 90/10 under load", self._roll),
-                ("stop the load: the HPA scales back down; delete everything", self._wind_down),
+                (
+                    "stop the load; TorchServe's MNIST example on a grayscale digit: "
+                    "marfleet's image vs TorchServe",
+                    self._grayscale,
+                ),
+                ("the HPA scales back down; delete everything", self._wind_down),
             ):
                 self._timed(title, step)
         finally:
@@ -379,13 +414,100 @@ class Scenario:
             f"model version {outcome.version}"
         )
 
-    def _wind_down(self) -> None:
+    def _grayscale(self) -> None:
+        """While the HPA waits out the load's 1-minute rate window, TorchServe's MNIST example
+        is served by a second InferenceService from marfleet's runtime image, and its answer to
+        a 28x28 grayscale PNG must be TorchServe's for the same archive and picture."""
         assert self.load is not None
         self.load.stop()
+        self.load_stopped = time.monotonic()
         self.report.load["all"] = total = Summary.of(self.load.record.outcomes())
         self.out.line(f"the whole run: {total.describe()}")
-        deployment = deployment_of("stable")
+        if importlib.util.find_spec("ts") is None:
+            raise ScenarioError(
+                "TorchServe 0.12 is not installed here to compare with: run `make setup` "
+                "(the dev extra installs it)"
+            )
+        assert self.server is not None
+        store = self.settings.workdir / "models"
+        archive, digit = archives.build_mnist(store)
+        url = f"{self.server.base_url}/{archive.name}"
+        self.out.line(
+            f"examples/mnist by torch-model-archiver: {url} ({archive.stat().st_size} bytes)"
+        )
+        mnist = variant("stable", "1.0", url, 100, None, archives.MNIST)
+        fixed = {"engine": "none", "minReplicas": 1}
+        self.out.line(kube.apply(self.cluster, [inference_service([mnist], DIGITS, fixed)]).strip())
+        theirs = self._torchserve_answer(store, digit)  # while the pod starts
+        self.out.wait(
+            [Check(f"InferenceService {DIGITS} Ready", lambda: self._ready(DIGITS))],
+            self.settings.timeout,
+        )
+        service = kube.get_json(self.cluster, "service", DIGITS, "-n", NAMESPACE)
+        predictions = f"http://{service['spec']['clusterIP']}/predictions/{archives.MNIST}"
+        answers: list[str] = []
+
+        def answered() -> Probe:
+            outcome = probe(netns_name(self.cluster.name), predictions, digit, "image/png")
+            if outcome.status not in (0, 200, 503):  # not an endpoint still coming up
+                raise ScenarioError(f"{predictions} answered {outcome.status}: {outcome.error}")
+            answers.append(outcome.answer)
+            return Probe(outcome.ok, outcome.error or f"answer {outcome.answer}")
+
+        self.out.wait(
+            [Check(f"{digit.name} through the Service {DIGITS}", answered)],
+            self.settings.timeout,
+        )
+        pod = f"deploy/{deployment_of('stable', DIGITS)}"
+        inside = self.cluster.kubectl("exec", "-n", NAMESPACE, pod, "--", "python3", "-c", WHICH_TS)
+        image = json.loads(inside.stdout)
+        self.out.line(
+            f"in the pod: TorchServe installed: {image['torchserve_installed']}; "
+            f"the handler's `import ts` is {image['ts']}"
+        )
+        ours = answers[-1]
+        self.report.facts["grayscale"] = {"marfleet": ours, "torchserve": theirs, **image}
+        self.out.line(
+            f"{digit.name} (28x28, 8-bit grayscale): marfleet's runtime image answered "
+            f"{ours}, TorchServe {theirs}"
+        )
+        if image["torchserve_installed"]:
+            raise ScenarioError(f"the runtime image has TorchServe installed: {image}")
+        if ours != theirs:
+            raise ScenarioError(
+                f"TorchServe's MNIST example answered {ours!r} in marfleet, {theirs!r} in "
+                "TorchServe, for the same archive and picture"
+            )
+
+    def _torchserve_answer(self, store: Path, digit: Path) -> str:
+        """Real TorchServe's answer to `digit`: the same archive, served on loopback."""
         began = time.monotonic()
+        home = self.settings.workdir / "torchserve"
+        shutil.rmtree(home, ignore_errors=True)
+        server = servers.start("torchserve", store, home)
+        try:
+            server.register(f"{archives.MNIST}.mar", archives.MNIST, 1, 100)
+            response = httpx.post(
+                f"{server.url('inference')}/predictions/{archives.MNIST}",
+                content=digit.read_bytes(),
+                headers={"Content-Type": "image/png"},
+                timeout=60,
+            )
+        finally:
+            server.stop()
+        if response.status_code != 200:
+            raise ScenarioError(
+                f"TorchServe answered {response.status_code} for {digit.name}: "
+                f"{response.text[:300]}; see {home / 'logs'}"
+            )
+        self.out.line(
+            f"TorchServe {importlib.metadata.version('torchserve')} on loopback, same archive "
+            f"and picture: {response.text} ({time.monotonic() - began:.1f} s)"
+        )
+        return response.text
+
+    def _wind_down(self) -> None:
+        deployment = deployment_of("stable")
         self.out.wait(
             [
                 Check(
@@ -395,10 +517,14 @@ class Scenario:
             ],
             self.settings.timeout,
         )
-        self.report.seconds["scale_down"] = time.monotonic() - began
-        self.out.command(["kubectl", "delete", "inferenceservice", ISVC, "-n", NAMESPACE])
-        self.cluster.kubectl("delete", "inferenceservice", ISVC, "-n", NAMESPACE, "--timeout=120s")
-        self.out.wait([Check(f"nothing of {ISVC} left", self._nothing_left)], self.settings.timeout)
+        self.report.seconds["scale_down"] = time.monotonic() - self.load_stopped
+        delete = ["delete", "inferenceservice", ISVC, DIGITS, "-n", NAMESPACE]
+        self.out.command(["kubectl", *delete])
+        self.cluster.kubectl(*delete, "--timeout=120s")
+        self.out.wait(
+            [Check(f"nothing of {ISVC} and {DIGITS} left", self._nothing_left)],
+            self.settings.timeout,
+        )
         self.out.command(["helm", "uninstall", RELEASE, "-n", CHART_NAMESPACE, "--wait"])
         chart.helm(
             *("uninstall", RELEASE, "-n", CHART_NAMESPACE, "--wait"),
@@ -413,8 +539,8 @@ class Scenario:
         self.out.wait([Check("nothing of the release left", release_gone)], self.settings.timeout)
 
     # ----- probes and judgements -----
-    def _ready(self) -> Probe:
-        obj = kube.get_json(self.cluster, "inferenceservice", ISVC, "-n", NAMESPACE)
+    def _ready(self, name: str = ISVC) -> Probe:
+        obj = kube.get_json(self.cluster, "inferenceservice", name, "-n", NAMESPACE)
         ready = kube.condition(obj, "Ready")
         return Probe(ready.get("status") == "True", ready.get("message", "no Ready condition yet"))
 
@@ -443,7 +569,7 @@ class Scenario:
         return f"current {values or ['<unknown>']} per pod, replicas {replicas}"
 
     def _nothing_left(self) -> Probe:
-        selector = f"{labels.ISVC}={ISVC}"
+        selector = f"{labels.ISVC} in ({ISVC},{DIGITS})"
         kinds = (
             "deployments,replicasets,pods,services,configmaps,hpa,poddisruptionbudgets,"
             "serviceaccounts,roles,rolebindings"

@@ -1,8 +1,10 @@
 """The issue's whole story on a real node (e2e/scenario): chart, in-cluster operator, an
 archive fetched over HTTP, predictions through the Service and the router, the HPA scaling a
 variant 1 -> 3 -> 1 on Prometheus data, a pod deleted and a 90/10 roll under load with no failed
-request, a gRPC prediction through the router, and nothing left afterwards. The scenario judges
-each step itself (ScenarioError); this test restates the numbers that make the claims."""
+request, a gRPC prediction through the router, TorchServe's MNIST example (a grayscale image
+handler) answering from the runtime image, which has no TorchServe, what TorchServe 0.12 answers
+for the same archive and picture, and nothing left afterwards. The scenario judges each step
+itself (ScenarioError); this test restates the numbers that make the claims."""
 
 from __future__ import annotations
 
@@ -35,3 +37,7 @@ def test_real_pods_serve_scale_survive_a_deleted_pod_and_roll_without_failures(
     assert report.facts["grpc_variant"] in {"stable", "canary"}  # gRPC through the router
     assert set(report.load["roll"].versions) == {"1.0", "2.0"}
     assert report.seconds["scale_down"] > 0
+    grayscale = report.facts["grayscale"]
+    assert not grayscale["torchserve_installed"]  # the runtime image: marfleet's own `ts`
+    assert grayscale["marfleet"] == grayscale["torchserve"]
+    assert grayscale["marfleet"].isdigit()  # one digit, as the example's postprocess answers
