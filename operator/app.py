@@ -19,6 +19,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
+from . import render
 from .controller import Controller, ControllerSettings
 from .handlers import addon_crds, watched
 from .kube import KubeAPI
@@ -48,6 +49,7 @@ class OperatorSettings:
 
 
 async def run(settings: OperatorSettings) -> int:
+    render.load_templates()
     _tune_garbage_collection()
     api = KubeAPI(settings.kubeconfig)
     await api.open()

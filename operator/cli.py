@@ -7,11 +7,12 @@ nowhere else; a flag given on the command line wins.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import socket
 from collections.abc import Mapping
+
+import uvloop
 
 from . import logs
 from .app import OperatorSettings, run
@@ -210,7 +211,9 @@ def main(argv: list[str]) -> int:
     env = dict(os.environ)
     args = parser(env).parse_args(argv)
     logs.configure(args.log_level)
-    return asyncio.run(run(settings_from(args, env)))
+    # uvloop, as the server and the router: its event loop and its TLS (every API call and
+    # watch event is TLS) cost a fraction of asyncio's per call (docs/scale.md)
+    return uvloop.run(run(settings_from(args, env)))
 
 
 def _model_cache(text: str) -> ModelCache | None:

@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+import orjson
+
 from .labels import INTENT_HASH
 
 _QUANTITY = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+))([eE][+-]?\d+|[KMGTPE]i|[numkMGTPE])?$")
@@ -49,8 +51,15 @@ def intent_hash(obj: Mapping[str, Any]) -> str:
     annotations = dict(obj.get("metadata", {}).get("annotations") or {})
     annotations.pop(INTENT_HASH, None)
     meta = {**obj.get("metadata", {}), "annotations": annotations}
-    text = json.dumps({**obj, "metadata": meta}, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:20]
+    manifest = {**obj, "metadata": meta}
+    # The text hashed is `json.dumps(manifest, sort_keys=True, separators=(",", ":"))`, the
+    # same as ever, so live objects' hashes stay valid across versions; orjson writes the
+    # same bytes several times faster (a render hashes every object it makes) except for
+    # non-ASCII text, which json escapes, and floats below 1e-4, which no manifest carries.
+    text = orjson.dumps(manifest, option=orjson.OPT_SORT_KEYS)
+    if not text.isascii():
+        text = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(text).hexdigest()[:20]
 
 
 def stamp(obj: dict[str, Any]) -> dict[str, Any]:

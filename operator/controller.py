@@ -65,7 +65,7 @@ class Controller:
 
     # ----- watch events (called by the watches, on the event loop) -----
     def on_inferenceservice(self, event_type: str | None, obj: Mapping[str, Any]) -> None:
-        self.metrics.watch_events.labels(kind=spec.KIND).inc()
+        self.metrics.count(self.metrics.watch_events, spec.KIND)
         if event_type == "DELETED":
             key = self.store.remove_isvc(obj)
             self._reported_errors.pop(key, None)
@@ -78,7 +78,7 @@ class Controller:
         self.metrics.managed.set(len(self.store.isvcs))
 
     def on_child(self, event_type: str | None, obj: Mapping[str, Any]) -> None:
-        self.metrics.watch_events.labels(kind=obj["kind"]).inc()
+        self.metrics.count(self.metrics.watch_events, obj["kind"])
         if event_type == "DELETED":
             affected = self.store.remove_child(obj)
         else:
@@ -132,7 +132,7 @@ class Controller:
                 await self.reconcile(key)
             except Exception as error:
                 delay = self.queue.retry_later(key)
-                self.metrics.reconciles.labels(result="error").inc()
+                self.metrics.count(self.metrics.reconciles, "error")
                 log.warning(
                     "reconcile failed, will retry",
                     exc_info=not isinstance(error, ApiError),
@@ -140,7 +140,7 @@ class Controller:
                 )
             else:
                 self.queue.succeeded(key)
-                self.metrics.reconciles.labels(result="success").inc()
+                self.metrics.count(self.metrics.reconciles, "success")
             finally:
                 self.queue.done(key)
                 self.metrics.reconcile_duration.observe(time.monotonic() - started)
@@ -200,9 +200,10 @@ class Controller:
         have_of = {id(want): have for want, have in zip(desired.objects, haves, strict=True)}
         errors: list[str] = []
         failed: ApiError | None = None
+        applied: list[str] = []
         for wave in _waves(desired.objects):
             results = await asyncio.gather(
-                *(self._ensure(key, want, have_of[id(want)]) for want in wave),
+                *(self._ensure(key, want, have_of[id(want)], applied) for want in wave),
                 return_exceptions=True,
             )
             for want, result in zip(wave, results, strict=True):
@@ -213,6 +214,8 @@ class Controller:
                     raise result
                 elif result is not None:
                     errors.append(result)
+        if applied:
+            log.info("applied", extra={"isvc": "/".join(key), "objects": applied})
         if failed is None:
             await self._prune(key, isvc, desired)
         return errors, failed
@@ -308,10 +311,11 @@ class Controller:
         return have
 
     async def _ensure(
-        self, key: Key, want: dict[str, Any], have: Mapping[str, Any] | None
+        self, key: Key, want: dict[str, Any], have: Mapping[str, Any] | None, applied: list[str]
     ) -> str | None:
         """Make one child (`have`: as it is now, ours) match `want`; return a message if that
-        cannot be done by retrying."""
+        cannot be done by retrying. What was written is added to `applied` ("Kind/name", and
+        " (new)" for a creation): one log line per reconciliation, not one per object."""
         kind, name = want["kind"], want["metadata"]["name"]
         if self._in_sync(key, want, have):
             return None
@@ -321,17 +325,14 @@ class Controller:
             if error.retriable or _going_away(error):
                 raise
             return f"{kind} {name}: {error.message}"
-        self.metrics.writes.labels(verb="apply", kind=kind).inc()
+        self.metrics.count(self.metrics.writes, "apply", kind)
         self.store.put_child(result)
         # what the API server answers to our apply is what we meant (force=true)
         self._verified.setdefault(key, {})[(kind, name)] = (
             _intent(want),
             self.store.content_version(key[0], kind, name),
         )
-        log.info(
-            "applied",
-            extra={"isvc": "/".join(key), "kind": kind, "object": name, "new": have is None},
-        )
+        applied.append(f"{kind}/{name}{' (new)' if have is None else ''}")
         return None
 
     def _in_sync(self, key: Key, want: Mapping[str, Any], have: Mapping[str, Any] | None) -> bool:
@@ -355,7 +356,7 @@ class Controller:
             if (kind, name) in keep or name in frozen or not owned_by(have, isvc.uid):
                 continue
             await self.api.delete(Ref.of(have), have["metadata"]["uid"])
-            self.metrics.writes.labels(verb="delete", kind=kind).inc()
+            self.metrics.count(self.metrics.writes, "delete", kind)
             self.store.remove_child(have)
             log.info("deleted", extra={"isvc": "/".join(key), "kind": kind, "object": name})
 
@@ -385,7 +386,7 @@ class Controller:
         )
         if computed != status.own_part(previous):
             result = await self.api.apply_status(obj, computed)
-            self.metrics.writes.labels(verb="status", kind=spec.KIND).inc()
+            self.metrics.count(self.metrics.writes, "status", spec.KIND)
             self.store.put_isvc(result)
         for change in transitions:
             await self.record_event(
@@ -437,7 +438,7 @@ class Controller:
                 extra={"isvc": "/".join(key_of(obj)), "reason": reason, "error": str(error)},
             )
             return
-        self.metrics.writes.labels(verb="event", kind="Event").inc()
+        self.metrics.count(self.metrics.writes, "event", "Event")
 
 
 def _waves(objects: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:

@@ -7,6 +7,7 @@ take over; `marfleet_operator_leader` says which one acts.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -67,6 +68,16 @@ class OperatorMetrics:
         )
         for result in ("success", "error"):
             self.reconciles.labels(result=result)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def count(self, counter: Counter, *label_values: str) -> None:
+        """Add one to `counter` for these label values. The labelled child is kept, as
+        `labels()` costs more than the increment and runs for every watch event and write."""
+        key = (id(counter), label_values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = counter.labels(*label_values)
+        child.inc()
 
 
 class HealthServer:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import orjson
 import yaml
 from marfleet.runtime.storage.uri import archive_filename, scheme_error
 
@@ -636,7 +637,7 @@ def _fresh(value: Any) -> Any:
     """`value` as JSON would carry it (tuples become lists), sharing nothing mutable."""
     if value is None or isinstance(value, str | int | float | bool):
         return value
-    return json.loads(json.dumps(value))
+    return orjson.loads(orjson.dumps(value))
 
 
 def _json_filter(value: Any) -> str:
@@ -665,6 +666,14 @@ def _fill(node: Any, values: list[Any]) -> Any:
             raise ValueError(f"a template uses a `json` value inside a longer string: {node!r}")
         return values[int(index)]
     return node
+
+
+def load_templates() -> None:
+    """Compile every template now, at start: a broken one stops the operator before it leads,
+    and the first InferenceServices do not wait for the compiler."""
+    env = _environment()
+    for name in env.list_templates():
+        env.get_template(name)
 
 
 @cache

@@ -6,8 +6,8 @@ all this module does: per resource (and per namespace when the operator serves a
 in pages, then watch from the list's resourceVersion with bookmarks; when the watch times out,
 watch on from the last version seen; when the API server answers 410 Gone (the version is too
 old), list again and report the objects that vanished meanwhile as deleted. Each event is one
-`json.loads` and one call; nothing is kept per object beyond what a relist needs to report a
-deletion. (kopf did this before, at several times the CPU per event: a task per object,
+decoding (orjson) and one call; nothing is kept per object beyond what a relist needs to
+report a deletion. (kopf did this before, at several times the CPU per event: a task per object,
 handler arguments, progress bookkeeping the operator never used; docs/scale.md.)
 
 A resource the API server does not serve (the CRD of an add-on that is not installed) is
@@ -17,7 +17,6 @@ asked for again with backoff, so its watch starts once the add-on is installed.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
+import orjson
 
 from .kube import ApiError, Credentials, api_error, ssl_context
 
@@ -73,6 +73,7 @@ class Session:
         self._server = creds.server.rstrip("/")
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(ssl=ssl_context(creds), limit=0),
+            cookie_jar=aiohttp.DummyCookieJar(),
             read_bufsize=READ_BUFFER,
             max_line_size=READ_BUFFER,
             max_field_size=READ_BUFFER,
@@ -204,7 +205,7 @@ class Watch:
             async for line in response.content:
                 if not line.strip():
                     continue
-                event = json.loads(line)
+                event = orjson.loads(line)
                 kind = event.get("type")
                 obj = event.get("object") or {}
                 if kind == "ERROR":
@@ -259,5 +260,5 @@ async def _json(response: aiohttp.ClientResponse) -> dict[str, Any]:
     body = await response.read()
     if response.status >= 400:
         raise api_error(response.status, response.reason or "", body)
-    parsed: dict[str, Any] = json.loads(body)
+    parsed: dict[str, Any] = orjson.loads(body)
     return parsed

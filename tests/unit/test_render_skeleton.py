@@ -4,12 +4,16 @@ uses a `json` value inside a longer string is refused rather than rendered wrong
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from marfleet.operator import render, spec
+from marfleet.operator.compare import intent_hash
+from marfleet.operator.labels import INTENT_HASH
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
 KEDA = render.RenderContext(
@@ -119,3 +123,17 @@ def test_a_value_inside_a_longer_string_is_a_template_error(tmp_path: Path) -> N
         render._RECORDING.reset(token)
     with pytest.raises(ValueError, match="inside a longer string"):
         render._fill(yaml.safe_load(text), recorded)
+
+
+def test_intent_hashes_are_those_of_the_standard_json_text() -> None:
+    """Live objects carry hashes of `json.dumps(sort_keys=True)` text from earlier versions:
+    the faster encoder must give the same hash for every example and spec, non-ASCII text
+    included, or an upgrade would re-apply every child."""
+    ctx = render.RenderContext(default_image="img")
+    objects = [o for obj in specs() for o in render.render(spec.parse(obj), ctx).objects]
+    assert any("\\u" in json.dumps(o) for o in objects)  # non-ASCII text is among them
+    for obj in objects:
+        annotations = {k: v for k, v in obj["metadata"]["annotations"].items() if k != INTENT_HASH}
+        manifest = {**obj, "metadata": {**obj["metadata"], "annotations": annotations}}
+        text = json.dumps(manifest, sort_keys=True, separators=(",", ":"))
+        assert intent_hash(obj) == hashlib.sha256(text.encode()).hexdigest()[:20]
