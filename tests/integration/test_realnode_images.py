@@ -1,8 +1,8 @@
 """marfleet's own images on the real node: the runtime image serves archives that the real
-torch-model-archiver made with this machine's PyTorch (the image has Debian's, an older one),
-among them TorchServe's MNIST example (a grayscale image handler) through marfleet's own `ts`
-package, as the image has no TorchServe; the operator image runs the operator's and the
-router's commands without PyTorch.
+torch-model-archiver made with this machine's PyTorch (the image has Debian's, an older one);
+the operator image runs the operator's and the router's commands without PyTorch. (TorchServe's
+MNIST example, a grayscale image handler, is served from the runtime image and compared with
+real TorchServe by the real-node scenario, tests/integration/test_realnode_scenario.py.)
 
 Pods run as the operator and the chart run them: a non-root user, a read-only root file
 system and an emptyDir at /tmp.
@@ -24,15 +24,8 @@ from marfleet.operator.render import CONTAINER_SECURITY, POD_SECURITY
 from e2e.images import Image, marfleet
 from e2e.localcluster import LocalCluster, realnode
 from e2e.support import wait_for
-from tests.handler_sources import MLP_HANDLER, MNIST_HANDLER, write_handler
-from tests.models import (
-    TinyDigitClassifier,
-    TinyMLP,
-    build,
-    image_bytes,
-    write_eager,
-    write_torchscript,
-)
+from tests.handler_sources import MLP_HANDLER, write_handler
+from tests.models import TinyMLP, build, write_eager, write_torchscript
 from tests.realnode import SharedRealNode
 from tests.serving import archive
 
@@ -126,23 +119,8 @@ def make_archives(folder: Path) -> Path:
     archive(store, "mlp", handler, serialized_file=write_torchscript(folder, TinyMLP))
     model_file, weights = write_eager(folder, TinyMLP, stem="eager_model")
     archive(store, "eager", handler, serialized_file=weights, model_file=model_file)
-    mnist = write_handler(folder, "mnist_handler", MNIST_HANDLER)
-    digits, digit_weights = write_eager(folder, TinyDigitClassifier, stem="digits")
-    archive(store, "mnist", mnist, serialized_file=digit_weights, model_file=digits)
     (store / "config.properties").write_text(SERVER_CONFIG)
     return store
-
-
-def local_answer(store: Path, name: str, body: bytes, workdir: Path) -> object:
-    """What `marfleet serve` on this machine answers for `body`: the handler run in-process."""
-    from marfleet.runtime.archive.reader import load_archive
-    from marfleet.runtime.handlers.service import InferenceRequest, ModelService
-
-    unpacked = load_archive(store / f"{name}.mar", workdir / name)
-    service = ModelService.load(unpacked.model_dir, gpu_id=None, batch_size=1)
-    (result,) = service.handle([InferenceRequest("r", body, "image/png", {}, {})])
-    assert result.status == 200, result.body
-    return json.loads(result.body)
 
 
 def test_runtime_image_serves_archives_made_with_a_newer_torch(node: Node, tmp_path: Path) -> None:
@@ -155,7 +133,7 @@ def test_runtime_image_serves_archives_made_with_a_newer_torch(node: Node, tmp_p
         "workingDir": "/tmp",
         "args": ["serve", "--foreground", "--ts-config", "/mnt/models/config.properties",
                  "--model-store", "/mnt/models",
-                 "--models", "mlp=mlp.mar", "eager=eager.mar", "mnist=mnist.mar"],
+                 "--models", "mlp=mlp.mar", "eager=eager.mar"],
         "volumeMounts": [{"name": "models", "mountPath": "/mnt/models", "readOnly": True}],
         "readinessProbe": {"httpGet": {"path": "/ping", "port": 8080}, "periodSeconds": 1},
     }  # fmt: skip
@@ -173,23 +151,14 @@ def test_runtime_image_serves_archives_made_with_a_newer_torch(node: Node, tmp_p
         answer = wait_for(partial(_prediction, url), 120, f"an answer from {url}")
         torch.testing.assert_close(torch.tensor(answer["scores"]), expected)
 
-    # A 28x28 grayscale PNG into a 1-channel model: no conversion to RGB, as in TorchServe.
-    digit = image_bytes("PNG", size=(28, 28), mode="L")
-    url = f"http://{address}:8080/predictions/mnist"
-    served = wait_for(partial(_prediction, url, content=digit), 120, f"an answer from {url}")
-    assert served == local_answer(store, "mnist", digit, tmp_path / "unpacked")
-
     loaded = json.loads(cluster.kubectl("exec", "serve", "--", "python3", "-c", LOAD_EAGER).stdout)
     assert loaded["torch"].startswith("2.6") and torch.__version__ != loaded["torch"]
     assert (loaded["uid"], loaded["status"]) == (1000, 200)
     torch.testing.assert_close(torch.tensor(loaded["answer"]["scores"]), expected)
 
 
-def _prediction(url: str, content: bytes | None = None) -> Any:
-    if content is None:
-        response = httpx.post(url, json=ROW, timeout=30)
-    else:
-        response = httpx.post(url, content=content, timeout=30)
+def _prediction(url: str) -> Any:
+    response = httpx.post(url, json=ROW, timeout=30)
     if response.status_code == 503:  # the worker is still loading the model
         return None
     assert response.status_code == 200, response.text
