@@ -104,6 +104,7 @@ async def _lead(
         for resource, handler in watched(controller)
         for namespace in namespaces
     ] + [Watch(session, resource, "", handler) for resource, handler in addon_crds(controller)]
+    controller.children_listed = lambda: all(w.synced.is_set() for w in watches)
     tasks: set[asyncio.Task[Any]] = {
         asyncio.create_task(w.run(), name=f"watch {w.name}") for w in watches
     }

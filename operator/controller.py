@@ -59,6 +59,13 @@ class Controller:
         self.addons: set[str] = set()
         self._reported_errors: dict[Key, tuple[str, ...]] = {}
         self._rendered: dict[Key, _Rendered] = {}
+        self.children_listed: Callable[[], bool] = lambda: False
+        """Whether every child watch has listed, so that the store holds every child of ours
+        (app.py wires it to the watches; until it says so, children the store lacks are read
+        from the API server, never presumed new)."""
+        self._name_conflicts: set[Key] = set()
+        """InferenceServices one of whose names was found taken: their children are read
+        before anything is applied (see _apply_all)."""
         self._verified: dict[Key, dict[tuple[str, str], tuple[str, int]]] = {}
         """Per child: (intent hash, the store's content version) last found in sync, so a
         requeue by a status event neither renders nor compares anything."""
@@ -71,6 +78,7 @@ class Controller:
             self._reported_errors.pop(key, None)
             self._rendered.pop(key, None)
             self._verified.pop(key, None)
+            self._name_conflicts.discard(key)
         else:
             changed = self.store.put_isvc(obj)
             if changed is not None:
@@ -184,28 +192,50 @@ class Controller:
         everything else depends on it by name (an autoscaler on the Deployment, the router
         Deployment on its ServiceAccount, the RoleBinding on both, the router on the variant
         Services), so applying the rest would scale, bind or route to the other object.
+        A child the store does not hold is created only if its name is free (`apply_new`: one
+        call, no read first), in waves, so that nothing is created before what it names is
+        known to be ours; when a name turns out taken, what this pass created is deleted
+        again, and from then on this InferenceService's names are read before anything is
+        applied, until none is taken (as every name the store lacks is read while the watches
+        have not listed).
         An error the API server answers with 5xx is reported like a refusal (the status says
         what the server said) and retried with backoff, since it may not go away by itself."""
-        haves = await asyncio.gather(
-            *(self._stored_or_live(key, Ref.of(want)) for want in desired.objects)
-        )
+        if key in self._name_conflicts or not self.children_listed():
+            haves = await asyncio.gather(
+                *(self._stored_or_live(key, Ref.of(want)) for want in desired.objects)
+            )
+        else:
+            haves = [
+                self.store.child(key, want["kind"], want["metadata"]["name"])
+                for want in desired.objects
+            ]
         taken = [
-            f"{want['kind']} {want['metadata']['name']} already exists and is not this "
-            "InferenceService's; delete or rename it, or rename this InferenceService or variant"
+            _taken(want)
             for want, have in zip(desired.objects, haves, strict=True)
             if have is not None and not owned_by(have, isvc.uid)
         ]
         if taken:
-            return [*taken, "nothing is applied while a name is taken"], None
+            self._name_conflicts.add(key)
+            return [*taken, NOTHING_APPLIED], None
+        self._name_conflicts.discard(key)
         have_of = {id(want): have for want, have in zip(desired.objects, haves, strict=True)}
         errors: list[str] = []
         failed: ApiError | None = None
         applied: list[str] = []
+        created: list[Mapping[str, Any]] = []
         for wave in _waves(desired.objects):
             results = await asyncio.gather(
-                *(self._ensure(key, want, have_of[id(want)], applied) for want in wave),
+                *(
+                    self._ensure(key, isvc, want, have_of[id(want)], applied, created)
+                    for want in wave
+                ),
                 return_exceptions=True,
             )
+            taken = [str(r) for r in results if isinstance(r, NameTaken)]
+            if taken:
+                await self._take_back(key, created)
+                self._name_conflicts.add(key)
+                return [*taken, NOTHING_APPLIED], None
             for want, result in zip(wave, results, strict=True):
                 if isinstance(result, ApiError) and result.status >= 500:
                     errors.append(f"{want['kind']} {want['metadata']['name']}: {result.message}")
@@ -289,14 +319,15 @@ class Controller:
         return missing
 
     async def _router_ready(self, key: Key, isvc: spec.InferenceService) -> bool:
-        """Whether a router pod can take the stable Service's traffic. The router Deployment is
-        read from the API server when the store has not seen it yet (just after a restart,
-        before its watch has listed it): judging it absent then would point the stable
-        Service away from the router and back."""
+        """Whether a router pod can take the stable Service's traffic. Before the watches have
+        listed (just after a restart) the router Deployment is read from the API server when
+        the store has not seen it yet: judging it absent then would point the stable Service
+        away from the router and back."""
         if not isvc.multi_variant:
             return False
-        ref = Ref("apps/v1", "Deployment", key[0], labels.router_name(isvc))
-        await self._stored_or_live(key, ref)
+        if not self.children_listed():
+            ref = Ref("apps/v1", "Deployment", key[0], labels.router_name(isvc))
+            await self._stored_or_live(key, ref)
         return traffic.router_ready(isvc, self.store.children_of(key))
 
     async def _stored_or_live(self, key: Key, ref: Ref) -> Mapping[str, Any] | None:
@@ -311,20 +342,56 @@ class Controller:
         return have
 
     async def _ensure(
-        self, key: Key, want: dict[str, Any], have: Mapping[str, Any] | None, applied: list[str]
+        self,
+        key: Key,
+        isvc: spec.InferenceService,
+        want: dict[str, Any],
+        have: Mapping[str, Any] | None,
+        applied: list[str],
+        created: list[Mapping[str, Any]],
     ) -> str | None:
-        """Make one child (`have`: as it is now, ours) match `want`; return a message if that
-        cannot be done by retrying. What was written is added to `applied` ("Kind/name", and
-        " (new)" for a creation): one log line per reconciliation, not one per object."""
+        """Make one child (`have`: as it is now, ours, or None when the store holds none) match
+        `want`; return a message if that cannot be done by retrying, raise NameTaken if its
+        name is someone else's. What was written is added to `applied` ("Kind/name", and
+        " (new)" for a creation): one log line per reconciliation, not one per object; what
+        was created, to `created`."""
         kind, name = want["kind"], want["metadata"]["name"]
+        if have is None:
+            try:
+                result = await self.api.apply_new(want)
+            except ApiError as error:
+                if error.status != 409:
+                    return self._refused(error, kind, name)
+                have = await self.api.get(Ref.of(want))
+                if have is None:
+                    raise  # deleted in between: retry
+                self.store.put_child(have)
+                if not owned_by(have, isvc.uid):
+                    raise NameTaken(_taken(want)) from None
+            else:
+                self._written(key, want, result)
+                applied.append(f"{kind}/{name} (new)")
+                created.append(result)
+                return None
         if self._in_sync(key, want, have):
             return None
         try:
             result = await self.api.apply(want)
         except ApiError as error:
-            if error.retriable or _going_away(error):
-                raise
-            return f"{kind} {name}: {error.message}"
+            return self._refused(error, kind, name)
+        self._written(key, want, result)
+        applied.append(f"{kind}/{name}")
+        return None
+
+    @staticmethod
+    def _refused(error: ApiError, kind: str, name: str) -> str:
+        """The message for an apply the API server refused for good; re-raise the rest."""
+        if error.retriable or _going_away(error):
+            raise error
+        return f"{kind} {name}: {error.message}"
+
+    def _written(self, key: Key, want: Mapping[str, Any], result: dict[str, Any]) -> None:
+        kind, name = want["kind"], want["metadata"]["name"]
         self.metrics.count(self.metrics.writes, "apply", kind)
         self.store.put_child(result)
         # what the API server answers to our apply is what we meant (force=true)
@@ -332,8 +399,20 @@ class Controller:
             _intent(want),
             self.store.content_version(key[0], kind, name),
         )
-        applied.append(f"{kind}/{name}{' (new)' if have is None else ''}")
-        return None
+
+    async def _take_back(self, key: Key, created: list[Mapping[str, Any]]) -> None:
+        """Delete what this reconciliation created, a name having turned out taken."""
+        for obj in created:
+            await self.api.delete(Ref.of(obj), obj["metadata"]["uid"])
+            self.metrics.count(self.metrics.writes, "delete", obj["kind"])
+            self.store.remove_child(obj)
+        log.warning(
+            "a name is taken: took back what this pass created",
+            extra={
+                "isvc": "/".join(key),
+                "objects": [f"{o['kind']}/{o['metadata']['name']}" for o in created],
+            },
+        )
 
     def _in_sync(self, key: Key, want: Mapping[str, Any], have: Mapping[str, Any] | None) -> bool:
         if have is None:
@@ -442,12 +521,35 @@ class Controller:
 
 
 def _waves(objects: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """The children in the order they can be applied: RoleBindings after the rest. The API
-    server checks a RoleBinding against its Role (the operator may grant only what it holds,
-    having no `bind` verb), and refuses it with NotFound while the Role does not exist yet."""
-    later = [o for o in objects if o["kind"] == "RoleBinding"]
-    first = [o for o in objects if o["kind"] != "RoleBinding"]
-    return [wave for wave in (first, later) if wave]
+    """The children in the order they can be created: each after every child it names.
+    A Deployment names its ConfigMap (and the router's, its ServiceAccount and the variant
+    Services); a RoleBinding its Role and ServiceAccount (the API server checks it against the
+    Role, the operator holding no `bind` verb, and refuses it while the Role does not exist);
+    an autoscaler or a PodDisruptionBudget its Deployment. Children are created only if their
+    name is free, so nothing is made to point at someone else's object by name."""
+    waves: list[list[dict[str, Any]]] = [[], [], []]
+    for obj in objects:
+        waves[_WAVE.get(obj["kind"], len(waves) - 1)].append(obj)
+    return [wave for wave in waves if wave]
+
+
+_WAVE = {"ConfigMap": 0, "Service": 0, "ServiceAccount": 0, "Role": 0}
+_WAVE |= {"Deployment": 1, "RoleBinding": 1}
+"""Each kind's wave (`_waves`); any other kind (autoscalers, PodDisruptionBudgets,
+ServiceMonitors) goes last."""
+
+NOTHING_APPLIED = "nothing is applied while a name is taken"
+
+
+class NameTaken(Exception):
+    """A child's name is held by an object that is not this InferenceService's."""
+
+
+def _taken(want: Mapping[str, Any]) -> str:
+    return (
+        f"{want['kind']} {want['metadata']['name']} already exists and is not this "
+        "InferenceService's; delete or rename it, or rename this InferenceService or variant"
+    )
 
 
 @dataclass(frozen=True)

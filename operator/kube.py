@@ -224,6 +224,17 @@ class KubeAPI:
         """Server-side apply `obj` under the operator's field manager; return the result."""
         return await self._apply(Ref.of(obj).path(), obj)
 
+    async def apply_new(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """Server-side apply `obj` only if no object has its name; else a 409 ApiError.
+
+        The body carries resourceVersion "1", which no stored object has (etcd's revisions
+        start above it): the API server ignores it when the apply creates the object and
+        checks it as a precondition when the object exists. So a free name is taken in one
+        call, with the same field ownership as any apply, and an existing object (someone
+        else's, or one of ours the watch has not delivered yet) is left untouched."""
+        meta = {**obj["metadata"], "resourceVersion": "1"}
+        return await self._apply(Ref.of(obj).path(), {**obj, "metadata": meta})
+
     async def apply_status(
         self,
         owner: Mapping[str, Any],

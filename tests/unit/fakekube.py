@@ -5,8 +5,9 @@ writes, in which order, on which picture) without a cluster; the real API server
 is covered by the integration tests (tests/integration/test_operator*.py). It keeps what a
 decision depends on: objects by (apiVersion, kind, namespace, name), a resourceVersion bumped
 on every write, uids, optimistic concurrency on PUT (409 on a stale resourceVersion), and a
-server-side apply that replaces the applied fields and keeps the status. Every call is
-recorded in `calls`, every write also in `writes`; `fail` queues errors for the next calls.
+server-side apply that replaces the applied fields and keeps the status, and one that creates
+only (`apply_new`, refused as "apply-refused" when the name exists). Every call is recorded in
+`calls`, every write also in `writes`; `fail` queues errors for the next calls.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class FakeKubeAPI:
     # ----- what tests read -----
     @property
     def writes(self) -> list[tuple[str, str, str]]:
-        return [call for call in self.calls if call[0] not in ("get", "exists")]
+        return [call for call in self.calls if call[0] not in ("get", "exists", "apply-refused")]
 
     def put(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         """Store an object as if someone else had created it (not recorded as a call)."""
@@ -77,6 +78,15 @@ class FakeKubeAPI:
             new["status"] = old["status"]
         self.objects[key] = new
         return copy.deepcopy(new)
+
+    async def apply_new(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """Like the API server, a resourceVersion in an apply is a precondition when the
+        object exists (none has "1") and ignored when the apply creates it."""
+        if object_key(Ref.of(obj)) in self.objects:
+            self._record("apply-refused", obj["kind"], obj["metadata"]["name"])
+            raise ApiError(409, "Conflict", "the object has been modified")
+        meta = {k: v for k, v in obj["metadata"].items() if k != "resourceVersion"}
+        return await self.apply({**obj, "metadata": meta})
 
     async def apply_status(
         self, owner: Mapping[str, Any], status: Mapping[str, Any], manager: str = ""

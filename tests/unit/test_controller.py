@@ -54,6 +54,7 @@ class Harness:
             render=RenderContext(default_image="img"), identity="test", now=lambda: "T"
         )
         self.controller = Controller(cast(KubeAPI, self.api), settings, OperatorMetrics())
+        self.controller.children_listed = lambda: True  # the helpers below play the watches
 
     def create(self, obj: dict[str, Any]) -> dict[str, Any]:
         stored = self.api.put(obj)
@@ -285,6 +286,7 @@ def test_a_restart_before_the_children_are_listed_reads_them_and_writes_nothing(
 ) -> None:
     converge(h, isvc("a", "b"))
     restarted = Harness(h.api)
+    restarted.controller.children_listed = lambda: False
     restarted.controller.on_inferenceservice(
         "ADDED", copy.deepcopy(h.api.stored(API_VERSION, KIND, NS, "m"))
     )
@@ -398,11 +400,20 @@ def test_a_deployment_someone_else_owns_gets_no_autoscaler_service_or_config(h: 
     )
     h.create(isvc())
     writes = h.reconcile()
-    assert [w for w in writes if w[0] == "apply"] == [], writes
+    assert ("apply-refused", "Deployment", "m-main") in h.api.calls
+    assert ("apply", "HorizontalPodAutoscaler", "m-main") not in writes, "never created"
     assert h.api.stored("apps/v1", "Deployment", NS, "m-main") == theirs
+    assert h.children() == {("Deployment", "m-main")}, "what the first wave made is taken back"
     assert h.condition("Ready") == ("False", "ApplyFailed")
     message = next(c for c in h.status()["conditions"] if c["type"] == "Ready")["message"]
     assert "Deployment m-main already exists and is not this InferenceService's" in message
+    h.api.calls.clear()
+    assert h.reconcile() == [], "from now on the names are read first: nothing is created"
+    assert {verb for verb, _, _ in h.api.calls} == {"get"}
+    h.controller.on_child("DELETED", h.api.objects.pop(("apps/v1", "Deployment", NS, "m-main")))
+    h.reconcile()
+    assert h.condition("Ready")[1] != "ApplyFailed", "once the name is free, it is used"
+    assert ("Deployment", "m-main") in h.children()
 
 
 def test_a_server_error_is_reported_in_the_status_and_retried(h: Harness) -> None:
@@ -431,3 +442,17 @@ def test_a_spec_the_tenancy_policy_refuses_creates_nothing(h: Harness) -> None:
     assert [w for w in writes if w[0] == "apply"] == [], writes
     assert h.condition("Ready") == ("False", "PolicyRefused")
     assert ("Warning", "PolicyRefused") in h.events()
+
+
+def test_a_child_of_ours_the_watch_has_not_delivered_is_read_not_created_twice(
+    h: Harness,
+) -> None:
+    converge(h, isvc())
+    config = h.api.stored("v1", "ConfigMap", NS, "m-main")
+    h.controller.store.remove_child(config)  # as if its watch event were still on the way
+    h.controller.queue.add(KEY)
+    h.api.calls.clear()
+    assert h.reconcile() == [], "found ours and in sync: nothing written"
+    assert ("apply-refused", "ConfigMap", "m-main") in h.api.calls
+    assert ("get", "ConfigMap", "m-main") in h.api.calls
+    assert h.condition("Ready")[1] != "ApplyFailed"
