@@ -403,6 +403,10 @@ def run_one(
         cpu_settled = cpu_seconds(pid) - cpu0
         user1, system1 = cpu_user_system(pid)
         writes = operator.total("marfleet_operator_writes_total") - writes0
+        by_verb = Counter[str]()
+        for sample, value in operator.metrics().items():
+            if sample.startswith("marfleet_operator_writes_total{"):
+                by_verb[sample.split('verb="', 1)[1].split('"', 1)[0]] += value
         reconciles = operator.total("marfleet_operator_reconciles_total") - reconciles0
         counted = {m: operator.total(m) - counted0[m] for m in COUNTED}
         result.update(
@@ -421,6 +425,7 @@ def run_one(
                 round(1000 * (system1 - system0) / count, 1),
             ),
             writes_per_isvc=round(writes / count, 2),
+            writes_per_isvc_by_verb={v: round(n / count, 2) for v, n in sorted(by_verb.items())},
             reconciles_per_isvc=round(reconciles / count, 2),
             **{
                 f"{name}_per_isvc": round(value / count, 2)
