@@ -5,9 +5,11 @@ credentials refreshed where it refreshes them), addressed by apiVersion/kind thr
 table of the kinds the operator touches, so manifests stay plain dicts from renderer to wire:
 a request is one JSON encoding, one HTTP call on a pooled connection and one decoding (orjson:
 several times cheaper than the standard library, and most of the operator's CPU is API traffic).
-Calls are asynchronous, on the event loop that runs the watches and the workers (aiohttp):
-a synchronous client in a thread pool cost about twice the CPU per call, in thread hand-offs
-and urllib3's request path, and capped concurrency at its thread count (docs/scale.md).
+Calls are asynchronous, on the event loop that runs the watches and the workers, through the
+router's keep-alive HTTP/1.1 client (runtime/router/upstream.py: an asyncio Protocol feeding
+httptools, TLS, a deadline per exchange): aiohttp cost about twice the CPU per call in URL,
+header and cookie machinery the operator has no use for, and a synchronous client in a thread
+pool more again, in thread hand-offs (docs/scale.md). At most `connections` calls are in flight.
 Writes are server-side apply under one field manager with `force`, so the operator reclaims
 fields a person changed by hand, and everything else in an object (fields set by other
 managers) is left alone.
@@ -15,19 +17,27 @@ managers) is left alone.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from http import HTTPStatus
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
-import aiohttp
 import orjson
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
+from marfleet.runtime.router.upstream import (
+    RESET,
+    BodyStream,
+    Timeouts,
+    UpstreamError,
+    UpstreamPool,
+)
 
 from .spec import API_VERSION, KIND, PLURAL
 
@@ -137,26 +147,25 @@ class KubeAPI:
                 k8s_config.load_kube_config(client_configuration=configuration)
         self._configuration = configuration
         self._connections = connections
-        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=5.0)
-        self._session: aiohttp.ClientSession | None = None
+        self._timeouts = Timeouts(connect=5.0, response=timeout, idle=IDLE_SECONDS)
+        server = urlsplit(configuration.host)
+        self._prefix = server.path.rstrip("/")
+        self._host_header = server.netloc
+        self._pool: UpstreamPool | None = None
+        self._slots = asyncio.Semaphore(connections)
         self._authorization: str | None = None
         self._authorization_until = 0.0
 
     async def open(self) -> None:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(
-                ssl=ssl_context(self.credentials()), limit=self._connections
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=self._timeout,
-                cookie_jar=aiohttp.DummyCookieJar(),  # the API server sets none
-            )
+        if self._pool is None:
+            host = self._configuration.host
+            tls = ssl_context(self.credentials()) if host.startswith("https:") else None
+            self._pool = UpstreamPool(host, self._timeouts, tls=tls, max_idle=self._connections)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
     async def __aenter__(self) -> KubeAPI:
         await self.open()
@@ -289,28 +298,64 @@ class KubeAPI:
         content_type: str = "application/json",
         accept: str = "application/json",
     ) -> dict[str, Any]:
-        assert self._session is not None, "KubeAPI.open() first"
-        headers = {"Accept": accept, "Content-Type": content_type}
-        token = self.authorization()
-        if token:
-            headers["Authorization"] = token
-        url = f"{self._configuration.host}{path}"
+        assert self._pool is not None, "KubeAPI.open() first"
+        target = self._prefix + path
         params = list(query)
         if params:
-            url += "?" + urlencode(params)
-        data = None if body is None else orjson.dumps(body)
+            target += "?" + urlencode(params)
+        data = b"" if body is None else orjson.dumps(body)
+        head = [
+            f"{method} {target} HTTP/1.1",
+            f"Host: {self._host_header}",
+            f"Accept: {accept}",
+            f"Content-Type: {content_type}",
+            f"Content-Length: {len(data)}",
+            "User-Agent: marfleet-operator",
+        ]
+        token = self.authorization()
+        if token:
+            head.append(f"Authorization: {token}")
+        request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + data
         try:
-            async with self._session.request(method, url, data=data, headers=headers) as response:
-                answer = await response.read()
-                status, reason = response.status, response.reason or ""
-        except (OSError, aiohttp.ClientError, TimeoutError) as error:
-            raise ApiError(0, type(error).__name__, str(error) or "no answer in time") from None
-        if status >= 400:
-            if status == 401:
+            async with self._slots:
+                reply = await self._pool.request(request)
+                answer = reply.body if reply.stream is None else await _whole(reply.stream)
+        except UpstreamError as error:
+            raise ApiError(0, error.reason, error.message) from None
+        if reply.status >= 400:
+            if reply.status == 401:
                 self._authorization_until = 0.0  # ask the configuration again next time
-            raise api_error(status, reason, answer)
+            raise api_error(reply.status, _phrase(reply.status), answer)
         parsed: dict[str, Any] = orjson.loads(answer) if answer else {}
         return parsed
+
+
+IDLE_SECONDS = 30.0
+"""An idle connection to the API server is closed after this long (the server's own idle
+timeout is longer)."""
+MAX_ANSWER_BYTES = 64 << 20
+"""The largest answer read from the API server (a LIST page of 500 large objects is far
+smaller); beyond it the call fails rather than the operator's memory growing."""
+
+
+async def _whole(stream: BodyStream) -> bytes:
+    """A streamed (chunked) answer's body, up to MAX_ANSWER_BYTES."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in stream:
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            stream.close()
+            raise UpstreamError(RESET, f"the API server's answer exceeds {MAX_ANSWER_BYTES} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
 
 
 METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"

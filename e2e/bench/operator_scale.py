@@ -403,10 +403,11 @@ def run_one(
         cpu_settled = cpu_seconds(pid) - cpu0
         user1, system1 = cpu_user_system(pid)
         writes = operator.total("marfleet_operator_writes_total") - writes0
-        by_verb = Counter[str]()
+        by_verb: dict[str, float] = {}
         for sample, value in operator.metrics().items():
             if sample.startswith("marfleet_operator_writes_total{"):
-                by_verb[sample.split('verb="', 1)[1].split('"', 1)[0]] += value
+                verb = sample.split('verb="', 1)[1].split('"', 1)[0]
+                by_verb[verb] = by_verb.get(verb, 0.0) + value
         reconciles = operator.total("marfleet_operator_reconciles_total") - reconciles0
         counted = {m: operator.total(m) - counted0[m] for m in COUNTED}
         result.update(
