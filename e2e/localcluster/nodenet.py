@@ -10,6 +10,7 @@ route to the node's pod subnet through it; both vanish with the link.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,7 +108,30 @@ def _configure(net: NodeNet) -> None:
 
 
 def delete(cluster: str) -> None:
-    """Remove the namespace; its links, bridge, rules and the host's veth end go with it."""
+    """Remove the namespace; its links, bridge and rules go with it. The host's veth end is
+    deleted first, explicitly: the kernel tears a deleted namespace's links down in the
+    background, so the host end would otherwise outlive `down` by a moment (and a cluster
+    brought up right after could find its link name taken)."""
     path = Path("/run/netns") / netns_name(cluster)
     if path.exists():
+        host_end = _host_end(path.name)
+        if host_end:
+            _run("ip", "link", "delete", host_end)  # deletes both ends of the pair
         _run("ip", "netns", "delete", path.name)
+
+
+def _host_end(netns: str) -> str:
+    """The host's `marfleet<slot>` link paired with the namespace's uplink, or "" if none."""
+    found = subprocess.run(
+        ["ip", "netns", "exec", netns, "cat", f"/sys/class/net/{UPLINK}/iflink"],
+        capture_output=True,
+        text=True,
+    )
+    if found.returncode != 0:
+        return ""
+    index = found.stdout.strip()
+    for link in Path("/sys/class/net").glob("marfleet*"):
+        with contextlib.suppress(OSError):
+            if (link / "ifindex").read_text().strip() == index:
+                return link.name
+    return ""
