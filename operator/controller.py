@@ -16,12 +16,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from . import compare, labels, render, rollout, spec, status, tenancy, traffic
+from . import compare, labels, references, render, rollout, spec, status, tenancy, traffic
 from .kube import FIELD_MANAGER, ApiError, KubeAPI, Ref
 from .metrics import OperatorMetrics
 from .store import Key, Store, key_of, owned_by
@@ -223,27 +223,25 @@ class Controller:
         failed: ApiError | None = None
         applied: list[str] = []
         created: list[Mapping[str, Any]] = []
-        for wave in _waves(desired.objects):
-            results = await asyncio.gather(
-                *(
-                    self._ensure(key, isvc, want, have_of[id(want)], applied, created)
-                    for want in wave
-                ),
-                return_exceptions=True,
-            )
-            taken = [str(r) for r in results if isinstance(r, NameTaken)]
-            if taken:
-                await self._take_back(key, created)
-                self._name_conflicts.add(key)
-                return [*taken, NOTHING_APPLIED], None
-            for want, result in zip(wave, results, strict=True):
-                if isinstance(result, ApiError) and result.status >= 500:
-                    errors.append(f"{want['kind']} {want['metadata']['name']}: {result.message}")
-                    failed = result
-                elif isinstance(result, BaseException):
-                    raise result
-                elif result is not None:
-                    errors.append(result)
+        results = await _in_dependency_order(
+            desired.objects,
+            lambda want: self._ensure(key, isvc, want, have_of[id(want)], applied, created),
+        )
+        taken = [str(r) for r in results if isinstance(r, NameTaken)]
+        if taken:
+            await self._take_back(key, created)
+            self._name_conflicts.add(key)
+            return [*taken, NOTHING_APPLIED], None
+        for want, result in zip(desired.objects, results, strict=True):
+            if isinstance(result, _Unmet):
+                continue
+            if isinstance(result, ApiError) and result.status >= 500:
+                errors.append(f"{want['kind']} {want['metadata']['name']}: {result.message}")
+                failed = result
+            elif isinstance(result, BaseException):
+                raise result
+            elif result is not None:
+                errors.append(result)
         if applied:
             log.info("applied", extra={"isvc": "/".join(key), "objects": applied})
         if failed is None:
@@ -520,23 +518,38 @@ class Controller:
         self.metrics.count(self.metrics.writes, "event", "Event")
 
 
-def _waves(objects: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """The children in the order they can be created: each after every child it names.
-    A Deployment names its ConfigMap (and the router's, its ServiceAccount and the variant
-    Services); a RoleBinding its Role and ServiceAccount (the API server checks it against the
-    Role, the operator holding no `bind` verb, and refuses it while the Role does not exist);
-    an autoscaler or a PodDisruptionBudget its Deployment. Children are created only if their
-    name is free, so nothing is made to point at someone else's object by name."""
-    waves: list[list[dict[str, Any]]] = [[], [], []]
-    for obj in objects:
-        waves[_WAVE.get(obj["kind"], len(waves) - 1)].append(obj)
-    return [wave for wave in waves if wave]
+async def _in_dependency_order(
+    objects: Sequence[dict[str, Any]],
+    ensure: Callable[[dict[str, Any]], Awaitable[str | None]],
+) -> list[str | BaseException | None]:
+    """`ensure` each child as soon as every child it names has been ensured, all at once
+    otherwise; the results (or exceptions) in the order of `objects`. A child whose
+    prerequisite raised is not ensured (its result is `_Unmet`).
+
+    Children are created only if their name is free, so nothing may be made to point at
+    someone else's object by name: a child waits for what it names (`references.named_by`), and
+    only for that, so a slow creation (a Service waits for its cluster IP, which the API
+    server allocates one at a time) holds up nothing that does not name it."""
+    present = {(o["kind"], o["metadata"]["name"]) for o in objects}
+    tasks: dict[tuple[str, str], asyncio.Task[str | None]] = {}
+
+    async def one(want: dict[str, Any]) -> str | None:
+        for ref in references.named_by(want) & present:
+            try:
+                await asyncio.shield(tasks[ref])
+            except BaseException as error:
+                raise _Unmet(f"{ref[0]} {ref[1]}") from error
+        return await ensure(want)
+
+    # every child's task exists before any runs (a task waits on its prerequisites' tasks)
+    for want in objects:
+        tasks[(want["kind"], want["metadata"]["name"])] = asyncio.ensure_future(one(want))
+    return await asyncio.gather(*tasks.values(), return_exceptions=True)
 
 
-_WAVE = {"ConfigMap": 0, "Service": 0, "ServiceAccount": 0, "Role": 0}
-_WAVE |= {"Deployment": 1, "RoleBinding": 1}
-"""Each kind's wave (`_waves`); any other kind (autoscalers, PodDisruptionBudgets,
-ServiceMonitors) goes last."""
+class _Unmet(Exception):
+    """A child was not ensured: a child it names could not be."""
+
 
 NOTHING_APPLIED = "nothing is applied while a name is taken"
 

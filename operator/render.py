@@ -42,6 +42,8 @@ CONFIG_DIR = "/etc/marfleet"
 TLS_DIR = "/etc/marfleet/tls"
 """spec.tls: the server's certificate and key (tls.crt, tls.key), in the server container only."""
 UPSTREAM_CA_DIR = "/etc/marfleet/upstream-ca"
+ROUTER_BACKENDS_ENV = "MARFLEET_ROUTER_BACKENDS"
+"""The router's variants and their Service URLs (JSON), read by `marfleet router`."""
 """spec.tls: the router's CA (only the Secret's caKey, as ca.crt), to verify the variants."""
 TLS_FILE_MODE = 0o440  # read by the runtime user through the pod's fsGroup
 DRAIN_SECONDS = 5
@@ -564,7 +566,7 @@ def router_deployment(isvc: InferenceService, ctx: RenderContext) -> dict[str, A
                 "name": "MARFLEET_NAMESPACE",
                 "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
             },
-            {"name": "MARFLEET_ROUTER_BACKENDS", "value": json.dumps(backends)},
+            {"name": ROUTER_BACKENDS_ENV, "value": json.dumps(backends)},
         ],
         ports=PORTS,
         drain_seconds=DRAIN_SECONDS,
