@@ -45,7 +45,8 @@ class Condition:
 class Transition:
     """A condition whose status changed, or that appeared False for a reason other than
     progress: worth a Kubernetes Event. (A new object's conditions appearing True, or False
-    while its children are being created, are not news.)"""
+    while its children are being created, are not news; nor is a part of Ready that changed
+    with Ready the same way for the same reason: Ready's Event says it.)"""
 
     type: str
     status: str
@@ -258,7 +259,23 @@ def _with_transitions(
         expected = cond.status or cond.reason in PROGRESSING
         if changed and not (not old and expected):
             transitions.append(Transition(cond.type, status, cond.reason, cond.message))
-    return conditions, transitions
+    return conditions, _folded_into_ready(transitions)
+
+
+def _folded_into_ready(transitions: list[Transition]) -> list[Transition]:
+    """Without the transitions Ready's own says: a part that became True with Ready (Ready's
+    message names every part), or False for the reason Ready gives (Ready carries its
+    message). An Event is a write, and one InferenceService coming up made three."""
+    ready = next((t for t in transitions if t.type == READY), None)
+    if ready is None:
+        return transitions
+    return [
+        t
+        for t in transitions
+        if t is ready
+        or t.status != ready.status
+        or (t.status == "False" and t.reason != ready.reason)
+    ]
 
 
 def _variant_status(

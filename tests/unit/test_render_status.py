@@ -128,7 +128,8 @@ def test_transition_time_moves_only_with_status() -> None:
     assert (models["status"], models["lastTransitionTime"]) == ("False", T0)
     ready, transitions = compute(isvc_obj(), children(), previous=creating, now=T1)
     assert next(c for c in ready["conditions"] if c["type"] == "Ready")["lastTransitionTime"] == T1
-    assert {(t.type, t.status) for t in transitions} == {("Ready", "True"), ("ModelsReady", "True")}
+    # ModelsReady became True with Ready, whose Event says so: one Event, not two
+    assert [(t.type, t.status) for t in transitions] == [("Ready", "True")]
 
 
 def test_rollout_in_progress_is_not_ready() -> None:
@@ -181,9 +182,9 @@ def test_unsupported_uri_is_reported() -> None:
 
 def test_a_new_object_with_a_real_problem_gets_an_event() -> None:
     _, transitions = compute(isvc_obj(uri="s3://Bucket/b.mar"), {})
+    # one Event: ModelsReady fails for the reason Ready gives, with the same message
     assert [(t.type, t.status, t.reason) for t in transitions] == [
         ("Ready", "False", "UnsupportedModelURI"),
-        ("ModelsReady", "False", "UnsupportedModelURI"),
     ]
 
 
