@@ -400,6 +400,7 @@ def variant_service(isvc: InferenceService, variant: Variant) -> dict[str, Any]:
         extra_labels={labels.SCRAPE: "true"},
         selector=labels.variant_selector(isvc, variant.name),
         service_ports=[_service_port(port, port) for port in PORTS],
+        headless=True,
     )
 
 
@@ -421,6 +422,7 @@ def stable_service(isvc: InferenceService, plan: traffic.TrafficPlan) -> dict[st
         extra_labels=extra,
         selector=plan.selector,
         service_ports=ports,
+        headless=False,
     )
 
 

@@ -8,8 +8,9 @@ name only says whether a call streams (TorchServe's StreamPredictions answers a 
 StreamPredictions2 streams both ways; everything else is unary). The answer's initial
 metadata carries `x-marfleet-variant`, upstream errors keep their code and details, and each
 answer is counted per variant with the HTTP status its code stands for (`grpc_codes`).
-Mirroring stays HTTP-only. A variant whose HTTP backend is `https://` is called over TLS here
-too, verified against the same CA.
+Mirroring stays HTTP-only. Calls to a variant go round robin over its pods (the addresses its
+headless Service's name resolves to), as HTTP requests do. A variant whose HTTP backend is
+`https://` is called over TLS here too, verified against the same CA.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ from marfleet.runtime.server.grpc_codes import http_status
 _SERVER_STREAMS = frozenset({"StreamPredictions"})
 _BIDI_STREAMS = frozenset({"StreamPredictions2"})
 _NOT_FORWARDED = frozenset({"user-agent", "te", "content-type", "grpc-accept-encoding"})
+
+_BALANCED = [("grpc.lb_policy_name", "round_robin")]
+"""Calls spread over every address the variant's name resolves to (each pod of a headless
+Service); gRPC's default, pick_first, would send all of them down one connection to one pod."""
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
@@ -54,9 +59,9 @@ class GrpcProxy(grpc.GenericRpcHandler):
         self._metrics = metrics
         credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
         self._channels = {
-            variant: grpc.aio.secure_channel(target, credentials)
+            variant: grpc.aio.secure_channel(f"dns:///{target}", credentials, _BALANCED)
             if variant in tls_variants
-            else grpc.aio.insecure_channel(target)
+            else grpc.aio.insecure_channel(f"dns:///{target}", _BALANCED)
             for variant, target in targets.items()
         }
 

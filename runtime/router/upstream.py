@@ -5,7 +5,13 @@ client spends most of its time on what a proxy does not need (URL objects, cooki
 classes, decoding). This one is an asyncio Protocol feeding httptools' response parser, the
 mirror image of the server core it sits behind, with:
 
-- a pool of idle keep-alive connections per upstream (last used first, closed after `idle`);
+- requests spread round robin over every address the upstream's host name resolves to (a
+  headless Service's name lists each ready pod), resolved again every few seconds: each
+  request goes to the next pod whatever connections are open (a ClusterIP balances
+  connections, not requests, and keep-alive pins them); an address that refuses connections
+  is passed over until the next resolution, and connections to an address that is gone from
+  the name are closed (its pod is going away);
+- a pool of idle keep-alive connections per address (last used first, closed after `idle`);
 - one deadline per exchange: `connect` to open a connection, `response` from the request being
   written to the response's last byte (for streamed bodies: between two chunks), so a stuck
   upstream turns into an error, never a hang;
@@ -25,9 +31,11 @@ Failures raise `UpstreamError` whose `reason` is the `reason` label of
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
+import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import cast
 from urllib.parse import urlsplit
@@ -130,8 +138,9 @@ class BodyStream:
 class _Connection(asyncio.Protocol):
     """One upstream connection; carries one exchange at a time."""
 
-    def __init__(self, pool: UpstreamPool) -> None:
+    def __init__(self, pool: UpstreamPool, peer: str) -> None:
         self._pool = pool
+        self.peer = peer
         self._loop = asyncio.get_running_loop()
         self._parser = httptools.HttpResponseParser(self)
         self._transport: asyncio.Transport | None = None
@@ -308,9 +317,32 @@ def upstream_tls(ca_pem: bytes | None) -> ssl.SSLContext:
     return ssl.create_default_context(cadata=ca_pem.decode("ascii") if ca_pem else None)
 
 
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+"""host, port -> the addresses to connect to, in the order the name service gave them."""
+
+RESOLVE_EVERY = 5.0
+"""Seconds a resolution is used for (CoreDNS gives Service records a 5 s TTL)."""
+
+_ATTEMPTS = 3
+"""Addresses one request tries to connect to before it fails (each may take `connect`)."""
+
+_NO_SUCH_NAME = frozenset(
+    code
+    for code in (getattr(socket, "EAI_NONAME", None), getattr(socket, "EAI_NODATA", None))
+    if code is not None
+)
+
+
+async def resolve_host(host: str, port: int) -> list[str]:
+    """Every address `host` resolves to (duplicates dropped, order kept)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
 class UpstreamPool:
     """Keep-alive connections to one upstream base URL (`http://host:port`, or `https://host:port`
-    with `tls`, the context `upstream_tls` makes)."""
+    with `tls`, the context `upstream_tls` makes), spread over the addresses `host` resolves to
+    (`resolve`, at most every `resolve_every` seconds)."""
 
     def __init__(
         self,
@@ -319,6 +351,8 @@ class UpstreamPool:
         *,
         tls: ssl.SSLContext | None = None,
         max_idle: int = 64,
+        resolve: Resolver = resolve_host,
+        resolve_every: float = RESOLVE_EVERY,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -331,55 +365,126 @@ class UpstreamPool:
         self.tls = tls
         self.timeouts = timeouts
         self._max_idle = max_idle
-        self._idle: list[_Connection] = []
+        self._idle: dict[str, list[_Connection]] = {}
+        self._resolve = resolve
+        self._resolve_every = resolve_every
+        self._peers: tuple[str, ...] = ()
+        self._resolved_at = -resolve_every
+        self._resolving: asyncio.Task[tuple[str, ...]] | None = None
+        self._refusing: set[str] = set()
+        self._turn = 0
 
     async def request(self, data: bytes, *, head_only: bool = False) -> Reply:
-        """Send one serialised request (head and body) and return the upstream's answer."""
-        connection = self._take_idle()
-        if connection is not None:
+        """Send one serialised request (head and body) to the next address and return the
+        upstream's answer."""
+        failed: UpstreamError | None = None
+        for peer in self._next(await self._current_peers()):
+            connection = self._take_idle(peer)
+            if connection is not None:
+                try:
+                    return await connection.exchange(data, head_only=head_only)
+                except _StaleConnection:
+                    pass
+            try:
+                connection = await self._connect(peer)
+            except UpstreamError as error:
+                self._refusing.add(peer)
+                failed = error
+                continue
             try:
                 return await connection.exchange(data, head_only=head_only)
             except _StaleConnection:
-                pass
-        connection = await self._connect()
-        try:
-            return await connection.exchange(data, head_only=head_only)
-        except _StaleConnection:
-            message = f"upstream {self.address} closed the connection without answering"
-            raise UpstreamError(RESET, message) from None
+                message = f"upstream {self.address} closed the connection without answering"
+                raise UpstreamError(RESET, message) from None
+        assert failed is not None  # _next gives at least one address
+        raise failed
 
     def release(self, connection: _Connection) -> None:
-        if len(self._idle) >= self._max_idle:
-            connection.abort()
+        idle = self._idle.get(connection.peer)
+        if idle is None or sum(map(len, self._idle.values())) >= self._max_idle:
+            connection.abort()  # its address is gone from the name, or enough are idle
             return
         connection.park()
-        self._idle.append(connection)
+        idle.append(connection)
 
     def forget(self, connection: _Connection) -> None:
-        if connection in self._idle:
-            self._idle.remove(connection)
+        idle = self._idle.get(connection.peer)
+        if idle is not None and connection in idle:
+            idle.remove(connection)
 
     def close(self) -> None:
-        idle, self._idle = self._idle, []
-        for connection in idle:
-            connection.abort()
+        idle, self._idle = self._idle, {peer: [] for peer in self._idle}
+        for connections in idle.values():
+            for connection in connections:
+                connection.abort()
 
-    def _take_idle(self) -> _Connection | None:
-        while self._idle:
-            connection = self._idle.pop()
+    def _next(self, peers: tuple[str, ...]) -> list[str]:
+        """The addresses to try, in order: round robin, those refusing connections last."""
+        start = self._turn % len(peers)
+        self._turn += 1
+        turn = peers[start:] + peers[:start]
+        willing = [peer for peer in turn if peer not in self._refusing]
+        return (willing or list(turn))[:_ATTEMPTS]
+
+    async def _current_peers(self) -> tuple[str, ...]:
+        if self._peers and time.monotonic() - self._resolved_at < self._resolve_every:
+            return self._peers
+        if self._resolving is None:
+            self._resolving = asyncio.ensure_future(self._resolve_now())
+            self._resolving.add_done_callback(self._resolved)
+        return await asyncio.shield(self._resolving)
+
+    def _resolved(self, task: asyncio.Task[tuple[str, ...]]) -> None:
+        self._resolving = None
+        if not task.cancelled():
+            task.exception()  # retrieved here; every waiter has it raised
+
+    async def _resolve_now(self) -> tuple[str, ...]:
+        try:
+            peers = tuple(await self._resolve(self.host, self.port))
+        except OSError as exc:
+            gone = isinstance(exc, socket.gaierror) and exc.errno in _NO_SUCH_NAME
+            if self._peers and not gone:
+                # the name service failed, not the name: keep the addresses a little longer
+                self._resolved_at = time.monotonic()
+                return self._peers
+            self._use(())
+            message = f"cannot resolve upstream {self.address}: {exc.strerror or exc}"
+            raise UpstreamError(CONNECT, message, unsent=True) from None
+        if not peers:
+            self._use(())
+            raise UpstreamError(CONNECT, f"upstream {self.address} has no address", unsent=True)
+        self._use(peers)
+        return peers
+
+    def _use(self, peers: tuple[str, ...]) -> None:
+        """Make `peers` the addresses in use; close idle connections to any other."""
+        self._peers, self._resolved_at = peers, time.monotonic()
+        self._refusing.clear()
+        for peer in set(self._idle) - set(peers):
+            for connection in self._idle.pop(peer):
+                connection.abort()
+        for peer in peers:
+            self._idle.setdefault(peer, [])
+
+    def _take_idle(self, peer: str) -> _Connection | None:
+        idle = self._idle.get(peer, [])
+        while idle:
+            connection = idle.pop()
             connection.unpark()
             if connection.usable:
                 return connection
         return None
 
-    async def _connect(self) -> _Connection:
+    async def _connect(self, peer: str) -> _Connection:
         loop = asyncio.get_running_loop()
         seconds = self.timeouts.connect
+        where = self.address if peer == self.host else f"{self.address} ({peer})"
         try:
             _, protocol = await asyncio.wait_for(
                 loop.create_connection(
-                    lambda: _Connection(self),
-                    self.host,
+                    lambda: _Connection(self, peer),
+                    peer,
                     self.port,
                     ssl=self.tls,
                     server_hostname=self.host if self.tls is not None else None,
@@ -387,12 +492,12 @@ class UpstreamPool:
                 seconds,
             )
         except TimeoutError:
-            message = f"connecting to upstream {self.address} took over {seconds} s"
+            message = f"connecting to upstream {where} took over {seconds} s"
             raise UpstreamError(TIMEOUT, message, unsent=True) from None
         except ssl.SSLError as exc:
-            message = f"TLS with upstream {self.address} failed: {exc.reason or exc}"
+            message = f"TLS with upstream {where} failed: {exc.reason or exc}"
             raise UpstreamError(CONNECT, message, unsent=True) from None
         except OSError as exc:
-            message = f"cannot connect to upstream {self.address}: {exc.strerror or exc}"
+            message = f"cannot connect to upstream {where}: {exc.strerror or exc}"
             raise UpstreamError(CONNECT, message, unsent=True) from None
         return protocol

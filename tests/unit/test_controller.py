@@ -359,6 +359,42 @@ def test_a_new_router_gets_its_role_before_the_binding_so_creation_reports_no_fa
     assert [e for e in h.events() if e[1] == "ApplyFailed"] == []
 
 
+class SlowServicesAPI(FakeKubeAPI):
+    """Creates Services slowly, as the API server does under load (it allocates cluster IPs
+    one at a time), and records when each creation finished."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.finished: list[tuple[str, str]] = []
+
+    async def apply_new(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        if obj["kind"] == "Service":
+            await asyncio.sleep(0.1)
+        result = await super().apply_new(obj)
+        self.finished.append((obj["kind"], obj["metadata"]["name"]))
+        return result
+
+
+def test_a_slow_service_holds_up_only_what_names_it() -> None:
+    api = SlowServicesAPI()
+    h = Harness(api)
+    h.create(isvc("a", "b"))
+    h.reconcile()
+    order = api.finished.index
+    services = [order(("Service", name)) for name in ("m-a", "m-b", "m", "m-router")]
+    # a variant's Deployment names its ConfigMap only: made before any Service is done
+    for name in ("m-a", "m-b"):
+        assert order(("ConfigMap", name)) < order(("Deployment", name)) < min(services)
+        assert order(("Deployment", name)) < order(("HorizontalPodAutoscaler", name))
+    # the router's Deployment names the variant Services it routes to: made after them
+    router = order(("Deployment", "m-router"))
+    assert order(("Service", "m-a")) < router and order(("Service", "m-b")) < router
+    assert (
+        order(("ServiceAccount", "m-router")) < router < order(("PodDisruptionBudget", "m-router"))
+    )
+    assert order(("Role", "m-router")) < order(("RoleBinding", "m-router"))
+
+
 def test_requeues_with_the_same_inputs_do_not_render_again(
     h: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -403,7 +439,7 @@ def test_a_deployment_someone_else_owns_gets_no_autoscaler_service_or_config(h: 
     assert ("apply-refused", "Deployment", "m-main") in h.api.calls
     assert ("apply", "HorizontalPodAutoscaler", "m-main") not in writes, "never created"
     assert h.api.stored("apps/v1", "Deployment", NS, "m-main") == theirs
-    assert h.children() == {("Deployment", "m-main")}, "what the first wave made is taken back"
+    assert h.children() == {("Deployment", "m-main")}, "what this pass made is taken back"
     assert h.condition("Ready") == ("False", "ApplyFailed")
     message = next(c for c in h.status()["conditions"] if c["type"] == "Ready")["message"]
     assert "Deployment m-main already exists and is not this InferenceService's" in message

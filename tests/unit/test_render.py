@@ -462,6 +462,15 @@ def test_variant_service() -> None:
         },
     ]
     assert svc["metadata"]["labels"][labels.SCRAPE] == "true"
+    # headless: its name resolves to each ready pod (the router spreads requests over them),
+    # so every port must be the container's own port number
+    assert svc["spec"]["clusterIP"] == "None"
+    deployment = rendered(design_example())[("Deployment", "resnet50-canary")]
+    (server, *_) = deployment["spec"]["template"]["spec"]["containers"]
+    container_ports = {p["name"]: p["containerPort"] for p in server["ports"]}
+    assert all(container_ports[p["targetPort"]] == p["port"] for p in svc["spec"]["ports"])
+    stable = rendered(design_example())[("Service", "resnet50")]
+    assert "clusterIP" not in stable["spec"] and stable["spec"]["type"] == "ClusterIP"
 
 
 def test_router_when_available() -> None:
