@@ -193,8 +193,8 @@ class Controller:
         Deployment on its ServiceAccount, the RoleBinding on both, the router on the variant
         Services), so applying the rest would scale, bind or route to the other object.
         A child the store does not hold is created only if its name is free (`apply_new`: one
-        call, no read first), in waves, so that nothing is created before what it names is
-        known to be ours; when a name turns out taken, what this pass created is deleted
+        call, no read first), as soon as what it names is known to be ours and not before
+        (`_in_dependency_order`); when a name turns out taken, what this pass created is deleted
         again, and from then on this InferenceService's names are read before anything is
         applied, until none is taken (as every name the store lacks is read while the watches
         have not listed).

@@ -34,6 +34,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -51,6 +52,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes import watch as k8s_watch
 
+from e2e.bench.stages import Stages
 from e2e.localcluster import LocalCluster
 from e2e.support import free_port, terminate, wait_for
 
@@ -135,6 +137,26 @@ def control_plane_cpu(cluster: LocalCluster) -> dict[str, float]:
         with contextlib.suppress(OSError):
             seconds[name] = cpu_seconds(pid)
     return seconds
+
+
+def api_requests(cluster: LocalCluster) -> Counter[str]:
+    """The API server's requests so far (`apiserver_request_total`), by "VERB resource" (and
+    subresource), watches and long-running calls included."""
+    counts: Counter[str] = Counter()
+    text = cluster.kubectl("get", "--raw", "/metrics").stdout
+    for line in text.splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels, value = line.rsplit(" ", 1)
+        fields = dict(_LABEL.findall(labels))
+        what = " ".join(
+            part for part in (fields.get("resource"), fields.get("subresource")) if part
+        )
+        counts[f"{fields.get('verb', '?')} {what}"] += int(float(value))
+    return counts
+
+
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -367,6 +389,7 @@ def run_one(
     profile: bool,
     multi_every: int = 3,
     wait_cleanup: bool = True,
+    stages: bool = False,
 ) -> dict[str, Any]:
     namespace = f"bench-{label}-{count}-{uuid.uuid4().hex[:5]}"
     cluster.kubectl("create", "namespace", namespace)
@@ -374,6 +397,7 @@ def run_one(
     prof = workdir / f"{namespace}.pyspy.txt" if profile else None
     operator = Operator(marfleet, cluster, namespace, f"bench-{namespace}", log, prof)
     follower = Follower(api, namespace)
+    watcher = Stages(api, namespace) if stages else None
     result: dict[str, Any] = {"operator": label, "inferenceservices": count, "log": str(log)}
     objects = manifests(count, namespace, multi_every=multi_every)
     names = {o["metadata"]["name"] for o in objects}
@@ -390,6 +414,10 @@ def run_one(
         cpu0 = cpu_seconds(pid)
         user0, system0 = cpu_user_system(pid)
         plane0 = control_plane_cpu(cluster)
+        requests0 = api_requests(cluster)
+        if watcher is not None:
+            watcher.start()
+            time.sleep(1)
         load0 = os.getloadavg()[0]
         follower.expect(ready_now)
         applied = apply_all(api, objects, follower.started)
@@ -399,6 +427,7 @@ def run_one(
         cpu_ready = cpu_seconds(pid) - cpu0
         plane1 = control_plane_cpu(cluster)
         plane_ready = {k: v - plane0.get(k, 0.0) for k, v in plane1.items()}
+        requests = api_requests(cluster) - requests0
         settle(operator)
         cpu_settled = cpu_seconds(pid) - cpu0
         user1, system1 = cpu_user_system(pid)
@@ -436,10 +465,14 @@ def run_one(
                 )
                 if value  # builds without the metric report none
             },
+            api_requests_to_ready_per_isvc=round(requests.total() / count, 1),
+            api_requests_to_ready_top={k: n for k, n in requests.most_common(20)},
             operator_idle_rss_mib=rss_idle,
             load_average_1m_before=round(load0, 1),
             load_average_1m_after=round(os.getloadavg()[0], 1),
         )
+        if watcher is not None:
+            result["stages"] = watcher.report(follower.started)
         print(f"[{label} N={count}] {json.dumps(result)}", file=sys.stderr)
         result["operator_peak_rss_mib"] = peak_rss_mib(pid)
         if not profile:
@@ -448,6 +481,8 @@ def run_one(
             )
     finally:
         follower.stop()
+        if watcher is not None:
+            watcher.stop()
         operator.stop()
         errors = error_lines(log)
         result["log_errors"] = len(errors)
@@ -667,6 +702,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="K",
         help="every Kth InferenceService has two variants (1: all, e.g. to change 100 weights)",
     )
+    parser.add_argument(
+        "--stages",
+        action="store_true",
+        help="also time each child's stages (e2e/bench/stages.py; its watches cost CPU)",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench-results/operator-bench.json"))
     args = parser.parse_args(argv)
     builds = [tuple(item.split("=", 1)) for item in args.operator] or [
@@ -713,6 +753,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.profile_dir is not None,
                     args.multi_every,
                     not (last and args.no_cleanup_wait),
+                    args.stages,
                 )
             )
             args.out.parent.mkdir(parents=True, exist_ok=True)
