@@ -254,7 +254,7 @@ class Controller:
         isvc: spec.InferenceService,
         ctx: render.RenderContext,
         ready: bool,
-        missing: Mapping[str, str],
+        missing: Mapping[str, render.Missing],
         *,
         full: bool = False,
     ) -> tuple[render.Desired, bool]:
@@ -290,29 +290,38 @@ class Controller:
                 return False
         return True
 
-    async def _missing_secrets(self, key: Key, isvc: spec.InferenceService) -> dict[str, str]:
-        """Variants whose model.storage Secret does not exist (variant -> what to do). Only
-        the Secret's metadata is asked for; without the right to read it, nothing is judged."""
-        missing: dict[str, str] = {}
+    async def _missing_secrets(
+        self, key: Key, isvc: spec.InferenceService
+    ) -> dict[str, render.Missing]:
+        """Variants a Secret of whose pods does not exist: its model.storage Secret, or the
+        certificate Secret every variant serves TLS with. Only each Secret's metadata is asked
+        for, once; without the right to read it, nothing is judged."""
+        wanted: list[tuple[str, str, str]] = []  # (variant, Secret, field)
         for variant in isvc.variants:
-            name = variant.model.storage.secret_name
-            if not name:
-                continue
-            try:
-                found = await self.api.exists(Ref("v1", "Secret", key[0], name))
-            except ApiError as error:
-                if error.status != 403:
-                    raise
-                log.warning(
-                    "cannot check the storage Secret",
-                    extra={"isvc": "/".join(key), "secret": name, "error": error.message},
-                )
-                continue
-            if not found:
-                missing[variant.name] = (
-                    f"Secret {key[0]}/{name} (model.storage.secretName) does not exist: create "
-                    "it with the store's credentials, or fix the name; the variant's pods are "
-                    "left as they are until then"
+            if variant.model.storage.secret_name:
+                wanted.append((variant.name, variant.model.storage.secret_name, _STORAGE))
+            if isvc.tls.enabled:
+                wanted.append((variant.name, isvc.tls.secret_name, _TLS))
+        found: dict[str, bool] = {}
+        missing: dict[str, render.Missing] = {}
+        for variant_name, name, field_ in wanted:
+            if name not in found:
+                try:
+                    found[name] = await self.api.exists(Ref("v1", "Secret", key[0], name))
+                except ApiError as error:
+                    if error.status != 403:
+                        raise
+                    log.warning(
+                        "cannot check a Secret",
+                        extra={"isvc": "/".join(key), "secret": name, "error": error.message},
+                    )
+                    found[name] = True
+            if not found[name] and variant_name not in missing:
+                reason, what = _SECRET_FIELDS[field_]
+                missing[variant_name] = render.Missing(
+                    reason,
+                    f"Secret {key[0]}/{name} ({field_}) does not exist: create it with {what}, "
+                    "or fix the name; the variant's pods are left as they are until then",
                 )
         return missing
 
@@ -553,6 +562,14 @@ class _Unmet(Exception):
 
 NOTHING_APPLIED = "nothing is applied while a name is taken"
 
+_STORAGE, _TLS = "model.storage.secretName", "tls.secretName"
+_SECRET_FIELDS = {
+    _STORAGE: (status.STORAGE_SECRET_MISSING, "the store's credentials"),
+    _TLS: (status.TLS_SECRET_MISSING, "the variants' certificate and key (tls.crt, tls.key)"),
+}
+"""Per field naming a Secret the variants' pods mount: the ModelsReady reason when it does not
+exist, and what it must hold."""
+
 
 class NameTaken(Exception):
     """A child's name is held by an object that is not this InferenceService's."""
@@ -572,7 +589,7 @@ class _Rendered:
     isvc: spec.InferenceService
     ctx: render.RenderContext
     router_ready: bool
-    missing: dict[str, str]
+    missing: dict[str, render.Missing]
     outline: render.Desired
 
 

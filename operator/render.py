@@ -134,6 +134,16 @@ class RenderContext:
 
 
 @dataclass(frozen=True)
+class Missing:
+    """Why a variant is left as it is: a Secret its pods would mount does not exist."""
+
+    reason: str
+    """The ModelsReady reason (status.STORAGE_SECRET_MISSING or status.TLS_SECRET_MISSING)."""
+    message: str
+    """What is missing and what to do."""
+
+
+@dataclass(frozen=True)
 class Desired:
     """Everything an InferenceService should become right now."""
 
@@ -141,19 +151,19 @@ class Desired:
     blocked: Mapping[str, str]
     """Variants that cannot be realised (variant -> reason); their objects are left as they are."""
     traffic: traffic.TrafficPlan
-    missing: Mapping[str, str] = field(default_factory=dict)
-    """Variants whose storage Secret does not exist (variant -> what to do); left as they are."""
+    missing: Mapping[str, Missing] = field(default_factory=dict)
+    """Variants a Secret of whose does not exist (storage, TLS); left as they are."""
 
 
 def render(
     isvc: InferenceService,
     ctx: RenderContext,
     router_ready: bool = True,
-    missing: Mapping[str, str] | None = None,
+    missing: Mapping[str, Missing] | None = None,
 ) -> Desired:
     """`router_ready`: whether the router Deployment has an available pod (observed by the
-    controller; see traffic.plan). `missing`: variants whose model.storage Secret the
-    controller did not find (their Deployments are not touched: a pod could not start)."""
+    controller; see traffic.plan). `missing`: variants a Secret of whose (model.storage, tls)
+    the controller did not find (their Deployments are not touched: a pod could not start)."""
     missing = dict(missing or {})
     plan = traffic.plan(isvc, router_ready)
     objects: list[dict[str, Any]] = []
@@ -175,7 +185,7 @@ def render(
         objects.append(service_monitor(isvc, ctx))
     return Desired(
         objects=tuple(stamp(o) for o in objects),
-        blocked={**blocked, **missing},
+        blocked={**blocked, **{v: m.message for v, m in missing.items()}},
         traffic=plan,
         missing=missing,
     )

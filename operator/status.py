@@ -100,6 +100,7 @@ def own_part(status: Mapping[str, Any]) -> dict[str, Any]:
 
 
 STORAGE_SECRET_MISSING = "StorageSecretMissing"
+TLS_SECRET_MISSING = "TLSSecretMissing"
 
 
 def _deployment(children: Children, name: str) -> Mapping[str, Any] | None:
@@ -130,8 +131,9 @@ def rollout_progress(deploy: Mapping[str, Any]) -> tuple[bool, str]:
 
 def _models_condition(isvc: InferenceService, desired: Desired, children: Children) -> Condition:
     if desired.missing:
-        detail = "; ".join(f"variant {v}: {reason}" for v, reason in desired.missing.items())
-        return Condition(MODELS_READY, False, STORAGE_SECRET_MISSING, detail)
+        detail = "; ".join(f"variant {v}: {m.message}" for v, m in desired.missing.items())
+        first = next(iter(desired.missing.values()))
+        return Condition(MODELS_READY, False, first.reason, detail)
     if desired.blocked:
         detail = "; ".join(f"variant {v}: {reason}" for v, reason in desired.blocked.items())
         return Condition(MODELS_READY, False, "UnsupportedModelURI", detail)

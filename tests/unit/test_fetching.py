@@ -242,3 +242,49 @@ def test_a_missing_secret_is_a_condition_and_an_event_then_is_noticed() -> None:
     assert ("Deployment", "m-main") in {(k[1], k[3]) for k in api.objects}
     written = [o for o in api.objects.values() if o["kind"] != "Secret"]
     assert SECRET_VALUE not in json.dumps(written)
+
+
+def test_a_missing_tls_secret_is_checked_once_and_leaves_every_variant_alone() -> None:
+    api = FakeKubeAPI()
+    policy = tenancy.TenancyPolicy(secrets=("team-a/*",))
+    settings = ControllerSettings(render=CTX, identity="test", now=lambda: "T", tenancy=policy)
+    controller = Controller(cast(KubeAPI, api), settings, OperatorMetrics())
+    obj = isvc(S3_MODEL)
+    canary = copy.deepcopy(obj["spec"]["variants"][0])
+    canary.update(name="canary", weight=10)
+    obj["spec"]["variants"][0]["weight"] = 90
+    obj["spec"]["variants"].append(canary)
+    obj["spec"]["tls"] = {"secretName": "serving-cert"}
+    api.put(
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-creds", "namespace": NS}}
+    )
+    controller.on_inferenceservice("ADDED", api.put(obj))
+    asyncio.run(controller.reconcile((NS, "m")))
+    status = api.stored(API_VERSION, KIND, NS, "m")["status"]
+    models = next(c for c in status["conditions"] if c["type"] == "ModelsReady")
+    assert (models["status"], models["reason"]) == ("False", "TLSSecretMissing")
+    assert models["message"].startswith(
+        "variant main: Secret team-a/serving-cert (tls.secretName) does not exist: create it "
+        "with the variants' certificate and key (tls.crt, tls.key), or fix the name"
+    )
+    assert "variant canary: Secret team-a/serving-cert" in models["message"]
+    deployments = {key[3] for key in api.objects if key[1] == "Deployment"}
+    assert not deployments & {"m-main", "m-canary"}, "no variant's pod could start"
+    events = [o for o in api.objects.values() if o["kind"] == "Event"]
+    assert any(e["reason"] == "TLSSecretMissing" for e in events)
+    # each Secret's metadata read once, however many variants mount it
+    secret_reads = sorted(call for call in api.calls if call[1] == "Secret")
+    assert secret_reads == [("exists", "Secret", "s3-creds"), ("exists", "Secret", "serving-cert")]
+
+    api.put(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "serving-cert", "namespace": NS},
+        }
+    )
+    controller.on_inferenceservice("MODIFIED", api.stored(API_VERSION, KIND, NS, "m"))
+    asyncio.run(controller.reconcile((NS, "m")))
+    assert {("Deployment", "m-main"), ("Deployment", "m-canary")} <= {
+        (k[1], k[3]) for k in api.objects
+    }
