@@ -160,7 +160,13 @@ class KubeAPI:
         if self._pool is None:
             host = self._configuration.host
             tls = ssl_context(self.credentials()) if host.startswith("https:") else None
-            self._pool = UpstreamPool(host, self._timeouts, tls=tls, max_idle=self._connections)
+            self._pool = UpstreamPool(
+                host,
+                self._timeouts,
+                tls=tls,
+                max_idle=self._connections,
+                max_buffered=MAX_ANSWER_BYTES,  # longer answers stream: `_whole` caps them
+            )
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -339,7 +345,8 @@ smaller); beyond it the call fails rather than the operator's memory growing."""
 
 
 async def _whole(stream: BodyStream) -> bytes:
-    """A streamed (chunked) answer's body, up to MAX_ANSWER_BYTES."""
+    """A streamed answer's body (chunked, or longer than MAX_ANSWER_BYTES), up to
+    MAX_ANSWER_BYTES."""
     chunks: list[bytes] = []
     size = 0
     async for chunk in stream:

@@ -15,8 +15,9 @@ mirror image of the server core it sits behind, with:
 - one deadline per exchange: `connect` to open a connection, `response` from the request being
   written to the response's last byte (for streamed bodies: between two chunks), so a stuck
   upstream turns into an error, never a hang;
-- bodies delimited by Content-Length arriving whole (one write to the client); chunked or
-  close-delimited bodies handed over as a stream of chunks with back-pressure;
+- bodies delimited by Content-Length up to `max_buffered` bytes (8 MiB by default) arriving
+  whole (one write to the client); larger ones, chunked and close-delimited ones handed over
+  as a stream of chunks with back-pressure, so no answer is held in memory beyond that;
 - one retry on a fresh connection when a reused one is closed by the upstream before a single
   byte of the answer (the keep-alive race every pool meets: the upstream closed an idle
   connection just as the request went out on it).
@@ -199,10 +200,13 @@ class _Connection(asyncio.Protocol):
         if self._head_only or self._status in (204, 304):
             self._complete(keep_alive=False)  # no body follows, whatever the headers say
             return
-        names = {name for name, _ in self._headers}
-        if "content-length" in names and "transfer-encoding" not in names:
-            return
-        self._delimited_by_close = "transfer-encoding" not in names
+        lengths = [value for name, value in self._headers if name == "content-length"]
+        chunked = any(name == "transfer-encoding" for name, _ in self._headers)
+        if lengths and not chunked:
+            if lengths[0].strip().isdigit() and int(lengths[0]) <= self._pool.max_buffered:
+                return  # held until complete
+        else:
+            self._delimited_by_close = not chunked
         self._stream = BodyStream(self)
         self._resolve(Reply(self._status, self._headers, b"", self._stream))
 
@@ -320,6 +324,9 @@ def upstream_tls(ca_pem: bytes | None) -> ssl.SSLContext:
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 """host, port -> the addresses to connect to, in the order the name service gave them."""
 
+MAX_BUFFERED_BYTES = 8 << 20
+"""The largest answer body held whole; a longer one is streamed (`Reply.stream`)."""
+
 RESOLVE_EVERY = 5.0
 """Seconds a resolution is used for (CoreDNS gives Service records a 5 s TTL)."""
 
@@ -351,6 +358,7 @@ class UpstreamPool:
         *,
         tls: ssl.SSLContext | None = None,
         max_idle: int = 64,
+        max_buffered: int = MAX_BUFFERED_BYTES,
         resolve: Resolver = resolve_host,
         resolve_every: float = RESOLVE_EVERY,
     ) -> None:
@@ -365,6 +373,7 @@ class UpstreamPool:
         self.tls = tls
         self.timeouts = timeouts
         self._max_idle = max_idle
+        self.max_buffered = max_buffered
         self._idle: dict[str, list[_Connection]] = {}
         self._resolve = resolve
         self._resolve_every = resolve_every

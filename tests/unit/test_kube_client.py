@@ -113,6 +113,23 @@ def test_an_answer_too_large_fails_the_call(
     assert caught.value.status == 0 and "exceeds 10000 bytes" in caught.value.message
 
 
+def test_an_answer_too_large_fails_the_call_when_its_length_is_given_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kube, "MAX_ANSWER_BYTES", 10_000)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=b" " * 100_000, content_type="application/json")
+
+    async def scenario() -> None:
+        async with server(handler, tmp_path) as api:
+            await api.get(CONFIGMAP)
+
+    with pytest.raises(ApiError) as caught:
+        asyncio.run(scenario())
+    assert caught.value.status == 0 and "exceeds 10000 bytes" in caught.value.message
+
+
 def test_a_refusal_names_the_servers_reason_and_a_missing_object_is_none(tmp_path: Path) -> None:
     async def handler(request: web.Request) -> web.StreamResponse:
         if request.method == "GET":
