@@ -425,17 +425,21 @@ class Demo:
         self.out.line(f"the router followed {time.monotonic() - changed:.1f} s after the patch")
         self._send(requests, NEW_WEIGHTS, show_samples=False)
         self._prometheus_counts(2 * requests)
-        self._rollout_numbers(time.monotonic() - changed)
+        self._rollout_numbers(changed)
 
-    def _rollout_numbers(self, seconds: float) -> None:
+    def _rollout_numbers(self, changed: float) -> None:
         """What a progressive rollout of the canary would be judged on, read the way the
-        operator reads it (the Prometheus the chart's rollout.prometheusUrl names)."""
+        operator reads it (the Prometheus the chart's rollout.prometheusUrl names), over the
+        time since the weight change (`changed`, monotonic): the window grows with each look,
+        as a rollout step's does, so the answers sent after the change stay in it however
+        long Prometheus takes to scrape them."""
         source = PrometheusSource(self.prometheus_url)
-        subject = Subject(
-            self.namespace, CANARY, "canary", ("stable",), "demo", seconds, version="2.0"
-        )
 
         def judged() -> Probe:
+            seconds = time.monotonic() - changed
+            subject = Subject(
+                self.namespace, CANARY, "canary", ("stable",), "demo", seconds, version="2.0"
+            )
             seen = asyncio.run(source.observe(subject))
             detail = (
                 f"canary {seen.canary.requests:.0f} answers of version 2.0, error ratio "
