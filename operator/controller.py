@@ -546,7 +546,7 @@ async def _in_dependency_order(
         for ref in references.named_by(want) & present:
             try:
                 await asyncio.shield(tasks[ref])
-            except BaseException as error:
+            except Exception as error:  # not a cancellation: that goes on up
                 raise _Unmet(f"{ref[0]} {ref[1]}") from error
         return await ensure(want)
 

@@ -27,7 +27,10 @@ def named_by(child: Mapping[str, Any]) -> set[Ref]:
     (the API server checks it against the Role, the operator holding no `bind` verb, and
     refuses it while the Role does not exist); an autoscaler its scale target; a
     PodDisruptionBudget the Deployment of the same name, whose pods it selects. An outline
-    (kind, name and intent hash only: see the controller's `_render`) names nothing."""
+    (kind, name and intent hash only: see the controller's `_render`) names nothing.
+
+    The order has no cycle: only a Deployment both names and is named, and what it names
+    (ConfigMaps, ServiceAccounts, Services) names nothing."""
     kind, name = child["kind"], child["metadata"]["name"]
     spec: Mapping[str, Any] = child.get("spec") or {}
     if kind == "Deployment":
