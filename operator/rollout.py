@@ -268,7 +268,8 @@ def decide(
     now: float,
 ) -> Decision:
     """What the rollout's state becomes at `now`. `observation` is what was seen in the
-    current step (None when nothing was read: no step running)."""
+    current step (None when nothing was read: no step running); before a step starts it is
+    Unavailable when the step's numbers could not be read, and the step does not start."""
     if state is None or state.target != plan.target:
         message = f"canary {plan.canary}: new revision, waiting for its pods before step 1"
         return Decision(
@@ -280,6 +281,8 @@ def decide(
     if state.step_started is None:
         if not pods.ready:
             return hold(state, WAITING_FOR_CANARY, f"canary pods: {pods.detail}", now)
+        if isinstance(observation, Unavailable):  # a step no numbers could judge
+            return hold(state, METRICS_UNAVAILABLE, observation.reason, now)
         message = f"canary {plan.canary} at {plan.steps[0]}% (step 1 of {len(plan.steps)})"
         return Decision(
             State(plan.target, PROGRESSING, 0, now, message),

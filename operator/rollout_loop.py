@@ -18,7 +18,8 @@ so a restarted operator carries on where the last one stopped.
 
 Numbers are read only from routers this InferenceService owns (its `<name>-router` Service,
 as the store has it, carries its controller reference): a name taken by someone else's Service
-would otherwise let that someone's pods judge, or stall, the rollout. Every InferenceService
+would otherwise let that someone's pods judge, or stall, the rollout. Nor does a step start
+(and move the canary's weight) while they cannot be read that way. Every InferenceService
 is advanced in a task of its own (at most `MAX_CONCURRENT` at a time), each reading bounded by
 its source's deadline, so one slow router holds back only its own rollout.
 """
@@ -113,30 +114,28 @@ class RolloutLoop:
         now = self._clock()
         pods = self._canary_pods(key, plan)
         observed: rollout.Observation | rollout.Unavailable | None = None
-        running = (
-            state is not None
-            and state.target == plan.target
-            and state.phase == rollout.PROGRESSING
-            and state.step_started is not None
+        current = (
+            state is not None and state.target == plan.target and state.phase == rollout.PROGRESSING
         )
-        if running:
-            assert state is not None and state.step_started is not None
-            subject = Subject(
-                namespace=key[0],
-                isvc=key[1],
-                canary=plan.canary,
-                stable=tuple(plan.others),
-                window_id=f"{state.target}/{state.step}/{state.step_started}",
-                window_seconds=now - state.step_started,
-                version=plan.version,
-            )
+        if current and state is not None and (state.step_started is not None or pods.ready):
+            # a step runs, or is about to start: only if its numbers can be read
             foreign = await self._foreign_router(key, obj)
-            try:
-                if foreign:
-                    raise MetricsUnavailable(foreign)
-                observed = await self._source.observe(subject)
-            except MetricsUnavailable as error:
-                observed = rollout.Unavailable(str(error))
+            if foreign:
+                observed = rollout.Unavailable(foreign)
+            elif state.step_started is not None:
+                subject = Subject(
+                    namespace=key[0],
+                    isvc=key[1],
+                    canary=plan.canary,
+                    stable=tuple(plan.others),
+                    window_id=f"{state.target}/{state.step}/{state.step_started}",
+                    window_seconds=now - state.step_started,
+                    version=plan.version,
+                )
+                try:
+                    observed = await self._source.observe(subject)
+                except MetricsUnavailable as error:
+                    observed = rollout.Unavailable(str(error))
         decision = rollout.decide(plan, state, pods, observed, now)
         if decision.state != state:
             await self._write(key, obj, plan, decision.state, now)

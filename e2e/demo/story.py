@@ -33,7 +33,7 @@ from typing import Any
 import httpx
 import yaml
 from marfleet.operator import labels
-from marfleet.operator.rollout_metrics import PrometheusSource, Subject
+from marfleet.operator.rollout_metrics import REQUESTS, PrometheusSource, Subject
 
 from e2e.localcluster import LocalCluster
 from e2e.localcluster.toolchain import HELM, KUBERNETES, KWOK, require_built
@@ -406,6 +406,7 @@ class Demo:
             ]
         )
         self._send(requests, weights, show_samples=True)
+        self._router_scraped(requests)
         patch = [
             {"op": "replace", "path": f"/spec/variants/{index}/weight", "value": NEW_WEIGHTS[name]}
             for index, name in enumerate(weights)
@@ -426,6 +427,25 @@ class Demo:
         self._send(requests, NEW_WEIGHTS, show_samples=False)
         self._prometheus_counts(2 * requests)
         self._rollout_numbers(changed)
+
+    def _router_scraped(self, expected: int) -> None:
+        """Wait until Prometheus holds the router's counts of the answers just sent.
+
+        `increase()` starts at a series' first scrape: a series that appears (on the router's
+        first answer of a variant and version) and is first scraped only after the answers
+        that follow the weight change would show those answers as no increase at all. Both
+        rounds of predictions fit in one 2 s scrape interval, so the demo makes sure the
+        first round is in Prometheus before the second begins."""
+        expr = f'sum by (variant) ({REQUESTS}{{namespace="{self.namespace}",isvc="{CANARY}"}})'
+
+        def scraped() -> Probe:
+            counts = {k: int(v) for k, v in monitoring.query(self.prometheus_url, expr).items()}
+            detail = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "no series yet"
+            return Probe(sum(counts.values()) >= expected, detail)
+
+        self.out.say("")
+        self.out.line(f"the router's counters, as Prometheus scraped them ({expr}):")
+        self.out.wait([Check(f"{REQUESTS} by variant", scraped)], 30)
 
     def _rollout_numbers(self, changed: float) -> None:
         """What a progressive rollout of the canary would be judged on, read the way the

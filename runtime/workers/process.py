@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import pickle
+import signal
 import socket
 import sys
 import time
@@ -162,7 +163,7 @@ class WorkerProcess:
         except (asyncio.IncompleteReadError, ConnectionError):
             await self._process.wait()
             raise WorkerLoadError(
-                f"the worker process exited with code {self._process.returncode} while loading "
+                f"the worker process {_how_it_ended(self._process.returncode)} while loading "
                 "(see its output above)"
             ) from None
         if header[0] != "ready":
@@ -312,3 +313,13 @@ class WorkerProcess:
             if self._process is not None:
                 await self._process.wait()
             self._on_exit(self)
+
+
+def _how_it_ended(returncode: int | None) -> str:
+    """'exited with code 3' or 'was killed by SIGSEGV'."""
+    if returncode is not None and returncode < 0:
+        try:
+            return f"was killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"was killed by signal {-returncode}"
+    return f"exited with code {returncode}"

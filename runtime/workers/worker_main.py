@@ -17,6 +17,7 @@ socket (SPEC["control_fd"]) carries only cancellations, which a streaming handle
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import json
 import logging
 import os
@@ -42,6 +43,7 @@ from marfleet.runtime.workers.protocol import (
 
 def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    faulthandler.enable()  # a crash in native code (SIGSEGV, SIGABRT) names the Python frames
     configure_logging()
     spec = json.loads(argv[0])
     sock = socket.socket(fileno=int(spec["fd"]))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -287,6 +288,38 @@ def test_grpc_ping_predictions_and_errors(server: Server) -> None:
         with pytest.raises(grpc.RpcError) as error:
             _ts_call(channel, "Predictions", bad, ts_pb2.PredictionResponse)
         assert error.value.code() == grpc.StatusCode.INTERNAL
+
+
+def test_workers_start_cleanly_while_grpc_calls_run(server: Server) -> None:
+    """Workers are forked and exec'd while other threads serve gRPC: gRPC's fork handlers must
+    not run in them (with them, about one child in a hundred died of SIGSEGV, and each fork
+    logged "skipping fork() handlers")."""
+    stop = threading.Event()
+    calls: list[int] = []
+
+    def ping() -> None:
+        with grpc.insecure_channel(server.grpc) as channel:
+            while not stop.is_set():
+                _ts_call(channel, "Ping", empty_pb2.Empty(), ts_pb2.TorchServeHealthResponse)
+                calls.append(1)
+
+    pingers = [threading.Thread(target=ping) for _ in range(4)]
+    for thread in pingers:
+        thread.start()
+    try:
+        for workers in (3, 1):
+            scaled = httpx.put(
+                f"{server.management}/models/mlp?min_worker={workers}&synchronous=true",
+                headers=server.auth,
+                timeout=120,
+            )
+            assert scaled.status_code == 200, scaled.text
+    finally:
+        stop.set()
+        for thread in pingers:
+            thread.join(30)
+    assert calls, "no gRPC call ran while the workers started"
+    assert "fork_posix" not in server.log() and "killed by" not in server.log()
 
 
 @pytest.mark.parametrize("via", ["direct", "router"])

@@ -101,6 +101,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     )
     archive(store, "badtensors", HANDLERS / "hang.py", config_file=tensors)
     archive(store, "lingering", HANDLERS / "lingering.py")
+    archive(store, "crashing", HANDLERS / "crashing.py")
     many = root / "many-config.yaml"
     many.write_text(yaml.safe_dump({"minWorkers": 50, "maxWorkers": 50}))
     archive(store, "many", HANDLERS / "slowload.py", config_file=many)
@@ -201,6 +202,20 @@ def test_a_failed_registration_leaves_nothing(server: Server) -> None:
     assert model_status(server, "loadfail") == 404
     assert unpacked(server) == before
     assert httpx.get(f"{server.inference}/ping").status_code == 200
+
+
+def test_a_worker_that_crashes_while_loading_is_named_with_its_signal_and_frames(
+    server: Server,
+) -> None:
+    before = unpacked(server)
+    failed = register(server, "url=crashing.mar&initial_workers=1")
+    assert failed.status_code == 500, failed.text
+    assert "the worker process was killed by SIGSEGV while loading" in failed.json()["message"]
+    # the worker's fault handler names where it crashed, in the server's log
+    log = server.log()
+    assert "Fatal Python error: Segmentation fault" in log
+    assert "crashing.py" in log.split("Fatal Python error: Segmentation fault", 1)[1]
+    assert model_status(server, "crashing") == 404 and unpacked(server) == before
 
 
 def test_an_asynchronous_registration_that_cannot_load_is_removed(server: Server) -> None:

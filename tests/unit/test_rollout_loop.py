@@ -102,6 +102,11 @@ def test_a_router_service_someone_else_holds_is_never_read() -> None:
         "Service cart-router is not (yet) this InferenceService's router Service"
         in (state["message"])
     )
+    # the canary's pods are ready, yet its first step (and its weight) waits for readable numbers
+    assert state["step_started"] is None and state["holding"] == rollout.METRICS_UNAVAILABLE
+    assert rollout.effective_weights(store.isvcs[(NS, NAME)])["canary"] == 0
+    assert events.count(rollout.METRICS_UNAVAILABLE) == 1
     store.put_child(child("Service", f"{NAME}-router", owner_uid=UID))
+    assert advance(loop, store)["step_started"] is not None
     advance(loop, store)
     assert len(source.asked) == 1
