@@ -41,6 +41,9 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 LOAD_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 # auto-detected handler metric names a server takes on at most (each is a family kept forever)
 MAX_HANDLER_METRICS = 256
+MAX_HANDLER_SERIES = 1000
+"""Label sets one handler metric takes on at most: a handler that puts a request id or a user
+in a dimension would otherwise grow the server's memory and every scrape without bound."""
 WORKER_SERIES_KEPT = 64
 """WorkerLoadTime series kept per model version: the latest worker starts (names are unique)."""
 # TorchServe's histograms: the Prometheus Java client's default buckets
@@ -114,6 +117,12 @@ class Family:
         child = self._child(values)
         assert isinstance(child, Histogram)
         return child
+
+    def __len__(self) -> int:
+        return len(self._children)
+
+    def __contains__(self, values: tuple[str, ...]) -> bool:
+        return values in self._children
 
     def remove(self, predicate: Callable[[dict[str, str]], bool]) -> None:
         for key in [
@@ -224,6 +233,7 @@ class RuntimeMetrics:
         self.config = config = config if config is not None else default_metrics_config()
         self.registry = registry = Registry()
         self._dropped: set[str] = set()  # handler metrics not declared, logged once
+        self._full: set[str] = set()  # handler metrics at MAX_HANDLER_SERIES, logged once
         self._queue_depths: dict[tuple[str, str], tuple[Value, Callable[[], int]]] = {}
         self._host = host
         registry.on_render(self._refresh_queue_depths)
@@ -322,6 +332,13 @@ class RuntimeMetrics:
             "counter",
             MODEL_LABELS,
         )
+        self.series_dropped = family(
+            "marfleet_handler_metric_values_dropped_total",
+            f"Handler metric values not exported: their metric had {MAX_HANDLER_SERIES} "
+            "label sets already.",
+            "counter",
+            ("metric",),
+        )
 
     def _ts_family(self, spec: MetricSpec, labelnames: Sequence[str]) -> Family:
         help_text = f"Torchserve prometheus {spec.kind} metric with unit: {spec.unit}"
@@ -414,6 +431,18 @@ class RuntimeMetrics:
                     "handler metric not exported: declare it in metrics_config's model_metrics "
                     "with these dimensions, or set model_metrics_auto_detect=true",
                     extra={"metric": name, "dimensions": sorted(dimensions)},
+                )
+            return None
+        values = tuple(labels.get(label, "") for label in family.labelnames)
+        if values not in family and len(family) >= MAX_HANDLER_SERIES:
+            self.series_dropped.labels(name).inc()
+            if name not in self._full:
+                self._full.add(name)
+                log.warning(
+                    "handler metric has as many label sets as it may have: values with new "
+                    "dimension values are not exported (dimension values should come from a "
+                    "small set: not request ids, users or inputs)",
+                    extra={"metric": name, "label_sets": MAX_HANDLER_SERIES},
                 )
             return None
         return Series(family, labels)

@@ -13,6 +13,7 @@ import yaml
 from marfleet.runtime.host_metrics import GpuSampler, HostSampler
 from marfleet.runtime.metrics import (
     MAX_HANDLER_METRICS,
+    MAX_HANDLER_SERIES,
     WORKER_SERIES_KEPT,
     Family,
     Registry,
@@ -336,3 +337,25 @@ def test_auto_detection_stops_at_its_limit_of_metric_names() -> None:
     declared = len(default_metrics_config().model)  # HandlerTime, PredictionTime
     assert f"# TYPE M{MAX_HANDLER_METRICS - declared - 1} counter" in text
     assert f"# TYPE M{MAX_HANDLER_METRICS - declared} counter" not in text
+
+
+def test_a_handler_metric_stops_taking_new_label_sets_at_its_limit(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    metrics = RuntimeMetrics(
+        variant="", hostname="h", config=default_metrics_config(auto_detect=True)
+    )
+    model = metrics.for_model("m", "1.0", queue_depth=lambda: 0)
+    per_request = [
+        ("Seen", 1, "count", {**MODEL, "RequestId": str(i)}, "counter")
+        for i in range(MAX_HANDLER_SERIES + 50)
+    ]
+    model.handler_metrics(per_request)
+    model.handler_metrics(per_request[:1])  # a label set it already has still counts
+    values = samples(metrics.registry.render().decode())
+    seen = {name: value for name, value in values.items() if name.startswith("Seen{")}
+    assert len(seen) == MAX_HANDLER_SERIES
+    assert seen[next(n for n in seen if 'RequestId="0"' in n)] == 2
+    assert values['marfleet_handler_metric_values_dropped_total{metric="Seen"}'] == 50
+    warned = [r for r in caplog.records if "as many label sets" in r.getMessage()]
+    assert len(warned) == 1
