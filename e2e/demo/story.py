@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import yaml
@@ -429,14 +430,18 @@ class Demo:
         self._rollout_numbers(changed)
 
     def _router_scraped(self, expected: int) -> None:
-        """Wait until Prometheus holds the router's counts of the answers just sent.
+        """Wait until Prometheus holds this router's counts of the answers just sent.
 
         `increase()` starts at a series' first scrape: a series that appears (on the router's
         first answer of a variant and version) and is first scraped only after the answers
         that follow the weight change would show those answers as no increase at all. Both
         rounds of predictions fit in one 2 s scrape interval, so the demo makes sure the
-        first round is in Prometheus before the second begins."""
-        expr = f'sum by (variant) ({REQUESTS}{{namespace="{self.namespace}",isvc="{CANARY}"}})'
+        first round is in Prometheus before the second begins. Only this router's series
+        count (its `instance`): after an `up` over a running demo, Prometheus still returns
+        the previous router's last values for a few minutes."""
+        instance = urlsplit(self.router_metrics).netloc
+        selector = f'namespace="{self.namespace}",isvc="{CANARY}",instance="{instance}"'
+        expr = f"sum by (variant) ({REQUESTS}{{{selector}}})"
 
         def scraped() -> Probe:
             counts = {k: int(v) for k, v in monitoring.query(self.prometheus_url, expr).items()}
