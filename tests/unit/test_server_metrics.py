@@ -346,7 +346,7 @@ def test_a_handler_metric_stops_taking_new_label_sets_at_its_limit(
         variant="", hostname="h", config=default_metrics_config(auto_detect=True)
     )
     model = metrics.for_model("m", "1.0", queue_depth=lambda: 0)
-    per_request = [
+    per_request: list[tuple[object, ...]] = [
         ("Seen", 1, "count", {**MODEL, "RequestId": str(i)}, "counter")
         for i in range(MAX_HANDLER_SERIES + 50)
     ]
