@@ -162,16 +162,18 @@ class Controller:
         refused = tuple(str(r) for r in tenancy.refusals(obj, self.settings.tenancy))
         ready = not refused and await self._router_ready(key, isvc)
         missing = {} if refused else await self._missing_secrets(key, isvc)
-        desired, full = self._render(key, isvc, ctx, ready, missing)
+        router_missing = None if refused or ready else await self._missing_router_ca(key, isvc)
+        inputs = _Inputs(ready, missing, router_missing)
+        desired, full = self._render(key, isvc, ctx, inputs)
         if not full and not refused and not self._all_verified(key, isvc, desired):
-            desired, full = self._render(key, isvc, ctx, ready, missing, full=True)
+            desired, full = self._render(key, isvc, ctx, inputs, full=True)
         errors: list[str] = []
         failed: ApiError | None = None
         try:
             if not refused:
                 errors, failed = await self._apply_all(key, isvc, desired)
             await self._update_status(key, obj, isvc, desired, ctx, errors, refused)
-            if missing:
+            if missing or router_missing:
                 # Secrets are not watched: look again soon, so creating it is noticed.
                 self.queue.add_after(key, SECRET_RECHECK_SECONDS)
         except ApiError as error:
@@ -253,8 +255,7 @@ class Controller:
         key: Key,
         isvc: spec.InferenceService,
         ctx: render.RenderContext,
-        ready: bool,
-        missing: Mapping[str, render.Missing],
+        inputs: _Inputs,
         *,
         full: bool = False,
     ) -> tuple[render.Desired, bool]:
@@ -267,14 +268,19 @@ class Controller:
         if (
             not full
             and last is not None
-            and (last.router_ready, last.isvc, last.ctx, last.missing)
-            == (ready, isvc, ctx, dict(missing))
+            and (last.isvc, last.ctx, last.inputs) == (isvc, ctx, inputs)
         ):
             return last.outline, False
-        desired = render.render(isvc, ctx, router_ready=ready, missing=missing)
+        desired = render.render(
+            isvc,
+            ctx,
+            router_ready=inputs.router_ready,
+            missing=inputs.missing,
+            router_missing=inputs.router_missing,
+        )
         self.metrics.renders.inc()
         outline = replace(desired, objects=tuple(_outline(o) for o in desired.objects))
-        self._rendered[key] = _Rendered(isvc, ctx, ready, dict(missing), outline)
+        self._rendered[key] = _Rendered(isvc, ctx, inputs, outline)
         return desired, True
 
     def _all_verified(self, key: Key, isvc: spec.InferenceService, desired: render.Desired) -> bool:
@@ -306,16 +312,7 @@ class Controller:
         missing: dict[str, render.Missing] = {}
         for variant_name, name, field_ in wanted:
             if name not in found:
-                try:
-                    found[name] = await self.api.exists(Ref("v1", "Secret", key[0], name))
-                except ApiError as error:
-                    if error.status != 403:
-                        raise
-                    log.warning(
-                        "cannot check a Secret",
-                        extra={"isvc": "/".join(key), "secret": name, "error": error.message},
-                    )
-                    found[name] = True
+                found[name] = await self._secret_exists(key, name)
             if not found[name] and variant_name not in missing:
                 reason, what = _SECRET_FIELDS[field_]
                 missing[variant_name] = render.Missing(
@@ -324,6 +321,37 @@ class Controller:
                     "or fix the name; the variant's pods are left as they are until then",
                 )
         return missing
+
+    async def _missing_router_ca(
+        self, key: Key, isvc: spec.InferenceService
+    ) -> render.Missing | None:
+        """The router's CA Secret, when it is another Secret than the certificate's and does
+        not exist (asked only while no router pod is available: a running router has it)."""
+        tls = isvc.tls
+        if not (isvc.multi_variant and tls.enabled) or tls.ca_secret == tls.secret_name:
+            return None
+        if await self._secret_exists(key, tls.ca_secret):
+            return None
+        return render.Missing(
+            status.TLS_SECRET_MISSING,
+            f"Secret {key[0]}/{tls.ca_secret} (tls.caSecretName) does not exist: create it with "
+            f"the CA that signed the variants' certificate under key {tls.ca_key}, or fix the "
+            f"name; the router's pods wait for it",
+        )
+
+    async def _secret_exists(self, key: Key, name: str) -> bool:
+        """Whether Secret `name` of the InferenceService's namespace exists (its metadata
+        only); True when the operator may not read it: then nothing is judged."""
+        try:
+            return await self.api.exists(Ref("v1", "Secret", key[0], name))
+        except ApiError as error:
+            if error.status != 403:
+                raise
+            log.warning(
+                "cannot check a Secret",
+                extra={"isvc": "/".join(key), "secret": name, "error": error.message},
+            )
+            return True
 
     async def _router_ready(self, key: Key, isvc: spec.InferenceService) -> bool:
         """Whether a router pod can take the stable Service's traffic. Before the watches have
@@ -583,13 +611,21 @@ def _taken(want: Mapping[str, Any]) -> str:
 
 
 @dataclass(frozen=True)
+class _Inputs:
+    """What a render takes beyond the spec and the context, as the controller observed it."""
+
+    router_ready: bool
+    missing: Mapping[str, render.Missing]
+    router_missing: render.Missing | None
+
+
+@dataclass(frozen=True)
 class _Rendered:
     """The inputs of an InferenceService's last render, and the outline of what it gave."""
 
     isvc: spec.InferenceService
     ctx: render.RenderContext
-    router_ready: bool
-    missing: dict[str, render.Missing]
+    inputs: _Inputs
     outline: render.Desired
 
 

@@ -153,6 +153,8 @@ class Desired:
     traffic: traffic.TrafficPlan
     missing: Mapping[str, Missing] = field(default_factory=dict)
     """Variants a Secret of whose does not exist (storage, TLS); left as they are."""
+    router_missing: Missing | None = None
+    """The router's CA Secret (tls.caSecretName) does not exist: its pods wait for it."""
 
 
 def render(
@@ -160,10 +162,13 @@ def render(
     ctx: RenderContext,
     router_ready: bool = True,
     missing: Mapping[str, Missing] | None = None,
+    router_missing: Missing | None = None,
 ) -> Desired:
     """`router_ready`: whether the router Deployment has an available pod (observed by the
     controller; see traffic.plan). `missing`: variants a Secret of whose (model.storage, tls)
-    the controller did not find (their Deployments are not touched: a pod could not start)."""
+    the controller did not find (their Deployments are not touched: a pod could not start).
+    `router_missing`: the router's CA Secret, not found while no router pod is available (the
+    router is rendered all the same: its pods start once the Secret exists)."""
     missing = dict(missing or {})
     plan = traffic.plan(isvc, router_ready)
     objects: list[dict[str, Any]] = []
@@ -188,6 +193,7 @@ def render(
         blocked={**blocked, **{v: m.message for v, m in missing.items()}},
         traffic=plan,
         missing=missing,
+        router_missing=router_missing,
     )
 
 

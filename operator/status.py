@@ -73,7 +73,7 @@ def compute(
     without them the spec's weights are in force."""
     weights = weights or {v.name: v.weight for v in isvc.variants}
     models = _models_condition(isvc, desired, children)
-    routing = _traffic_condition(isvc, desired.traffic, children, weights)
+    routing = _traffic_condition(isvc, desired, children, weights)
     scaling = _autoscaling_condition(isvc, children, ctx)
     ready = _ready_condition(models, routing, errors, refused)
     conditions, transitions = _with_transitions(
@@ -156,11 +156,17 @@ def _models_condition(isvc: InferenceService, desired: Desired, children: Childr
 
 def _traffic_condition(
     isvc: InferenceService,
-    plan: traffic.TrafficPlan,
+    desired: Desired,
     children: Children,
     weights: Mapping[str, int],
 ) -> Condition:
+    plan = desired.traffic
     if plan.uses_router and not traffic.router_ready(isvc, children):
+        if desired.router_missing is not None:
+            missing = desired.router_missing
+            return Condition(
+                TRAFFIC_READY, False, missing.reason, f"{missing.message}; {plan.message}"
+            )
         return Condition(
             TRAFFIC_READY,
             False,

@@ -288,3 +288,49 @@ def test_a_missing_tls_secret_is_checked_once_and_leaves_every_variant_alone() -
     assert {("Deployment", "m-main"), ("Deployment", "m-canary")} <= {
         (k[1], k[3]) for k in api.objects
     }
+
+
+def test_a_missing_router_ca_secret_is_named_in_traffic_ready() -> None:
+    api = FakeKubeAPI()
+    policy = tenancy.TenancyPolicy(secrets=("team-a/*",))
+    settings = ControllerSettings(render=CTX, identity="test", now=lambda: "T", tenancy=policy)
+    controller = Controller(cast(KubeAPI, api), settings, OperatorMetrics())
+    obj = isvc({"uri": "https://h/m.mar"})
+    canary = copy.deepcopy(obj["spec"]["variants"][0])
+    canary.update(name="canary", weight=10)
+    obj["spec"]["variants"][0]["weight"] = 90
+    obj["spec"]["variants"].append(canary)
+    obj["spec"]["tls"] = {"secretName": "serving-cert", "caSecretName": "cluster-ca"}
+    api.put(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "serving-cert", "namespace": NS},
+        }
+    )
+
+    def traffic_ready() -> dict[str, Any]:
+        conditions = api.stored(API_VERSION, KIND, NS, "m")["status"]["conditions"]
+        return dict(next(c for c in conditions if c["type"] == "TrafficReady"))
+
+    controller.on_inferenceservice("ADDED", api.put(obj))
+    asyncio.run(controller.reconcile((NS, "m")))
+    traffic = traffic_ready()
+    assert (traffic["status"], traffic["reason"]) == ("False", "TLSSecretMissing")
+    assert traffic["message"].startswith(
+        "Secret team-a/cluster-ca (tls.caSecretName) does not exist: create it with the CA that "
+        "signed the variants' certificate under key ca.crt, or fix the name"
+    )
+    assert "Service m sends all traffic to variant 'main'" in traffic["message"]
+    # the variants and the router are there: the router's pods start once the Secret exists
+    deployments = {key[3] for key in api.objects if key[1] == "Deployment"}
+    assert {"m-main", "m-canary", "m-router"} <= deployments
+    events = [o for o in api.objects.values() if o["kind"] == "Event"]
+    assert any(e["reason"] == "TLSSecretMissing" for e in events)
+
+    api.put(
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "cluster-ca", "namespace": NS}}
+    )
+    controller.on_inferenceservice("MODIFIED", api.stored(API_VERSION, KIND, NS, "m"))
+    asyncio.run(controller.reconcile((NS, "m")))
+    assert traffic_ready()["reason"] == "RouterNotReady"  # no router pod yet: no Secret missing
