@@ -100,6 +100,7 @@ class ServerConfig:
     certificate_file: Path | None = None
     private_key_file: Path | None = None
     enable_grpc_ssl: bool = False
+    certificate_reload_interval_seconds: float = 30.0  # the pair is read again this often
     # model lifecycle limits (docs/operations.md)
     max_workers_per_model: int | None = None  # None: 2 per CPU core, or devices x per device
     max_model_unpacked_size: int = 64 * 1024**3
@@ -138,6 +139,7 @@ _FLOAT_KEYS = {
     "keepalive_timeout_seconds",
     "download_timeout_seconds",
     "download_stall_timeout_seconds",
+    "certificate_reload_interval_seconds",
 }
 _OPTIONAL_INT_KEYS = {"default_workers_per_model", "number_of_gpu", "max_workers_per_model"}
 _BOOL_KEYS = {
@@ -282,6 +284,7 @@ _POSITIVE_KEYS = (
     "request_head_timeout_seconds",
     "request_body_timeout_seconds",
     "keepalive_timeout_seconds",
+    "certificate_reload_interval_seconds",
 )
 
 

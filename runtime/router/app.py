@@ -13,6 +13,7 @@ import logging
 import signal
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from marfleet.runtime.metrics import CONTENT_TYPE
@@ -21,6 +22,7 @@ from marfleet.runtime.router.metrics import RouterMetrics
 from marfleet.runtime.router.proxy import Proxy
 from marfleet.runtime.router.source import IsvcWatch, load_kube_config
 from marfleet.runtime.router.table import Routing, RoutingTable
+from marfleet.runtime.router.trust import UpstreamTrust
 from marfleet.runtime.router.upstream import Timeouts, UpstreamPool, upstream_tls
 from marfleet.runtime.server.errors import error_response
 from marfleet.runtime.server.http import HttpLimits, HttpServer, Request, Response
@@ -46,6 +48,8 @@ class RouterSettings:
     grpc_backends: dict[str, str]  # variant -> host:port of its gRPC inference port
     log_level: str
     upstream_ca: bytes | None = None  # PEM CA(s) for https:// backends; None: system store
+    upstream_ca_file: Path | None = None  # where upstream_ca was read, read again (trust.py)
+    upstream_ca_reload_seconds: float = 30.0
 
 
 class Router:
@@ -67,6 +71,11 @@ class Router:
             tls_variants=frozenset(secure),
             root_certificates=settings.upstream_ca,
         )
+        self.trust: UpstreamTrust | None = None
+        if tls is not None and settings.upstream_ca and settings.upstream_ca_file is not None:
+            self.trust = UpstreamTrust(
+                settings.upstream_ca_file, settings.upstream_ca, tls, self.grpc.trust
+            )
         self.routed = asyncio.Event()
 
     def apply(self, routing: Routing) -> None:
@@ -134,6 +143,9 @@ async def run(settings: RouterSettings) -> int:
             router.grpc, settings.host, settings.grpc_port, settings.limits.max_body_bytes
         )
     await front.start(settings.host, settings.port)
+    trusting = None
+    if router.trust is not None:
+        trusting = loop.create_task(router.trust.watch(settings.upstream_ca_reload_seconds))
     log.info(
         "router listening",
         extra={
@@ -146,6 +158,8 @@ async def run(settings: RouterSettings) -> int:
         },
     )
     await stop.wait()
+    if trusting is not None:
+        trusting.cancel()
     log.info("router draining", extra={"seconds": settings.drain_seconds})
     front.begin_shutdown()
     if grpc_server is not None:

@@ -134,6 +134,12 @@ def parser() -> argparse.ArgumentParser:
         help="PEM CA certificate(s) that https:// backends (and their gRPC ports) are verified "
         "with (default: the system's trust store)",
     )
+    p.add_argument(
+        "--upstream-ca-reload-seconds",
+        type=float,
+        default=30.0,
+        help="how often --upstream-ca is read again (new certificates are trusted as well)",
+    )
     p.add_argument("--mirror-limit", type=int, default=64, help="shadow copies in flight at most")
     p.add_argument("--drain-seconds", type=float, default=20.0, help="grace period on SIGTERM")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -184,6 +190,10 @@ def settings_from(argv: Sequence[str], environ: Mapping[str, str]) -> RouterSett
         drain_seconds=args.drain_seconds,
         log_level=args.log_level,
         upstream_ca=_upstream_ca(args.upstream_ca, backends),
+        upstream_ca_file=Path(args.upstream_ca) if args.upstream_ca else None,
+        upstream_ca_reload_seconds=_positive(
+            args.upstream_ca_reload_seconds, "--upstream-ca-reload-seconds"
+        ),
     )
 
 
@@ -221,6 +231,12 @@ def _pair(text: str, flag: str) -> tuple[str, str]:
     if not sep or not name.strip() or not value.strip():
         raise UsageError(f"{flag} takes NAME=VALUE, got {text!r}")
     return name.strip(), value.strip()
+
+
+def _positive(value: float, flag: str) -> float:
+    if not value > 0:
+        raise UsageError(f"{flag} must be greater than 0, got {value:g}")
+    return value
 
 
 def _int(text: str, flag: str) -> int:

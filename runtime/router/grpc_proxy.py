@@ -15,6 +15,7 @@ headless Service's name resolves to), as HTTP requests do. A variant whose HTTP 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from functools import partial
@@ -30,6 +31,8 @@ _SERVER_STREAMS = frozenset({"StreamPredictions"})
 _BIDI_STREAMS = frozenset({"StreamPredictions2"})
 _NOT_FORWARDED = frozenset({"user-agent", "te", "content-type", "grpc-accept-encoding"})
 
+RETIRE_GRACE = 60.0
+"""Seconds the calls on a replaced channel (a new upstream CA) have to finish."""
 _BALANCED = [("grpc.lb_policy_name", "round_robin")]
 """Calls spread over every address the variant's name resolves to (each pod of a headless
 Service); gRPC's default, pick_first, would send all of them down one connection to one pod."""
@@ -57,6 +60,9 @@ class GrpcProxy(grpc.GenericRpcHandler):
     ) -> None:
         self._table = table
         self._metrics = metrics
+        self._targets = dict(targets)
+        self._tls_variants = tls_variants
+        self._retiring: set[asyncio.Task[None]] = set()
         credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
         self._channels = {
             variant: grpc.aio.secure_channel(f"dns:///{target}", credentials, _BALANCED)
@@ -64,6 +70,18 @@ class GrpcProxy(grpc.GenericRpcHandler):
             else grpc.aio.insecure_channel(f"dns:///{target}", _BALANCED)
             for variant, target in targets.items()
         }
+
+    def trust(self, root_certificates: bytes) -> None:
+        """Call the TLS variants over new channels that verify with `root_certificates`; the
+        previous channels close once their calls have finished (at most RETIRE_GRACE s)."""
+        credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+        for variant in self._tls_variants & set(self._targets):
+            old = self._channels[variant]
+            target = f"dns:///{self._targets[variant]}"
+            self._channels[variant] = grpc.aio.secure_channel(target, credentials, _BALANCED)
+            task = asyncio.get_running_loop().create_task(old.close(RETIRE_GRACE))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
 
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
         method: str = details.method
@@ -157,6 +175,8 @@ class GrpcProxy(grpc.GenericRpcHandler):
     async def close(self) -> None:
         for channel in self._channels.values():
             await channel.close()
+        for task in list(self._retiring):
+            task.cancel()
 
 
 async def start(

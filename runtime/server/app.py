@@ -16,7 +16,6 @@ import contextlib
 import logging
 import shutil
 import socket
-import ssl
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -30,6 +29,7 @@ from marfleet.runtime.host_metrics import GpuSampler, HostSampler
 from marfleet.runtime.metrics import CONTENT_TYPE, RuntimeMetrics
 from marfleet.runtime.server import grpc_api, grpc_management
 from marfleet.runtime.server.auth import Tokens, require_token, token_api
+from marfleet.runtime.server.certificates import CertificateError, ServingCertificate
 from marfleet.runtime.server.dataplane import DataPlane
 from marfleet.runtime.server.errors import ApiError, error_response, json_response
 from marfleet.runtime.server.http import Handler, HttpLimits, HttpServer, Request, Response
@@ -81,9 +81,9 @@ def _api_errors(app: Handler) -> Handler:
     return handle
 
 
-def server_tls(config: ServerConfig) -> ssl.SSLContext | None:
-    """The TLS context of the https:// listeners and gRPC with enable_grpc_ssl (TorchServe's
-    certificate_file and private_key_file, PEM); None when nothing asks for TLS."""
+def serving_certificate(config: ServerConfig) -> ServingCertificate | None:
+    """The certificate of the https:// listeners and of gRPC with enable_grpc_ssl
+    (TorchServe's certificate_file and private_key_file, PEM); None when nothing asks for TLS."""
     addresses = (config.inference_address, config.management_address, config.metrics_address)
     if not config.enable_grpc_ssl and not any(address.tls for address in addresses):
         return None
@@ -92,22 +92,10 @@ def server_tls(config: ServerConfig) -> ssl.SSLContext | None:
             "an https:// address or enable_grpc_ssl=true asks for TLS: set certificate_file "
             "and private_key_file (PEM files of the certificate chain and its private key)"
         )
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
-        context.load_cert_chain(config.certificate_file, config.private_key_file)
-    except (OSError, ssl.SSLError) as error:
-        raise ConfigError(
-            f"certificate_file={config.certificate_file}, private_key_file="
-            f"{config.private_key_file}: cannot be used as a TLS certificate and key ({error})"
-        ) from None
-    return context
-
-
-def grpc_credentials(config: ServerConfig) -> grpc.ServerCredentials:
-    """The same certificate and key for the gRPC listener (enable_grpc_ssl=true)."""
-    assert config.certificate_file is not None and config.private_key_file is not None
-    pair = (config.private_key_file.read_bytes(), config.certificate_file.read_bytes())
-    return grpc.ssl_server_credentials([pair])
+        return ServingCertificate(config.certificate_file, config.private_key_file)
+    except CertificateError as error:
+        raise ConfigError(str(error)) from None
 
 
 class ModelServer:
@@ -160,6 +148,7 @@ class ModelServer:
         self._draining = False
         self._stop = asyncio.Event()
         self._startup_task: asyncio.Task[None] | None = None
+        self._certificate_task: asyncio.Task[None] | None = None
         self._grpc: dict[str, tuple[grpc.aio.Server, int]] = {}  # name -> (server, port)
         self._management = ManagementApi(
             self.registry, self.loader, enable_model_api=config.enable_model_api
@@ -175,7 +164,8 @@ class ModelServer:
     async def start(self) -> None:
         config = self.config
         limits = http_limits(config)
-        tls = server_tls(config)
+        certificate = serving_certificate(config)
+        tls = certificate.context if certificate is not None else None
         if not config.disable_token_authorization:
             self.plane.tokens = Tokens(
                 self._key_file,
@@ -203,7 +193,6 @@ class ModelServer:
             )
             await server.start(address.host, address.port, tls=tls if address.tls else None)
             self._servers[name] = server
-        credentials = grpc_credentials(config) if config.enable_grpc_ssl else None
         for name, handlers, host, port in (
             (
                 "grpc_inference",
@@ -225,7 +214,9 @@ class ModelServer:
                     port,
                     max_request_bytes=config.max_request_size,
                     max_response_bytes=config.max_response_size,
-                    credentials=credentials,
+                    credentials=certificate.grpc_credentials()
+                    if certificate is not None and config.enable_grpc_ssl
+                    else None,
                 )
         log.info(
             "listening",
@@ -237,6 +228,10 @@ class ModelServer:
             },
         )
         self._startup_task = asyncio.get_running_loop().create_task(self._load_startup_models())
+        if certificate is not None:
+            self._certificate_task = asyncio.get_running_loop().create_task(
+                certificate.watch(config.certificate_reload_interval_seconds)
+            )
 
     def port(self, name: str) -> int:
         if name in self._grpc:
@@ -255,10 +250,11 @@ class ModelServer:
         started = time.monotonic()
         self._draining = True
         log.info("shutting down", extra={"grace_seconds": grace})
-        if self._startup_task is not None and not self._startup_task.done():
-            self._startup_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._startup_task
+        for task in (self._startup_task, self._certificate_task):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         front = [self._servers[n] for n in ("inference", "management") if n in self._servers]
         for server in front:
             server.begin_shutdown()

@@ -6,6 +6,7 @@ port is refused at the handshake, and the server goes on serving."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ from marfleet.runtime.server.protos import inference_pb2 as ts_pb2
 from marfleet.runtime.server.protos import management_pb2
 
 from e2e.bench.router_procs import router
-from e2e.support import free_port
+from e2e.support import free_port, wait_for
 from tests.integration.server_archives import HANDLERS
 from tests.serving import Server, archive, serve
 
@@ -28,10 +29,8 @@ PREDICT = "/org.pytorch.serve.grpc.inference.InferenceAPIsService/Predictions"
 MANAGEMENT = "/org.pytorch.serve.grpc.management.ManagementAPIsService"
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    root = tmp_path_factory.mktemp("server-tls")
-    cert, key = root / "cert.pem", root / "key.pem"
+def make_certificate(cert: Path, key: Path) -> None:
+    """A self-signed certificate for 127.0.0.1 and its key (PEM)."""
     subprocess.run(
         [
             *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
@@ -41,10 +40,20 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         check=True,
         capture_output=True,
     )
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("server-tls")
+    cert, key = root / "cert.pem", root / "key.pem"
+    make_certificate(cert, key)
     store = root / "store"
     store.mkdir()
     archive(store, "echo", HANDLERS / "behaviour.py")
-    with serve(store, root / "run", models=["echo.mar"], tls=(cert, key)) as srv:
+    properties = {"certificate_reload_interval_seconds": "0.5"}
+    with serve(
+        store, root / "run", models=["echo.mar"], properties=properties, tls=(cert, key)
+    ) as srv:
         yield srv
 
 
@@ -149,3 +158,48 @@ def test_the_router_talks_tls_to_its_upstream_over_http_and_grpc(server: Server)
         refused = httpx.post(f"{proc.url}/predictions/echo", json={"x": 1}, timeout=30)
     assert refused.status_code == 502, refused.text
     assert "CERTIFICATE_VERIFY_FAILED" in refused.json()["message"], refused.text
+
+
+def test_a_renewed_certificate_is_served_and_trusted_without_a_restart(
+    server: Server, tmp_path: Path
+) -> None:
+    """A renewed self-signed certificate (the router's CA is the certificate itself, as with
+    `caKey: tls.crt`): both files are replaced the way the kubelet updates a Secret volume.
+    The server serves the new pair on HTTPS and gRPC within its reload interval, and a router
+    started before the renewal trusts it over HTTP and gRPC, all without a restart. (This test
+    renews the module's certificate: it comes last.)"""
+    grpc_port = free_port()
+    args = ["--weights", "stable=100", "--upstream-ca", str(server.certificate)]
+    args += ["--upstream-ca-reload-seconds", "0.5"]
+    args += ["--grpc-port", str(grpc_port), f"--grpc-backend=stable={server.grpc}"]
+    old = tmp_path / "old.pem"
+    old.write_bytes(Path(str(server.certificate)).read_bytes())
+    with router({"stable": server.inference}, *args) as proc:
+        renewed_key, renewed_cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+        make_certificate(renewed_cert, renewed_key)
+        key_file = Path(str(server.certificate)).with_name("key.pem")
+        os.replace(renewed_key, key_file)
+        os.replace(renewed_cert, Path(str(server.certificate)))
+        new = Path(str(server.certificate))
+
+        def serves(trusted: Path) -> bool:
+            try:
+                httpx.get(f"{server.inference}/ping", verify=str(trusted), timeout=5)
+            except httpx.ConnectError:
+                return False
+            return True
+
+        wait_for(lambda: serves(new), 15, "the server to serve the renewed certificate")
+        assert not serves(old)
+        credentials = grpc.ssl_channel_credentials(root_certificates=new.read_bytes())
+        with grpc.secure_channel(server.grpc, credentials) as channel:
+            assert _predict_echo(channel)["batch"] == 1
+
+        def routed() -> bool:
+            answer = httpx.post(f"{proc.url}/predictions/echo", json={"x": 1}, timeout=30)
+            return answer.status_code == 200
+
+        wait_for(routed, 15, "the router to trust the renewed certificate")
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            assert _predict_echo(channel)["batch"] == 1
+    assert "serving certificate reloaded" in server.log()

@@ -14,7 +14,7 @@ from marfleet.runtime.config import (
     parse_properties,
     resolve_model_settings,
 )
-from marfleet.runtime.server.app import server_tls
+from marfleet.runtime.server.app import serving_certificate
 
 
 def test_properties_syntax() -> None:
@@ -197,9 +197,9 @@ def test_https_addresses_and_grpc_ssl_need_the_certificate_and_key(tmp_path: Pat
     assert config.inference_address == Address("0.0.0.0", 8443, tls=True)
     for properties in ({"inference_address": "https://0.0.0.0:8443"}, {"enable_grpc_ssl": "true"}):
         with pytest.raises(ConfigError, match="certificate_file and private_key_file"):
-            server_tls(load_server_config(properties, {}))
+            serving_certificate(load_server_config(properties, {}))
     missing = {"enable_grpc_ssl": "true", "certificate_file": str(tmp_path / "no.pem")}
     missing["private_key_file"] = missing["certificate_file"]
-    with pytest.raises(ConfigError, match="cannot be used as a TLS certificate"):
-        server_tls(load_server_config(missing, {}))
-    assert server_tls(load_server_config({}, {})) is None
+    with pytest.raises(ConfigError, match="cannot be read"):
+        serving_certificate(load_server_config(missing, {}))
+    assert serving_certificate(load_server_config({}, {})) is None
