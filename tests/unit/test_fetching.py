@@ -215,6 +215,11 @@ def test_tenancy_refuses_unlisted_secrets_and_service_accounts() -> None:
     ]
 
 
+def secret(name: str) -> dict[str, Any]:
+    """A Secret of the namespace as the operator sees it (its metadata is all it reads)."""
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": NS}}
+
+
 def test_a_missing_secret_is_a_condition_and_an_event_then_is_noticed() -> None:
     api = FakeKubeAPI()
     policy = tenancy.TenancyPolicy(secrets=("team-a/*",))
@@ -234,9 +239,7 @@ def test_a_missing_secret_is_a_condition_and_an_event_then_is_noticed() -> None:
     secret_reads = [call for call in api.calls if call[1] == "Secret"]
     assert secret_reads == [("exists", "Secret", "s3-creds")]  # metadata only, never the data
 
-    api.put(
-        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-creds", "namespace": NS}}
-    )
+    api.put(secret("s3-creds"))
     controller.on_inferenceservice("MODIFIED", api.stored(API_VERSION, KIND, NS, "m"))
     asyncio.run(controller.reconcile((NS, "m")))
     assert ("Deployment", "m-main") in {(k[1], k[3]) for k in api.objects}
@@ -255,9 +258,7 @@ def test_a_missing_tls_secret_is_checked_once_and_leaves_every_variant_alone() -
     obj["spec"]["variants"][0]["weight"] = 90
     obj["spec"]["variants"].append(canary)
     obj["spec"]["tls"] = {"secretName": "serving-cert"}
-    api.put(
-        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-creds", "namespace": NS}}
-    )
+    api.put(secret("s3-creds"))
     controller.on_inferenceservice("ADDED", api.put(obj))
     asyncio.run(controller.reconcile((NS, "m")))
     status = api.stored(API_VERSION, KIND, NS, "m")["status"]
@@ -276,13 +277,7 @@ def test_a_missing_tls_secret_is_checked_once_and_leaves_every_variant_alone() -
     secret_reads = sorted(call for call in api.calls if call[1] == "Secret")
     assert secret_reads == [("exists", "Secret", "s3-creds"), ("exists", "Secret", "serving-cert")]
 
-    api.put(
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "serving-cert", "namespace": NS},
-        }
-    )
+    api.put(secret("serving-cert"))
     controller.on_inferenceservice("MODIFIED", api.stored(API_VERSION, KIND, NS, "m"))
     asyncio.run(controller.reconcile((NS, "m")))
     assert {("Deployment", "m-main"), ("Deployment", "m-canary")} <= {
@@ -301,13 +296,7 @@ def test_a_missing_router_ca_secret_is_named_in_traffic_ready() -> None:
     obj["spec"]["variants"][0]["weight"] = 90
     obj["spec"]["variants"].append(canary)
     obj["spec"]["tls"] = {"secretName": "serving-cert", "caSecretName": "cluster-ca"}
-    api.put(
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "serving-cert", "namespace": NS},
-        }
-    )
+    api.put(secret("serving-cert"))
 
     def traffic_ready() -> dict[str, Any]:
         conditions = api.stored(API_VERSION, KIND, NS, "m")["status"]["conditions"]
@@ -328,9 +317,7 @@ def test_a_missing_router_ca_secret_is_named_in_traffic_ready() -> None:
     events = [o for o in api.objects.values() if o["kind"] == "Event"]
     assert any(e["reason"] == "TLSSecretMissing" for e in events)
 
-    api.put(
-        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "cluster-ca", "namespace": NS}}
-    )
+    api.put(secret("cluster-ca"))
     controller.on_inferenceservice("MODIFIED", api.stored(API_VERSION, KIND, NS, "m"))
     asyncio.run(controller.reconcile((NS, "m")))
     assert traffic_ready()["reason"] == "RouterNotReady"  # no router pod yet: no Secret missing
