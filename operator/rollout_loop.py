@@ -114,11 +114,12 @@ class RolloutLoop:
         now = self._clock()
         pods = self._canary_pods(key, plan)
         observed: rollout.Observation | rollout.Unavailable | None = None
-        current = (
-            state is not None and state.target == plan.target and state.phase == rollout.PROGRESSING
-        )
-        if current and state is not None and (state.step_started is not None or pods.ready):
-            # a step runs, or is about to start: only if its numbers can be read
+        if (
+            state is not None
+            and state.target == plan.target
+            and state.phase == rollout.PROGRESSING
+            and (state.step_started is not None or pods.ready)
+        ):  # a step runs, or is about to start: only if its numbers can be read
             foreign = await self._foreign_router(key, obj)
             if foreign:
                 observed = rollout.Unavailable(foreign)
