@@ -161,18 +161,21 @@ def _traffic_condition(
     weights: Mapping[str, int],
 ) -> Condition:
     plan = desired.traffic
-    if plan.uses_router and not traffic.router_ready(isvc, children):
-        if desired.router_missing is not None:
-            missing = desired.router_missing
-            return Condition(
-                TRAFFIC_READY, False, missing.reason, f"{missing.message}; {plan.message}"
-            )
-        return Condition(
-            TRAFFIC_READY,
-            False,
-            "RouterNotReady",
-            f"no ready pod in router Deployment {labels.router_name(isvc)} yet; {plan.message}",
+    available = plan.uses_router and traffic.router_ready(isvc, children)
+    if plan.uses_router and not available and desired.router_missing is not None:
+        missing = desired.router_missing
+        return Condition(TRAFFIC_READY, False, missing.reason, f"{missing.message}; {plan.message}")
+    if plan.uses_router and (not available or plan.reason != traffic.ROUTED):
+        # The Service is switched to the router only by a pass that saw a router pod
+        # available: one that came up during this pass is used by the next.
+        name = labels.router_name(isvc)
+        detail = (
+            f"router Deployment {name} has a ready pod, and Service {isvc.name} is switched to "
+            "it next"
+            if available
+            else f"no ready pod in router Deployment {name} yet"
         )
+        return Condition(TRAFFIC_READY, False, "RouterNotReady", f"{detail}; {plan.message}")
     if ("Service", isvc.name) not in children:
         return Condition(
             TRAFFIC_READY, False, "ServiceMissing", f"Service {isvc.name} not created yet"

@@ -233,6 +233,25 @@ def test_router_must_be_available_when_used() -> None:
     assert conditions(st)["TrafficReady"] == ("True", "Routed")
 
 
+def test_a_router_that_came_up_during_the_pass_is_not_routed_to_yet() -> None:
+    """The pass rendered the Service on the first variant (no router pod when it began), and a
+    router pod became available before the status was computed: traffic is not routed yet, so
+    TrafficReady (and Ready) stay False until the next pass switches the Service."""
+    isvc = spec.parse(isvc_obj())
+    st, _ = status.compute(
+        isvc,
+        render.render(isvc, CTX, router_ready=False),
+        children(),
+        CTX,
+        previous={},
+        errors=[],
+        now=T0,
+    )
+    assert conditions(st)["TrafficReady"] == ("False", "RouterNotReady")
+    assert conditions(st)["Ready"][0] == "False"
+    assert "has a ready pod, and Service m is switched to it next" in st["conditions"][2]["message"]
+
+
 def test_own_part_leaves_other_controllers_conditions_out() -> None:
     stored = {
         "url": "u",
