@@ -27,6 +27,7 @@ import uvloop
 from marfleet.runtime.router.app import RouterSettings, run
 from marfleet.runtime.router.table import Mirror, Routing
 from marfleet.runtime.router.upstream import Timeouts
+from marfleet.runtime.server.certificates import read_pem
 from marfleet.runtime.server.http import HttpLimits
 from marfleet.runtime.server.logs import configure_logging
 
@@ -217,7 +218,7 @@ def _upstream_ca(path: str | None, backends: Mapping[str, str]) -> bytes | None:
     if not any(url.startswith("https://") for url in backends.values()):
         raise UsageError("--upstream-ca verifies https:// backends, and no --backend is one")
     try:
-        pem = Path(path).read_bytes()
+        pem = read_pem(Path(path))
         ssl.create_default_context(cadata=pem.decode("ascii"))
     except (OSError, UnicodeDecodeError, ssl.SSLError, ValueError) as exc:
         raise UsageError(

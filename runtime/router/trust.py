@@ -22,6 +22,8 @@ import ssl
 from collections.abc import Callable
 from pathlib import Path
 
+from marfleet.runtime.server.certificates import read_pem
+
 log = logging.getLogger("marfleet.router")
 
 MAX_BUNDLES = 16
@@ -53,7 +55,7 @@ class UpstreamTrust:
     def reload(self) -> bool:
         """Read the file again; trust what it holds when it is new and parses. True if so."""
         try:
-            pem = self._path.read_bytes()
+            pem = read_pem(self._path)
         except OSError as error:
             self._refuse(str(error), f"cannot be read ({error})")
             return False

@@ -31,6 +31,19 @@ import grpc
 
 log = logging.getLogger("marfleet.server")
 
+MAX_PEM_BYTES = 1024 * 1024
+"""A certificate chain, key or CA file is read whole, again and again: a Kubernetes Secret holds
+at most 1 MiB, and nothing larger is a PEM file anyone means."""
+
+
+def read_pem(path: Path) -> bytes:
+    """The file's bytes; OSError when it cannot be read or is over MAX_PEM_BYTES."""
+    with path.open("rb") as file:
+        data = file.read(MAX_PEM_BYTES + 1)
+    if len(data) > MAX_PEM_BYTES:
+        raise OSError(f"{path} is larger than {MAX_PEM_BYTES} bytes: not a PEM file")
+    return data
+
 
 @dataclass(frozen=True)
 class _Pair:
@@ -117,7 +130,7 @@ class ServingCertificate:
 
     def _read(self) -> _Pair:
         certificate_file, private_key_file = self._files
-        return _Pair(certificate_file.read_bytes(), private_key_file.read_bytes())
+        return _Pair(read_pem(certificate_file), read_pem(private_key_file))
 
     def _refuse(self, what: _Pair | str, why: str) -> None:
         if what == self._refused:

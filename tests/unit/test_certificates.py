@@ -13,7 +13,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from marfleet.runtime.server.certificates import CertificateError, ServingCertificate
+from marfleet.runtime.server.certificates import MAX_PEM_BYTES, CertificateError, ServingCertificate
 
 
 def make_pair(directory: Path, name: str) -> tuple[bytes, bytes]:
@@ -134,3 +134,16 @@ def test_a_pair_that_does_not_load_at_start_names_both_files(
         ServingCertificate(cert, key)
     with pytest.raises(CertificateError, match=f"private_key_file={tmp_path / 'no.key'}"):
         ServingCertificate(cert, tmp_path / "no.key")
+
+
+def test_a_file_over_the_pem_bound_is_not_read_whole(
+    tmp_path: Path, pairs: dict[str, tuple[bytes, bytes]], caplog: pytest.LogCaptureFixture
+) -> None:
+    cert, key = install(tmp_path, pairs["old"])
+    certificate = ServingCertificate(cert, key)
+    cert.write_bytes(pairs["new"][0] + b"\n" * MAX_PEM_BYTES)  # a PEM file would still parse
+    with caplog.at_level(logging.WARNING):
+        assert certificate.reload() is False
+    assert f"larger than {MAX_PEM_BYTES} bytes" in str(caplog.records[-1].__dict__["error"])
+    with pytest.raises(CertificateError, match="larger than"):
+        ServingCertificate(cert, key)

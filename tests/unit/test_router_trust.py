@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from marfleet.runtime.router.trust import MAX_BUNDLES, UpstreamTrust
 from marfleet.runtime.router.upstream import upstream_tls
+from marfleet.runtime.server.certificates import MAX_PEM_BYTES
 
 
 def certificate(directory: Path, name: str) -> bytes:
@@ -68,3 +69,16 @@ def test_the_bundles_handed_to_grpc_are_bounded(tmp_path: Path) -> None:
         made.append(pem)
         assert trust.reload() is True
     assert trust.pem == b"".join(made[-MAX_BUNDLES:])
+
+
+def test_a_ca_file_over_the_pem_bound_is_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "ca.crt"
+    path.write_bytes(first := certificate(tmp_path, "first"))
+    trust = UpstreamTrust(path, first, upstream_tls(first), lambda _pem: None)
+    path.write_bytes(certificate(tmp_path, "second") + b"\n" * MAX_PEM_BYTES)
+    with caplog.at_level(logging.WARNING):
+        assert trust.reload() is False
+    assert "larger than" in str(caplog.records[-1].__dict__["error"])
+    assert trust.pem == first
