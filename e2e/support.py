@@ -4,6 +4,7 @@ condition with a deadline that names what it was waiting for, and stopping a chi
 from __future__ import annotations
 
 import importlib.util
+import random
 import signal
 import socket
 import subprocess
@@ -13,13 +14,30 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Self
 
+PORTS = range(15000, 30000)
+"""Where free_port looks: below Linux's ephemeral range (32768-60999 by default), from which
+the kernel takes the local port of every outgoing connection, and below the NodePort range
+(30000-32767). A port taken from the ephemeral range (bind to port 0) is free when chosen, but
+a client connecting before the server binds it may be given it as its own port: the server
+then fails with "address already in use" (seen in CI)."""
+_handed_out: set[int] = set()
+
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
+    """A TCP port nothing listens on right now, never handed out before by this process, and
+    outside the range the kernel gives outgoing connections (PORTS says why)."""
+    for _ in range(200):
+        port = random.choice(PORTS)
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("0.0.0.0", port))  # also taken when bound on any one address
+            except OSError:
+                continue
+        _handed_out.add(port)
         return port
+    raise RuntimeError(f"no free TCP port in {PORTS.start}-{PORTS.stop - 1} after 200 tries")
 
 
 def archiver_command() -> list[str]:
