@@ -220,104 +220,111 @@ def secret(name: str) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": NS}}
 
 
-def test_a_missing_secret_is_a_condition_and_an_event_then_is_noticed() -> None:
-    api = FakeKubeAPI()
-    policy = tenancy.TenancyPolicy(secrets=("team-a/*",))
-    settings = ControllerSettings(render=CTX, identity="test", now=lambda: "T", tenancy=policy)
-    controller = Controller(cast(KubeAPI, api), settings, OperatorMetrics())
-    stored = api.put(isvc(S3_MODEL))
-    controller.on_inferenceservice("ADDED", stored)
-    asyncio.run(controller.reconcile((NS, "m")))
-    status = api.stored(API_VERSION, KIND, NS, "m")["status"]
-    models = next(c for c in status["conditions"] if c["type"] == "ModelsReady")
-    assert (models["status"], models["reason"]) == ("False", "StorageSecretMissing")
-    assert "Secret team-a/s3-creds (model.storage.secretName) does not exist" in models["message"]
-    kinds = {key[1] for key in api.objects}
-    assert "Deployment" not in kinds
-    events = [o for o in api.objects.values() if o["kind"] == "Event"]
-    assert any(e["reason"] == "StorageSecretMissing" for e in events)
-    secret_reads = [call for call in api.calls if call[1] == "Secret"]
-    assert secret_reads == [("exists", "Secret", "s3-creds")]  # metadata only, never the data
+class SecretsAt:
+    """A controller allowed the namespace's Secrets, over the fake API, reconciling `m`."""
 
-    api.put(secret("s3-creds"))
-    controller.on_inferenceservice("MODIFIED", api.stored(API_VERSION, KIND, NS, "m"))
-    asyncio.run(controller.reconcile((NS, "m")))
-    assert ("Deployment", "m-main") in {(k[1], k[3]) for k in api.objects}
-    written = [o for o in api.objects.values() if o["kind"] != "Secret"]
+    def __init__(self) -> None:
+        self.api = FakeKubeAPI()
+        policy = tenancy.TenancyPolicy(secrets=("team-a/*",))
+        settings = ControllerSettings(render=CTX, identity="test", now=lambda: "T", tenancy=policy)
+        self.controller = Controller(cast(KubeAPI, self.api), settings, OperatorMetrics())
+
+    def reconcile(self, obj: dict[str, Any] | None = None) -> None:
+        """Reconcile `m` once: `obj` newly applied, or the stored one again."""
+        if obj is not None:
+            self.controller.on_inferenceservice("ADDED", self.api.put(obj))
+        else:
+            stored = self.api.stored(API_VERSION, KIND, NS, "m")
+            self.controller.on_inferenceservice("MODIFIED", stored)
+        asyncio.run(self.controller.reconcile((NS, "m")))
+
+    def condition(self, kind: str) -> dict[str, Any]:
+        conditions = self.api.stored(API_VERSION, KIND, NS, "m")["status"]["conditions"]
+        return dict(next(c for c in conditions if c["type"] == kind))
+
+    def says_missing(self, kind: str, reason: str, message: str) -> str:
+        """Assert `kind` is False for `reason`, its message starting with `message`, with a
+        Warning Event of that reason; returns the whole message."""
+        found = self.condition(kind)
+        assert (found["status"], found["reason"]) == ("False", reason)
+        assert found["message"].startswith(message), found["message"]
+        events = [o for o in self.api.objects.values() if o["kind"] == "Event"]
+        assert any(e["reason"] == reason for e in events)
+        return str(found["message"])
+
+    def deployments(self) -> set[str]:
+        return {key[3] for key in self.api.objects if key[1] == "Deployment"}
+
+    def secret_reads(self) -> list[tuple[str, ...]]:
+        return sorted(call for call in self.api.calls if call[1] == "Secret")
+
+
+def two_variants(model: dict[str, Any], tls: dict[str, str]) -> dict[str, Any]:
+    obj = isvc(model)
+    canary = copy.deepcopy(obj["spec"]["variants"][0])
+    canary.update(name="canary", weight=10)
+    obj["spec"]["variants"][0]["weight"] = 90
+    obj["spec"]["variants"].append(canary)
+    obj["spec"]["tls"] = tls
+    return obj
+
+
+def test_a_missing_secret_is_a_condition_and_an_event_then_is_noticed() -> None:
+    at = SecretsAt()
+    at.reconcile(isvc(S3_MODEL))
+    at.says_missing(
+        "ModelsReady",
+        "StorageSecretMissing",
+        "variant main: Secret team-a/s3-creds (model.storage.secretName) does not exist",
+    )
+    assert at.deployments() == set()
+    assert at.secret_reads() == [("exists", "Secret", "s3-creds")]  # metadata, never the data
+
+    at.api.put(secret("s3-creds"))
+    at.reconcile()
+    assert "m-main" in at.deployments()
+    written = [o for o in at.api.objects.values() if o["kind"] != "Secret"]
     assert SECRET_VALUE not in json.dumps(written)
 
 
 def test_a_missing_tls_secret_is_checked_once_and_leaves_every_variant_alone() -> None:
-    api = FakeKubeAPI()
-    policy = tenancy.TenancyPolicy(secrets=("team-a/*",))
-    settings = ControllerSettings(render=CTX, identity="test", now=lambda: "T", tenancy=policy)
-    controller = Controller(cast(KubeAPI, api), settings, OperatorMetrics())
-    obj = isvc(S3_MODEL)
-    canary = copy.deepcopy(obj["spec"]["variants"][0])
-    canary.update(name="canary", weight=10)
-    obj["spec"]["variants"][0]["weight"] = 90
-    obj["spec"]["variants"].append(canary)
-    obj["spec"]["tls"] = {"secretName": "serving-cert"}
-    api.put(secret("s3-creds"))
-    controller.on_inferenceservice("ADDED", api.put(obj))
-    asyncio.run(controller.reconcile((NS, "m")))
-    status = api.stored(API_VERSION, KIND, NS, "m")["status"]
-    models = next(c for c in status["conditions"] if c["type"] == "ModelsReady")
-    assert (models["status"], models["reason"]) == ("False", "TLSSecretMissing")
-    assert models["message"].startswith(
+    at = SecretsAt()
+    at.api.put(secret("s3-creds"))
+    at.reconcile(two_variants(S3_MODEL, {"secretName": "serving-cert"}))
+    message = at.says_missing(
+        "ModelsReady",
+        "TLSSecretMissing",
         "variant main: Secret team-a/serving-cert (tls.secretName) does not exist: create it "
-        "with the variants' certificate and key (tls.crt, tls.key), or fix the name"
+        "with the variants' certificate and key (tls.crt, tls.key), or fix the name",
     )
-    assert "variant canary: Secret team-a/serving-cert" in models["message"]
-    deployments = {key[3] for key in api.objects if key[1] == "Deployment"}
-    assert not deployments & {"m-main", "m-canary"}, "no variant's pod could start"
-    events = [o for o in api.objects.values() if o["kind"] == "Event"]
-    assert any(e["reason"] == "TLSSecretMissing" for e in events)
+    assert "variant canary: Secret team-a/serving-cert" in message
+    assert not at.deployments() & {"m-main", "m-canary"}, "no variant's pod could start"
     # each Secret's metadata read once, however many variants mount it
-    secret_reads = sorted(call for call in api.calls if call[1] == "Secret")
-    assert secret_reads == [("exists", "Secret", "s3-creds"), ("exists", "Secret", "serving-cert")]
+    assert at.secret_reads() == [
+        ("exists", "Secret", "s3-creds"),
+        ("exists", "Secret", "serving-cert"),
+    ]
 
-    api.put(secret("serving-cert"))
-    controller.on_inferenceservice("MODIFIED", api.stored(API_VERSION, KIND, NS, "m"))
-    asyncio.run(controller.reconcile((NS, "m")))
-    assert {("Deployment", "m-main"), ("Deployment", "m-canary")} <= {
-        (k[1], k[3]) for k in api.objects
-    }
+    at.api.put(secret("serving-cert"))
+    at.reconcile()
+    assert {"m-main", "m-canary"} <= at.deployments()
 
 
 def test_a_missing_router_ca_secret_is_named_in_traffic_ready() -> None:
-    api = FakeKubeAPI()
-    policy = tenancy.TenancyPolicy(secrets=("team-a/*",))
-    settings = ControllerSettings(render=CTX, identity="test", now=lambda: "T", tenancy=policy)
-    controller = Controller(cast(KubeAPI, api), settings, OperatorMetrics())
-    obj = isvc({"uri": "https://h/m.mar"})
-    canary = copy.deepcopy(obj["spec"]["variants"][0])
-    canary.update(name="canary", weight=10)
-    obj["spec"]["variants"][0]["weight"] = 90
-    obj["spec"]["variants"].append(canary)
-    obj["spec"]["tls"] = {"secretName": "serving-cert", "caSecretName": "cluster-ca"}
-    api.put(secret("serving-cert"))
-
-    def traffic_ready() -> dict[str, Any]:
-        conditions = api.stored(API_VERSION, KIND, NS, "m")["status"]["conditions"]
-        return dict(next(c for c in conditions if c["type"] == "TrafficReady"))
-
-    controller.on_inferenceservice("ADDED", api.put(obj))
-    asyncio.run(controller.reconcile((NS, "m")))
-    traffic = traffic_ready()
-    assert (traffic["status"], traffic["reason"]) == ("False", "TLSSecretMissing")
-    assert traffic["message"].startswith(
+    at = SecretsAt()
+    at.api.put(secret("serving-cert"))
+    tls = {"secretName": "serving-cert", "caSecretName": "cluster-ca"}
+    at.reconcile(two_variants({"uri": "https://h/m.mar"}, tls))
+    message = at.says_missing(
+        "TrafficReady",
+        "TLSSecretMissing",
         "Secret team-a/cluster-ca (tls.caSecretName) does not exist: create it with the CA that "
-        "signed the variants' certificate under key ca.crt, or fix the name"
+        "signed the variants' certificate under key ca.crt, or fix the name",
     )
-    assert "Service m sends all traffic to variant 'main'" in traffic["message"]
+    assert "Service m sends all traffic to variant 'main'" in message
     # the variants and the router are there: the router's pods start once the Secret exists
-    deployments = {key[3] for key in api.objects if key[1] == "Deployment"}
-    assert {"m-main", "m-canary", "m-router"} <= deployments
-    events = [o for o in api.objects.values() if o["kind"] == "Event"]
-    assert any(e["reason"] == "TLSSecretMissing" for e in events)
+    assert {"m-main", "m-canary", "m-router"} <= at.deployments()
 
-    api.put(secret("cluster-ca"))
-    controller.on_inferenceservice("MODIFIED", api.stored(API_VERSION, KIND, NS, "m"))
-    asyncio.run(controller.reconcile((NS, "m")))
-    assert traffic_ready()["reason"] == "RouterNotReady"  # no router pod yet: no Secret missing
+    at.api.put(secret("cluster-ca"))
+    at.reconcile()
+    assert at.condition("TrafficReady")["reason"] == "RouterNotReady"  # no router pod yet
