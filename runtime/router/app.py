@@ -22,7 +22,7 @@ from marfleet.runtime.router.metrics import RouterMetrics
 from marfleet.runtime.router.proxy import Proxy
 from marfleet.runtime.router.source import IsvcWatch, load_kube_config
 from marfleet.runtime.router.table import Routing, RoutingTable
-from marfleet.runtime.router.trust import UpstreamTrust
+from marfleet.runtime.router.trust import GRACE_SECONDS, UpstreamTrust
 from marfleet.runtime.router.upstream import Timeouts, UpstreamPool, upstream_tls
 from marfleet.runtime.server.errors import error_response
 from marfleet.runtime.server.http import HttpLimits, HttpServer, Request, Response
@@ -50,6 +50,7 @@ class RouterSettings:
     upstream_ca: bytes | None = None  # PEM CA(s) for https:// backends; None: system store
     upstream_ca_file: Path | None = None  # where upstream_ca was read, read again (trust.py)
     upstream_ca_reload_seconds: float = 30.0
+    upstream_ca_grace_seconds: float = GRACE_SECONDS  # how long a replaced CA stays trusted
 
 
 class Router:
@@ -63,6 +64,7 @@ class Router:
             variant: UpstreamPool(url, settings.timeouts, tls=tls if variant in secure else None)
             for variant, url in settings.backends.items()
         }
+        self._secure = secure
         self.proxy = Proxy(self.metrics, mirror_limit=settings.mirror_limit)
         self.grpc = grpc_proxy.GrpcProxy(
             lambda: self.proxy.table,
@@ -74,9 +76,19 @@ class Router:
         self.trust: UpstreamTrust | None = None
         if tls is not None and settings.upstream_ca and settings.upstream_ca_file is not None:
             self.trust = UpstreamTrust(
-                settings.upstream_ca_file, settings.upstream_ca, tls, self.grpc.trust
+                settings.upstream_ca_file,
+                settings.upstream_ca,
+                self._trust,
+                grace=settings.upstream_ca_grace_seconds,
             )
         self.routed = asyncio.Event()
+
+    def _trust(self, ca_pem: bytes) -> None:
+        """Verify the https:// variants with `ca_pem` from now on, over HTTP and gRPC."""
+        tls = upstream_tls(ca_pem)
+        for variant in self._secure:
+            self.pools[variant].use_tls(tls)
+        self.grpc.trust(ca_pem)
 
     def apply(self, routing: Routing) -> None:
         """Put `routing` in force; a routing naming unknown variants is refused and logged."""

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import uvloop
 from marfleet.runtime.router.app import RouterSettings, run
 from marfleet.runtime.router.table import Mirror, Routing
+from marfleet.runtime.router.trust import GRACE_SECONDS
 from marfleet.runtime.router.upstream import Timeouts
 from marfleet.runtime.server.certificates import read_pem
 from marfleet.runtime.server.http import HttpLimits
@@ -139,7 +140,13 @@ def parser() -> argparse.ArgumentParser:
         "--upstream-ca-reload-seconds",
         type=float,
         default=30.0,
-        help="how often --upstream-ca is read again (new certificates are trusted as well)",
+        help="how often --upstream-ca is read again (new certificates are trusted at once)",
+    )
+    p.add_argument(
+        "--upstream-ca-grace-seconds",
+        type=float,
+        default=GRACE_SECONDS,
+        help="how long the CA certificates --upstream-ca held before a change stay trusted",
     )
     p.add_argument("--mirror-limit", type=int, default=64, help="shadow copies in flight at most")
     p.add_argument("--drain-seconds", type=float, default=20.0, help="grace period on SIGTERM")
@@ -194,6 +201,9 @@ def settings_from(argv: Sequence[str], environ: Mapping[str, str]) -> RouterSett
         upstream_ca_file=Path(args.upstream_ca) if args.upstream_ca else None,
         upstream_ca_reload_seconds=_positive(
             args.upstream_ca_reload_seconds, "--upstream-ca-reload-seconds"
+        ),
+        upstream_ca_grace_seconds=_positive(
+            args.upstream_ca_grace_seconds, "--upstream-ca-grace-seconds"
         ),
     )
 

@@ -142,6 +142,8 @@ class _Connection(asyncio.Protocol):
     def __init__(self, pool: UpstreamPool, peer: str) -> None:
         self._pool = pool
         self.peer = peer
+        self.tls = pool.tls
+        """The TLS settings this connection was verified with (None: plain HTTP)."""
         self._loop = asyncio.get_running_loop()
         self._parser = httptools.HttpResponseParser(self)
         self._transport: asyncio.Transport | None = None
@@ -408,10 +410,25 @@ class UpstreamPool:
         assert failed is not None  # _next gives at least one address
         raise failed
 
+    def use_tls(self, tls: ssl.SSLContext) -> None:
+        """Verify new connections with `tls` from now on; idle connections are closed, and
+        busy ones once they have answered, since they were verified with the previous
+        settings (which may have trusted a CA `tls` no longer does)."""
+        if self.tls is None:
+            raise ValueError(f"upstream {self.address} is plain HTTP: it takes no TLS settings")
+        self.tls = tls
+        self.close()
+
     def release(self, connection: _Connection) -> None:
         idle = self._idle.get(connection.peer)
-        if idle is None or sum(map(len, self._idle.values())) >= self._max_idle:
-            connection.abort()  # its address is gone from the name, or enough are idle
+        if (
+            idle is None
+            or connection.tls is not self.tls
+            or sum(map(len, self._idle.values())) >= self._max_idle
+        ):
+            # its address is gone from the name, it was verified with TLS settings no longer
+            # in use, or enough are idle
+            connection.abort()
             return
         connection.park()
         idle.append(connection)

@@ -166,11 +166,12 @@ def test_a_renewed_certificate_is_served_and_trusted_without_a_restart(
     """A renewed self-signed certificate (the router's CA is the certificate itself, as with
     `caKey: tls.crt`): both files are replaced the way the kubelet updates a Secret volume.
     The server serves the new pair on HTTPS and gRPC within its reload interval, and a router
-    started before the renewal trusts it over HTTP and gRPC, all without a restart. (This test
+    started before the renewal trusts it over HTTP and gRPC, all without a restart; once the
+    replaced CA's grace period is over, the router drops it and still routes to the server. (This test
     renews the module's certificate: it comes last.)"""
     grpc_port = free_port()
     args = ["--weights", "stable=100", "--upstream-ca", str(server.certificate)]
-    args += ["--upstream-ca-reload-seconds", "0.5"]
+    args += ["--upstream-ca-reload-seconds", "0.5", "--upstream-ca-grace-seconds", "2"]
     args += ["--grpc-port", str(grpc_port), f"--grpc-backend=stable={server.grpc}"]
     old = tmp_path / "old.pem"
     old.write_bytes(Path(str(server.certificate)).read_bytes())
@@ -200,6 +201,15 @@ def test_a_renewed_certificate_is_served_and_trusted_without_a_restart(
             return answer.status_code == 200
 
         wait_for(routed, 15, "the router to trust the renewed certificate")
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            assert _predict_echo(channel)["batch"] == 1
+        # the replaced CA's grace period over, the router verifies with the renewed one only
+        wait_for(
+            lambda: "upstream CA no longer trusted" in proc.log.read_text(),
+            15,
+            "the router to drop the replaced CA",
+        )
+        assert routed()
         with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
             assert _predict_echo(channel)["batch"] == 1
     assert "serving certificate reloaded" in server.log()
