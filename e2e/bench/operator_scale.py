@@ -1,9 +1,10 @@
 """`make bench-operator`: the operator at fleet scale, on the local control plane's scale profile.
 
 For each N (default 100, 300 and 1,000) and each operator build given (e.g. the code before and
-after a change, side by side in one run), in a fresh namespace:
+after a change, side by side in one run), in a fresh namespace (or `--namespaces K` of them,
+the InferenceServices dealt out in turn, as teams would have them):
 
-1. start `marfleet operator` (leader election on, watching that namespace only);
+1. start `marfleet operator` (leader election on, watching those namespaces only);
 2. server-side apply N InferenceServices at once (8 concurrent applies as kubectl's field
    manager): one in three (`--multi-every`) has two variants at 90/10 (with a router), the
    rest one; every other one HPA-scaled, the others a fixed replica (`engine: none`); CPU only;
@@ -16,8 +17,8 @@ after a change, side by side in one run), in a fresh namespace:
    (`status.variants[].weight`, what the routers follow) are the new ones;
 5. restart the operator with all N converged: seconds until it leads and has reconciled every
    InferenceService once, and the writes it made doing so (should be none);
-6. count error lines in the operator's log, stop it, delete the namespace and wait until it
-   is gone.
+6. count error lines in the operator's log, stop it, delete the namespaces and wait until
+   they are gone.
 
 Everything goes to one JSON file (--out) and a Markdown table on stdout. With --profile-dir the
 operator of each run is started under py-spy (sampling, raw format) and the top functions by
@@ -67,13 +68,22 @@ TIMEOUT = 1200.0
 """Longest wait for one phase (all Ready, all weights in force, a restart)."""
 
 
+RUN_LABEL = "bench.marfleet.io/run"
+"""Carried by every InferenceService of one run: the follower watches them by it."""
+
+
 def manifests(
-    count: int, namespace: str, weights: tuple[int, int] = (90, 10), multi_every: int = 3
+    count: int,
+    run: str,
+    namespaces: list[str],
+    weights: tuple[int, int] = (90, 10),
+    multi_every: int = 3,
 ) -> list[dict]:
-    """The N InferenceServices: every `multi_every`th with two variants, every other one
-    HPA-scaled."""
+    """The N InferenceServices of `run`, dealt out over `namespaces` in turn (names are unique
+    across them): every `multi_every`th with two variants, every other one HPA-scaled."""
     items = []
     for index in range(count):
+        namespace = namespaces[index % len(namespaces)]
         name = f"isvc-{index:04d}"
         two = index % multi_every == 0
         variants = [("stable", weights[0]), ("canary", weights[1])] if two else [("main", 100)]
@@ -86,7 +96,11 @@ def manifests(
             {
                 "apiVersion": f"{GROUP}/{VERSION}",
                 "kind": "InferenceService",
-                "metadata": {"name": name, "namespace": namespace},
+                "metadata": {
+                    "name": name,
+                    "namespace": namespace,
+                    "labels": {RUN_LABEL: run},
+                },
                 "spec": {
                     "variants": [
                         {
@@ -172,7 +186,7 @@ class Operator:
 
     marfleet: str
     cluster: LocalCluster
-    namespace: str
+    namespaces: list[str]
     lease: str
     log: Path
     profile: Path | None = None
@@ -184,8 +198,7 @@ class Operator:
         command = [
             self.marfleet,
             "operator",
-            "--namespace",
-            self.namespace,
+            *(f"--namespace={namespace}" for namespace in self.namespaces),
             "--host",
             "127.0.0.1",
             "--port",
@@ -262,12 +275,13 @@ class Operator:
 
 
 class Follower:
-    """Watches the namespace's InferenceServices and records when each one first satisfies
-    a predicate (run `expect` before making the change it should observe)."""
+    """Watches one run's InferenceServices (labelled `RUN_LABEL=run`, in any namespace) and
+    records when each one first satisfies a predicate (run `expect` before making the change
+    it should observe)."""
 
-    def __init__(self, api: k8s.ApiClient, namespace: str) -> None:
+    def __init__(self, api: k8s.ApiClient, run: str) -> None:
         self.api = api
-        self.namespace = namespace
+        self.run = run
         self.lock = threading.Lock()
         self.objects: dict[str, dict[str, Any]] = {}
         self.reached: dict[str, float] = {}
@@ -312,11 +326,11 @@ class Follower:
         custom = k8s.CustomObjectsApi(self.api)
         while not self._stop.is_set():
             stream = k8s_watch.Watch().stream(
-                custom.list_namespaced_custom_object,
+                custom.list_cluster_custom_object,
                 GROUP,
                 VERSION,
-                self.namespace,
                 PLURAL,
+                label_selector=f"{RUN_LABEL}={self.run}",
                 timeout_seconds=30,
             )
             try:
@@ -390,16 +404,24 @@ def run_one(
     multi_every: int = 3,
     wait_cleanup: bool = True,
     stages: bool = False,
+    spread: int = 1,
 ) -> dict[str, Any]:
-    namespace = f"bench-{label}-{count}-{uuid.uuid4().hex[:5]}"
-    cluster.kubectl("create", "namespace", namespace)
-    log = workdir / f"{namespace}.log"
-    prof = workdir / f"{namespace}.pyspy.txt" if profile else None
-    operator = Operator(marfleet, cluster, namespace, f"bench-{namespace}", log, prof)
-    follower = Follower(api, namespace)
-    watcher = Stages(api, namespace) if stages else None
-    result: dict[str, Any] = {"operator": label, "inferenceservices": count, "log": str(log)}
-    objects = manifests(count, namespace, multi_every=multi_every)
+    run = f"bench-{label}-{count}-{uuid.uuid4().hex[:5]}"
+    namespaces = [run] if spread == 1 else [f"{run}-{i}" for i in range(spread)]
+    for namespace in namespaces:
+        cluster.kubectl("create", "namespace", namespace)
+    log = workdir / f"{run}.log"
+    prof = workdir / f"{run}.pyspy.txt" if profile else None
+    operator = Operator(marfleet, cluster, namespaces, f"bench-{run}", log, prof)
+    follower = Follower(api, run)
+    watcher = Stages(api, run) if stages else None
+    result: dict[str, Any] = {
+        "operator": label,
+        "inferenceservices": count,
+        "namespaces": spread,
+        "log": str(log),
+    }
+    objects = manifests(count, run, namespaces, multi_every=multi_every)
     names = {o["metadata"]["name"] for o in objects}
     try:
         operator.start()
@@ -477,7 +499,7 @@ def run_one(
         result["operator_peak_rss_mib"] = peak_rss_mib(pid)
         if not profile:
             measure_weights_and_restart(
-                api, operator, follower, result, count, namespace, multi_every
+                api, operator, follower, result, count, run, namespaces, multi_every
             )
     finally:
         follower.stop()
@@ -487,9 +509,10 @@ def run_one(
         errors = error_lines(log)
         result["log_errors"] = len(errors)
         result["log_error_samples"] = errors[:5]
-        cluster.kubectl("delete", "namespace", namespace, "--wait=false")
+        cluster.kubectl("delete", "namespace", *namespaces, "--wait=false")
         if wait_cleanup:
-            wait_gone(cluster, namespace)
+            for namespace in namespaces:
+                wait_gone(cluster, namespace)
     if prof is not None and prof.exists():
         result["profile"] = top_costs(prof)
     return result
@@ -524,7 +547,8 @@ def measure_weights_and_restart(
     follower: Follower,
     result: dict[str, Any],
     count: int,
-    namespace: str,
+    run: str,
+    namespaces: list[str],
     multi_every: int,
 ) -> None:
     """Steps 4 and 5: a weight change on every two-variant InferenceService at once, then a
@@ -534,7 +558,7 @@ def measure_weights_and_restart(
     writes1 = operator.total("marfleet_operator_writes_total")
     changed = [
         o
-        for o in manifests(count, namespace, (50, 50), multi_every)
+        for o in manifests(count, run, namespaces, (50, 50), multi_every)
         if len(o["spec"]["variants"]) == 2
     ]
     names = {o["metadata"]["name"] for o in changed}
@@ -653,8 +677,10 @@ def table(results: list[dict[str, Any]]) -> str:
         weight = r.get("weight_change", {})
         wsum = weight.get("edit_to_weights_in_force", {})
         restart = r.get("restart", {})
+        spread = r.get("namespaces", 1)
+        where = f" in {spread} namespaces" if spread > 1 else ""
         rows.append(
-            f"| {r['operator']} | {r['inferenceservices']} | {r.get('apply_seconds', '-')} "
+            f"| {r['operator']} | {r['inferenceservices']}{where} | {r.get('apply_seconds', '-')} "
             f"| {ready.get('p50', '-')} / {ready.get('p99', '-')} "
             f"| {r.get('ready', '-')} | {r.get('cpu_ms_per_isvc', '-')} "
             f"| {r.get('writes_per_isvc', '-')} | {r.get('reconciles_per_isvc', '-')} "
@@ -707,8 +733,19 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also time each child's stages (e2e/bench/stages.py; its watches cost CPU)",
     )
+    parser.add_argument(
+        "--namespaces",
+        type=int,
+        default=1,
+        metavar="K",
+        help="deal each run's InferenceServices out over K namespaces (default 1)",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench-results/operator-bench.json"))
     args = parser.parse_args(argv)
+    if args.namespaces < 1:
+        parser.error("--namespaces must be at least 1")
+    if args.stages and args.namespaces > 1:
+        parser.error("--stages follows one namespace: use it with --namespaces 1")
     builds = [tuple(item.split("=", 1)) for item in args.operator] or [
         ("current", DEFAULT_MARFLEET)
     ]
@@ -754,6 +791,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.multi_every,
                     not (last and args.no_cleanup_wait),
                     args.stages,
+                    args.namespaces,
                 )
             )
             args.out.parent.mkdir(parents=True, exist_ok=True)
