@@ -134,7 +134,7 @@ bench-gpu: setup
 bench-operator: setup
 	$(PY) -m e2e.bench.operator_scale --nodes $(or $(NODES),50) --counts $(or $(COUNTS),100 300 1000) \
 	  $(if $(BEFORE),--operator before=$(BEFORE)) --operator current=$(VENV)/bin/marfleet \
-	  --out bench-results/operator-bench.json
+	  --namespaces $(or $(NAMESPACES),1) --out bench-results/operator-bench.json
 
 clean:
 	rm -rf $(VENV) .venv-peers .pytest_cache .mypy_cache .ruff_cache build *.egg-info
