@@ -167,8 +167,8 @@ def test_a_renewed_certificate_is_served_and_trusted_without_a_restart(
     `caKey: tls.crt`): both files are replaced the way the kubelet updates a Secret volume.
     The server serves the new pair on HTTPS and gRPC within its reload interval, and a router
     started before the renewal trusts it over HTTP and gRPC, all without a restart; once the
-    replaced CA's grace period is over, the router drops it and still routes to the server. (This test
-    renews the module's certificate: it comes last.)"""
+    replaced CA's grace period is over, the router drops it and still routes to the server.
+    (This test renews the module's certificate: it comes last.)"""
     grpc_port = free_port()
     args = ["--weights", "stable=100", "--upstream-ca", str(server.certificate)]
     args += ["--upstream-ca-reload-seconds", "0.5", "--upstream-ca-grace-seconds", "2"]

@@ -53,6 +53,16 @@ def trusting(
     return UpstreamTrust(path, first, changes.append, grace=grace, clock=clock), changes, clock
 
 
+def renewed(tmp_path: Path) -> tuple[Path, bytes, bytes, UpstreamTrust, list[bytes], Clock]:
+    """A CA file holding `first`, trusted with a 600 s grace, then renewed to `second`."""
+    path = tmp_path / "ca.crt"
+    path.write_bytes(first := certificate(tmp_path, "first"))
+    trust, changes, clock = trusting(path, first, grace=600)
+    path.write_bytes(second := certificate(tmp_path, "second"))
+    assert trust.reload() is True
+    return path, first, second, trust, changes, clock
+
+
 def test_new_certificates_are_trusted_and_garbage_changes_nothing(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -72,11 +82,7 @@ def test_new_certificates_are_trusted_and_garbage_changes_nothing(
 
 
 def test_a_replaced_ca_is_trusted_for_the_grace_period_and_then_no_more(tmp_path: Path) -> None:
-    path = tmp_path / "ca.crt"
-    path.write_bytes(first := certificate(tmp_path, "first"))
-    trust, changes, clock = trusting(path, first, grace=600)
-    path.write_bytes(second := certificate(tmp_path, "second"))
-    assert trust.reload() is True
+    path, first, second, trust, changes, clock = renewed(tmp_path)
     clock.now += 599
     assert trust.reload() is False and trust.pem == first + second
     clock.now += 1
@@ -89,11 +95,7 @@ def test_a_replaced_ca_is_trusted_for_the_grace_period_and_then_no_more(tmp_path
 
 
 def test_a_ca_that_comes_back_is_current_again(tmp_path: Path) -> None:
-    path = tmp_path / "ca.crt"
-    path.write_bytes(first := certificate(tmp_path, "first"))
-    trust, changes, clock = trusting(path, first, grace=600)
-    path.write_bytes(second := certificate(tmp_path, "second"))
-    assert trust.reload() is True
+    path, first, second, trust, changes, clock = renewed(tmp_path)
     clock.now += 300
     path.write_bytes(first)  # rolled back
     assert trust.reload() is True and trust.pem == second + first
