@@ -66,6 +66,9 @@ APPLY_THREADS = 8
 """Concurrent server-side applies when submitting the N InferenceServices or their edits."""
 TIMEOUT = 1200.0
 """Longest wait for one phase (all Ready, all weights in force, a restart)."""
+UNSEEN_SECONDS = 60.0
+"""A follower whose watch has seen none of a run's objects this long after they were applied
+gives up on the run (instead of waiting `TIMEOUT`)."""
 
 
 RUN_LABEL = "bench.marfleet.io/run"
@@ -304,12 +307,23 @@ class Follower:
             for name, obj in self.objects.items():
                 self._check(name, obj)
 
-    def wait(self, names: set[str], timeout: float) -> dict[str, float]:
+    def wait(
+        self, names: set[str], timeout: float, unseen: float = UNSEEN_SECONDS
+    ) -> dict[str, float]:
+        """When each of `names` reached the predicate (those that did within `timeout`).
+        Raises when the watch has seen none of the run's objects `unseen` seconds after
+        `expect`: they were applied, so the watch is broken, and waiting longer measures
+        nothing."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self.lock:
                 if names <= set(self.reached):
                     return dict(self.reached)
+                if not self.first_seen and time.monotonic() - self.started > unseen:
+                    raise RuntimeError(
+                        f"the watch saw none of run {self.run}'s InferenceServices "
+                        f"({RUN_LABEL}={self.run}) {unseen:g} s after they were applied"
+                    )
             time.sleep(0.1)
         with self.lock:
             return dict(self.reached)
@@ -321,6 +335,16 @@ class Follower:
         self.first_seen.setdefault(name, time.monotonic() - self.started)
         if self.predicate is not None and name not in self.reached and self.predicate(obj):
             self.reached[name] = time.monotonic() - self.started
+
+    def observe(self, kind: str, obj: dict[str, Any]) -> None:
+        """One watch event (`kind` ADDED, MODIFIED or DELETED) for one of the run's objects."""
+        name = obj["metadata"]["name"]
+        with self.lock:
+            if kind == "DELETED":
+                self.objects.pop(name, None)
+                return
+            self.objects[name] = obj
+            self._check(name, obj)
 
     def _run(self) -> None:
         custom = k8s.CustomObjectsApi(self.api)
@@ -335,14 +359,7 @@ class Follower:
             )
             try:
                 for event in stream:
-                    obj = event["object"]
-                    name = obj["metadata"]["name"]
-                    with self.lock:
-                        if event["type"] == "DELETED":
-                            self.objects.pop(name, None)
-                            continue
-                        self.objects[name] = obj
-                        self._check(name, obj)
+                    self.observe(event["type"], event["object"])
                     if self._stop.is_set():
                         return
             except Exception as error:  # a dropped watch: list and watch again
@@ -779,8 +796,8 @@ def main(argv: list[str] | None = None) -> int:
         ]
         for index, (count, label, marfleet) in enumerate(plan):
             last = index == len(plan) - 1
-            results.append(
-                run_one(
+            try:
+                result = run_one(
                     cluster,
                     api,
                     label,
@@ -793,14 +810,25 @@ def main(argv: list[str] | None = None) -> int:
                     args.stages,
                     args.namespaces,
                 )
-            )
+            except Exception as error:  # one failed round: keep what the others measured
+                result = {
+                    "operator": label,
+                    "inferenceservices": count,
+                    "namespaces": args.namespaces,
+                    "error": f"{type(error).__name__}: {error}",
+                }
+                print(f"[{label} N={count}] failed: {result['error']}", file=sys.stderr)
+            results.append(result)
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps({"runs": results}, indent=2) + "\n")
     finally:
         if started_here and not args.keep_cluster:
             cluster.down()
     print(table(results))
-    return 0
+    failed = [r for r in results if "error" in r]
+    for r in failed:
+        print(f"{r['operator']} N={r['inferenceservices']} failed: {r['error']}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
