@@ -11,6 +11,7 @@ import logging
 import ssl
 import subprocess
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -45,30 +46,40 @@ class Clock:
         return self.now
 
 
-def trusting(
-    path: Path, first: bytes, grace: float = 600.0
-) -> tuple[UpstreamTrust, list[bytes], Clock]:
+@dataclass
+class CaFile:
+    """A CA file holding a fresh certificate, `first`, and the trust read from it: the
+    bundles it handed on (`changes`) and its clock, with a 600 s grace period."""
+
+    path: Path
+    first: bytes
+    trust: UpstreamTrust
+    changes: list[bytes]
+    clock: Clock
+
+
+def ca_file(tmp_path: Path, name: str = "first") -> CaFile:
+    path = tmp_path / "ca.crt"
+    path.write_bytes(first := certificate(tmp_path, name))
     changes: list[bytes] = []
     clock = Clock()
-    return UpstreamTrust(path, first, changes.append, grace=grace, clock=clock), changes, clock
+    trust = UpstreamTrust(path, first, changes.append, grace=600, clock=clock)
+    return CaFile(path, first, trust, changes, clock)
 
 
 def renewed(tmp_path: Path) -> tuple[Path, bytes, bytes, UpstreamTrust, list[bytes], Clock]:
     """A CA file holding `first`, trusted with a 600 s grace, then renewed to `second`."""
-    path = tmp_path / "ca.crt"
-    path.write_bytes(first := certificate(tmp_path, "first"))
-    trust, changes, clock = trusting(path, first, grace=600)
-    path.write_bytes(second := certificate(tmp_path, "second"))
-    assert trust.reload() is True
-    return path, first, second, trust, changes, clock
+    ca = ca_file(tmp_path)
+    ca.path.write_bytes(second := certificate(tmp_path, "second"))
+    assert ca.trust.reload() is True
+    return ca.path, ca.first, second, ca.trust, ca.changes, ca.clock
 
 
 def test_new_certificates_are_trusted_and_garbage_changes_nothing(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    path = tmp_path / "ca.crt"
-    path.write_bytes(first := certificate(tmp_path, "first"))
-    trust, changes, _ = trusting(path, first)
+    ca = ca_file(tmp_path)
+    path, first, trust, changes = ca.path, ca.first, ca.trust, ca.changes
     assert trust.reload() is False
     path.write_bytes(b"-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
     with caplog.at_level(logging.WARNING):
@@ -105,10 +116,9 @@ def test_a_ca_that_comes_back_is_current_again(tmp_path: Path) -> None:
 
 
 def test_the_replaced_bundles_kept_are_bounded(tmp_path: Path) -> None:
-    path = tmp_path / "ca.crt"
-    path.write_bytes(first := certificate(tmp_path, "c0"))
-    trust, _, _ = trusting(path, first)
-    made = [first]
+    ca = ca_file(tmp_path, "c0")
+    path, trust = ca.path, ca.trust
+    made = [ca.first]
     for index in range(1, MAX_BUNDLES + 3):
         path.write_bytes(pem := certificate(tmp_path, f"c{index}"))
         made.append(pem)
@@ -119,14 +129,12 @@ def test_the_replaced_bundles_kept_are_bounded(tmp_path: Path) -> None:
 def test_a_ca_file_over_the_pem_bound_is_refused(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    path = tmp_path / "ca.crt"
-    path.write_bytes(first := certificate(tmp_path, "first"))
-    trust, changes, _ = trusting(path, first)
-    path.write_bytes(certificate(tmp_path, "second") + b"\n" * MAX_PEM_BYTES)
+    ca = ca_file(tmp_path)
+    ca.path.write_bytes(certificate(tmp_path, "second") + b"\n" * MAX_PEM_BYTES)
     with caplog.at_level(logging.WARNING):
-        assert trust.reload() is False
+        assert ca.trust.reload() is False
     assert "larger than" in str(caplog.records[-1].__dict__["error"])
-    assert trust.pem == first and changes == []
+    assert ca.trust.pem == ca.first and ca.changes == []
 
 
 def test_the_pool_verifies_new_connections_with_new_settings_and_closes_the_old_ones(
