@@ -135,6 +135,18 @@ def summary(values: list[float]) -> dict[str, float]:
     }
 
 
+def by_shape(objects: list[dict[str, Any]], ready: dict[str, float]) -> dict[str, Any]:
+    """apply→Ready of the one-variant and the two-variant InferenceServices apart: which
+    shape makes the tail."""
+    shapes: dict[str, list[float]] = {}
+    for obj in objects:
+        name = obj["metadata"]["name"]
+        if name in ready:
+            shape = f"{len(obj['spec']['variants'])} variants"
+            shapes.setdefault(shape, []).append(ready[name])
+    return {shape: summary(values) for shape, values in sorted(shapes.items())}
+
+
 def cpu_seconds(pid: int) -> float:
     return sum(cpu_user_system(pid))
 
@@ -453,6 +465,7 @@ def run_one(
         cpu0 = cpu_seconds(pid)
         user0, system0 = cpu_user_system(pid)
         plane0 = control_plane_cpu(cluster)
+        harness0 = time.process_time()
         requests0 = api_requests(cluster)
         if watcher is not None:
             watcher.start()
@@ -465,6 +478,7 @@ def run_one(
         created = applied
         cpu_ready = cpu_seconds(pid) - cpu0
         plane1 = control_plane_cpu(cluster)
+        harness_ready = time.process_time() - harness0
         plane_ready = {k: v - plane0.get(k, 0.0) for k, v in plane1.items()}
         requests = api_requests(cluster) - requests0
         settle(operator)
@@ -482,11 +496,13 @@ def run_one(
             ready=len(ready),
             apply_to_ready=summary(list(ready.values())),
             created_to_ready=summary([t - created.get(n, 0.0) for n, t in ready.items()]),
+            apply_to_ready_by_shape=by_shape(objects, ready),
             control_plane_cpu_seconds_to_ready=round(sum(plane_ready.values()), 1),
             control_plane_cpu_seconds_by_process={
                 k: round(v, 1) for k, v in sorted(plane_ready.items(), key=lambda kv: -kv[1])
             },
             operator_cpu_seconds_to_ready=round(cpu_ready, 2),
+            harness_cpu_seconds_to_ready=round(harness_ready, 2),
             operator_cpu_seconds_settled=round(cpu_settled, 2),
             cpu_ms_per_isvc=round(1000 * cpu_settled / count, 1),
             cpu_ms_per_isvc_user_system=(

@@ -1,6 +1,7 @@
 """The operator bench's follower: it records when each InferenceService of a run first meets
 a predicate, and gives up on a run whose objects its watch never sees instead of waiting the
-whole phase timeout (its watch is not started here: the events are fed as the watch would)."""
+whole phase timeout (its watch is not started here: the events are fed as the watch would);
+and the bench reports the one- and two-variant InferenceServices' times apart."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 
 import pytest
 
-from e2e.bench.operator_scale import Follower, ready_now
+from e2e.bench.operator_scale import Follower, by_shape, manifests, ready_now
 
 
 def ready(name: str, generation: int = 1) -> dict:
@@ -50,3 +51,13 @@ def test_objects_seen_late_are_waited_for_until_ready() -> None:
     seen.join()
     became_ready.join()
     assert list(reached) == ["isvc-0000"] and reached["isvc-0000"] >= 0.5
+
+
+def test_apply_to_ready_is_reported_per_shape_of_the_ones_ready() -> None:
+    objects = manifests(6, "bench-x", ["bench-x"], multi_every=3)  # 0 and 3 have two variants
+    ready_at = {"isvc-0000": 9.0, "isvc-0001": 2.0, "isvc-0002": 4.0, "isvc-0003": 7.0}
+    shapes = by_shape(objects, ready_at)
+    assert shapes == {
+        "1 variants": {"p50": 3.0, "p99": 4.0, "max": 4.0},
+        "2 variants": {"p50": 8.0, "p99": 9.0, "max": 9.0},
+    }
