@@ -521,7 +521,7 @@ def run_one(
                 if value  # builds without the metric report none
             },
             api_requests_to_ready_per_isvc=round(requests.total() / count, 1),
-            api_requests_to_ready_top={k: n for k, n in requests.most_common(20)},
+            api_requests_to_ready_top={k: n for k, n in requests.most_common(40)},
             operator_idle_rss_mib=rss_idle,
             load_average_1m_before=round(load0, 1),
             load_average_1m_after=round(os.getloadavg()[0], 1),
