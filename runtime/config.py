@@ -109,6 +109,10 @@ class ServerConfig:
     download_timeout_seconds: float = 600.0
     download_stall_timeout_seconds: float = 30.0
     max_concurrent_downloads: int = 4
+    # CORS (TorchServe's keys): each one set is sent as its header on every answer
+    cors_allowed_origin: str = ""
+    cors_allowed_methods: str = ""
+    cors_allowed_headers: str = ""
     ignored_keys: tuple[str, ...] = ()
 
 
@@ -151,12 +155,19 @@ _BOOL_KEYS = {
     "model_metrics_auto_detect",
 }
 _ADDRESS_KEYS = {"inference_address", "management_address", "metrics_address"}
+CORS_KEYS = {
+    "cors_allowed_origin": "Access-Control-Allow-Origin",
+    "cors_allowed_methods": "Access-Control-Allow-Methods",
+    "cors_allowed_headers": "Access-Control-Allow-Headers",
+}
+"""TorchServe's CORS keys and the header each one's value is sent as, on every answer."""
 _KNOWN_KEYS = (
     _INT_KEYS
     | _OPTIONAL_INT_KEYS
     | _BOOL_KEYS
     | _ADDRESS_KEYS
     | _FLOAT_KEYS
+    | set(CORS_KEYS)
     | {
         "model_store",
         "load_models",
@@ -249,6 +260,8 @@ def _build(values: Mapping[str, str]) -> ServerConfig:
             settings[key] = tuple(part.strip() for part in value.split(",") if part.strip())
         elif key == "service_envelope":
             settings[key] = _as_envelope(value)
+        elif key in CORS_KEYS:
+            settings[key] = _as_header_value(key, value)
         elif key == "models":
             settings[key] = _parse_models_json(value)
         elif key == "load_models":
@@ -333,6 +346,16 @@ def _as_envelope(value: str) -> str:
             "(or empty for none)"
         )
     return envelope
+
+
+def _as_header_value(key: str, value: str) -> str:
+    value = value.strip()
+    if any(ord(char) < 0x20 or ord(char) > 0xFF or char == "\x7f" for char in value):
+        raise ConfigError(
+            f"{key}={value!r}: a header value cannot hold control characters or characters "
+            "outside Latin-1"
+        )
+    return value
 
 
 def _as_float(key: str, value: str) -> float:

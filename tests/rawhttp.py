@@ -1,12 +1,19 @@
 """HTTP/1.1 spoken byte by byte over a plain socket, for requests no client library would send
 (endless heads, dribbled bytes, half-sent bodies, HTTP/0.9) to the shared HTTP core, whether
-it runs in-process (tests/unit/test_http_limits.py) or as `marfleet router`/`marfleet serve`.
+it runs in-process (tests/unit/test_http_limits.py, `Running`) or as `marfleet router`/`marfleet
+serve`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import threading
 from contextlib import suppress
+from typing import Any
+
+from marfleet.runtime.server.errors import error_response
+from marfleet.runtime.server.http import Handler, HttpLimits, HttpServer
 
 
 def read_response(
@@ -41,3 +48,37 @@ def send_quietly(sock: socket.socket, data: bytes) -> None:
     """Send what the server still accepts (it may close once it has answered)."""
     with suppress(OSError):
         sock.sendall(data)
+
+
+class Running:
+    """An `HttpServer` serving `app` on a loopback port in a thread of its own (its own event
+    loop), for tests that speak to the HTTP core in-process; `options` go to HttpServer."""
+
+    def __init__(self, app: Handler, limits: HttpLimits, **options: Any) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.server = HttpServer(
+            app, limits, error_response=lambda s, m: error_response(s, m), **options
+        )
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self) -> Running:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start("127.0.0.1", 0), self.loop).result(5)
+        self.port = self.server.port
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        async def stop() -> None:
+            self.server.begin_shutdown()
+            for connection in list(self.server.connections):
+                if connection._transport is not None:
+                    connection._transport.abort()
+            await self.server.wait_closed(2)
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+    def connect(self) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", self.port), timeout=5)

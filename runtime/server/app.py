@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TextIO
 
 import grpc
-from marfleet.runtime.config import ConfigError, ModelSource, ServerConfig
+from marfleet.runtime.config import CORS_KEYS, ConfigError, ModelSource, ServerConfig
 from marfleet.runtime.host_metrics import GpuSampler, HostSampler
 from marfleet.runtime.metrics import CONTENT_TYPE, RuntimeMetrics
 from marfleet.runtime.server import grpc_api, grpc_management
@@ -37,7 +37,7 @@ from marfleet.runtime.server.inference_api import InferenceApi
 from marfleet.runtime.server.logs import AccessLog
 from marfleet.runtime.server.management_api import ManagementApi
 from marfleet.runtime.server.model_source import ModelLoader, Registration
-from marfleet.runtime.server.openapi import describe
+from marfleet.runtime.server.openapi import MODEL_PARAMETER, describe, describe_model
 from marfleet.runtime.server.routing import Router
 from marfleet.runtime.workers.placement import RoundRobin, installed_gpu_count, visible_gpu_count
 from marfleet.runtime.workers.registry import ModelRegistry, WorkerEnvironment
@@ -65,6 +65,21 @@ def http_limits(config: ServerConfig) -> HttpLimits:
         max_connections=config.max_connections,
         max_buffered_body_bytes=config.max_buffered_request_size,
     )
+
+
+NO_CACHE_HEADERS = {
+    "Pragma": "no-cache",
+    "Cache-Control": "no-cache, no-store, must-revalidate, private",
+    "Expires": "Thu, 01 Jan 1970 00:00:00 UTC",
+}
+"""On every answer, as TorchServe sends them: no browser or proxy keeps a copy."""
+
+
+def response_headers(config: ServerConfig) -> dict[str, str]:
+    """The headers every answer of the three ports carries: TorchServe's no-cache headers and
+    the CORS headers config.properties sets (cors_allowed_origin, _methods, _headers)."""
+    cors = {header: getattr(config, key) for key, header in CORS_KEYS.items()}
+    return {**NO_CACHE_HEADERS, **{name: value for name, value in cors.items() if value}}
 
 
 def _render_error(status: int, message: str) -> Response:
@@ -172,8 +187,12 @@ class ModelServer:
                 lifetime_s=config.token_expiration_min * 60.0,
                 guard_inference=not config.disable_inference_token_authorization,
             )
-        inference = self._api_router("TorchServe inference API", self._inference_routes)
-        management = self._api_router("TorchServe management API", self._management_routes)
+        inference = self._api_router(
+            "TorchServe inference API", "RESTful API for: ", self._inference_routes
+        )
+        management = self._api_router(
+            "TorchServe management API", "RESTful Management API for: ", self._management_routes
+        )
         if self.plane.tokens is not None:
             inference = require_token(self.plane.authorize, "inference", inference)
             management = require_token(self.plane.authorize, "management", management)
@@ -190,6 +209,8 @@ class ModelServer:
                 error_response=_render_error,
                 on_complete=self._completion_hook(name),
                 on_unhandled=self._log_unhandled,
+                extra_headers=response_headers(config),
+                request_ids=True,
             )
             await server.start(address.host, address.port, tls=tls if address.tls else None)
             self._servers[name] = server
@@ -272,13 +293,29 @@ class ModelServer:
 
     # wiring
 
-    def _api_router(self, title: str, add_routes: Callable[[Router], None]) -> Handler:
+    def _api_router(
+        self, title: str, model_title: str, add_routes: Callable[[Router], None]
+    ) -> Handler:
+        """The port's routes, its OpenAPI description (`OPTIONS /`, `/api-description`) and,
+        at `OPTIONS` on each of a model's paths, that model's part of it (404 for a model or
+        version that is not registered), as TorchServe answers them."""
         router = Router(_render_error)
         add_routes(router)
 
         async def description(request: Request) -> Response:
             return json_response(describe(router, title=title, version=self.version))
 
+        async def model_description(request: Request) -> Response:
+            name = request.params["model_name"]
+            self.plane.model(name, request.params.get("model_version"))
+            described = describe_model(router, name, title=model_title + name, version=self.version)
+            return json_response(described)
+
+        # in the table's order: `/v1/models/{model_name}:predict` before the pattern that
+        # would also match it, `/v1/models/{model_name}`
+        patterns = [pattern for pattern, _, _ in router.documented if MODEL_PARAMETER in pattern]
+        for pattern in dict.fromkeys(patterns):
+            router.add("OPTIONS", pattern, model_description, "This model's OpenAPI description.")
         router.add("OPTIONS", "/", description, "This OpenAPI description.")
         router.add("GET", "/api-description", description, "This OpenAPI description.")
         return _api_errors(router)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -38,6 +37,7 @@ from marfleet.runtime.server.auth import Kind, Tokens
 from marfleet.runtime.server.errors import ApiError
 from marfleet.runtime.server.http import MODEL_VERSION_HEADER
 from marfleet.runtime.server.jsondepth import DEFAULT_MAX_DEPTH, TooDeep, check_depth
+from marfleet.runtime.server.request_ids import request_id_of
 from marfleet.runtime.workers.pool import Job
 from marfleet.runtime.workers.process import BatchItem, ItemResult
 from marfleet.runtime.workers.registry import (
@@ -165,7 +165,7 @@ class DataPlane:
         named = {MODEL_VERSION_HEADER: entry.version}
         try:
             future: asyncio.Future[ItemResult] = asyncio.get_running_loop().create_future()
-            request_id = call.headers.get("x-request-id") or uuid.uuid4().hex
+            request_id = request_id_of(call.headers)  # over HTTP, the one the core chose
             item = BatchItem(
                 request_id, call.content_type, call.headers, call.parameters, call.body
             )

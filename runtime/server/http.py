@@ -24,6 +24,12 @@ they are written: a value with CR/LF or outside latin-1 becomes a 500 that says 
 
 With an `ssl.SSLContext` (`start(..., tls=...)`) the listener speaks HTTPS only.
 
+A server can add the same headers to every answer it writes (`extra_headers`: TorchServe's
+no-cache and CORS headers on `marfleet serve`'s ports), a handler's own header of the same name
+winning, and give every request an id (`request_ids`): the client's `x-request-id` when it is a
+plain token of at most 128 characters, else a fresh UUID, put into the request's headers (so the
+data plane hands the handler the same id) and sent back on the answer, as TorchServe does.
+
 A handler whose answer's end is not known yet returns a `StreamedResponse`: its `chunks` are
 written with chunked transfer encoding as they arrive, the writer waits while the client reads
 slowly (so the producer is paused, not buffered), and when the client goes away the chunks are
@@ -51,6 +57,7 @@ from typing import Protocol, cast
 from urllib.parse import parse_qsl, unquote
 
 import httptools
+from marfleet.runtime.server.request_ids import REQUEST_ID_HEADER, request_id_of
 
 MODEL_VERSION_HEADER = "x-marfleet-model-version"
 """On every inference answer of `marfleet serve`: the version of the model that answered. The
@@ -153,8 +160,42 @@ class _DateHeader:
 _date = _DateHeader()
 
 
-def encode_head(response: Response, *, keep_alive: bool) -> bytes:
-    """Status line and headers of `response`, ready for the socket; raises InvalidHeader."""
+class ExtraHeaders:
+    """Headers added to every answer of a server, checked and encoded once; an answer that
+    sets a header of the same name itself keeps its own."""
+
+    def __init__(self, headers: Mapping[str, str]) -> None:
+        self._lines = tuple(
+            (name.lower(), _checked_header_line(name, value)) for name, value in headers.items()
+        )
+        self._block = b"".join(line for _, line in self._lines)
+        self._names = frozenset(name for name, _ in self._lines) | {REQUEST_ID_HEADER}
+
+    def beside(self, own: Mapping[str, str] | None, request_id: str | None) -> bytes:
+        """The lines to add to an answer whose own headers are `own`."""
+        block = self._block
+        if own and not self._names.isdisjoint(map(str.lower, own)):  # rare: a handler's own
+            names = {name.lower() for name in own}
+            block = b"".join(line for name, line in self._lines if name not in names)
+            if REQUEST_ID_HEADER in names:
+                request_id = None
+        if request_id is not None:  # checked when it was chosen (request_id_of)
+            block += b"x-request-id: " + request_id.encode("latin-1") + b"\r\n"
+        return block
+
+
+NO_EXTRA_HEADERS = ExtraHeaders({})
+
+
+def encode_head(
+    response: Response,
+    *,
+    keep_alive: bool,
+    extra: ExtraHeaders = NO_EXTRA_HEADERS,
+    request_id: str | None = None,
+) -> bytes:
+    """Status line and headers of `response` (with `extra` and the `request_id` header),
+    ready for the socket; raises InvalidHeader."""
     reason = _REASONS.get(response.status, b"")
     parts = [
         b"HTTP/1.1 %d %s\r\n" % (response.status, reason),
@@ -166,6 +207,7 @@ def encode_head(response: Response, *, keep_alive: bool) -> bytes:
     if response.headers:
         for name, value in response.headers.items():
             parts.append(_header_line(name, value))
+    parts.append(extra.beside(response.headers, request_id))
     if not keep_alive:
         parts.append(b"connection: close\r\n")
     parts.append(b"\r\n")
@@ -317,6 +359,7 @@ class _Connection(asyncio.Protocol):
         self._url = b""
         self._header_names = []
         self._header_values = []
+        self._headers = {}  # a refusal before this head is complete must not use the last one's
         self._body = []
         self._body_size = 0
         if not self._head_started:
@@ -392,6 +435,8 @@ class _Connection(asyncio.Protocol):
         self._head_bytes = 0
         parsed = httptools.parse_url(self._url)
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        if self._server.request_ids:
+            self._headers[REQUEST_ID_HEADER] = request_id_of(self._headers)
         request = Request(
             method=self._parser.get_method().decode("ascii"),
             path=unquote(parsed.path.decode("latin-1")),
@@ -434,14 +479,20 @@ class _Connection(asyncio.Protocol):
         self, request: Request, response: Response, keep_alive: bool
     ) -> tuple[Response, bytes]:
         """The response to send and its head: a 500 naming the header if one is unsafe."""
+        server = self._server
+        request_id = request.headers.get(REQUEST_ID_HEADER) if server.request_ids else None
         try:
-            return response, encode_head(response, keep_alive=keep_alive)
-        except InvalidHeader as error:
-            self._server.log_unhandled(request, error)
-            refusal = self._server.error_response(
-                500, f"The handler's answer was not sent: {error}"
+            head = encode_head(
+                response, keep_alive=keep_alive, extra=server.extra_headers, request_id=request_id
             )
-            return refusal, encode_head(refusal, keep_alive=keep_alive)
+            return response, head
+        except InvalidHeader as error:
+            server.log_unhandled(request, error)
+            refusal = server.error_response(500, f"The handler's answer was not sent: {error}")
+            head = encode_head(
+                refusal, keep_alive=keep_alive, extra=server.extra_headers, request_id=request_id
+            )
+            return refusal, head
 
     async def _serve(self, request: Request, keep_alive: bool) -> None:
         server = self._server
@@ -538,10 +589,15 @@ class _Connection(asyncio.Protocol):
         transport = self._transport
         if transport is None or transport.is_closing():
             return
-        response = self._server.error_response(status, message)
+        server = self._server
+        response = server.error_response(status, message)
         if headers:
             response.headers = {**(response.headers or {}), **headers}
-        transport.write(encode_head(response, keep_alive=False) + response.body)
+        request_id = request_id_of(self._headers) if server.request_ids else None
+        head = encode_head(
+            response, keep_alive=False, extra=server.extra_headers, request_id=request_id
+        )
+        transport.write(head + response.body)
         if transport.can_write_eof():
             transport.write_eof()
             self._arm(_LINGER_S, transport.close)
@@ -657,9 +713,15 @@ class HttpServer:
         error_response: ErrorRenderer,
         on_complete: CompletionHook | None = None,
         on_unhandled: Callable[[Request, Exception], None] | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+        request_ids: bool = False,
     ) -> None:
+        """`extra_headers`: added to every answer (raises InvalidHeader if one cannot be
+        written); `request_ids`: every request gets an id, sent back as `x-request-id`."""
         self.app = app
         self.limits = limits
+        self.extra_headers = ExtraHeaders(extra_headers or {})
+        self.request_ids = request_ids
         self.error_response = error_response
         self.on_complete = on_complete
         self._on_unhandled = on_unhandled

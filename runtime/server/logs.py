@@ -1,7 +1,8 @@
 """The access log: one JSON object per request, beside the JSON logs of `workers/logs.py`.
 
-Records carry method, path, status, sizes, duration and client — never a header value or a
-body, so payloads and tokens cannot leak into logs. The access log is written directly (not
+Records carry method, path, status, sizes, duration, client and the request id (the one
+sent back as `x-request-id`, so a client's complaint can be found) — no other header value and
+never a body, so payloads and tokens cannot leak into logs. The access log is written directly (not
 through `logging`) and flushed a few times a second, because at thousands of requests per
 second a logging call per request is a measurable share of the frontend's CPU.
 `configure_logging` is re-exported for the HTTP processes (serve, router).
@@ -16,6 +17,7 @@ from json.encoder import encode_basestring_ascii as _string
 from typing import TextIO
 
 from marfleet.runtime.server.http import Request, Response
+from marfleet.runtime.server.request_ids import REQUEST_ID_HEADER
 from marfleet.runtime.workers.logs import configure_logging
 
 __all__ = ["AccessLog", "configure_logging"]
@@ -43,7 +45,8 @@ class AccessLog:
             f'"path": {_string(request.path)}, "status": {response.status}, '
             f'"request_bytes": {len(request.body)}, "response_bytes": {len(response.body)}, '
             f'"duration_ms": {round((time.perf_counter() - request.received_at) * 1000, 3)!r}, '
-            f'"client": {_string(request.client)}}}\n'
+            f'"client": {_string(request.client)}, '
+            f'"request_id": {_string(request.headers.get(REQUEST_ID_HEADER, ""))}}}\n'
         )
         if not self._flush_scheduled:
             self._flush_scheduled = True

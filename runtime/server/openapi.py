@@ -1,7 +1,9 @@
-"""The OpenAPI description served at `OPTIONS /` and `/api-description`, as TorchServe does.
+"""The OpenAPI descriptions TorchServe serves: the whole API at `OPTIONS /` and
+`/api-description`, and one model's part of it at `OPTIONS` on any of that model's paths
+(`/predictions/m`, `/models/m/1.0`, ...).
 
-It is generated from the router's table, so it can never list a route that does not exist or
-miss one that does.
+They are generated from the router's table, so they can never list a route that does not exist
+or miss one that does.
 """
 
 from __future__ import annotations
@@ -23,9 +25,28 @@ _ERROR_SCHEMA = {
 }
 
 
+MODEL_PARAMETER = "{model_name}"
+
+
 def describe(router: Router, *, title: str, version: str) -> dict[str, Any]:
+    return _description(router.documented, title=title, version=version)
+
+
+def describe_model(router: Router, model: str, *, title: str, version: str) -> dict[str, Any]:
+    """The routes of one model (those with `{model_name}`, the name written in)."""
+    routes = [
+        (pattern.replace(MODEL_PARAMETER, model), methods, summary)
+        for pattern, methods, summary in router.documented
+        if MODEL_PARAMETER in pattern
+    ]
+    return _description(routes, title=title, version=version)
+
+
+def _description(
+    routes: list[tuple[str, frozenset[str], str]], *, title: str, version: str
+) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
-    for pattern, methods, summary in router.documented:
+    for pattern, methods, summary in routes:
         parameters = [
             {"in": "path", "name": name, "required": True, "schema": {"type": "string"}}
             for name in _PARAM.findall(pattern)

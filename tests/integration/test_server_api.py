@@ -103,6 +103,17 @@ def test_predictions_default_and_versioned(server: Server) -> None:
     assert put.json()["echo"] == {"a": 1}
 
 
+def test_the_answer_names_the_request_id_the_handler_was_given(server: Server) -> None:
+    given = httpx.post(
+        f"{server.inference}/predictions/echo", json={}, headers={"X-Request-Id": "t-1"}
+    )
+    fresh = httpx.post(f"{server.inference}/predictions/echo", json={})
+    assert given.headers["x-request-id"] == given.json()["request_id"] == "t-1"
+    assert re.fullmatch(r"[0-9a-f-]{36}", fresh.headers["x-request-id"])
+    assert fresh.json()["request_id"] == fresh.headers["x-request-id"]
+    assert fresh.headers["cache-control"] == "no-cache, no-store, must-revalidate, private"
+
+
 def test_explanations_reach_the_handler_as_explain(server: Server) -> None:
     response = httpx.post(f"{server.inference}/explanations/echo", json={"x": 1})
     assert response.status_code == 200

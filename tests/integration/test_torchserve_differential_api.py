@@ -59,6 +59,28 @@ class Target:
     management: str
     side: Side
     answers: dict[str, tuple[int, Any]] = field(default_factory=dict)
+    headers: dict[str, dict[str, str]] = field(default_factory=dict)  # surface headers per step
+
+
+def description_steps() -> list[Step]:
+    """`OPTIONS` on a model's paths: that model's API description (or why not)."""
+    calls = [
+        ("inference", "/predictions/mlp"),
+        ("inference", "/predictions/mlp/1.0"),
+        ("inference", "/predictions/mlp/9.9"),
+        ("inference", "/predictions/nope"),
+        ("inference", "/explanations/mlp"),
+        ("inference", "/v1/models/mlp:predict"),
+        ("inference", "/v2/models/mlp/infer"),
+        ("inference", "/v2/models/nope/infer"),
+        ("management", "/models/mlp"),
+        ("management", "/models/mlp/1.0"),
+        ("management", "/models/nope"),
+        ("management", "/models"),
+    ]
+    steps = [Step(f"OPTIONS {path}", port, "OPTIONS", path, port) for port, path in calls]
+    steps.append(Step("OPTIONS a model, no key", "inference", "OPTIONS", "/predictions/mlp", None))
+    return steps
 
 
 def token_steps() -> list[Step]:
@@ -183,7 +205,36 @@ def management_steps() -> list[Step]:
     return steps
 
 
-STEPS = token_steps() + management_steps()
+STEPS = description_steps() + token_steps() + management_steps()
+
+CORS = {
+    "cors_allowed_origin": "https://app.example",
+    "cors_allowed_methods": "GET, POST, PUT, OPTIONS",
+    "cors_allowed_headers": "X-Custom-Header, Content-Type",
+}
+SURFACE_HEADERS = (
+    "access-control-allow-origin",
+    "access-control-allow-methods",
+    "access-control-allow-headers",
+    "pragma",
+    "cache-control",
+    "expires",
+    "x-request-id",
+)
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+
+
+def surface(headers: httpx.Headers) -> dict[str, str]:
+    """The headers TorchServe puts on every answer, as compared: a request id is a fresh UUID
+    on both, and TorchServe's Cache-Control value has a `;` where the syntax wants a `,`
+    (docs/moving-from-torchserve.md)."""
+    found = {name: headers[name] for name in SURFACE_HEADERS if name in headers}
+    if "cache-control" in found:
+        found["cache-control"] = found["cache-control"].replace("no-cache;", "no-cache,")
+    if UUID.fullmatch(found.get("x-request-id", "")):
+        found["x-request-id"] = "<uuid4>"
+    return found
+
 
 # label -> why marfleet's answer differs; the same reasons are in docs/moving-from-torchserve.md,
 # and test_deliberate_differences checks marfleet's side of each.
@@ -234,9 +285,12 @@ def run(target: Target, steps: list[Step]) -> None:
             body = response.content
         if step.path in ("/api-description", "/"):
             body = None  # each server describes itself
+        elif step.method == "OPTIONS" and response.status_code == 200:
+            body = {"title": body["info"]["title"]}  # the paths: each server's own routes
         if step.label in SETTLING:
             body = [{k: v for k, v in entry.items() if k != "workers"} for entry in body]
         target.answers[step.label] = (response.status_code, body)
+        target.headers[step.label] = surface(response.headers)
 
 
 def build_store(root: Path) -> Path:
@@ -260,7 +314,7 @@ def answers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Target, 
     store = build_store(root)
     torchserve = TorchServe(
         root / "torchserve", store, {"mlp": "mlp.mar"}, token_auth=True,
-        properties={"enable_model_api": "true"},
+        properties={"enable_model_api": "true", **CORS},
     )  # fmt: skip
     try:
         torchserve.start()
@@ -275,6 +329,7 @@ def answers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Target, 
         "disable_inference_token_authorization": "false",
         "default_workers_per_model": "1",
         "worker_threads": "1",
+        **CORS,
     }
     with serve(store, root / "marfleet", models=["mlp=mlp.mar"], properties=properties) as server:
         ours = Target(server.inference, server.management, server)
@@ -315,6 +370,40 @@ def test_every_call_answers_as_torchserve_answers(answers: tuple[Target, Target]
         if mine != reference and step.label not in DELIBERATE:
             differing.append(f"{step.label}: {difference(reference, mine)}")
     assert not differing, "\n".join(differing)
+
+
+def test_every_answer_carries_the_headers_torchserve_gives(answers: tuple[Target, Target]) -> None:
+    theirs, ours = answers
+    differing = [
+        f"{step.label}: {theirs.headers[step.label]} != {ours.headers[step.label]}"
+        for step in STEPS
+        if theirs.headers[step.label] != ours.headers[step.label]
+    ]
+    assert not differing, "\n".join(differing)
+    assert theirs.headers["describe"] == {
+        "access-control-allow-origin": "https://app.example",
+        "access-control-allow-methods": "GET, POST, PUT, OPTIONS",
+        "access-control-allow-headers": "X-Custom-Header, Content-Type",
+        "pragma": "no-cache",
+        "cache-control": "no-cache, no-store, must-revalidate, private",
+        "expires": "Thu, 01 Jan 1970 00:00:00 UTC",
+        "x-request-id": "<uuid4>",
+    }
+
+
+def test_a_models_description_is_answered_where_torchserve_answers_it(
+    answers: tuple[Target, Target],
+) -> None:
+    theirs, ours = answers
+    assert theirs.answers["OPTIONS /predictions/mlp"] == (200, {"title": "RESTful API for: mlp"})
+    assert theirs.answers["OPTIONS /models/mlp/1.0"] == (
+        200,
+        {"title": "RESTful Management API for: mlp"},
+    )
+    assert theirs.answers["OPTIONS /predictions/nope"][0] == 404
+    assert theirs.answers["OPTIONS a model, no key"][0] == 400
+    status, body = ours.answers["OPTIONS /predictions/mlp"]  # compared above; and it is ours
+    assert status == 200 and body == {"title": "RESTful API for: mlp"}
 
 
 def test_the_comparison_is_not_vacuous(answers: tuple[Target, Target]) -> None:

@@ -6,19 +6,15 @@ with short limits, so a hang shows up as a socket timeout of a few seconds, not 
 
 from __future__ import annotations
 
-import asyncio
 import json
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import closing
 
 import pytest
-from marfleet.runtime.server.errors import error_response
-from marfleet.runtime.server.http import HttpLimits, HttpServer, Request, Response
+from marfleet.runtime.server.http import HttpLimits, Request, Response
 
-from tests.rawhttp import read_response, send_quietly
+from tests.rawhttp import Running, read_response, send_quietly
 
 LIMITS = HttpLimits(
     max_body_bytes=100_000,
@@ -41,39 +37,9 @@ async def app(request: Request) -> Response:
     return Response(200, json.dumps({"path": request.path, "size": len(request.body)}).encode())
 
 
-class Running:
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.server = HttpServer(app, LIMITS, error_response=lambda s, m: error_response(s, m))
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-
-    def __enter__(self) -> Running:
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self.server.start("127.0.0.1", 0), self.loop).result(5)
-        self.port = self.server.port
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        async def stop() -> None:
-            self.server.begin_shutdown()
-            for connection in list(self.server.connections):
-                if connection._transport is not None:
-                    connection._transport.abort()
-            await self.server.wait_closed(2)
-
-        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(5)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        self.loop.close()
-
-    def connect(self) -> socket.socket:
-        sock = socket.create_connection(("127.0.0.1", self.port), timeout=5)
-        return sock
-
-
 @pytest.fixture(scope="module")
 def server() -> Iterator[Running]:
-    with Running() as running:
+    with Running(app, LIMITS) as running:
         yield running
 
 

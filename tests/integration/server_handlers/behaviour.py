@@ -1,7 +1,8 @@
 """Test handler: echoes JSON bodies, sleeps when asked, and reports its batch and process.
 
-`{"sleep": 1.5}` sleeps that long; every answer carries the batch size it was part of and the
-worker's pid, so tests can see batching and worker restarts from outside.
+`{"sleep": 1.5}` sleeps that long; every answer carries the batch size it was part of, the
+worker's pid and the request id its context was given, so tests can see batching, worker
+restarts and request ids from outside.
 """
 
 import os
@@ -24,6 +25,7 @@ def handle(data: list[dict[str, Any]] | None, context: Any) -> list[dict[str, An
                 "batch": len(data),
                 "pid": os.getpid(),
                 "explain": context.get_request_header(index, "explain"),
+                "request_id": context.get_request_id(index),
             }
         )
     return answers
