@@ -42,7 +42,13 @@ class ApiError(Exception):
 
 def error_body(status: int, message: str, type: str | None = None) -> bytes:
     error_type = type or _DEFAULT_TYPES.get(status, "ServiceException")
-    return json.dumps({"code": status, "type": error_type, "message": message}, indent=2).encode()
+    return pretty_json({"code": status, "type": error_type, "message": message})
+
+
+def pretty_json(payload: object) -> bytes:
+    """JSON pretty-printed with two spaces and ended by a newline, byte for byte as TorchServe
+    writes the answers it makes itself (a handler's answer is sent as the handler gave it)."""
+    return (json.dumps(payload, indent=2) + "\n").encode()
 
 
 def error_response(
@@ -56,5 +62,5 @@ def error_response(
 
 
 def json_response(payload: object, status: int = 200) -> Response:
-    """A JSON body pretty-printed with two spaces, byte for byte as TorchServe writes it."""
-    return Response(status, json.dumps(payload, indent=2).encode(), "application/json")
+    """A JSON answer the server makes itself, written as TorchServe writes one (pretty_json)."""
+    return Response(status, pretty_json(payload), "application/json")

@@ -45,7 +45,8 @@ _ERROR_TYPES = {500: "InternalServerException", 503: "ServiceUnavailableExceptio
 def error_result(status: int, message: str) -> ItemResult:
     """A job's answer in TorchServe's error shape, for failures outside the handler."""
     body = {"code": status, "type": _ERROR_TYPES[status], "message": message}
-    return ItemResult(status, json.dumps(body, indent=2).encode(), "application/json", {})
+    text = json.dumps(body, indent=2) + "\n"  # as TorchServe ends the errors it writes
+    return ItemResult(status, text.encode(), "application/json", {})
 
 
 WORKER_DIED = error_result(500, "Worker died.")

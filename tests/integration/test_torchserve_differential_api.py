@@ -60,6 +60,7 @@ class Target:
     side: Side
     answers: dict[str, tuple[int, Any]] = field(default_factory=dict)
     headers: dict[str, dict[str, str]] = field(default_factory=dict)  # surface headers per step
+    raw: dict[str, bytes] = field(default_factory=dict)  # JSON bodies with nothing volatile
 
 
 def description_steps() -> list[Step]:
@@ -279,8 +280,10 @@ def run(target: Target, steps: list[Step]) -> None:
         response = httpx.request(
             step.method, base + step.path, headers=headers, content=step.body, timeout=60
         )
+        parsed: Any = None
         try:
-            body: Any = normalise(response.json())
+            parsed = response.json()
+            body: Any = normalise(parsed)
         except ValueError:
             body = response.content
         if step.path in ("/api-description", "/"):
@@ -291,6 +294,8 @@ def run(target: Target, steps: list[Step]) -> None:
             body = [{k: v for k, v in entry.items() if k != "workers"} for entry in body]
         target.answers[step.label] = (response.status_code, body)
         target.headers[step.label] = surface(response.headers)
+        if parsed is not None and body == parsed:  # compared whole: the bytes can be too
+            target.raw[step.label] = response.content
 
 
 def build_store(root: Path) -> Path:
@@ -389,6 +394,25 @@ def test_every_answer_carries_the_headers_torchserve_gives(answers: tuple[Target
         "expires": "Thu, 01 Jan 1970 00:00:00 UTC",
         "x-request-id": "<uuid4>",
     }
+
+
+def test_equal_answers_are_equal_byte_for_byte(answers: tuple[Target, Target]) -> None:
+    """Where the two answers parse alike, the bytes are alike too: the pretty-printing and
+    the newline TorchServe ends its own JSON answers with."""
+    theirs, ours = answers
+    alike = [
+        step.label
+        for step in STEPS
+        if theirs.answers[step.label] == ours.answers[step.label]
+        and step.label in theirs.raw
+        and step.label in ours.raw
+    ]
+    assert len(alike) > 50
+    differing = [label for label in alike if theirs.raw[label] != ours.raw[label]]
+    assert not differing, "\n".join(
+        f"{label}: {theirs.raw[label]!r} != {ours.raw[label]!r}" for label in differing
+    )
+    assert theirs.raw["ping with the key"].endswith(b"}\n")
 
 
 def test_a_models_description_is_answered_where_torchserve_answers_it(
