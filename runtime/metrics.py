@@ -172,19 +172,32 @@ class Registry:
     def families(self) -> list[Family]:
         return list(self._families.values())
 
-    def render(self) -> bytes:
+    def render(self, names: frozenset[str] | None = None) -> bytes:
+        """Prometheus text of every family; with `names` (TorchServe's `?name[]=` filter),
+        only the samples of those names (`QueueTime_bucket`, `Requests2XX`, ...) and the
+        HELP and TYPE of their families."""
         for refresh in self._refreshers:
             refresh()
         lines: list[str] = []
         for family in self._families.values():
-            lines.extend(family.render())
-        return ("\n".join(lines) + "\n").encode()
+            rendered = list(family.render())
+            if names is None:
+                lines.extend(rendered)
+                continue
+            kept = [line for line in rendered[2:] if _sample_name(line) in names]
+            if kept:
+                lines += rendered[:2] + kept
+        return ("\n".join(lines) + "\n").encode() if lines else b""
 
 
 def _number(value: float) -> str:
     if value == math.inf:
         return "+Inf"
     return repr(float(value)) if value != int(value) else f"{int(value)}.0"
+
+
+def _sample_name(line: str) -> str:
+    return line.split("{", 1)[0].split(" ", 1)[0]
 
 
 def _escape(value: str) -> str:

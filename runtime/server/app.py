@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TextIO
+from urllib.parse import parse_qsl
 
 import grpc
 from marfleet.runtime.config import CORS_KEYS, ConfigError, ModelSource, ServerConfig
@@ -333,7 +334,10 @@ class ModelServer:
         if self._gpus is not None:
             async with self._gpu_query:  # one nvidia-smi at a time, off the event loop
                 self.metrics.record_gpus(await asyncio.to_thread(self._gpus.sample))
-        return Response(200, self.metrics.registry.render(), CONTENT_TYPE)
+        query = parse_qsl(request.query_string, keep_blank_values=True)
+        names = [value for key, value in query if key == "name[]"]
+        only = frozenset(names) if names else None  # TorchServe's filter: ?name[]=a&name[]=b
+        return Response(200, self.metrics.registry.render(only), CONTENT_TYPE)
 
     def _completion_hook(self, name: str) -> AccessLog:
         count = self.metrics.count_status if name != "metrics" else None  # every API, as TS

@@ -125,6 +125,18 @@ class Answers:
     raw: dict[str, bytes]  # the bodies as sent
     metrics: str
     grpc: dict[str, Any]  # ModelInfer over the Open Inference Protocol: the response as JSON
+    filtered: dict[str, str]  # /metrics?name[]=... by query
+
+
+FILTERS = (
+    "name[]=QueueTime_bucket",
+    "name[]=HandlerTime&name[]=ProbeRows",
+    "name[]=QueueTime",
+    "name[]=nope",
+    "name=HandlerTime",
+)
+"""TorchServe's `name[]` filter on the metrics port: by sample name, several at once, a
+histogram's family name (no sample has it), a name nothing has, and the wrong parameter."""
 
 
 GRPC_INFER = "/org.pytorch.serve.grpc.openinference.GRPCInferenceService/ModelInfer"
@@ -164,7 +176,10 @@ def ask(inference: str, metrics: str, grpc_target: str) -> Answers:
         calls[step.label] = (response.status_code, body)
         raw[step.label] = response.content
     scraped = httpx.get(f"{metrics}/metrics", timeout=30).text
-    return Answers(calls, raw, scraped, ask_grpc(grpc_target))
+    filtered = {
+        query: httpx.get(f"{metrics}/metrics?{query}", timeout=30).text for query in FILTERS
+    }
+    return Answers(calls, raw, scraped, ask_grpc(grpc_target), filtered)
 
 
 def build_store(root: Path) -> Path:
@@ -337,6 +352,30 @@ def test_metric_families_as_torchserve(answers: tuple[Answers, Answers]) -> None
     declared = set(re.findall(r"^# TYPE (\S+) ", theirs.metrics, re.MULTILINE))
     extra = {name for name in mine if not name.startswith("marfleet_")} - declared
     assert extra == set()
+
+
+def shape(text: str) -> tuple[list[str], list[str]]:
+    """The TYPE lines and the sample names of Prometheus text (values change by the call)."""
+    lines = text.splitlines()
+    types = sorted(line for line in lines if line.startswith("# TYPE"))
+    samples = sorted(
+        {re.split(r"[{ ]", line, maxsplit=1)[0] for line in lines if line and line[0] != "#"}
+    )
+    return types, samples
+
+
+def test_the_name_filter_keeps_what_torchserves_keeps(answers: tuple[Answers, Answers]) -> None:
+    theirs, ours = answers
+    for query in FILTERS[:-1]:
+        assert shape(ours.filtered[query]) == shape(theirs.filtered[query]), query
+    assert shape(ours.filtered["name=HandlerTime"]) == shape(ours.metrics)  # not a filter
+    assert shape(theirs.filtered["name[]=QueueTime_bucket"])[1] == ["QueueTime_bucket"]
+    assert shape(theirs.filtered["name[]=HandlerTime&name[]=ProbeRows"])[1] == [
+        "HandlerTime",
+        "ProbeRows",
+    ]
+    assert theirs.filtered["name[]=nope"].strip() == ""
+    assert shape(theirs.filtered["name=HandlerTime"]) == shape(theirs.metrics)
 
 
 def test_the_metrics_comparison_is_not_vacuous(answers: tuple[Answers, Answers]) -> None:

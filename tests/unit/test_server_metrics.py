@@ -71,6 +71,24 @@ def test_histogram_buckets_are_cumulative() -> None:
     assert values['h_count{m="x"}'] == 4 and values['h_sum{m="x"}'] == 14.5
 
 
+def test_names_keep_only_those_samples_and_their_families_heads() -> None:
+    registry = Registry()
+    family = registry.add(Family("h", "help h", "histogram", ("m",), buckets=(1,)))
+    family.histogram("x").observe(0.5)
+    registry.add(Family("c", "help c", "counter", ("m",))).labels("x").inc()
+    registry.add(Family("g", "help g", "gauge", ("m",))).labels("x").set(2)
+    text = registry.render(frozenset({"h_count", "c"})).decode()
+    assert text.splitlines() == [
+        "# HELP h help h",
+        "# TYPE h histogram",
+        'h_count{m="x"} 1',
+        "# HELP c help c",
+        "# TYPE c counter",
+        'c{m="x"} 1.0',
+    ]
+    assert registry.render(frozenset({"h"})) == b""  # a histogram's samples have suffixes
+
+
 def test_label_values_are_escaped() -> None:
     registry = Registry()
     registry.add(Family("c", "help", "counter", ("m",))).labels('a"b\\c\nd').inc()
