@@ -13,6 +13,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 # TorchScript MLP (tests.models.TinyMLP) behind a BaseHandler subclass with custom hooks.
 MLP_HANDLER = """
+import json
+
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 from ts.utils.util import PredictionException
@@ -32,6 +34,9 @@ class MLPHandler(BaseHandler):
         self.context.metrics.add_counter("MLPRows", len(data))
         rows = data.tolist()
         return [{"scores": row, "best": max(range(3), key=row.__getitem__)} for row in rows]
+
+    def describe_handle(self):
+        return json.dumps({"inputs": 4, "classes": 3})
 """
 
 # The built-in image classifier with a different answer shape (override of postprocess).

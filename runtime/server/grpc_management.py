@@ -94,9 +94,8 @@ class Management:
         return call
 
     async def describe(self, request: pb.DescribeModelRequest) -> Answer:
-        # `customized` (the handler's describe_handle metadata) is not served on either port
         return await self._api.describe(
-            _required(request.model_name), request.model_version or None
+            _required(request.model_name), request.model_version or None, request.customized
         )
 
     async def list_models(self, request: pb.ListModelsRequest) -> Answer:

@@ -20,6 +20,7 @@ models loaded at start-up get marfleet's default instead).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import Awaitable, Callable, Mapping
@@ -30,13 +31,17 @@ from typing import Any
 from marfleet.runtime.server.errors import ApiError, json_response
 from marfleet.runtime.server.http import Handler, Request, Response
 from marfleet.runtime.server.model_source import ModelLoader, Registration
+from marfleet.runtime.server.request_ids import request_id_of
 from marfleet.runtime.server.routing import METHOD_NOT_ALLOWED, Router
-from marfleet.runtime.workers.pool import WorkerSlot
+from marfleet.runtime.workers.pool import Job, WorkerSlot
+from marfleet.runtime.workers.process import BatchItem, ItemResult
 from marfleet.runtime.workers.registry import (
     DefaultVersionInUse,
     ModelNotFound,
     ModelRegistry,
     ModelVersion,
+    NoWorkers,
+    QueueIsFull,
     VersionNotFound,
 )
 
@@ -141,7 +146,7 @@ class ManagementApi:
             router.add(
                 "GET",
                 pattern,
-                http(lambda r: self.describe(name(r), version(r))),
+                http(lambda r: self.describe(name(r), version(r), _flag(r.query, "customized"))),
                 "Describe a model version (or all).",
             )
             router.add(
@@ -208,12 +213,49 @@ class ManagementApi:
             message += ". Use scale workers API to add workers for the model."
         return Answer.status_text(message)
 
-    async def describe(self, name: str, version: str | None) -> Answer:
+    async def describe(self, name: str, version: str | None, customized: bool = False) -> Answer:
+        """One version (or `all`); `customized` adds what the version's handler says of itself
+        (`describe_handle`), as TorchServe does for one version (not for `all`)."""
         if version == "all":
             entries = self._call(lambda: self._registry.versions(name))
-        else:
-            entries = [self._entry(name, version)]
-        return Answer([self._description(entry) for entry in entries])
+            return Answer([self._description(entry) for entry in entries])
+        entry = self._entry(name, version)
+        description = self._description(entry)
+        if customized:
+            description["customizedMetadata"] = await self._customized(entry)
+        return Answer([description])
+
+    @staticmethod
+    async def _customized(entry: ModelVersion) -> dict[str, Any]:
+        """The handler's own description: TorchServe asks a worker with a request whose header
+        `describe` is `True` (BaseHandler answers it with `describe_handle()`); a JSON object
+        in the answer is the metadata, anything else (None, text, a list) gives `{}`."""
+        future: asyncio.Future[ItemResult] = asyncio.get_running_loop().create_future()
+        item = BatchItem(request_id_of({}), "application/json", {"describe": "True"}, {}, b"")
+        try:
+            entry.submit(Job(item, None, future))
+        except NoWorkers:
+            raise ApiError(
+                503,
+                f'Model "{entry.name}" has no worker to serve describe request. '
+                "Please use scale workers API to add workers.",
+                type="ServiceUnavailableException",
+            ) from None
+        except QueueIsFull as error:
+            raise ApiError(503, str(error), headers={"Retry-After": "1"}) from None
+        result = await future
+        try:
+            answer = json.loads(result.body) if result.body else None
+        except ValueError:
+            answer = None
+        if result.status != 200:
+            failure = answer if isinstance(answer, dict) else {}
+            raise ApiError(
+                result.status,
+                str(failure.get("message") or "Prediction failed"),
+                type=failure.get("type"),
+            )
+        return answer if isinstance(answer, dict) else {}
 
     async def scale(self, name: str, version: str | None, query: Mapping[str, str]) -> Answer:
         entry = self._entry(name, version)
@@ -225,7 +267,7 @@ class ManagementApi:
             raise ApiError(400, "max_worker cannot be less than min_worker.")
         self._loader.check_workers(count, "min_worker")
         self._loader.check_workers(maximum, "max_worker")
-        synchronous = query.get("synchronous", "false").lower() == "true"
+        synchronous = _flag(query, "synchronous")
         errors = await self._registry.scale(entry, count, maximum, wait=synchronous)
         if errors:
             raise ApiError(500, f"Failed to start workers for model {name}: {errors[0]}")
@@ -318,6 +360,11 @@ def _resident_bytes(pid: int | None) -> int:
             return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
+
+
+def _flag(query: Mapping[str, str], key: str) -> bool:
+    """A boolean parameter read as TorchServe reads one: `true` in any case, else false."""
+    return query.get(key, "false").lower() == "true"
 
 
 def _number(query: Mapping[str, str], key: str, default: int) -> int:

@@ -73,6 +73,7 @@ def _management_steps() -> list[tuple[str, Any]]:
         ("list without a limit", m.ListModelsRequest()),
         ("describe", m.DescribeModelRequest(model_name="mlp")),
         ("describe all", m.DescribeModelRequest(model_name="mlp", model_version="all")),
+        ("describe customized", m.DescribeModelRequest(model_name="mnist", customized=True)),
         ("describe an unknown model", m.DescribeModelRequest(model_name="nope")),
         ("describe version 9.9", m.DescribeModelRequest(model_name="mlp", model_version="9.9")),
         ("register version 2.0", m.RegisterModelRequest(url="mlp-2.0.mar", synchronous=True)),
@@ -282,6 +283,7 @@ def test_the_cases_are_not_vacuous(outcomes: dict[str, dict[str, Outcome]]) -> N
     assert theirs["list to the last model"].payloads[0]["nextPageToken"] == "3"
     assert len(theirs["describe the new default"].payloads[0][0]) == 26
     assert theirs["describe the new default"].payloads[0][0]["modelVersion"] == "2.0"
+    assert theirs["describe customized"].payloads[0][0]["customizedMetadata"] == {}
     assert [m["modelName"] for m in theirs["list after"].payloads[0]["models"]] == [
         "mlp",
         "mnist",

@@ -556,6 +556,17 @@ def test_describe_matches_torchserve_fields(server: Server) -> None:
     assert missing.json()["type"] == "ModelVersionNotFoundException"
 
 
+def test_a_customized_describe_asks_the_handler(server: Server) -> None:
+    """A plain `handle` function gets the describe request as TorchServe sends it (an empty
+    row, header `describe: True`); the JSON object it answers is the metadata."""
+    url = f"{server.management}/models/echo?customized=true"
+    described = httpx.get(url, headers=server.auth, timeout=60)
+    assert described.status_code == 200, described.text
+    metadata = described.json()[0]["customizedMetadata"]
+    assert (metadata["echo"], metadata["batch"]) == (None, 1)  # the echo handler's answer
+    assert list(described.json()[0])[-1] == "customizedMetadata"  # last, as in TorchServe
+
+
 def test_register_scale_set_default_unregister(server: Server) -> None:
     mgmt, auth = server.management, server.auth
     registered = httpx.post(

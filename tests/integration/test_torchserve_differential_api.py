@@ -145,6 +145,9 @@ def management_steps() -> list[Step]:
     itself (scale, register versions, default version, pagination over the models made)."""
     calls = [
         ("describe", "GET", "/models/mlp", 0.0),
+        ("describe customized", "GET", "/models/mlp?customized=true", 0.0),
+        ("describe customized=TRUE", "GET", "/models/mlp/1.0?customized=TRUE", 0.0),
+        ("describe customized=1", "GET", "/models/mlp?customized=1", 0.0),
         ("scale to 2, synchronous", "PUT", "/models/mlp?min_worker=2&synchronous=true", 0.0),
         ("describe after 2", "GET", "/models/mlp", 0.0),
         ("scale to 1..1", "PUT", "/models/mlp?min_worker=1&max_worker=1&synchronous=true", 0.0),
@@ -158,9 +161,11 @@ def management_steps() -> list[Step]:
         ("scale an unknown version", "PUT", "/models/mlp/9.9?min_worker=1", 0.0),
         ("scale an unknown model", "PUT", "/models/nope?min_worker=1", 0.0),
         ("register version 2.0", "POST", "/models?url=mlp-2.0.mar&initial_workers=0", 0.0),
+        ("describe customized, no worker", "GET", "/models/mlp/2.0?customized=true", 0.0),
         ("register 2.0 again", "POST", "/models?url=mlp-2.0.mar", 0.0),
         ("register 1.0 again", "POST", "/models?url=mlp.mar", 0.0),
         ("describe all", "GET", "/models/mlp/all", 0.0),
+        ("describe all customized", "GET", "/models/mlp/all?customized=true", 0.0),
         ("delete the default version", "DELETE", "/models/mlp/1.0", 0.0),
         ("delete the default, no version", "DELETE", "/models/mlp", 0.0),
         ("set default 2.0", "PUT", "/models/mlp/2.0/set-default", 0.0),
@@ -484,3 +489,9 @@ def test_the_management_comparison_is_not_vacuous(answers: tuple[Target, Target]
     assert theirs.answers["delete the default version"][0] == 403
     assert theirs.answers["register asynchronous"][0] == 202
     assert described["list 2 from 2"]["nextPageToken"] == "4"
+    customized = {"inputs": 4, "classes": 3}  # the handler's describe_handle
+    assert described["describe customized"][0]["customizedMetadata"] == customized
+    assert described["describe customized=TRUE"][0]["customizedMetadata"] == customized
+    assert "customizedMetadata" not in described["describe customized=1"][0]
+    assert all("customizedMetadata" not in entry for entry in described["describe all customized"])
+    assert theirs.answers["describe customized, no worker"][0] == 503
