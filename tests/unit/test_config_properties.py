@@ -14,7 +14,7 @@ from marfleet.runtime.config import (
     parse_properties,
     resolve_model_settings,
 )
-from marfleet.runtime.server.app import serving_certificate
+from marfleet.runtime.server.app import response_headers, serving_certificate
 
 
 def test_properties_syntax() -> None:
@@ -79,6 +79,8 @@ def test_known_keys_are_typed_and_unknown_ones_reported() -> None:
         ("enable_model_api", "yes", "true or false"),
         ("inference_address", "8080", "http://HOST:PORT"),
         ("models", "{not json", "not valid JSON"),
+        ("cors_allowed_origin", "https://a.example\r\nSet-Cookie: x=1", "control characters"),
+        ("cors_allowed_headers", "X-\u2603", "outside Latin-1"),
     ],
 )
 def test_bad_values_name_the_key(key: str, value: str, fragment: str) -> None:
@@ -203,3 +205,16 @@ def test_https_addresses_and_grpc_ssl_need_the_certificate_and_key(tmp_path: Pat
     with pytest.raises(ConfigError, match="cannot be read"):
         serving_certificate(load_server_config(missing, {}))
     assert serving_certificate(load_server_config({}, {})) is None
+
+
+def test_cors_keys_become_headers_on_every_answer_beside_torchserves_no_cache() -> None:
+    config = load_server_config(
+        {"cors_allowed_origin": " * ", "cors_allowed_methods": "GET, POST"}, {}
+    )
+    assert response_headers(config) == {
+        "Pragma": "no-cache",
+        "Cache-Control": "no-cache, no-store, must-revalidate, private",
+        "Expires": "Thu, 01 Jan 1970 00:00:00 UTC",
+        "Access-Control-Allow-Origin": "*",
+        "Access-Control-Allow-Methods": "GET, POST",
+    }
