@@ -167,7 +167,10 @@ class ModelServer:
         self._certificate_task: asyncio.Task[None] | None = None
         self._grpc: dict[str, tuple[grpc.aio.Server, int]] = {}  # name -> (server, port)
         self._management = ManagementApi(
-            self.registry, self.loader, enable_model_api=config.enable_model_api
+            self.registry,
+            self.loader,
+            self.plane.handler_description,
+            enable_model_api=config.enable_model_api,
         )
 
     # health

@@ -27,6 +27,7 @@ job waits, the job's future is cancelled and the batch queue drops it.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -164,31 +165,61 @@ class DataPlane:
         status = 499  # the client went away before an answer
         named = {MODEL_VERSION_HEADER: entry.version}
         try:
-            future: asyncio.Future[ItemResult] = asyncio.get_running_loop().create_future()
             request_id = request_id_of(call.headers)  # over HTTP, the one the core chose
             item = BatchItem(
                 request_id, call.content_type, call.headers, call.parameters, call.body
             )
             try:
-                entry.submit(Job(item, call.explain, future))
-            except NoWorkers as error:
-                status = 503
-                raise ApiError(503, str(error), headers=named) from None
-            except QueueIsFull as error:
-                status = 503
-                raise ApiError(
-                    503, str(error), headers={"Retry-After": RETRY_AFTER_SECONDS, **named}
-                ) from None
-            result = await future
-            if len(result.body) > self._max_response_bytes:
-                status = 413
-                raise ApiError(
-                    413,
-                    f"The response is {len(result.body)} bytes, over max_response_size "
-                    f"({self._max_response_bytes})",
-                    headers=named,
-                )
+                result = await self._answer(entry, item, call.explain, named)
+            except ApiError as error:
+                status = error.status
+                raise
             status = result.status
             return replace(result, headers={**result.headers, **named})
         finally:
             metrics.request_answered(status, time.perf_counter() - call.received_at)
+
+    async def handler_description(self, entry: ModelVersion) -> dict[str, Any]:
+        """What a version's handler says of itself (TorchServe's `?customized=true`): asked
+        of one of its workers with a request whose header `describe` is `True`, which
+        BaseHandler answers with `describe_handle()`. A JSON object in the answer is the
+        description; anything else (None, text, a list) gives `{}`, as in TorchServe."""
+        item = BatchItem(request_id_of({}), "application/json", {"describe": "True"}, {}, b"")
+        result = await self._answer(entry, item, None, {}, purpose="describe")
+        try:
+            answer = json.loads(result.body) if result.body else None
+        except ValueError:
+            answer = None
+        if result.status != 200:
+            failure = answer if isinstance(answer, dict) else {}
+            message = failure.get("message") or "Prediction failed"
+            raise ApiError(result.status, str(message), type=failure.get("type"))
+        return answer if isinstance(answer, dict) else {}
+
+    async def _answer(
+        self,
+        entry: ModelVersion,
+        item: BatchItem,
+        explain: bool | None,
+        headers: Mapping[str, str],
+        purpose: str = "inference",
+    ) -> ItemResult:
+        """Queue `item` on the version and wait for its answer (ApiError, with `headers`, when
+        it cannot be queued or the answer is over max_response_size)."""
+        future: asyncio.Future[ItemResult] = asyncio.get_running_loop().create_future()
+        try:
+            entry.submit(Job(item, explain, future), purpose)
+        except NoWorkers as error:
+            raise ApiError(503, str(error), headers=headers) from None
+        except QueueIsFull as error:
+            retry = {"Retry-After": RETRY_AFTER_SECONDS, **headers}
+            raise ApiError(503, str(error), headers=retry) from None
+        result = await future
+        if len(result.body) > self._max_response_bytes:
+            raise ApiError(
+                413,
+                f"The response is {len(result.body)} bytes, over max_response_size "
+                f"({self._max_response_bytes})",
+                headers=headers,
+            )
+        return result

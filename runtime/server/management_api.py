@@ -20,7 +20,6 @@ models loaded at start-up get marfleet's default instead).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from collections.abc import Awaitable, Callable, Mapping
@@ -31,17 +30,13 @@ from typing import Any
 from marfleet.runtime.server.errors import ApiError, json_response
 from marfleet.runtime.server.http import Handler, Request, Response
 from marfleet.runtime.server.model_source import ModelLoader, Registration
-from marfleet.runtime.server.request_ids import request_id_of
 from marfleet.runtime.server.routing import METHOD_NOT_ALLOWED, Router
-from marfleet.runtime.workers.pool import Job, WorkerSlot
-from marfleet.runtime.workers.process import BatchItem, ItemResult
+from marfleet.runtime.workers.pool import WorkerSlot
 from marfleet.runtime.workers.registry import (
     DefaultVersionInUse,
     ModelNotFound,
     ModelRegistry,
     ModelVersion,
-    NoWorkers,
-    QueueIsFull,
     VersionNotFound,
 )
 
@@ -111,10 +106,18 @@ class ManagementApi:
     shared by the HTTP routes here and the gRPC service (`grpc_management.py`)."""
 
     def __init__(
-        self, registry: ModelRegistry, loader: ModelLoader, *, enable_model_api: bool
+        self,
+        registry: ModelRegistry,
+        loader: ModelLoader,
+        describe_handler: Callable[[ModelVersion], Awaitable[dict[str, Any]]],
+        *,
+        enable_model_api: bool,
     ) -> None:
+        """`describe_handler`: what a version's handler says of itself (the data plane's
+        `handler_description`, for `customized=true`)."""
         self._registry = registry
         self._loader = loader
+        self._describe_handler = describe_handler
         self._enable_model_api = enable_model_api
 
     def routes(self, router: Router) -> None:
@@ -222,40 +225,8 @@ class ManagementApi:
         entry = self._entry(name, version)
         description = self._description(entry)
         if customized:
-            description["customizedMetadata"] = await self._customized(entry)
+            description["customizedMetadata"] = await self._describe_handler(entry)
         return Answer([description])
-
-    @staticmethod
-    async def _customized(entry: ModelVersion) -> dict[str, Any]:
-        """The handler's own description: TorchServe asks a worker with a request whose header
-        `describe` is `True` (BaseHandler answers it with `describe_handle()`); a JSON object
-        in the answer is the metadata, anything else (None, text, a list) gives `{}`."""
-        future: asyncio.Future[ItemResult] = asyncio.get_running_loop().create_future()
-        item = BatchItem(request_id_of({}), "application/json", {"describe": "True"}, {}, b"")
-        try:
-            entry.submit(Job(item, None, future))
-        except NoWorkers:
-            raise ApiError(
-                503,
-                f'Model "{entry.name}" has no worker to serve describe request. '
-                "Please use scale workers API to add workers.",
-                type="ServiceUnavailableException",
-            ) from None
-        except QueueIsFull as error:
-            raise ApiError(503, str(error), headers={"Retry-After": "1"}) from None
-        result = await future
-        try:
-            answer = json.loads(result.body) if result.body else None
-        except ValueError:
-            answer = None
-        if result.status != 200:
-            failure = answer if isinstance(answer, dict) else {}
-            raise ApiError(
-                result.status,
-                str(failure.get("message") or "Prediction failed"),
-                type=failure.get("type"),
-            )
-        return answer if isinstance(answer, dict) else {}
 
     async def scale(self, name: str, version: str | None, query: Mapping[str, str]) -> Answer:
         entry = self._entry(name, version)

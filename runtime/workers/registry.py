@@ -90,10 +90,11 @@ class ModelVersion:
     registered_at: float = field(default_factory=time.time)
     unfinished: int = 0  # accepted jobs without a result yet (queued, batching or running)
 
-    def submit(self, job: Job) -> None:
+    def submit(self, job: Job, purpose: str = "inference") -> None:
+        """Queue `job`; `purpose` names the request in TorchServe's no-worker message."""
         if self.pool.target == 0:
             raise NoWorkers(
-                f'Model "{self.name}" has no worker to serve inference request. '
+                f'Model "{self.name}" has no worker to serve {purpose} request. '
                 "Please use scale workers API to add workers."
             )
         try:
