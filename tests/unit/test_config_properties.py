@@ -207,6 +207,12 @@ def test_https_addresses_and_grpc_ssl_need_the_certificate_and_key(tmp_path: Pat
     assert serving_certificate(load_server_config({}, {})) is None
 
 
+def test_cors_keys_come_from_ts_variables_too() -> None:
+    env = {"TS_CORS_ALLOWED_ORIGIN": "https://app.example"}
+    config = load_server_config({"enable_envvars_config": "true"}, env)
+    assert config.cors_allowed_origin == "https://app.example"
+
+
 def test_cors_keys_become_headers_on_every_answer_beside_torchserves_no_cache() -> None:
     config = load_server_config(
         {"cors_allowed_origin": " * ", "cors_allowed_methods": "GET, POST"}, {}
