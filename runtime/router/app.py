@@ -147,6 +147,7 @@ async def run(settings: RouterSettings) -> int:
         settings.limits,
         error_response=error_response,
         on_unhandled=_log_unhandled,
+        request_ids=True,  # given here, so the variant's pod, its handler and logs share it
     )
     grpc_server: grpc.aio.Server | None = None
     grpc_port = 0

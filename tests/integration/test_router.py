@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import socket
 import time
 import urllib.request
@@ -51,6 +52,14 @@ def variants(client: Client, count: int, headers: dict[str, str] | None = None) 
         assert status == 200
         seen.append(answer_headers["x-marfleet-variant"])
     return seen
+
+
+def test_a_request_without_an_id_gets_one_the_variant_sees_too(backends: dict[str, str]) -> None:
+    with router(backends, "--weights", "stable=100,canary=0") as proc:
+        status, headers, data = Client(proc.url).request("POST", "/predictions/cart", b"{}")
+    assert status == 200
+    assert re.fullmatch(r"[0-9a-f-]{36}", headers["x-request-id"])
+    assert json.loads(data)["headers"]["x-request-id"] == headers["x-request-id"]
 
 
 def test_requests_pass_through_whole_and_answers_name_the_variant(backends: dict[str, str]) -> None:
