@@ -283,31 +283,54 @@ def start_all(
 ) -> dict[str, str]:
     """Start each server into `servers` (the caller stops them); why each one that failed did.
 
-    marfleet and TorchServe register only `models`; the peers always serve all three."""
+    marfleet and TorchServe register only `models`; the peers always serve all three. A
+    server gets a second try, on fresh ports and in a fresh directory: on a shared machine a
+    port picked free can be taken before the server binds it, and one failed start should
+    not cost the whole comparison (as one failed round does not)."""
     failed: dict[str, str] = {}
     weights = {"mlp": root / "work" / "mlp.pt", "resnet18": root / "work" / "resnet18.pt"}
     for name in names:
-        print(f"starting {name}", flush=True)
-        try:
-            if name in MAR_SERVERS:
-                server = start(name, store, root / name, token_auth=True)
-                servers[name] = server
-                for model in models:
-                    archive, batch, delay = REGISTRATIONS[model]
-                    server.register(archive, model, batch_size=batch, max_batch_delay=delay)
-            else:
-                if peer_python is None:
-                    raise ValueError(f"{name} needs --peer-venv")
-                requests = requests_for(name, root / "bodies")
-                servers[name] = start_peer(name, peer_python, weights, requests, root / name)
-        except (RuntimeError, TimeoutError, ValueError, OSError) as error:
-            failed[name] = str(error)
-            print(f"  {name} did not start: {error}", flush=True)
-            if name in servers:
-                servers.pop(name).stop()
+        if name not in MAR_SERVERS and peer_python is None:
+            failed[name] = f"{name} needs --peer-venv"
+            print(f"  {name} did not start: {failed[name]}", flush=True)
             continue
-        servers[name].pause()  # frozen until its rounds: the next one starts undisturbed
+        for attempt in (1, 2):
+            print(f"starting {name}" + (" again" if attempt > 1 else ""), flush=True)
+            workdir = root / (name if attempt == 1 else f"{name}-{attempt}")
+            try:
+                servers[name] = _start_one(name, models, store, workdir, peer_python, weights)
+            except (RuntimeError, TimeoutError, ValueError, OSError) as error:
+                failed[name] = str(error)
+                print(f"  {name} did not start: {error}", flush=True)
+                continue
+            failed.pop(name, None)
+            servers[name].pause()  # frozen until its rounds: the next one starts undisturbed
+            break
     return failed
+
+
+def _start_one(
+    name: str,
+    models: Sequence[str],
+    store: Path,
+    workdir: Path,
+    peer_python: Path | None,
+    weights: dict[str, Path],
+) -> RunningServer:
+    """One server started and serving `models`, or an error (nothing left running)."""
+    if name not in MAR_SERVERS:
+        assert peer_python is not None  # start_all checked
+        requests = requests_for(name, workdir.parent / "bodies")
+        return start_peer(name, peer_python, weights, requests, workdir)
+    server = start(name, store, workdir, token_auth=True)
+    try:
+        for model in models:
+            archive, batch, delay = REGISTRATIONS[model]
+            server.register(archive, model, batch_size=batch, max_batch_delay=delay)
+    except BaseException:
+        server.stop()
+        raise
+    return server
 
 
 def server_versions(names: Sequence[str], peer_python: Path | None) -> dict[str, str]:

@@ -191,18 +191,30 @@ def _popen(
         )
 
 
+def _log_tail(server: RunningServer, chars: int = 1500) -> str:
+    """The end of the server's log, for an error that would otherwise only name the file (a
+    temporary directory, gone by the time anyone reads the report)."""
+    with suppress(OSError):
+        return (server.workdir / "server.log").read_text(errors="replace")[-chars:]
+    return "(no log)"
+
+
 def _wait_ready(server: RunningServer, ready: Callable[[], bool], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
-            raise RuntimeError(f"{server.name} exited; see {server.workdir / 'server.log'}")
+            raise RuntimeError(
+                f"{server.name} exited with {server.process.returncode}; the end of "
+                f"{server.workdir / 'server.log'}:\n{_log_tail(server)}"
+            )
         with suppress(httpx.TransportError):
             if ready():
                 return
         time.sleep(0.5)
     server.stop()
     raise TimeoutError(
-        f"{server.name} was not ready within {timeout:.0f} s; see {server.workdir / 'server.log'}"
+        f"{server.name} was not ready within {timeout:.0f} s; the end of "
+        f"{server.workdir / 'server.log'}:\n{_log_tail(server)}"
     )
 
 

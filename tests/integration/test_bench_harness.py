@@ -20,8 +20,8 @@ def test_one_short_round_against_torchserve_gives_json_table_and_chart(tmp_path:
     command += ["--out", str(out), "--chart", str(chart)]
     printed = subprocess.run(command, check=True, capture_output=True, text=True, timeout=240)
     results = json.loads(out.read_text())
+    assert results["failed_to_start"] == {}, printed.stdout[-3000:]
     row = results["served"]["torchserve"]["mlp-c16"]
-    assert results["failed_to_start"] == {}
     assert row["requests"] > 0 and row["errors"] == 0 and row["failed_rounds"] == 0
     assert row["cpu_us_per_request"] > 0
     assert results["versions"]["torchserve"] == "0.12.0"

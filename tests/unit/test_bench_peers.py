@@ -6,7 +6,11 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
+from pathlib import Path
 
+import pytest
+
+from e2e.bench import run
 from e2e.bench.run import interleaved
 from e2e.bench.servers import request_for
 
@@ -49,3 +53,47 @@ def test_a_failing_round_is_recorded_and_the_medians_use_the_rounds_that_complet
     assert summary["b"]["failed_rounds"] == 1 and summary["b"]["rps"] == 20.0
     assert summary["b"]["rounds"][1] == {"failed": "connection refused"}
     assert summary["c"]["failed"] == "server gone"
+
+
+class _Started:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir, self.paused = workdir, False
+
+    def pause(self) -> None:
+        self.paused = True
+
+
+def test_a_server_that_fails_to_start_gets_one_more_try_in_a_fresh_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A port taken between picking and binding cannot be caused on demand: `_start_one`
+    stands in for the real start here, failing where the test says."""
+    tries: list[tuple[str, Path]] = []
+
+    def start_one(name: str, models: object, store: object, workdir: Path, *rest: object) -> object:
+        tries.append((name, workdir))
+        if (name == "torchserve" and len(tries) == 1) or name == "marfleet":
+            raise RuntimeError(f"{name} exited with 1; the end of its log")
+        return _Started(workdir)
+
+    monkeypatch.setattr(run, "_start_one", start_one)
+    servers: dict[str, object] = {}
+    failed = run.start_all(
+        ["torchserve", "marfleet", "ray"],
+        ["mlp"],
+        tmp_path,
+        tmp_path,
+        None,
+        servers,  # type: ignore[arg-type]
+    )
+    assert tries == [
+        ("torchserve", tmp_path / "torchserve"),
+        ("torchserve", tmp_path / "torchserve-2"),
+        ("marfleet", tmp_path / "marfleet"),
+        ("marfleet", tmp_path / "marfleet-2"),
+    ]
+    assert list(servers) == ["torchserve"] and servers["torchserve"].paused  # type: ignore[attr-defined]
+    assert failed == {
+        "marfleet": "marfleet exited with 1; the end of its log",
+        "ray": "ray needs --peer-venv",
+    }
