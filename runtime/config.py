@@ -84,6 +84,7 @@ class ServerConfig:
     workers_per_device: int = 1
     worker_threads: int = 1
     shutdown_grace_seconds: float = 30.0
+    require_startup_models: bool = False  # /ping waits for every named startup model
     # request-side limits of every listener (docs/operations.md)
     max_request_head_size: int = 64 * 1024
     request_head_timeout_seconds: float = 10.0
@@ -153,6 +154,7 @@ _BOOL_KEYS = {
     "enable_envvars_config",
     "enable_grpc_ssl",
     "model_metrics_auto_detect",
+    "require_startup_models",
 }
 _ADDRESS_KEYS = {"inference_address", "management_address", "metrics_address"}
 CORS_KEYS = {

@@ -139,8 +139,10 @@ def serve(
     ready_timeout: float = 90,
     tls: tuple[Path, Path] | None = None,
     inference_port: int | None = None,
+    healthy: bool = True,
 ) -> Iterator[Server]:
-    """Start `marfleet serve --foreground`, wait until /ping is healthy, always end it.
+    """Start `marfleet serve --foreground`, wait until /ping is healthy (with `healthy=False`:
+    until it answers at all), always end it.
 
     Like the operator's pods, the inference API needs no token unless `properties` says
     `disable_inference_token_authorization=false`; the management API needs its key.
@@ -181,7 +183,7 @@ def serve(
         )
     server = Server(process, workdir, ports, None if tls is None else tls[0])
     try:
-        _wait_healthy(server, ready_timeout)
+        _wait_healthy(server, ready_timeout, statuses=(200,) if healthy else (200, 500))
         yield server
     finally:
         if process.poll() is None:
@@ -189,7 +191,7 @@ def serve(
         server.kill()
 
 
-def _wait_healthy(server: Server, timeout: float) -> None:
+def _wait_healthy(server: Server, timeout: float, statuses: tuple[int, ...] = (200,)) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
@@ -201,7 +203,7 @@ def _wait_healthy(server: Server, timeout: float) -> None:
                 timeout=2,
                 verify=server.verify,
             )
-            if ping.status_code == 200:
+            if ping.status_code in statuses:
                 return
         except httpx.TransportError:
             pass

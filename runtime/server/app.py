@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TextIO
+from typing import Literal, TextIO
 from urllib.parse import parse_qsl
 
 import grpc
@@ -46,6 +46,8 @@ from marfleet.runtime.workers.registry import ModelRegistry, WorkerEnvironment
 log = logging.getLogger("marfleet.server")
 
 ARCHIVE_SUFFIXES = (".mar", ".tar.gz", ".tgz", ".zip")
+STARTUP_RETRY_MAX_S = 60.0  # the longest wait between tries of a required startup model
+LoadOutcome = Literal["loaded", "refused", "failed"]  # refused: 4xx, trying again cannot help
 
 
 def server_version() -> str:
@@ -161,6 +163,7 @@ class ModelServer:
         )
         self._servers: dict[str, HttpServer] = {}
         self._startup_done = False
+        self._missing: set[ModelSource] = set()  # required startup models not serving yet
         self._draining = False
         self._stop = asyncio.Event()
         self._startup_task: asyncio.Task[None] | None = None
@@ -176,7 +179,12 @@ class ModelServer:
     # health
 
     def healthy(self) -> bool:
-        return self._startup_done and not self._draining and self.registry.healthy()
+        return (
+            self._startup_done
+            and not self._missing
+            and not self._draining
+            and self.registry.healthy()
+        )
 
     # lifecycle
 
@@ -355,51 +363,98 @@ class ModelServer:
         )
 
     async def _load_startup_models(self) -> None:
-        """Load every startup model; one that cannot load is logged and skipped, so /ping
-        turns healthy once every startup model that can load is serving."""
+        """Load every startup model; /ping turns healthy once the first try of each is over.
+
+        One that cannot load is logged and skipped, as TorchServe's frontend stays up without
+        it. With `require_startup_models` (the operator's pods, which exist for their one
+        model), every model named (not found by `load_models=all`) must serve first: one
+        whose workers fail to load is tried again with backoff until it loads, one refused
+        outright (not an archive, a bad manifest) stays missing, and /ping is unhealthy
+        meanwhile, so a pod that cannot serve its model takes no traffic, its load failures
+        are counted where the alert sees them, and it heals when the cause goes away.
+        """
+        sources = self._startup_sources()
+        retried: list[ModelSource] = []
         try:
-            await asyncio.gather(*(self._load_one(source) for source in self._startup_sources()))
+            outcomes = await asyncio.gather(*(self._load_one(source) for source, _ in sources))
+            if self.config.require_startup_models:
+                self._missing = {
+                    source
+                    for (source, named), outcome in zip(sources, outcomes, strict=True)
+                    if named and outcome != "loaded"
+                }
+                retried = [
+                    source
+                    for (source, _), outcome in zip(sources, outcomes, strict=True)
+                    if source in self._missing and outcome == "failed"
+                ]
         finally:
             self._startup_done = True
+        if self._missing:
+            log.error(
+                "required startup models are not serving: /ping is unhealthy until they are",
+                extra={"urls": sorted(source.url for source in self._missing)},
+            )
+            await asyncio.gather(*(self._load_until_serving(source) for source in retried))
 
-    def _startup_sources(self) -> list[ModelSource]:
+    async def _load_until_serving(self, source: ModelSource) -> None:
+        """Try a required model again, waiting 1, 2, 4 ... up to 60 s between tries."""
+        delay = 1.0
+        while True:
+            await asyncio.sleep(delay)
+            outcome = await self._load_one(source)
+            if outcome != "failed":
+                break
+            delay = min(delay * 2, STARTUP_RETRY_MAX_S)
+            log.warning(
+                "required startup model failed to load; trying again",
+                extra={"url": source.url, "retry_in_s": delay},
+            )
+        if outcome == "loaded":
+            self._missing.discard(source)
+
+    def _startup_sources(self) -> list[tuple[ModelSource, bool]]:
+        """Each startup model, and whether it was named (False: found by `all`)."""
         config = self.config
-        sources = list(config.load_models)
+        sources = [(source, True) for source in config.load_models]
         for name, versions in config.models.items():
             for settings in versions.values():
                 mar = settings.get("marName")
                 if isinstance(mar, str):
-                    sources.append(ModelSource(url=mar, name=name))
+                    sources.append((ModelSource(url=mar, name=name), True))
         if config.load_all_models and config.model_store is not None:
             sources += [
-                ModelSource(url=path.name)
+                (ModelSource(url=path.name), False)
                 for path in sorted(config.model_store.iterdir())
                 if path.name.endswith(ARCHIVE_SUFFIXES)
             ]
         # An archive both listed (load_models, `all`) and named in the models JSON is one model.
-        named = {source.url for source in sources if source.name is not None}
-        unique: dict[tuple[str | None, str], ModelSource] = {}
-        for source in sources:
+        named = {source.url for source, _ in sources if source.name is not None}
+        unique: dict[tuple[str | None, str], tuple[ModelSource, bool]] = {}
+        for source, required in sources:
             if source.name is not None or source.url not in named:
-                unique.setdefault((source.name, source.url), source)
+                unique.setdefault((source.name, source.url), (source, required))
         return list(unique.values())
 
-    async def _load_one(self, source: ModelSource) -> None:
+    async def _load_one(self, source: ModelSource) -> LoadOutcome:
         registration = Registration(
             source.url, source.name, {}, synchronous=True, loaded_at_startup=True
         )
         try:
             entry, workers = await self.loader.register(registration)
         except ApiError as error:
+            if error.status == 409:  # registered meanwhile (the management API): it serves
+                return "loaded"
             log.error(
                 "model refused at startup",
                 extra={"url": source.url, "status": error.status, "reason": error.message},
             )
-            return
+            return "failed" if error.status >= 500 else "refused"
         except Exception as error:  # one bad archive must not stop the others
             log.error("model failed at startup", exc_info=error, extra={"url": source.url})
-            return
+            return "failed"
         log.info(
             "model registered",
             extra={"model": entry.name, "version": entry.version, "workers": workers},
         )
+        return "loaded"

@@ -167,9 +167,8 @@ class TorchServeInference:
         self, request: empty_pb2.Empty, context: grpc.aio.ServicerContext[Any, Any]
     ) -> ts.TorchServeHealthResponse:
         self._plane.authorize("inference", metadata_headers(context).get("authorization"))
+        # as TorchServe: status OK either way, the verdict is in the message (HTTP's is a 500)
         health = "Healthy" if self._plane.healthy() else "Unhealthy"
-        if health == "Unhealthy":
-            context.set_code(grpc.StatusCode.INTERNAL)
         return ts.TorchServeHealthResponse(health=json.dumps({"status": health}, indent=2))
 
     def _call(

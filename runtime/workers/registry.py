@@ -133,7 +133,10 @@ class ModelVersion:
 
     @property
     def healthy(self) -> bool:
-        return self.pool.healthy >= self.settings.min_workers
+        """It can answer: a worker is ready, or it is meant to have none. A version short of
+        some of its workers (a scale-up still loading, one of several restarting) serves on
+        the rest, so `/ping` keeps the pod in rotation; with none ready it cannot answer."""
+        return self.pool.healthy > 0 or self.settings.min_workers == 0
 
 
 class ModelRegistry:
@@ -177,7 +180,7 @@ class ModelRegistry:
         return [entry for versions in self._models.values() for entry in versions.values()]
 
     def healthy(self) -> bool:
-        """Every version that should be serving has its workers (loading ones do not count)."""
+        """Every version that should be serving can answer (loading ones do not count)."""
         return all(entry.healthy for entry in self.all() if entry.serving)
 
     # changes

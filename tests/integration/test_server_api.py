@@ -304,15 +304,25 @@ def test_grpc_ping_predictions_and_errors(server: Server) -> None:
 def test_workers_start_cleanly_while_grpc_calls_run(server: Server) -> None:
     """Workers are forked and exec'd while other threads serve gRPC: gRPC's fork handlers must
     not run in them (with them, about one child in a hundred died of SIGSEGV, and each fork
-    logged "skipping fork() handlers")."""
+    logged "skipping fork() handlers"). The model serves on its ready worker all along, so
+    every Ping, over gRPC and HTTP, says Healthy while the new workers load."""
     stop = threading.Event()
-    calls: list[int] = []
+    answers: list[str] = []
+    failures: list[BaseException] = []
 
     def ping() -> None:
         with grpc.insecure_channel(server.grpc) as channel:
             while not stop.is_set():
-                _ts_call(channel, "Ping", empty_pb2.Empty(), ts_pb2.TorchServeHealthResponse)
-                calls.append(1)
+                try:
+                    health = _ts_call(
+                        channel, "Ping", empty_pb2.Empty(), ts_pb2.TorchServeHealthResponse
+                    )
+                    answers.append(json.loads(health.health)["status"])
+                    http = httpx.get(f"{server.inference}/ping", timeout=30)
+                    answers.append(f"{http.status_code} {http.json()['status']}")
+                except (grpc.RpcError, httpx.HTTPError) as error:
+                    failures.append(error)
+                    return
 
     pingers = [threading.Thread(target=ping) for _ in range(4)]
     for thread in pingers:
@@ -329,7 +339,9 @@ def test_workers_start_cleanly_while_grpc_calls_run(server: Server) -> None:
         stop.set()
         for thread in pingers:
             thread.join(30)
-    assert calls, "no gRPC call ran while the workers started"
+    assert not failures, failures[0]
+    assert answers, "no gRPC call ran while the workers started"
+    assert set(answers) == {"Healthy", "200 Healthy"}, set(answers)
     assert "fork_posix" not in server.log() and "killed by" not in server.log()
 
 

@@ -355,6 +355,7 @@ def test_config_properties_carry_the_runtime_settings() -> None:
         "default_response_timeout": "120",
         "enable_envvars_config": "true",
         "disable_inference_token_authorization": "true",
+        "require_startup_models": "true",
     }
     stable = objects[("ConfigMap", "resnet50-stable")]["data"]["config.properties"]
     assert "batch_size=8\n" in stable and "job_queue_size=1000\n" in stable
