@@ -155,6 +155,7 @@ def management_steps() -> list[Step]:
         ("scale max only", "PUT", "/models/mlp?max_worker=3", 0.0),
         ("describe after max 3", "GET", "/models/mlp", 0.0),
         ("scale min only, asynchronous", "PUT", "/models/mlp?min_worker=2", 0.0),
+        ("ping while a worker starts", "GET", "/ping", 0.0),  # the other one serves: Healthy
         ("describe after min 2", "GET", "/models/mlp", 1.0),
         ("scale min over max", "PUT", "/models/mlp?min_worker=3&max_worker=1", 0.0),
         ("scale a version", "PUT", "/models/mlp/1.0?min_worker=1&max_worker=1&synchronous=true", 0.0),
@@ -204,9 +205,9 @@ def management_steps() -> list[Step]:
     ]  # fmt: skip
     steps = []
     for label, method, path, wait_s in calls:
-        port = "inference" if path.startswith("/predictions") else "management"
+        port = "inference" if path.startswith(("/predictions", "/ping")) else "management"
         key = "inference" if port == "inference" else "management"
-        body = ROW if port == "inference" else None
+        body = ROW if path.startswith("/predictions") else None
         steps.append(Step(label, port, method, path, key, body=body, wait_s=wait_s))
     return steps
 
