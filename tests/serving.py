@@ -172,13 +172,16 @@ def serve(
     command += ["--model-store", str(model_store), "--ts-config", str(config)]
     if models:
         command += ["--models", *models]
+    scratch = workdir / "tmp"
+    scratch.mkdir(exist_ok=True)
     with (workdir / "serve.log").open("wb") as log:
         process = subprocess.Popen(
             command,
             cwd=workdir,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
+            # its own TMPDIR: what it unpacks stays in the test's directory even if it is killed
+            env={**os.environ, "TMPDIR": str(scratch), **(env or {})},
             start_new_session=True,
         )
     server = Server(process, workdir, ports, None if tls is None else tls[0])

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -371,6 +372,19 @@ def main(argv: list[str]) -> int:
             parser.error(f"{', '.join(n for n in names if n in PEERS)} need --peer-venv")
         peer_python = peer_venv.ensure(args.peer_venv.absolute())
     root = Path(tempfile.mkdtemp(prefix="marfleet-bench-"))
+    try:
+        return _measure(args, argv, names, peer_python, root)
+    finally:  # the archives, bodies and servers' state: the results are in --out
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _measure(
+    args: argparse.Namespace,
+    argv: list[str],
+    names: list[str],
+    peer_python: Path | None,
+    root: Path,
+) -> int:
     store, work, bodies = root / "store", root / "work", root / "bodies"
     for folder in (store, work, bodies):
         folder.mkdir()

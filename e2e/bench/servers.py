@@ -286,9 +286,10 @@ def start(
     else:
         command = [sys.executable, "-m", "ts.model_server", "--start", "--foreground", "--ncs"]
         # TorchServe refuses to start when it finds another's pid file in $TMPDIR (the
-        # machine is shared): give it its own.
+        # machine is shared): give it its own; $TEMP is where it unpacks models (the JVM's
+        # java.io.tmpdir, else /tmp, where they would stay).
         (workdir / "tmp").mkdir(exist_ok=True)
-        env = {"TMPDIR": str(workdir / "tmp"), **(env or {})}
+        env = {"TMPDIR": str(workdir / "tmp"), "TEMP": str(workdir / "tmp"), **(env or {})}
     config.write_text("\n".join(lines) + "\n")
     command += ["--model-store", str(store), "--ts-config", str(config)]
     server = RunningServer(name, _popen(command, workdir, threads, env), ports, workdir)

@@ -8,8 +8,11 @@ archiver, the real server, the load generator, CPU accounting, the JSON, the tab
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 
@@ -18,7 +21,18 @@ def test_one_short_round_against_torchserve_gives_json_table_and_chart(tmp_path:
     command = [sys.executable, "-m", "e2e.bench.run", "--servers", "torchserve"]
     command += ["--scenarios", "mlp-c16", "--rounds", "1", "--duration", "1", "--warmup", "0.5"]
     command += ["--out", str(out), "--chart", str(chart)]
-    printed = subprocess.run(command, check=True, capture_output=True, text=True, timeout=240)
+    # where the harness keeps its archives and servers' state; short, as TorchServe's worker
+    # sockets are made there and a socket's path has at most 107 bytes
+    scratch = Path(tempfile.mkdtemp(prefix="bench-"))
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    try:
+        printed = subprocess.run(
+            command, check=True, capture_output=True, text=True, timeout=240, env=env
+        )
+        left = list(scratch.iterdir())
+    finally:
+        shutil.rmtree(scratch)
+    assert left == []  # the harness removes what it made
     results = json.loads(out.read_text())
     assert results["failed_to_start"] == {}, printed.stdout[-3000:]
     row = results["served"]["torchserve"]["mlp-c16"]
