@@ -22,8 +22,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import grpc
 import httpx
+from google.protobuf import empty_pb2
+from marfleet.runtime.server.protos import inference_pb2
 
 from e2e.support import archiver_command, free_port
 
@@ -111,6 +115,16 @@ class Server:
 
     def log(self) -> str:
         return (self.workdir / "serve.log").read_text(errors="replace")
+
+    def grpc_health(self) -> Any:
+        """TorchServe's gRPC Ping: the health document it answers (a status but OK raises)."""
+        with grpc.insecure_channel(self.grpc) as channel:
+            reply = channel.unary_unary(
+                "/org.pytorch.serve.grpc.inference.InferenceAPIsService/Ping",
+                request_serializer=empty_pb2.Empty.SerializeToString,
+                response_deserializer=inference_pb2.TorchServeHealthResponse.FromString,
+            )(empty_pb2.Empty(), timeout=10)
+        return json.loads(reply.health)
 
     def stop(self, timeout: float = 30) -> int:
         """SIGTERM and wait; returns the exit code (SIGKILLs the group if it hangs)."""

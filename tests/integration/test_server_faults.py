@@ -20,11 +20,8 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-import grpc
 import httpx
 import pytest
-from google.protobuf import empty_pb2
-from marfleet.runtime.server.protos import inference_pb2
 
 from e2e.support import free_port
 from tests.integration.server_archives import build_store
@@ -67,17 +64,6 @@ def worker_pid(server: Server, model: str) -> int:
     (worker,) = described["workers"]
     pid: int = worker["pid"]
     return pid
-
-
-def grpc_ping(server: Server) -> object:
-    """TorchServe's gRPC Ping: the health document it answers (an error status raises)."""
-    with grpc.insecure_channel(server.grpc) as channel:
-        reply = channel.unary_unary(
-            "/org.pytorch.serve.grpc.inference.InferenceAPIsService/Ping",
-            request_serializer=empty_pb2.Empty.SerializeToString,
-            response_deserializer=inference_pb2.TorchServeHealthResponse.FromString,
-        )(empty_pb2.Empty(), timeout=10)
-    return json.loads(reply.health)
 
 
 def rows_processed(server: Server, model: str) -> float:
@@ -142,7 +128,7 @@ def test_sigkill_of_a_worker_fails_only_its_request(server: Server) -> None:
         os.kill(pid, signal.SIGKILL)
         died = in_flight.result()
         assert died.status_code == 500 and died.json() == WORKER_DIED
-        grpc_health = grpc_ping(server)  # TorchServe's answer: status OK, "Unhealthy" inside
+        grpc_health = server.grpc_health()  # TorchServe's answer: status OK, "Unhealthy" inside
         saw_unhealthy = httpx.get(f"{server.inference}/ping").status_code == 500
         assert queued.result().status_code == 200  # served by the restarted worker
         assert queued.result().json()["pid"] != pid

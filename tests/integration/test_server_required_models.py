@@ -8,15 +8,11 @@ The cause is real: the handler's `initialize` raises until a file it names exist
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
-import grpc
 import httpx
 import pytest
-from google.protobuf import empty_pb2
-from marfleet.runtime.server.protos import inference_pb2
 
 from tests.handler_sources import write_handler
 from tests.serving import Server, archive, serve
@@ -52,13 +48,7 @@ def _store(root: Path, marker: Path) -> Path:
 def _ping(server: Server) -> tuple[int, str, str]:
     """HTTP /ping's status and verdict, and gRPC Ping's verdict (its status is always OK)."""
     http = httpx.get(f"{server.inference}/ping", timeout=10)
-    with grpc.insecure_channel(server.grpc) as channel:
-        reply = channel.unary_unary(
-            "/org.pytorch.serve.grpc.inference.InferenceAPIsService/Ping",
-            request_serializer=empty_pb2.Empty.SerializeToString,
-            response_deserializer=inference_pb2.TorchServeHealthResponse.FromString,
-        )(empty_pb2.Empty(), timeout=10)
-    return http.status_code, http.json()["status"], json.loads(reply.health)["status"]
+    return http.status_code, http.json()["status"], server.grpc_health()["status"]
 
 
 def _load_failures(server: Server) -> float:
