@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -185,7 +186,8 @@ def test_a_renewed_certificate_is_served_and_trusted_without_a_restart(
 
         def serves(trusted: Path) -> bool:
             try:
-                httpx.get(f"{server.inference}/ping", verify=str(trusted), timeout=5)
+                trust = ssl.create_default_context(cafile=str(trusted))
+                httpx.get(f"{server.inference}/ping", verify=trust, timeout=5)
             except httpx.ConnectError:
                 return False
             return True
