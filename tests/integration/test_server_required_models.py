@@ -115,3 +115,15 @@ def test_without_the_key_a_model_that_cannot_load_is_skipped(tmp_path: Path) -> 
         assert listed == {"models": []}
         time.sleep(2)
         assert "trying again" not in server.log()
+
+
+def test_sigterm_while_a_required_model_is_retried_stops_at_once(tmp_path: Path) -> None:
+    store = _store(tmp_path, tmp_path / "never")
+    with serve(
+        store, tmp_path / "run", models=["needsfile.mar"], properties=REQUIRED, healthy=False
+    ) as server:
+        _wait(lambda: "trying again" in server.log(), 60, "the failed load was not retried")
+        started = time.monotonic()
+        assert server.stop() == 0
+        assert time.monotonic() - started < 10  # the retry's wait does not hold the exit
+        assert '"message": "stopped"' in server.log()
