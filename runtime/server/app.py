@@ -402,7 +402,7 @@ class ModelServer:
         delay = 1.0
         while True:
             await asyncio.sleep(delay)
-            outcome = await self._load_one(source)
+            outcome = await self._load_one(source, retrying=True)
             if outcome != "failed":
                 break
             delay = min(delay * 2, STARTUP_RETRY_MAX_S)
@@ -436,14 +436,14 @@ class ModelServer:
                 unique.setdefault((source.name, source.url), (source, required))
         return list(unique.values())
 
-    async def _load_one(self, source: ModelSource) -> LoadOutcome:
+    async def _load_one(self, source: ModelSource, *, retrying: bool = False) -> LoadOutcome:
         registration = Registration(
             source.url, source.name, {}, synchronous=True, loaded_at_startup=True
         )
         try:
             entry, workers = await self.loader.register(registration)
         except ApiError as error:
-            if error.status == 409:  # registered meanwhile (the management API): it serves
+            if retrying and error.status == 409:  # registered meanwhile through the API
                 return "loaded"
             log.error(
                 "model refused at startup",

@@ -127,3 +127,27 @@ def test_sigterm_while_a_required_model_is_retried_stops_at_once(tmp_path: Path)
         assert server.stop() == 0
         assert time.monotonic() - started < 10  # the retry's wait does not hold the exit
         assert '"message": "stopped"' in server.log()
+
+
+def test_a_required_model_registered_through_the_api_meanwhile_counts_as_serving(
+    tmp_path: Path,
+) -> None:
+    marker = tmp_path / "weights-arrived"
+    store = _store(tmp_path, marker)
+    properties = {**REQUIRED, "enable_model_api": "true"}
+    with serve(
+        store, tmp_path / "run", models=["needsfile.mar"], properties=properties, healthy=False
+    ) as server:
+        # the third failed retry waits 8 s: the registration below ends well before the next
+        _wait(lambda: server.log().count("trying again") >= 3, 60, "no third retry")
+        marker.touch()
+        registered = httpx.post(
+            f"{server.management}/models",
+            params={"url": "needsfile.mar", "initial_workers": 1, "synchronous": "true"},
+            timeout=60,
+        )
+        assert registered.status_code == 200, registered.text  # before the retry (else 409)
+        _wait(lambda: _ping(server)[0] == 200, 30, "the retry did not see it registered")
+        tries = server.log().count("trying again")
+        time.sleep(2)
+        assert server.log().count("trying again") == tries
