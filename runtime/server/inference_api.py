@@ -26,7 +26,13 @@ class InferenceApi:
 
     def routes(self, router: Router) -> None:
         any_method = ("GET", "POST", "PUT", "DELETE", "HEAD")
-        router.add(any_method, "/ping", self.ping, "Server health: 200 Healthy or 500 Unhealthy.")
+        router.add(
+            any_method,
+            "/ping",
+            self.ping,
+            "Server health: 200 Healthy, or 500 Unhealthy while a model that should serve has "
+            "no ready worker (or, with require_startup_models, a startup model is not serving).",
+        )
         for kind, explain in (("predictions", False), ("explanations", True)):
             handler = self._predict_route(explain)
             action = "an explanation" if explain else "a prediction"
