@@ -28,16 +28,16 @@ export PYTHONSAFEPATH := 1
 PYTEST_ARGS ?=
 ifdef FAST
 PYTEST_ARGS += -m "not slow"
-TEST_NODE :=
+TEST_SETUP :=
 else
-TEST_NODE := node-setup
+TEST_SETUP := node-setup kserve-venv
 endif
 ifeq ($(NODE),real)
 NODE_FLAG := --real-node
 CLUSTER_SETUP := node-setup
 endif
 
-.PHONY: protos soak setup apt venv toolchain node-setup test lint format typecheck unit cluster-up cluster-down demo demo-down real bench bench-peers bench-gpu bench-operator clean
+.PHONY: protos soak setup apt venv toolchain node-setup kserve-venv test lint format typecheck unit cluster-up cluster-down demo demo-down real bench bench-peers bench-gpu bench-operator clean
 
 setup: apt venv toolchain
 
@@ -75,6 +75,11 @@ $(NODE_APT_STAMP):
 	fi
 	@mkdir -p $(VENV) && touch $@
 
+# KServe's own server, for the slow tests that compare marfleet's KServe protocols with it
+# (a venv of its own outside the clone, named by its pin; e2e/bench/peer_venv.py)
+kserve-venv: venv
+	@$(PY) -m e2e.bench.peer_venv --kserve-only > /dev/null
+
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -91,7 +96,7 @@ MYPY_CACHE := $(HOME)/.cache/marfleet/mypy
 typecheck: venv
 	MYPYPATH=$(VENV)/typecheck $(VENV)/bin/mypy --cache-dir $(MYPY_CACHE) -p marfleet -p e2e -p tests
 
-test: setup $(TEST_NODE) lint typecheck
+test: setup $(TEST_SETUP) lint typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 unit: venv

@@ -27,6 +27,7 @@ from typing import Any
 import grpc
 import httpx
 from google.protobuf import empty_pb2
+from marfleet.runtime.server.errors import speaks_kserve
 from marfleet.runtime.server.protos import inference_pb2
 
 from e2e.support import archiver_command, free_port
@@ -226,3 +227,15 @@ def _wait_healthy(server: Server, timeout: float, statuses: tuple[int, ...] = (2
             pass
         time.sleep(0.2)
     raise TimeoutError(f"marfleet serve was not healthy in {timeout} s:\n{server.log()[-4000:]}")
+
+
+def without_kserve_error(path: str, body: Any, raw: bytes) -> tuple[Any, bytes]:
+    """A marfleet answer as TorchServe would write it: the `"error"` marfleet adds to error
+    bodies on KServe's paths taken out of the parsed body and of the bytes, after checking
+    that it repeats `message` (docs/moving-from-torchserve.md), for the differential tests."""
+    if not (speaks_kserve(path) and isinstance(body, dict) and "error" in body):
+        return body, raw
+    assert body["error"] == body.get("message"), body
+    added = b',\n  "error": ' + json.dumps(body["error"]).encode()
+    assert added in raw, raw
+    return {key: value for key, value in body.items() if key != "error"}, raw.replace(added, b"")

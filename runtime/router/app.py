@@ -24,7 +24,7 @@ from marfleet.runtime.router.source import IsvcWatch, load_kube_config
 from marfleet.runtime.router.table import Routing, RoutingTable
 from marfleet.runtime.router.trust import GRACE_SECONDS, UpstreamTrust
 from marfleet.runtime.router.upstream import Timeouts, UpstreamPool, upstream_tls
-from marfleet.runtime.server.errors import error_response
+from marfleet.runtime.server.errors import error_response, kserve_errors
 from marfleet.runtime.server.http import HttpLimits, HttpServer, Request, Response
 
 log = logging.getLogger("marfleet.router")
@@ -143,7 +143,7 @@ async def run(settings: RouterSettings) -> int:
             metrics.begin_shutdown()
             return 0
     front = HttpServer(
-        router.proxy,
+        kserve_errors(router.proxy),
         settings.limits,
         error_response=error_response,
         on_unhandled=_log_unhandled,

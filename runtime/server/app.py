@@ -32,7 +32,7 @@ from marfleet.runtime.server import grpc_api, grpc_management
 from marfleet.runtime.server.auth import Tokens, require_token, token_api
 from marfleet.runtime.server.certificates import CertificateError, ServingCertificate
 from marfleet.runtime.server.dataplane import DataPlane
-from marfleet.runtime.server.errors import ApiError, error_response, json_response
+from marfleet.runtime.server.errors import ApiError, error_response, json_response, kserve_errors
 from marfleet.runtime.server.http import Handler, HttpLimits, HttpServer, Request, Response
 from marfleet.runtime.server.inference_api import InferenceApi
 from marfleet.runtime.server.logs import AccessLog
@@ -208,6 +208,7 @@ class ModelServer:
         if self.plane.tokens is not None:
             inference = require_token(self.plane.authorize, "inference", inference)
             management = require_token(self.plane.authorize, "management", management)
+        inference = kserve_errors(inference)
         metrics = Router(_render_error)
         metrics.add("GET", "/metrics", self._metrics, "Prometheus metrics.")
         for name, app, address in (

@@ -111,6 +111,10 @@ class DataPlane:
         except VersionNotFound as error:
             raise ApiError(404, str(error), type="ModelVersionNotFoundException") from None
 
+    def model_names(self) -> list[str]:
+        """The registered models' names, sorted (KServe's model lists)."""
+        return self._registry.names()
+
     def server_metadata(self) -> dict[str, Any]:
         """KServe v2 server metadata."""
         return {

@@ -1,12 +1,18 @@
 """TorchServe's error body — `{"code": N, "type": "...", "message": "..."}` — and the exception
-API handlers raise to produce it, so every endpoint fails the same way TorchServe does."""
+API handlers raise to produce it, so every endpoint fails the same way TorchServe does.
+
+KServe's protocols (v1, and v2: the Open Inference Protocol) put an error's reason in
+`"error"` instead, and their clients read only that (tritonclient's HTTP client reports a
+decoding failure when it is missing); `kserve_errors` adds it on the KServe paths, so one body
+serves both kinds of client."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import replace
 
-from marfleet.runtime.server.http import Response
+from marfleet.runtime.server.http import Handler, Request, Response, StreamedResponse
 
 _DEFAULT_TYPES = {
     400: "BadRequestException",
@@ -64,3 +70,41 @@ def error_response(
 def json_response(payload: object, status: int = 200) -> Response:
     """A JSON answer the server makes itself, written as TorchServe writes one (pretty_json)."""
     return Response(status, pretty_json(payload), "application/json")
+
+
+_TORCHSERVE_ERROR_KEYS = frozenset({"code", "type", "message"})
+_MAX_REWRITTEN_BODY = 1 << 16  # TorchServe's error documents are small; bigger is someone else's
+
+
+def speaks_kserve(path: str) -> bool:
+    """Whether `path` is one of KServe's (v1 `/v1/...`, v2 `/v2` and `/v2/...`)."""
+    return path.startswith(("/v1/", "/v2/")) or path == "/v2"
+
+
+def with_kserve_error(response: Response) -> Response:
+    """An error answer in TorchServe's shape, with KServe's `"error"` added (the same text as
+    `message`); any other answer unchanged, a handler's own error document included."""
+    if (
+        response.status < 400
+        or isinstance(response, StreamedResponse)
+        or not (response.content_type or "").startswith("application/json")
+        or len(response.body) > _MAX_REWRITTEN_BODY
+    ):
+        return response
+    try:
+        document = json.loads(response.body)
+    except ValueError:
+        return response
+    if not isinstance(document, dict) or document.keys() != _TORCHSERVE_ERROR_KEYS:
+        return response
+    return replace(response, body=pretty_json({**document, "error": document["message"]}))
+
+
+def kserve_errors(app: Handler) -> Handler:
+    """`app`, whose error answers on KServe's paths also carry `"error"`."""
+
+    async def handle(request: Request) -> Response:
+        response = await app(request)
+        return with_kserve_error(response) if speaks_kserve(request.path) else response
+
+    return handle

@@ -56,10 +56,12 @@ class InferenceApi:
             self._predict_route(True),
             "KServe v1 explain.",
         )
+        router.add("GET", "/v1/models", self.model_names, "KServe v1: the models served.")
         router.add("GET", "/v1/models/{model_name}", self.v1_model, "KServe v1 model readiness.")
         router.add("GET", "/v2", self.v2_server, "KServe v2 server metadata.")
         router.add("GET", "/v2/health/live", self.v2_live, "KServe v2 liveness.")
         router.add("GET", "/v2/health/ready", self.v2_ready, "KServe v2 readiness.")
+        router.add("GET", "/v2/models", self.model_names, "The models served (KServe's extension).")
         for suffix in ("", "/versions/{model_version}"):
             router.add(
                 "GET",
@@ -100,6 +102,9 @@ class InferenceApi:
             return _response(result)
 
         return route
+
+    async def model_names(self, request: Request) -> Response:
+        return json_response({"models": self._plane.model_names()})
 
     async def v1_model(self, request: Request) -> Response:
         entry = self._plane.model(request.params["model_name"], request.params.get("model_version"))

@@ -117,6 +117,11 @@ def test_upstream_failures_are_answered_quickly_with_a_message(stable: Proc) -> 
         assert (status, headers["x-marfleet-variant"]) == (502, "gone")
         error = json.loads(body)
         assert error["code"] == 502 and "cannot connect to upstream" in error["message"]
+        assert "error" not in error  # TorchServe's shape on TorchServe's paths
+        # on KServe's paths the reason is also in "error", which KServe's clients read
+        status, _, body = Client(proc.url).request("POST", "/v2/models/m/infer", b"{}")
+        error = json.loads(body)
+        assert status == 502 and error["error"] == error["message"]
     with router(
         {"stable": stable.url, "gone": dead},
         "--weights",
