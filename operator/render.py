@@ -22,6 +22,7 @@ from typing import Any
 import jinja2
 import orjson
 import yaml
+from marfleet.runtime.config import CORS_KEYS
 from marfleet.runtime.storage.uri import archive_filename, scheme_error
 
 from . import fetching, labels, traffic
@@ -578,6 +579,7 @@ def router_deployment(isvc: InferenceService, ctx: RenderContext) -> dict[str, A
             "--grpc-backend-port",
             str(PORTS["grpc"]),
             *upstream_ca,
+            *router_cors_args(isvc),
         ],
         env=[
             {
@@ -591,6 +593,22 @@ def router_deployment(isvc: InferenceService, ctx: RenderContext) -> dict[str, A
         mounts=mounts,
         volumes=volumes,
     )
+
+
+def router_cors_args(isvc: InferenceService) -> list[str]:
+    """The CORS headers the variants' servers send (TorchServe's `TS_CORS_*` variables in
+    `runtime.env`), for the router's own answers too (its 502, 503 and 504), so a browser
+    can read those: each value every variant sets alike, as a literal value."""
+    args: list[str] = []
+    for key in CORS_KEYS:
+        name = "TS_" + key.upper()
+        values = {
+            next((e.get("value") for e in v.runtime.env if e.get("name") == name), None)
+            for v in isvc.variants
+        }
+        if len(values) == 1 and isinstance(value := values.pop(), str) and value:
+            args += ["--" + key.replace("_", "-"), value]
+    return args
 
 
 def service_monitor(isvc: InferenceService, ctx: RenderContext) -> dict[str, Any]:

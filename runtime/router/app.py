@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -47,6 +47,7 @@ class RouterSettings:
     grpc_port: int  # 0: no gRPC listener
     grpc_backends: dict[str, str]  # variant -> host:port of its gRPC inference port
     log_level: str
+    extra_headers: Mapping[str, str] = field(default_factory=dict)  # on every answer (CORS)
     upstream_ca: bytes | None = None  # PEM CA(s) for https:// backends; None: system store
     upstream_ca_file: Path | None = None  # where upstream_ca was read, read again (trust.py)
     upstream_ca_reload_seconds: float = 30.0
@@ -147,6 +148,7 @@ async def run(settings: RouterSettings) -> int:
         settings.limits,
         error_response=error_response,
         on_unhandled=_log_unhandled,
+        extra_headers=settings.extra_headers,  # a variant's own headers of the same name win
         request_ids=True,  # given here, so the variant's pod, its handler and logs share it
     )
     grpc_server: grpc.aio.Server | None = None

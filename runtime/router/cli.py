@@ -24,6 +24,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import uvloop
+from marfleet.runtime.config import CORS_KEYS
 from marfleet.runtime.router.app import RouterSettings, run
 from marfleet.runtime.router.table import Mirror, Routing
 from marfleet.runtime.router.trust import GRACE_SECONDS
@@ -148,6 +149,14 @@ def parser() -> argparse.ArgumentParser:
         default=GRACE_SECONDS,
         help="how long the CA certificates --upstream-ca held before a change stay trusted",
     )
+    for key, header in CORS_KEYS.items():
+        p.add_argument(
+            "--" + key.replace("_", "-"),
+            default="",
+            metavar="VALUE",
+            help=f"{header} on the router's own answers (its 502, 503 and 504; a variant's "
+            f"answer keeps the variant's): the value of the servers' {key}",
+        )
     p.add_argument("--mirror-limit", type=int, default=64, help="shadow copies in flight at most")
     p.add_argument("--drain-seconds", type=float, default=20.0, help="grace period on SIGTERM")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -193,6 +202,11 @@ def settings_from(argv: Sequence[str], environ: Mapping[str, str]) -> RouterSett
             max_buffered_body_bytes=args.max_buffered_request_bytes,
         ),
         mirror_limit=args.mirror_limit,
+        extra_headers={
+            header: value
+            for key, header in CORS_KEYS.items()
+            if (value := getattr(args, key))
+        },
         grpc_port=args.grpc_port,
         grpc_backends=_grpc_backends(backends, args.grpc_backend_port, args.grpc_backend),
         drain_seconds=args.drain_seconds,

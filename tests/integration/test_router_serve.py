@@ -4,6 +4,7 @@ TinyMLPs with different seeds), split 90/10 by a real `marfleet router` on loopb
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.request
 from collections import Counter
@@ -28,6 +29,7 @@ HANDLER = Path(__file__).parent / "server_handlers" / "mlp.py"
 ROW = [0.5, -1.0, 2.0, 0.25]
 SEEDS = {"1.0": 1, "2.0": 2}
 VERSIONS = {"stable": "1.0", "canary": "2.0"}
+CORS = {"cors_allowed_origin": "https://app.example", "cors_allowed_methods": "GET, POST"}
 
 
 def scores(version: str) -> list[float]:
@@ -41,7 +43,7 @@ def start(root: Path, version: str) -> Iterator[Server]:
     store.mkdir()
     weights = write_torchscript(root, TinyMLP, seed=SEEDS[version], name=f"mlp-{version}.pt")
     archive(store, "mlp", HANDLER, version=version, serialized_file=weights)
-    properties = {"worker_threads": "1", "default_workers_per_model": "1"}
+    properties = {"worker_threads": "1", "default_workers_per_model": "1", **CORS}
     with serve(store, root / f"run-{version}", models=["mlp.mar"], properties=properties) as srv:
         yield srv
 
@@ -156,3 +158,27 @@ def test_grpc_through_the_router_splits_80_20_and_sticks_like_http(
             text = response.read().decode()
     assert metric(text, "marfleet_router_requests_total", variant="canary", code_class="2xx") >= 180
     assert metric(text, "marfleet_router_requests_total", code_class="5xx") >= 1  # INTERNAL
+
+
+def test_the_routers_own_answers_carry_the_servers_cors_headers(stable: Server) -> None:
+    """A browser reads a router's 502 like any answer: the router sends the CORS headers the
+    servers send (the operator gives it their TS_CORS_* values), and a server's answer passes
+    with its own, once."""
+    flags = [f"--{key.replace('_', '-')}={value}" for key, value in CORS.items()]
+    expected = {
+        "access-control-allow-origin": "https://app.example",
+        "access-control-allow-methods": "GET, POST",
+    }
+    dead = f"http://127.0.0.1:{free_port()}"
+    for backend, status in ((stable.inference, 200), (dead, 502)):
+        with router({"only": backend}, "--weights", "only=100", *flags) as proc:
+            connection = http.client.HTTPConnection("127.0.0.1", proc.port, timeout=30)
+            connection.request(
+                "POST", "/predictions/mlp", json.dumps(ROW), {"content-type": "application/json"}
+            )
+            response = connection.getresponse()
+            response.read()
+            connection.close()
+            assert response.status == status
+            for name, value in expected.items():
+                assert response.headers.get_all(name) == [value], (status, name)

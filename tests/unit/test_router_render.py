@@ -12,10 +12,43 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "resnet50-canary.ya
 CTX = render.RenderContext(default_image="img")
 
 
-def objects() -> dict[tuple[str, str], dict[str, Any]]:
-    isvc = next(d for d in yaml.safe_load_all(EXAMPLE.read_text()) if d["kind"] == spec.KIND)
-    desired = render.render(spec.parse(isvc), CTX)
+def example() -> dict[str, Any]:
+    isvc: dict[str, Any] = next(
+        d for d in yaml.safe_load_all(EXAMPLE.read_text()) if d["kind"] == spec.KIND
+    )
+    return isvc
+
+
+def objects(isvc: dict[str, Any] | None = None) -> dict[tuple[str, str], dict[str, Any]]:
+    desired = render.render(spec.parse(isvc or example()), CTX)
     return {(o["kind"], o["metadata"]["name"]): o for o in desired.objects}
+
+
+def router_args(isvc: dict[str, Any]) -> list[str]:
+    deployment = objects(isvc)[("Deployment", "resnet50-router")]
+    args: list[str] = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    return args
+
+
+def test_the_router_sends_the_cors_headers_every_variant_sends() -> None:
+    isvc = example()
+    assert not any(arg.startswith("--cors") for arg in router_args(isvc))
+    isvc["spec"].setdefault("runtime", {})["env"] = [
+        {"name": "TS_CORS_ALLOWED_ORIGIN", "value": "https://app.example"},
+        {"name": "TS_CORS_ALLOWED_METHODS", "value": "GET, POST"},
+        {"name": "TS_CORS_ALLOWED_HEADERS", "valueFrom": {"configMapKeyRef": {"name": "c"}}},
+    ]
+    args = router_args(isvc)
+    assert args[args.index("--cors-allowed-origin") + 1] == "https://app.example"
+    assert args[args.index("--cors-allowed-methods") + 1] == "GET, POST"
+    assert "--cors-allowed-headers" not in args  # not a literal value: the router cannot know it
+    # a variant that sends another origin: the router cannot know which one a client expects
+    variant = isvc["spec"]["variants"][-1]
+    variant.setdefault("runtime", {})["env"] = [
+        {"name": "TS_CORS_ALLOWED_ORIGIN", "value": "https://other.example"}
+    ]
+    args = router_args(isvc)
+    assert "--cors-allowed-origin" not in args and "--cors-allowed-methods" in args
 
 
 def test_router_pods_keep_one_up_through_disruptions() -> None:
