@@ -203,9 +203,7 @@ def settings_from(argv: Sequence[str], environ: Mapping[str, str]) -> RouterSett
         ),
         mirror_limit=args.mirror_limit,
         extra_headers={
-            header: value
-            for key, header in CORS_KEYS.items()
-            if (value := getattr(args, key))
+            header: value for key, header in CORS_KEYS.items() if (value := getattr(args, key))
         },
         grpc_port=args.grpc_port,
         grpc_backends=_grpc_backends(backends, args.grpc_backend_port, args.grpc_backend),

@@ -74,12 +74,15 @@ class ModelLoader:
         """Register; returns the new version and how many workers it was given.
 
         All or nothing: on any failure, and when the caller is cancelled (the client went
-        away), what was unpacked is removed and the version is not registered.
+        away), what was unpacked is removed and the version is not registered. A downloaded
+        archive is removed once unpacked, whatever happens: the model store is never written.
         """
-        source = await self._locate(registration.url)
+        source, downloaded = await self._locate(registration.url)
         target = self._extract_root / uuid.uuid4().hex
         limits = ExtractionLimits(max_total_bytes=self._config.max_model_unpacked_size)
         unpacking = asyncio.ensure_future(asyncio.to_thread(load_archive, source, target, limits))
+        if downloaded is not None:
+            unpacking.add_done_callback(lambda _: _remove_tree(downloaded))
         try:
             archive = await asyncio.shield(unpacking)
         except asyncio.CancelledError:
@@ -182,8 +185,9 @@ class ModelLoader:
             )
         return config.default_workers_per_model or 0
 
-    async def _locate(self, url: str) -> Path:
-        """The local archive `url` names, downloading allowed remote URLs into the store."""
+    async def _locate(self, url: str) -> tuple[Path, Path | None]:
+        """The local archive `url` names, and the private folder an allowed remote URL was
+        downloaded into (to remove once unpacked; None for a file of the store or file://)."""
         if _URL_SCHEME.match(url):
             if not any(re.fullmatch(pattern, url) for pattern in self._config.allowed_urls):
                 raise ApiError(
@@ -192,7 +196,7 @@ class ModelLoader:
                     type="ModelNotFoundException",
                 )
             if url.startswith("file://"):
-                return self._existing(Path(url[len("file://") :]), url)
+                return self._existing(Path(url[len("file://") :]), url), None
             if not url.startswith(("http://", "https://")):
                 raise ApiError(404, f"Model not found at: {url}", type="ModelNotFoundException")
             return await self._download(url)
@@ -207,7 +211,7 @@ class ModelLoader:
         path = (store / url).resolve()
         if not path.is_relative_to(store.resolve()):
             raise ApiError(400, f"Model url {url!r} points outside the model store")
-        return self._existing(path, url)
+        return self._existing(path, url), None
 
     @staticmethod
     def _existing(path: Path, url: str) -> Path:
@@ -215,17 +219,20 @@ class ModelLoader:
             raise ApiError(404, f"Model not found at: {url}", type="ModelNotFoundException")
         return path
 
-    async def _download(self, url: str) -> Path:
-        """Fetch `url` into the model store with `marfleet fetch`'s downloader, within limits.
+    async def _download(self, url: str) -> tuple[Path, Path]:
+        """Fetch `url` with `marfleet fetch`'s downloader, within limits, into a folder of its
+        own beside the unpacked models; returns the archive and that folder.
 
+        Every registration downloads afresh: a file of the same name from another URL, or
+        from an earlier registration, is never taken for it, and nothing lands in the model
+        store (TorchServe keeps the download there until the model is unregistered).
         At most `max_concurrent_downloads` run at once, on their own threads (a trickling
         server cannot take the threads extraction and other work use); one more is a 503.
         Each has a size cap, an overall deadline and a stall timeout, and stops when the
-        registering client goes away. The downloader renames only a complete file into place.
+        registering client goes away; a download that does not complete leaves nothing.
         """
         config = self._config
-        store = config.model_store
-        if store is None:
+        if config.model_store is None:  # as TorchServe, which needs one to download into
             raise ApiError(400, f"Cannot download {url}: no model store is configured")
         if self._downloads >= config.max_concurrent_downloads:
             raise ApiError(
@@ -243,24 +250,30 @@ class ModelLoader:
             max_bytes=config.max_download_size,
             cancelled=cancelled.is_set,
         )
+        folder = self._extract_root / f"download-{uuid.uuid4().hex}"
         self._downloads += 1
         download = asyncio.get_running_loop().run_in_executor(
             self._download_threads,
-            functools.partial(fetch, url, store, sha256=None, settings=settings, report=_quiet),
+            functools.partial(fetch, url, folder, sha256=None, settings=settings, report=_quiet),
         )
         download.add_done_callback(self._download_finished)  # when the thread is really done
         self._cancel_downloads.add(cancelled)
         try:
-            return await asyncio.shield(download)
+            return await asyncio.shield(download), folder
         except asyncio.CancelledError:
             cancelled.set()  # the client went away: the thread stops at its next read
+            download.add_done_callback(lambda _: _remove_tree(folder))
             raise
         except (FetchError, ValueError, OSError) as error:
+            _remove_tree(folder)
             raise ApiError(
                 400,
                 f"Failed to download archive from: {url} ({error})",
                 type="DownloadArchiveException",
             ) from None
+        except BaseException:
+            _remove_tree(folder)
+            raise
         finally:
             self._cancel_downloads.discard(cancelled)
 

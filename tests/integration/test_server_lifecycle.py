@@ -17,6 +17,7 @@ import zipfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import ClassVar
 
 import httpx
@@ -37,10 +38,14 @@ class Archives(BaseHTTPRequestHandler):
 
     closed: ClassVar[list[str]] = []  # paths whose client (the server) hung up mid-body
     trickling: ClassVar[list[str]] = []  # paths whose trickle began
+    served: ClassVar[dict[str, bytes]] = {}  # name -> the archive it serves, as a test set it
 
     def do_GET(self) -> None:
         name = self.path.strip("/")
-        if name == "big.mar":  # announces more than the cap
+        if name in self.served:
+            self._head({"Content-Length": str(len(self.served[name]))})
+            self.wfile.write(self.served[name])
+        elif name == "big.mar":  # announces more than the cap
             self._head({"Content-Length": str(10 * MAX_DOWNLOAD)})
         elif name == "short.mar":  # promises 1000 bytes, sends 100
             self._head({"Content-Length": "1000"})
@@ -336,7 +341,7 @@ def store_files(server: Server) -> set[str]:
 def test_a_download_that_breaks_a_rule_is_refused_and_never_placed(
     server: Server, host: str, name: str, reason: str
 ) -> None:
-    before = store_files(server)
+    before, unpacked_before = store_files(server), unpacked(server)
     started = time.monotonic()
     refused = httpx.post(
         f"{server.management}/models", params={"url": f"{host}/{name}"}, timeout=30
@@ -346,6 +351,32 @@ def test_a_download_that_breaks_a_rule_is_refused_and_never_placed(
     assert reason in refused.json()["message"]
     assert time.monotonic() - started < 5
     assert store_files(server) == before  # nothing placed, no partial file left
+    assert unpacked(server) == unpacked_before  # nor a download folder
+
+
+def test_each_registration_downloads_afresh_and_keeps_no_archive(
+    server: Server, host: str, tmp_path: Path
+) -> None:
+    """A URL whose file changed gives the new archive (TorchServe would take the file it kept
+    in the model store from the first registration); neither download stays anywhere."""
+    builds = []
+    for version in ("1.0", "2.0"):
+        (tmp_path / version).mkdir()
+        builds.append(
+            archive(tmp_path / version, "fresh", HANDLERS / "behaviour.py", version=version)
+        )
+    store_before, unpacked_before = store_files(server), unpacked(server)
+    query = f"url={host}/fresh.mar&initial_workers=0&synchronous=true"
+    for build in builds:
+        Archives.served["fresh.mar"] = build.read_bytes()
+        assert register(server, query).status_code == 200
+    described = httpx.get(f"{server.management}/models/fresh/all").json()
+    assert sorted(entry["modelVersion"] for entry in described) == ["1.0", "2.0"]
+    assert store_files(server) == store_before
+    assert unpacked(server) == unpacked_before + 2  # the two models, and no downloads
+    for version in ("2.0", "1.0"):  # the default version (the first) goes last
+        assert httpx.delete(f"{server.management}/models/fresh/{version}").status_code == 200
+    assert unpacked(server) == unpacked_before
 
 
 def test_downloads_have_a_deadline_a_bound_and_stop_with_their_client(
