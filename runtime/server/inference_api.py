@@ -56,6 +56,7 @@ class InferenceApi:
             self._predict_route(True),
             "KServe v1 explain.",
         )
+        router.add("GET", "/", self.alive, "Liveness, as KServe's server answers it.")
         router.add("GET", "/v1/models", self.model_names, "KServe v1: the models served.")
         router.add("GET", "/v1/models/{model_name}", self.v1_model, "KServe v1 model readiness.")
         router.add("GET", "/v2", self.v2_server, "KServe v2 server metadata.")
@@ -102,6 +103,10 @@ class InferenceApi:
             return _response(result)
 
         return route
+
+    async def alive(self, request: Request) -> Response:
+        """KServe's SDK asks `GET /` whether a v1 server lives (TorchServe answers 405)."""
+        return json_response({"status": "alive"})
 
     async def model_names(self, request: Request) -> Response:
         return json_response({"models": self._plane.model_names()})

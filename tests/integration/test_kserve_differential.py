@@ -34,6 +34,7 @@ from tests.serving import archive, serve
 pytestmark = pytest.mark.slow
 
 APP = Path(__file__).resolve().parents[1] / "kserve_app.py"
+CLIENT = Path(__file__).resolve().parents[1] / "kserve_client.py"
 
 # marfleet's side of tests/kserve_app.py's model: a TorchServe module handler.
 DOUBLE_HANDLER = """
@@ -79,6 +80,7 @@ FAIL_BODY = {"inputs": [{"name": "fail", "shape": [1], "datatype": "FP32", "data
 
 # (method, path, JSON body or raw bytes): each answered alike by both servers
 CALLS: list[tuple[str, str, Any]] = [
+    ("GET", "/", None),
     ("GET", "/v2/health/live", None),
     ("GET", "/v2/health/ready", None),
     ("GET", "/v1/models", None),
@@ -99,7 +101,6 @@ CALLS: list[tuple[str, str, Any]] = [
 
 DELIBERATE = {
     "GET /v2": "server metadata names the server that answers (marfleet, binary_tensor_data)",
-    "GET /": "TorchServe's inference port answers GET / with 405, as marfleet does",
     "versions": "marfleet serves model versions (/v2/models/m/versions/v/...); KServe "
     "answers 501 Model versioning not supported",
     "gRPC malformed": "a request whose data does not fit its shape is INVALID_ARGUMENT, "
@@ -109,6 +110,7 @@ DELIBERATE = {
 
 @dataclass
 class Pair:
+    python: Path  # the KServe venv's, for KServe's own client
     kserve_http: str
     kserve_grpc: str
     marfleet_http: str
@@ -150,6 +152,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
         wait_for(kserve_ready, 90, "KServe's model server to be ready")
         with serve(store, root / "marfleet", models=["double=double.mar"]) as server:
             yield Pair(
+                python,
                 kserve_http,
                 f"127.0.0.1:{grpc_port}",
                 server.inference,
@@ -277,8 +280,6 @@ def test_deliberate_differences_are_real(pair: Pair) -> None:
     theirs = httpx.get(f"{pair.kserve_http}/v2").json()
     ours = httpx.get(f"{pair.marfleet_http}/v2").json()
     assert (theirs["name"], ours["name"]) == ("kserve", "marfleet")
-    assert httpx.get(pair.kserve_http + "/").status_code == 200
-    assert httpx.get(pair.marfleet_http + "/").status_code == 405
     versioned = "/v2/models/double/versions/1.0/infer"
     assert _call(pair.kserve_http, "POST", versioned, V2_BODY).status_code == 501
     assert _call(pair.marfleet_http, "POST", versioned, V2_BODY).status_code == 200
@@ -293,4 +294,33 @@ def test_deliberate_differences_are_real(pair: Pair) -> None:
             client.infer("double", [tensor])
         assert raised.value.status() == f"StatusCode.{code}", (target, str(raised.value))
         client.close()
-    assert set(DELIBERATE) == {"GET /v2", "GET /", "versions", "gRPC malformed"}
+    assert set(DELIBERATE) == {"GET /v2", "versions", "gRPC malformed"}
+
+
+def test_kserves_own_client_gets_the_same_answers(pair: Pair) -> None:
+    """KServe's Python SDK (`InferenceRESTClient`, v1 and v2 protocols), run in KServe's venv
+    against each server: the same results, and errors that name what was wrong."""
+
+    def results(base: str) -> dict[str, Any]:
+        done = subprocess.run(
+            [str(pair.python), str(CLIENT), base],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        answer: dict[str, Any] = json.loads(done.stdout)
+        return answer
+
+    theirs, ours = results(pair.kserve_http), results(pair.marfleet_http)
+    assert theirs.keys() == ours.keys()
+    for call in theirs:
+        if "ok" in theirs[call]:
+            assert ours[call] == theirs[call], call
+        else:  # the same status; the message carries the server's reason, naming the model
+            assert ours[call]["status"] == theirs[call]["status"], (call, ours[call])
+            assert "nope" in ours[call]["message"] and "nope" in theirs[call]["message"]
+    assert theirs["v2 infer"]["ok"]["output"][3] == [[2.0, 4.0], [6.0, 9.0]]
+    assert theirs["v2 model ready nope"] == {"ok": False}
+    assert theirs["v1 live"] == {"ok": True}
