@@ -1,8 +1,9 @@
-"""KServe's own Python client (`kserve.InferenceRESTClient`, v1 and v2) against one server,
-for the differential test (`tests/integration/test_kserve_differential.py`); run by the
-KServe venv's Python, not marfleet's:
+"""KServe's own Python clients (`kserve.InferenceRESTClient`, v1 and v2, and
+`InferenceGRPCClient`) against one server, for the differential test
+(`tests/integration/test_kserve_differential.py`); run by the KServe venv's Python, not
+marfleet's:
 
-    <kserve venv>/bin/python tests/kserve_client.py BASE_URL
+    <kserve venv>/bin/python tests/kserve_client.py BASE_URL GRPC_TARGET
 
 Prints one JSON object: what each call returned, or the status and message of the error it
 raised, for the model `double` of `tests/kserve_app.py` (and its marfleet twin).
@@ -16,17 +17,25 @@ import sys
 from collections.abc import Awaitable
 from typing import Any
 
+import grpc
 import httpx
 import numpy as np
-from kserve import InferenceRESTClient, RESTConfig
-from kserve.protocol.infer_type import InferInput, InferRequest
+from kserve import InferenceGRPCClient, InferenceRESTClient, RESTConfig
+from kserve.protocol.infer_type import InferInput, InferRequest, InferResponse
 
 
 async def outcome(call: Awaitable[Any]) -> Any:
     try:
-        return {"ok": await call}
+        answer = await call
     except httpx.HTTPStatusError as error:
         return {"status": error.response.status_code, "message": str(error)}
+    except grpc.aio.AioRpcError as error:
+        return {"status": str(error.code()), "message": error.details()}
+    if isinstance(answer, InferResponse):
+        output = answer.outputs[0]
+        tensor = [output.name, output.datatype, output.shape, output.as_numpy().tolist()]
+        return {"ok": {"id": answer.id, "model_name": answer.model_name, "output": tensor}}
+    return {"ok": answer}
 
 
 def v2_request(model: str) -> InferRequest:
@@ -35,7 +44,7 @@ def v2_request(model: str) -> InferRequest:
     return InferRequest(model_name=model, infer_inputs=[tensor], request_id="sdk-1")
 
 
-async def main(base: str) -> dict[str, Any]:
+async def main(base: str, grpc_target: str) -> dict[str, Any]:
     results: dict[str, Any] = {}
     v1 = InferenceRESTClient(RESTConfig(protocol="v1", timeout=30))
     results["v1 live"] = await outcome(v1.is_server_live(base))
@@ -48,20 +57,19 @@ async def main(base: str) -> dict[str, Any]:
     results["v2 ready"] = await outcome(v2.is_server_ready(base))
     results["v2 model ready"] = await outcome(v2.is_model_ready(base, "double"))
     results["v2 model ready nope"] = await outcome(v2.is_model_ready(base, "nope"))
-    answer = await outcome(v2.infer(base, v2_request("double"), "double"))
-    if "ok" in answer:
-        response = answer["ok"]
-        output = response.outputs[0]
-        answer["ok"] = {
-            "id": response.id,
-            "model_name": response.model_name,
-            "output": [output.name, output.datatype, output.shape, output.as_numpy().tolist()],
-        }
-    results["v2 infer"] = answer
+    results["v2 infer"] = await outcome(v2.infer(base, v2_request("double"), "double"))
     results["v2 infer nope"] = await outcome(v2.infer(base, v2_request("nope"), "nope"))
     await v2.close()
+    client = InferenceGRPCClient(grpc_target, timeout=30, retries=2)
+    results["grpc live"] = await outcome(client.is_server_live())
+    results["grpc ready"] = await outcome(client.is_server_ready())
+    results["grpc model ready"] = await outcome(client.is_model_ready("double"))
+    results["grpc model ready nope"] = await outcome(client.is_model_ready("nope"))
+    results["grpc infer"] = await outcome(client.infer(v2_request("double")))
+    results["grpc infer nope"] = await outcome(client.infer(v2_request("nope")))
+    await client.close()
     return results
 
 
 if __name__ == "__main__":
-    print(json.dumps(asyncio.run(main(sys.argv[1]))))
+    print(json.dumps(asyncio.run(main(sys.argv[1], sys.argv[2]))))

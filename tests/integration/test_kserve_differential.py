@@ -298,12 +298,13 @@ def test_deliberate_differences_are_real(pair: Pair) -> None:
 
 
 def test_kserves_own_client_gets_the_same_answers(pair: Pair) -> None:
-    """KServe's Python SDK (`InferenceRESTClient`, v1 and v2 protocols), run in KServe's venv
-    against each server: the same results, and errors that name what was wrong."""
+    """KServe's Python SDK (`InferenceRESTClient` with the v1 and v2 protocols, and
+    `InferenceGRPCClient`), run in KServe's venv against each server: the same results, and
+    errors that name what was wrong."""
 
-    def results(base: str) -> dict[str, Any]:
+    def results(base: str, grpc_target: str) -> dict[str, Any]:
         done = subprocess.run(
-            [str(pair.python), str(CLIENT), base],
+            [str(pair.python), str(CLIENT), base, grpc_target],
             capture_output=True,
             text=True,
             timeout=120,
@@ -313,7 +314,8 @@ def test_kserves_own_client_gets_the_same_answers(pair: Pair) -> None:
         answer: dict[str, Any] = json.loads(done.stdout)
         return answer
 
-    theirs, ours = results(pair.kserve_http), results(pair.marfleet_http)
+    theirs = results(pair.kserve_http, pair.kserve_grpc)
+    ours = results(pair.marfleet_http, pair.marfleet_grpc)
     assert theirs.keys() == ours.keys()
     for call in theirs:
         if "ok" in theirs[call]:
@@ -322,5 +324,7 @@ def test_kserves_own_client_gets_the_same_answers(pair: Pair) -> None:
             assert ours[call]["status"] == theirs[call]["status"], (call, ours[call])
             assert "nope" in ours[call]["message"] and "nope" in theirs[call]["message"]
     assert theirs["v2 infer"]["ok"]["output"][3] == [[2.0, 4.0], [6.0, 9.0]]
+    assert theirs["grpc infer"] == theirs["v2 infer"]
+    assert theirs["grpc infer nope"]["status"] == "StatusCode.NOT_FOUND"
     assert theirs["v2 model ready nope"] == {"ok": False}
     assert theirs["v1 live"] == {"ok": True}
