@@ -233,7 +233,7 @@ class Operator:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 command,
-                env=self.cluster.env(),
+                env={**self.cluster.env(), "TMPDIR": str(self.log.parent)},  # its leftovers
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

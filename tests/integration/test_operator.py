@@ -126,8 +126,13 @@ class Operators:
                     RUNTIME_IMAGE,
                     *extra,
                 ],
-                # One Secret name InferenceServices here may use for object-store credentials.
-                env={**self.cluster.env(), "MARFLEET_TENANCY": json.dumps(TENANCY)},
+                # One Secret name InferenceServices here may use for object-store credentials;
+                # its own TMPDIR, for what a SIGKILLed operator leaves (the client's CA file)
+                env={
+                    **self.cluster.env(),
+                    "MARFLEET_TENANCY": json.dumps(TENANCY),
+                    "TMPDIR": str(self.logs),
+                },
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

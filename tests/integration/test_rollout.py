@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import calendar
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -229,6 +230,7 @@ class Operator:
                     "--rollout-interval",
                     "0.5",
                 ],
+                env={**os.environ, "TMPDIR": str(self.log.parent)},  # what it leaves stays here
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
