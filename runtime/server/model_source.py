@@ -232,8 +232,6 @@ class ModelLoader:
         registering client goes away; a download that does not complete leaves nothing.
         """
         config = self._config
-        if config.model_store is None:  # as TorchServe, which needs one to download into
-            raise ApiError(400, f"Cannot download {url}: no model store is configured")
         if self._downloads >= config.max_concurrent_downloads:
             raise ApiError(
                 503,
