@@ -63,6 +63,7 @@ def ensure(venv_dir: Path, pins: tuple[str, ...] = PINS, share_main: bool = True
     subprocess.run(
         [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *pins],
         check=True,
+        cwd=venv_dir,  # not the repo: its operator/ folder would shadow the stdlib's operator
     )
     stamp.touch()
     return python
@@ -72,6 +73,7 @@ def _share_main_venv(python: Path) -> None:
     purelib = subprocess.run(
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
         check=True,
+        cwd=python.parent,
         capture_output=True,
         text=True,
     ).stdout.strip()
@@ -92,7 +94,11 @@ def versions(python: Path) -> dict[str, str]:
         "print(json.dumps(found))"
     )
     output = subprocess.run(
-        [str(python), "-c", script, json.dumps(names)], check=True, capture_output=True, text=True
+        [str(python), "-c", script, json.dumps(names)],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=python.parent,
     ).stdout
     result: dict[str, str] = json.loads(output)
     return result
