@@ -58,7 +58,12 @@ class InferenceApi:
         )
         router.add("GET", "/", self.alive, "Liveness, as KServe's server answers it.")
         router.add("GET", "/v1/models", self.model_names, "KServe v1: the models served.")
-        router.add("GET", "/v1/models/{model_name}", self.v1_model, "KServe v1 model readiness.")
+        router.add(
+            "GET",
+            "/v1/models/{model_name}",
+            self.model_ready,
+            "KServe v1 model readiness: 503 until a worker is ready.",
+        )
         router.add("GET", "/v2", self.v2_server, "KServe v2 server metadata.")
         router.add("GET", "/v2/health/live", self.v2_live, "KServe v2 liveness.")
         router.add("GET", "/v2/health/ready", self.v2_ready, "KServe v2 readiness.")
@@ -73,8 +78,8 @@ class InferenceApi:
             router.add(
                 "GET",
                 f"/v2/models/{{model_name}}{suffix}/ready",
-                self.v2_model_ready,
-                "KServe v2 model readiness.",
+                self.model_ready,
+                "KServe v2 model readiness: 503 until a worker is ready.",
             )
             router.add(
                 "POST",
@@ -111,10 +116,6 @@ class InferenceApi:
     async def model_names(self, request: Request) -> Response:
         return json_response({"models": self._plane.model_names()})
 
-    async def v1_model(self, request: Request) -> Response:
-        entry = self._plane.model(request.params["model_name"], request.params.get("model_version"))
-        return json_response({"name": entry.name, "ready": entry.healthy})
-
     # KServe v2
 
     async def v2_server(self, request: Request) -> Response:
@@ -133,7 +134,9 @@ class InferenceApi:
             self._plane.model_metadata(params["model_name"], params.get("model_version"))
         )
 
-    async def v2_model_ready(self, request: Request) -> Response:
+    async def model_ready(self, request: Request) -> Response:
+        """KServe v1 and v2 model readiness: 503 while the model has no ready worker, as KServe
+        answers both (a readiness probe on either path fails until the model can answer)."""
         entry = self._plane.model(request.params["model_name"], request.params.get("model_version"))
         return json_response(
             {"name": entry.name, "ready": entry.healthy}, 200 if entry.healthy else 503

@@ -293,6 +293,24 @@ def test_a_client_that_leaves_a_registration_leaves_nothing(server: Server) -> N
     assert httpx.post(f"{server.inference}/predictions/slowload", json={"x": 1}).json() == {"x": 1}
 
 
+def test_kserve_readiness_is_503_while_the_workers_load(server: Server) -> None:
+    """KServe answers both readiness paths 503 until the model can answer, so a readiness probe
+    ported from KServe (v1 or v2) keeps the pod out of its Service meanwhile."""
+    query = "url=slowload.mar&model_name=loading&initial_workers=1&synchronous=false"
+    assert register(server, query).status_code == 202  # its worker loads for 4 s
+    for path in ("/v1/models/loading", "/v2/models/loading/ready"):
+        answer = httpx.get(server.inference + path)
+        assert (answer.status_code, answer.json()) == (503, {"name": "loading", "ready": False})
+    wait_until(
+        lambda: httpx.get(f"{server.inference}/v1/models/loading").status_code == 200,
+        30,
+        "the model never turned ready",
+    )
+    for path in ("/v1/models/loading", "/v2/models/loading/ready"):
+        assert httpx.get(server.inference + path).json() == {"name": "loading", "ready": True}
+    assert httpx.delete(f"{server.management}/models/loading").status_code == 200
+
+
 def test_queued_requests_get_503_after_the_response_timeout(server: Server) -> None:
     # slow: one worker, batch size 1, responseTimeout 3 s; each request sleeps 2.2 s
     with ThreadPoolExecutor(3) as pool:
