@@ -1,7 +1,7 @@
 """Maps the top-level folders operator/ and runtime/ onto the import packages
 marfleet.operator and marfleet.runtime (the layout docs/architecture.md describes)."""
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 ROOTS = {"operator": "marfleet.operator", "runtime": "marfleet.runtime"}
 DATA = ["*.j2", "*.yaml", "*.json", "templates/*", "static/*"]
@@ -9,7 +9,10 @@ DATA = ["*.j2", "*.yaml", "*.json", "templates/*", "static/*"]
 packages: list[str] = []
 for folder, name in ROOTS.items():
     packages.append(name)
-    packages += [f"{name}.{sub}" for sub in find_packages(folder)]
+    # every folder, also those holding only data (operator/templates): setuptools wants each
+    # importable folder listed
+    subs = find_namespace_packages(folder, exclude=["*__pycache__*"])
+    packages += [f"{name}.{sub}" for sub in subs]
 
 setup(
     packages=packages,
