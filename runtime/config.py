@@ -97,6 +97,7 @@ class ServerConfig:
     # gRPC (TorchServe's key; 0 = no gRPC listener, see docs/runtime-api.md)
     grpc_inference_port: int = 0
     grpc_management_port: int = 0
+    grpc_keepalive_seconds: float = 60.0  # a silent connection is pinged (grpc_listener.py)
     # TLS (TorchServe's keys): https:// addresses and enable_grpc_ssl use this pair of PEM files
     certificate_file: Path | None = None
     private_key_file: Path | None = None
@@ -145,6 +146,7 @@ _FLOAT_KEYS = {
     "download_timeout_seconds",
     "download_stall_timeout_seconds",
     "certificate_reload_interval_seconds",
+    "grpc_keepalive_seconds",
 }
 _OPTIONAL_INT_KEYS = {"default_workers_per_model", "number_of_gpu", "max_workers_per_model"}
 _BOOL_KEYS = {
@@ -300,6 +302,7 @@ _POSITIVE_KEYS = (
     "request_body_timeout_seconds",
     "keepalive_timeout_seconds",
     "certificate_reload_interval_seconds",
+    "grpc_keepalive_seconds",
 )
 
 

@@ -25,6 +25,7 @@ from marfleet.runtime.router.table import Routing, RoutingTable
 from marfleet.runtime.router.trust import GRACE_SECONDS, UpstreamTrust
 from marfleet.runtime.router.upstream import Timeouts, UpstreamPool, upstream_tls
 from marfleet.runtime.server.errors import error_response, kserve_errors
+from marfleet.runtime.server.grpc_listener import DEFAULT_KEEPALIVE_S, GrpcLimits, start_server
 from marfleet.runtime.server.http import HttpLimits, HttpServer, Request, Response
 
 log = logging.getLogger("marfleet.router")
@@ -52,6 +53,7 @@ class RouterSettings:
     upstream_ca_file: Path | None = None  # where upstream_ca was read, read again (trust.py)
     upstream_ca_reload_seconds: float = 30.0
     upstream_ca_grace_seconds: float = GRACE_SECONDS  # how long a replaced CA stays trusted
+    grpc_keepalive: float = DEFAULT_KEEPALIVE_S  # a silent gRPC connection is pinged
 
 
 class Router:
@@ -154,8 +156,13 @@ async def run(settings: RouterSettings) -> int:
     grpc_server: grpc.aio.Server | None = None
     grpc_port = 0
     if settings.grpc_port:  # before HTTP: a listening HTTP port means both are routing
-        grpc_server, grpc_port = await grpc_proxy.start(
-            router.grpc, settings.host, settings.grpc_port, settings.limits.max_body_bytes
+        limits = GrpcLimits.of(
+            settings.limits,
+            max_send_bytes=settings.limits.max_body_bytes,
+            keepalive=settings.grpc_keepalive,
+        )
+        grpc_server, grpc_port = await start_server(
+            [router.grpc], settings.host, settings.grpc_port, limits
         )
     await front.start(settings.host, settings.port)
     trusting = None

@@ -30,6 +30,7 @@ from marfleet.runtime.router.table import Mirror, Routing
 from marfleet.runtime.router.trust import GRACE_SECONDS
 from marfleet.runtime.router.upstream import Timeouts
 from marfleet.runtime.server.certificates import read_pem
+from marfleet.runtime.server.grpc_listener import DEFAULT_KEEPALIVE_S
 from marfleet.runtime.server.http import HttpLimits
 from marfleet.runtime.server.logs import configure_logging
 
@@ -131,6 +132,13 @@ def parser() -> argparse.ArgumentParser:
         help="a variant's gRPC address, where it is not --backend's host:--grpc-backend-port",
     )
     p.add_argument(
+        "--grpc-keepalive",
+        type=float,
+        default=DEFAULT_KEEPALIVE_S,
+        help="seconds a gRPC client connection may stay silent before it is pinged; one that "
+        "does not answer within as long again (at most 20 s) is closed with its calls",
+    )
+    p.add_argument(
         "--upstream-ca",
         default=None,
         metavar="FILE",
@@ -206,6 +214,7 @@ def settings_from(argv: Sequence[str], environ: Mapping[str, str]) -> RouterSett
             header: value for key, header in CORS_KEYS.items() if (value := getattr(args, key))
         },
         grpc_port=args.grpc_port,
+        grpc_keepalive=_positive(args.grpc_keepalive, "--grpc-keepalive"),
         grpc_backends=_grpc_backends(backends, args.grpc_backend_port, args.grpc_backend),
         drain_seconds=args.drain_seconds,
         log_level=args.log_level,

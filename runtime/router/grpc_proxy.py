@@ -177,23 +177,3 @@ class GrpcProxy(grpc.GenericRpcHandler):
             await channel.close()
         for task in list(self._retiring):
             task.cancel()
-
-
-async def start(
-    proxy: GrpcProxy, host: str, port: int, max_message_bytes: int
-) -> tuple[grpc.aio.Server, int]:
-    """Serve `proxy` on host:port; returns the server and the bound port."""
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-        ]
-    )
-    server.add_generic_rpc_handlers([proxy])
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    try:
-        bound = server.add_insecure_port(address)
-    except RuntimeError as error:
-        raise OSError(f"gRPC cannot listen on {address}: {error}") from None
-    await server.start()
-    return server, bound

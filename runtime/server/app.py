@@ -28,7 +28,7 @@ import grpc
 from marfleet.runtime.config import CORS_KEYS, ConfigError, ModelSource, ServerConfig
 from marfleet.runtime.host_metrics import GpuSampler, HostSampler
 from marfleet.runtime.metrics import CONTENT_TYPE, RuntimeMetrics
-from marfleet.runtime.server import grpc_api, grpc_management
+from marfleet.runtime.server import grpc_api, grpc_listener, grpc_management
 from marfleet.runtime.server.auth import Tokens, require_token, token_api
 from marfleet.runtime.server.certificates import CertificateError, ServingCertificate
 from marfleet.runtime.server.dataplane import DataPlane
@@ -191,6 +191,11 @@ class ModelServer:
     async def start(self) -> None:
         config = self.config
         limits = http_limits(config)
+        grpc_limits = grpc_listener.GrpcLimits.of(
+            limits,
+            max_send_bytes=config.max_response_size,
+            keepalive=config.grpc_keepalive_seconds,
+        )
         certificate = serving_certificate(config)
         tls = certificate.context if certificate is not None else None
         if not config.disable_token_authorization:
@@ -242,12 +247,11 @@ class ModelServer:
             ),
         ):
             if port:
-                self._grpc[name] = await grpc_api.start_server(
+                self._grpc[name] = await grpc_listener.start_server(
                     handlers,
                     host,
                     port,
-                    max_request_bytes=config.max_request_size,
-                    max_response_bytes=config.max_response_size,
+                    grpc_limits,
                     credentials=certificate.grpc_credentials()
                     if certificate is not None and config.enable_grpc_ssl
                     else None,

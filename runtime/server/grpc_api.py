@@ -451,33 +451,3 @@ def _raw(datatype: str, data: list[Any]) -> bytes:
 def inference_handlers(plane: DataPlane) -> list[grpc.GenericRpcHandler]:
     """Both inference services of `grpc_inference_port`."""
     return [TorchServeInference(plane).handler(), *OpenInference(plane).handlers()]
-
-
-async def start_server(
-    handlers: list[grpc.GenericRpcHandler],
-    host: str,
-    port: int,
-    *,
-    max_request_bytes: int,
-    max_response_bytes: int,
-    credentials: grpc.ServerCredentials | None = None,
-) -> tuple[grpc.aio.Server, int]:
-    """Serve `handlers` on host:port (TLS with `credentials`); the bound port. Messages over
-    `max_request_bytes` are refused with RESOURCE_EXHAUSTED, as HTTP's 413."""
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", max_request_bytes),
-            ("grpc.max_send_message_length", max_response_bytes),
-        ]
-    )
-    server.add_generic_rpc_handlers(handlers)
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    try:
-        if credentials is None:
-            bound = server.add_insecure_port(address)
-        else:
-            bound = server.add_secure_port(address, credentials)
-    except RuntimeError as error:  # grpcio's way of saying the address is taken
-        raise OSError(f"gRPC cannot listen on {address}: {error}") from None
-    await server.start()
-    return server, bound

@@ -1,0 +1,265 @@
+"""What a gRPC client may make a listener hold, on `marfleet serve`'s inference port and on
+`marfleet router`'s gRPC port: both open their listeners through `grpc_listener.py`, with
+limits from the same keys as HTTP (docs/operations.md#limits).
+
+Every test drives the real processes over real sockets: raw TCP for connections that never
+speak or only open HTTP/2, grpcio for calls. One fault cannot be caused on loopback: a client
+whose network vanishes without closing its connection. A relay that stops passing bytes on
+(`_Blackhole`) stands in for it, and the test says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import ExitStack, suppress
+
+import grpc
+import pytest
+from marfleet.runtime.server.protos import inference_pb2 as ts_pb2
+
+from e2e.bench.router_procs import router
+from e2e.support import free_port
+from tests.integration.server_archives import build_store
+from tests.serving import serve
+
+MAX_CONNECTIONS = 4
+HEAD_TIMEOUT_S = 1.0
+IDLE_TIMEOUT_S = 1.5
+KEEPALIVE_S = 1.0
+MAX_MESSAGE = 64 * 1024
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # + SETTINGS
+SERVICE = "/org.pytorch.serve.grpc.inference.InferenceAPIsService"
+
+
+@pytest.fixture(scope="module")
+def targets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """host:port of the server's gRPC inference port and of a router's gRPC port before it,
+    each with the same small limits."""
+    root = tmp_path_factory.mktemp("grpc-limits")
+    properties = {
+        "max_connections": str(MAX_CONNECTIONS),
+        "request_head_timeout_seconds": str(HEAD_TIMEOUT_S),
+        "keepalive_timeout_seconds": str(IDLE_TIMEOUT_S),
+        "grpc_keepalive_seconds": str(KEEPALIVE_S),
+        "max_request_size": str(MAX_MESSAGE),
+    }
+    with ExitStack() as stack:
+        server = stack.enter_context(
+            serve(build_store(root), root / "run", models=["echo.mar"], properties=properties)
+        )
+        grpc_port = free_port()
+        stack.enter_context(
+            router(
+                {"stable": server.inference},
+                *("--weights", "stable=100", "--grpc-port", str(grpc_port)),
+                f"--grpc-backend=stable={server.grpc}",
+                *("--max-connections", str(MAX_CONNECTIONS)),
+                *("--request-head-timeout", str(HEAD_TIMEOUT_S)),
+                *("--keepalive-timeout", str(IDLE_TIMEOUT_S)),
+                *("--grpc-keepalive", str(KEEPALIVE_S)),
+                *("--max-request-bytes", str(MAX_MESSAGE)),
+            )
+        )
+        yield {"server": server.grpc, "router": f"127.0.0.1:{grpc_port}"}
+
+
+TARGETS = ["server", "router"]
+
+
+def _connect(target: str, first_bytes: bytes = b"") -> socket.socket:
+    host, port = target.rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=5)
+    if first_bytes:
+        sock.sendall(first_bytes)
+    return sock
+
+
+def _seconds_until_closed(sock: socket.socket, limit: float) -> float | None:
+    """How long until the peer closes `sock` (reading and dropping what it sends); None if it
+    is still open after `limit` seconds."""
+    started = time.monotonic()
+    sock.settimeout(0.05)
+    while time.monotonic() - started < limit:
+        try:
+            if not sock.recv(65536):
+                return time.monotonic() - started
+        except TimeoutError:
+            continue
+        except OSError:  # reset
+            return time.monotonic() - started
+    return None
+
+
+def _ping(target: str) -> grpc.StatusCode:
+    with grpc.insecure_channel(target) as channel:
+        try:
+            channel.unary_unary(f"{SERVICE}/Ping")(b"", timeout=10)
+        except grpc.RpcError as error:
+            return error.code()
+    return grpc.StatusCode.OK
+
+
+@pytest.mark.parametrize("where", TARGETS)
+def test_a_connection_that_never_speaks_is_closed_after_the_head_timeout(
+    targets: dict[str, str], where: str
+) -> None:
+    with _connect(targets[where]) as sock:
+        closed = _seconds_until_closed(sock, 10)
+    assert closed is not None and HEAD_TIMEOUT_S * 0.8 <= closed < HEAD_TIMEOUT_S + 3, closed
+
+
+@pytest.mark.parametrize("where", TARGETS)
+def test_a_connection_without_calls_is_closed_after_the_keepalive_timeout(
+    targets: dict[str, str], where: str
+) -> None:
+    with _connect(targets[where], PREFACE) as sock:
+        closed = _seconds_until_closed(sock, 10)
+    assert closed is not None and IDLE_TIMEOUT_S * 0.8 <= closed < IDLE_TIMEOUT_S + 3, closed
+
+
+@pytest.mark.parametrize("where", TARGETS)
+def test_connections_beyond_max_connections_are_closed_at_once(
+    targets: dict[str, str], where: str
+) -> None:
+    with ExitStack() as stack:
+        held = [
+            stack.enter_context(_connect(targets[where], PREFACE)) for _ in range(MAX_CONNECTIONS)
+        ]
+        one_more = stack.enter_context(_connect(targets[where], PREFACE))
+        assert _seconds_until_closed(one_more, 0.5) is not None  # refused
+        for sock in held:  # while those within the limit stay open
+            sock.setblocking(False)
+            with suppress(BlockingIOError):
+                assert sock.recv(65536) != b""
+    deadline = time.monotonic() + 10  # once they are gone, calls get through again
+    while _ping(targets[where]) != grpc.StatusCode.OK:
+        assert time.monotonic() < deadline, "the freed connections did not make room"
+        time.sleep(0.2)
+
+
+async def _waiting_requests(stop: asyncio.Event) -> AsyncIterator[bytes]:
+    await stop.wait()
+    return
+    yield b""  # an async generator that sends nothing until told to end
+
+
+@pytest.mark.parametrize("where", TARGETS)
+def test_calls_beyond_max_connections_are_resource_exhausted(
+    targets: dict[str, str], where: str
+) -> None:
+    async def scenario() -> tuple[grpc.StatusCode, grpc.StatusCode]:
+        stop = asyncio.Event()
+        async with grpc.aio.insecure_channel(targets[where]) as channel:
+            open_streams = channel.stream_stream(f"{SERVICE}/StreamPredictions2")
+            streams = [open_streams(_waiting_requests(stop)) for _ in range(MAX_CONNECTIONS)]
+            for stream in streams:
+                await stream.wait_for_connection()
+            await asyncio.sleep(0.5)  # each stream is a call the listener has taken
+            ping = channel.unary_unary(f"{SERVICE}/Ping")
+            try:
+                await ping(b"", timeout=10)
+                beyond = grpc.StatusCode.OK
+            except grpc.aio.AioRpcError as error:
+                beyond = error.code()
+            stop.set()
+            for stream in streams:
+                await stream.code()
+            await asyncio.sleep(0.2)
+            await ping(b"", timeout=10)  # the streams ended: room again
+            return beyond, grpc.StatusCode.OK
+
+    beyond, after = asyncio.run(scenario())
+    assert beyond == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert after == grpc.StatusCode.OK
+
+
+@pytest.mark.parametrize("where", TARGETS)
+def test_a_message_over_the_request_size_is_resource_exhausted(
+    targets: dict[str, str], where: str
+) -> None:
+    with grpc.insecure_channel(targets[where]) as channel:
+        predict = channel.unary_unary(f"{SERVICE}/Predictions")
+        request = ts_pb2.PredictionsRequest(model_name="echo", input={"body": bytes(MAX_MESSAGE)})
+        with pytest.raises(grpc.RpcError) as refused:
+            predict(request.SerializeToString(), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class _Blackhole:
+    """A TCP relay to `target` that, once `vanish()` is called, passes nothing on in either
+    direction and keeps both connections open: what a server sees of a client whose network
+    went away without a FIN or a reset (not something loopback can do by itself)."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.passing = True
+        self.upstream_closed = asyncio.Event()
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def vanish(self) -> None:
+        self.passing = False
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        host, port = self.target.rsplit(":", 1)
+        up_reader, up_writer = await asyncio.open_connection(host, int(port))
+        await asyncio.gather(
+            self._pipe(reader, up_writer), self._pipe(up_reader, writer, upstream=True)
+        )
+
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, upstream: bool = False
+    ) -> None:
+        while True:
+            try:
+                data = await reader.read(65536)
+            except OSError:
+                data = b""
+            if not data:
+                if upstream:
+                    self.upstream_closed.set()
+                return
+            if self.passing:
+                writer.write(data)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+
+@pytest.mark.parametrize("where", TARGETS)
+def test_a_client_that_vanishes_mid_call_is_cut_off_by_keepalive(
+    targets: dict[str, str], where: str
+) -> None:
+    async def scenario() -> float | None:
+        relay = _Blackhole(targets[where])
+        await relay.start()
+        stop = asyncio.Event()
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{relay.port}")
+        stream = channel.stream_stream(f"{SERVICE}/StreamPredictions2")(_waiting_requests(stop))
+        await stream.wait_for_connection()
+        await asyncio.sleep(0.3)
+        relay.vanish()
+        vanished = time.monotonic()
+        try:
+            await asyncio.wait_for(relay.upstream_closed.wait(), timeout=15)
+            took: float | None = time.monotonic() - vanished
+        except TimeoutError:
+            took = None
+        stop.set()
+        stream.cancel()
+        await channel.close(None)
+        await relay.close()
+        return took
+
+    took = asyncio.run(scenario())
+    # pinged after KEEPALIVE_S of silence, closed KEEPALIVE_S later without an answer
+    assert took is not None and took < 2 * KEEPALIVE_S + 4, took
+    assert _ping(targets[where]) == grpc.StatusCode.OK  # its call no longer holds a place
