@@ -20,8 +20,10 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
+from marfleet.runtime.server.protos import inference_pb2 as ts_pb2
 
 from e2e.support import free_port
 from tests.integration.server_archives import build_store
@@ -112,6 +114,25 @@ def test_client_that_hung_up_is_dropped_before_inference(server: Server) -> None
                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
             )
             time.sleep(0.2)  # queued behind the busy worker; now the client leaves
+        assert busy.result().status_code == 200
+    time.sleep(0.5)
+    assert rows_processed(server, "slow") - before == 1  # only the request that stayed
+
+
+def test_grpc_call_past_its_deadline_is_dropped_before_inference(server: Server) -> None:
+    """The same over gRPC: a call whose deadline passes while it waits is cancelled by the
+    client's library, and the queued job goes with it."""
+    request = ts_pb2.PredictionsRequest(model_name="slow", input={"body": b'{"gone": true}'})
+    before = rows_processed(server, "slow")
+    with ThreadPoolExecutor(1) as pool, grpc.insecure_channel(server.grpc) as channel:
+        predict = channel.unary_unary(
+            "/org.pytorch.serve.grpc.inference.InferenceAPIsService/Predictions"
+        )
+        busy = in_background(pool, server, "slow", {"sleep": 1.0})
+        time.sleep(0.4)
+        with pytest.raises(grpc.RpcError) as gone:
+            predict(request.SerializeToString(), timeout=0.2)  # queued behind the busy worker
+        assert gone.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert busy.result().status_code == 200
     time.sleep(0.5)
     assert rows_processed(server, "slow") - before == 1  # only the request that stayed
