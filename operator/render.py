@@ -41,11 +41,12 @@ PORTS = {
 MODEL_STORE = fetching.MODEL_STORE
 CONFIG_DIR = "/etc/marfleet"
 TLS_DIR = "/etc/marfleet/tls"
-"""spec.tls: the server's certificate and key (tls.crt, tls.key), in the server container only."""
+"""spec.tls: the certificate and key (tls.crt, tls.key), in the server containers (not the fetch
+container) and the router's, which serve the InferenceService's clients with it."""
 UPSTREAM_CA_DIR = "/etc/marfleet/upstream-ca"
+"""spec.tls: the router's CA (only the Secret's caKey, as ca.crt), to verify the variants."""
 ROUTER_BACKENDS_ENV = "MARFLEET_ROUTER_BACKENDS"
 """The router's variants and their Service URLs (JSON), read by `marfleet router`."""
-"""spec.tls: the router's CA (only the Secret's caKey, as ca.crt), to verify the variants."""
 TLS_FILE_MODE = 0o440  # read by the runtime user through the pod's fsGroup
 DRAIN_SECONDS = 5
 RUNTIME_UID = 1000
@@ -278,11 +279,7 @@ def deployment(
     ]
     tls_mounts = []
     if isvc.tls.enabled:
-        volumes.append(
-            _secret_volume(
-                "tls", isvc.tls.secret_name, {"tls.crt": "tls.crt", "tls.key": "tls.key"}
-            )
-        )
+        volumes.append(_tls_volume(isvc))
         tls_mounts.append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
     config_hash = hashlib.sha256(properties.encode()).hexdigest()[:16]
     return _template(
@@ -336,6 +333,11 @@ def deployment(
         volumes=volumes,
         tls=isvc.tls.enabled,
     )
+
+
+def _tls_volume(isvc: InferenceService) -> dict[str, Any]:
+    """spec.tls's certificate and key, for the servers and the router."""
+    return _secret_volume("tls", isvc.tls.secret_name, {"tls.crt": "tls.crt", "tls.key": "tls.key"})
 
 
 def _secret_volume(name: str, secret: str, keys: Mapping[str, str]) -> dict[str, Any]:
@@ -555,11 +557,19 @@ def router_deployment(isvc: InferenceService, ctx: RenderContext) -> dict[str, A
     ]
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
-    upstream_ca: list[str] = []
+    tls_args: list[str] = []
     if tls.enabled:
+        # it serves the stable Service's clients with the variants' certificate, so the
+        # endpoint speaks HTTPS whether it fronts the router or a single variant's pods
+        volumes.append(_tls_volume(isvc))
+        mounts.append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
         volumes.append(_secret_volume("upstream-ca", tls.ca_secret, {tls.ca_key: "ca.crt"}))
         mounts.append({"name": "upstream-ca", "mountPath": UPSTREAM_CA_DIR, "readOnly": True})
-        upstream_ca = ["--upstream-ca", f"{UPSTREAM_CA_DIR}/ca.crt"]
+        tls_args = [
+            *("--certificate-file", f"{TLS_DIR}/tls.crt"),
+            *("--private-key-file", f"{TLS_DIR}/tls.key"),
+            *("--upstream-ca", f"{UPSTREAM_CA_DIR}/ca.crt"),
+        ]
     return _template(
         "router.yaml.j2",
         isvc,
@@ -578,7 +588,7 @@ def router_deployment(isvc: InferenceService, ctx: RenderContext) -> dict[str, A
             str(PORTS["grpc"]),
             "--grpc-backend-port",
             str(PORTS["grpc"]),
-            *upstream_ca,
+            *tls_args,
             *router_cors_args(isvc),
         ],
         env=[

@@ -24,6 +24,7 @@ from marfleet.runtime.router.source import IsvcWatch, load_kube_config
 from marfleet.runtime.router.table import Routing, RoutingTable
 from marfleet.runtime.router.trust import GRACE_SECONDS, UpstreamTrust
 from marfleet.runtime.router.upstream import Timeouts, UpstreamPool, upstream_tls
+from marfleet.runtime.server.certificates import ServingCertificate
 from marfleet.runtime.server.errors import error_response, kserve_errors
 from marfleet.runtime.server.grpc_listener import DEFAULT_KEEPALIVE_S, GrpcLimits, start_server
 from marfleet.runtime.server.http import HttpLimits, HttpServer, Request, Response
@@ -54,6 +55,8 @@ class RouterSettings:
     upstream_ca_reload_seconds: float = 30.0
     upstream_ca_grace_seconds: float = GRACE_SECONDS  # how long a replaced CA stays trusted
     grpc_keepalive: float = DEFAULT_KEEPALIVE_S  # a silent gRPC connection is pinged
+    certificate: ServingCertificate | None = None  # None: the front speaks plain HTTP and gRPC
+    certificate_reload_seconds: float = 30.0
 
 
 class Router:
@@ -153,6 +156,7 @@ async def run(settings: RouterSettings) -> int:
         extra_headers=settings.extra_headers,  # a variant's own headers of the same name win
         request_ids=True,  # given here, so the variant's pod, its handler and logs share it
     )
+    certificate = settings.certificate
     grpc_server: grpc.aio.Server | None = None
     grpc_port = 0
     if settings.grpc_port:  # before HTTP: a listening HTTP port means both are routing
@@ -162,17 +166,26 @@ async def run(settings: RouterSettings) -> int:
             keepalive=settings.grpc_keepalive,
         )
         grpc_server, grpc_port = await start_server(
-            [router.grpc], settings.host, settings.grpc_port, limits
+            [router.grpc],
+            settings.host,
+            settings.grpc_port,
+            limits,
+            credentials=certificate.grpc_credentials() if certificate is not None else None,
         )
-    await front.start(settings.host, settings.port)
-    trusting = None
+    await front.start(
+        settings.host, settings.port, tls=certificate.context if certificate is not None else None
+    )
+    watches = []
     if router.trust is not None:
-        trusting = loop.create_task(router.trust.watch(settings.upstream_ca_reload_seconds))
+        watches.append(loop.create_task(router.trust.watch(settings.upstream_ca_reload_seconds)))
+    if certificate is not None:
+        watches.append(loop.create_task(certificate.watch(settings.certificate_reload_seconds)))
     log.info(
         "router listening",
         extra={
             "port": front.port,
             "grpc_port": grpc_port,
+            "tls": certificate is not None,
             "metrics_port": metrics.port,
             "isvc": settings.isvc,
             "namespace": settings.namespace,
@@ -180,8 +193,8 @@ async def run(settings: RouterSettings) -> int:
         },
     )
     await stop.wait()
-    if trusting is not None:
-        trusting.cancel()
+    for watch in watches:
+        watch.cancel()
     log.info("router draining", extra={"seconds": settings.drain_seconds})
     front.begin_shutdown()
     if grpc_server is not None:

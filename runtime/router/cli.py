@@ -29,7 +29,7 @@ from marfleet.runtime.router.app import RouterSettings, run
 from marfleet.runtime.router.table import Mirror, Routing
 from marfleet.runtime.router.trust import GRACE_SECONDS
 from marfleet.runtime.router.upstream import Timeouts
-from marfleet.runtime.server.certificates import read_pem
+from marfleet.runtime.server.certificates import CertificateError, ServingCertificate, read_pem
 from marfleet.runtime.server.grpc_listener import DEFAULT_KEEPALIVE_S
 from marfleet.runtime.server.http import HttpLimits
 from marfleet.runtime.server.logs import configure_logging
@@ -139,6 +139,23 @@ def parser() -> argparse.ArgumentParser:
         "does not answer within as long again (at most 20 s) is closed with its calls",
     )
     p.add_argument(
+        "--certificate-file",
+        default=None,
+        metavar="FILE",
+        help="PEM certificate chain to serve HTTPS and gRPC TLS with (with --private-key-file; "
+        "default: plain HTTP and gRPC); the metrics port stays plain",
+    )
+    p.add_argument(
+        "--private-key-file", default=None, metavar="FILE", help="the certificate's PEM key"
+    )
+    p.add_argument(
+        "--certificate-reload-seconds",
+        type=float,
+        default=30.0,
+        help="how often the certificate and key are read again (a renewed pair is served from "
+        "the next connection on)",
+    )
+    p.add_argument(
         "--upstream-ca",
         default=None,
         metavar="FILE",
@@ -218,6 +235,10 @@ def settings_from(argv: Sequence[str], environ: Mapping[str, str]) -> RouterSett
         grpc_backends=_grpc_backends(backends, args.grpc_backend_port, args.grpc_backend),
         drain_seconds=args.drain_seconds,
         log_level=args.log_level,
+        certificate=_certificate(args.certificate_file, args.private_key_file),
+        certificate_reload_seconds=_positive(
+            args.certificate_reload_seconds, "--certificate-reload-seconds"
+        ),
         upstream_ca=_upstream_ca(args.upstream_ca, backends),
         upstream_ca_file=Path(args.upstream_ca) if args.upstream_ca else None,
         upstream_ca_reload_seconds=_positive(
@@ -256,6 +277,17 @@ def _upstream_ca(path: str | None, backends: Mapping[str, str]) -> bytes | None:
             f"--upstream-ca {path}: not a readable PEM CA certificate ({exc})"
         ) from None
     return pem
+
+
+def _certificate(certificate: str | None, key: str | None) -> ServingCertificate | None:
+    if certificate is None and key is None:
+        return None
+    if certificate is None or key is None:
+        raise UsageError("--certificate-file and --private-key-file go together: give both")
+    try:
+        return ServingCertificate(Path(certificate), Path(key))
+    except CertificateError as exc:
+        raise UsageError(f"--certificate-file, --private-key-file: {exc}") from None
 
 
 def _pair(text: str, flag: str) -> tuple[str, str]:

@@ -161,6 +161,51 @@ def test_the_router_talks_tls_to_its_upstream_over_http_and_grpc(server: Server)
     assert "CERTIFICATE_VERIFY_FAILED" in refused.json()["message"], refused.text
 
 
+def test_the_router_serves_its_clients_over_tls_with_the_servers_certificate(
+    server: Server,
+) -> None:
+    """With --certificate-file and --private-key-file (what the operator renders for an
+    InferenceService with spec.tls), the router's front speaks HTTPS and gRPC TLS, as the
+    variants' pods do, so a client of the stable Service keeps its scheme when a second
+    variant puts the router before the pods. A plain client is refused at the handshake; the
+    metrics port stays plain for the scrapers."""
+    grpc_port = free_port()
+    certificate = Path(str(server.certificate))
+    args = ["--weights", "stable=100", "--upstream-ca", str(certificate)]
+    args += ["--certificate-file", str(certificate)]
+    args += ["--private-key-file", str(certificate.with_name("key.pem"))]
+    args += ["--grpc-port", str(grpc_port), f"--grpc-backend=stable={server.grpc}"]
+    with router({"stable": server.inference}, *args) as proc:
+        front = proc.url.replace("http://", "https://")
+        answer = httpx.post(
+            f"{front}/predictions/echo", json={"x": 1}, verify=server.verify, timeout=30
+        )
+        assert answer.status_code == 200 and answer.json()["echo"] == {"x": 1}
+        credentials = grpc.ssl_channel_credentials(root_certificates=certificate.read_bytes())
+        with grpc.secure_channel(f"127.0.0.1:{grpc_port}", credentials) as channel:
+            assert _predict_echo(channel)["batch"] == 1
+        with pytest.raises(httpx.HTTPError):
+            httpx.post(f"{proc.url}/predictions/echo", json={"x": 1}, timeout=10)
+        with (
+            grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel,
+            pytest.raises(grpc.RpcError) as plain,
+        ):
+            _predict_echo(channel)
+        assert plain.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert httpx.get(proc.metrics_url, timeout=10).status_code == 200
+
+
+def test_the_router_refuses_half_a_certificate_pair(server: Server) -> None:
+    with (
+        pytest.raises(RuntimeError, match="go together"),
+        router(
+            {"stable": server.inference},
+            *("--weights", "stable=100", "--certificate-file", str(server.certificate)),
+        ),
+    ):
+        pass
+
+
 def test_a_renewed_certificate_is_served_and_trusted_without_a_restart(
     server: Server, tmp_path: Path
 ) -> None:
@@ -169,14 +214,24 @@ def test_a_renewed_certificate_is_served_and_trusted_without_a_restart(
     The server serves the new pair on HTTPS and gRPC within its reload interval, and a router
     started before the renewal trusts it over HTTP and gRPC, all without a restart; once the
     replaced CA's grace period is over, the router drops it and still routes to the server.
-    (This test renews the module's certificate: it comes last.)"""
+    A router serving its own clients with the pair (--certificate-file) serves the renewed
+    one too. (This test renews the module's certificate: it comes last.)"""
     grpc_port = free_port()
     args = ["--weights", "stable=100", "--upstream-ca", str(server.certificate)]
     args += ["--upstream-ca-reload-seconds", "0.5", "--upstream-ca-grace-seconds", "2"]
     args += ["--grpc-port", str(grpc_port), f"--grpc-backend=stable={server.grpc}"]
     old = tmp_path / "old.pem"
     old.write_bytes(Path(str(server.certificate)).read_bytes())
-    with router({"stable": server.inference}, *args) as proc:
+    front_grpc = free_port()
+    front_args = ["--weights", "stable=100", "--upstream-ca", str(server.certificate)]
+    front_args += ["--certificate-file", str(server.certificate)]
+    front_args += ["--private-key-file", str(Path(str(server.certificate)).with_name("key.pem"))]
+    front_args += ["--certificate-reload-seconds", "0.5", "--upstream-ca-reload-seconds", "0.5"]
+    front_args += ["--grpc-port", str(front_grpc), f"--grpc-backend=stable={server.grpc}"]
+    with (
+        router({"stable": server.inference}, *args) as proc,
+        router({"stable": server.inference}, *front_args) as front,
+    ):
         renewed_key, renewed_cert = tmp_path / "key.pem", tmp_path / "cert.pem"
         make_certificate(renewed_cert, renewed_key)
         key_file = Path(str(server.certificate)).with_name("key.pem")
@@ -184,10 +239,10 @@ def test_a_renewed_certificate_is_served_and_trusted_without_a_restart(
         os.replace(renewed_cert, Path(str(server.certificate)))
         new = Path(str(server.certificate))
 
-        def serves(trusted: Path) -> bool:
+        def serves(trusted: Path, base: str = server.inference) -> bool:
             try:
                 trust = ssl.create_default_context(cafile=str(trusted))
-                httpx.get(f"{server.inference}/ping", verify=trust, timeout=5)
+                httpx.get(f"{base}/ping", verify=trust, timeout=5)
             except httpx.ConnectError:
                 return False
             return True
@@ -196,6 +251,11 @@ def test_a_renewed_certificate_is_served_and_trusted_without_a_restart(
         assert not serves(old)
         credentials = grpc.ssl_channel_credentials(root_certificates=new.read_bytes())
         with grpc.secure_channel(server.grpc, credentials) as channel:
+            assert _predict_echo(channel)["batch"] == 1
+        https_front = front.url.replace("http://", "https://")
+        wait_for(lambda: serves(new, https_front), 15, "the router to serve the renewed pair")
+        assert not serves(old, https_front)
+        with grpc.secure_channel(f"127.0.0.1:{front_grpc}", credentials) as channel:
             assert _predict_echo(channel)["batch"] == 1
 
         def routed() -> bool:

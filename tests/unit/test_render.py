@@ -711,7 +711,7 @@ def test_the_stable_service_waits_for_a_router_pod_before_switching_to_it() -> N
 # ----- TLS (spec.tls) -----
 
 
-def test_tls_serves_https_and_grpc_tls_from_the_secret_in_the_server_pods_only() -> None:
+def test_tls_serves_https_and_grpc_tls_from_the_secret_in_the_servers_and_the_router() -> None:
     obj = design_example()
     obj["spec"]["tls"] = {"secretName": "resnet50-tls", "caKey": "tls.crt"}
     objects = rendered(obj)
@@ -746,10 +746,21 @@ def test_tls_serves_https_and_grpc_tls_from_the_secret_in_the_server_pods_only()
     assert "tls" not in [m["name"] for m in spec_["initContainers"][0]["volumeMounts"]]
     assert server["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
     assert server["livenessProbe"]["httpGet"]["scheme"] == "HTTPS"
-    # the router reaches the variants over TLS and gets the CA alone, never the key
+    # the router serves the stable Service's clients with the same certificate (so the
+    # endpoint speaks HTTPS whatever it fronts) and reaches the variants over TLS
     router = pod(objects, "resnet50-router")
     box = router["containers"][0]
-    assert box["args"][-2:] == ["--upstream-ca", "/etc/marfleet/upstream-ca/ca.crt"]
+    assert box["args"][-6:] == [
+        *("--certificate-file", "/etc/marfleet/tls/tls.crt"),
+        *("--private-key-file", "/etc/marfleet/tls/tls.key"),
+        *("--upstream-ca", "/etc/marfleet/upstream-ca/ca.crt"),
+    ]
+    assert [v for v in router["volumes"] if v["name"] == "tls"] == [
+        v for v in spec_["volumes"] if v["name"] == "tls"
+    ]
+    assert {"name": "tls", "mountPath": "/etc/marfleet/tls", "readOnly": True} in (
+        box["volumeMounts"]
+    )
     backends = json.loads({e["name"]: e for e in box["env"]}["MARFLEET_ROUTER_BACKENDS"]["value"])
     assert {b["url"] for b in backends} == {
         "https://resnet50-stable.vision.svc.cluster.local:8080",
@@ -784,7 +795,9 @@ def test_tls_with_a_separate_ca_secret_and_without_tls_nothing_changes() -> None
     assert volume["secret"]["secretName"] == "cluster-ca"
     assert volume["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
     plain = rendered(design_example())
-    assert "--upstream-ca" not in pod(plain, "resnet50-router")["containers"][0]["args"]
+    plain_router = pod(plain, "resnet50-router")
+    assert not {"--upstream-ca", "--certificate-file"} & set(plain_router["containers"][0]["args"])
+    assert "tls" not in [v["name"] for v in plain_router["volumes"]]
     server = pod(plain, "resnet50-stable")["containers"][0]
     assert "scheme" not in server["readinessProbe"]["httpGet"]
     text = plain[("ConfigMap", "resnet50-stable")]["data"]["config.properties"]
