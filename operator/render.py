@@ -22,7 +22,7 @@ from typing import Any
 import jinja2
 import orjson
 import yaml
-from marfleet.runtime.config import CORS_KEYS
+from marfleet.runtime.config import CORS_KEYS, ServerConfig
 from marfleet.runtime.storage.uri import archive_filename, scheme_error
 
 from . import fetching, labels, traffic
@@ -49,6 +49,7 @@ ROUTER_BACKENDS_ENV = "MARFLEET_ROUTER_BACKENDS"
 """The router's variants and their Service URLs (JSON), read by `marfleet router`."""
 TLS_FILE_MODE = 0o440  # read by the runtime user through the pod's fsGroup
 DRAIN_SECONDS = 5
+ROUTER_WAIT_MARGIN = 5  # seconds the router waits for an answer past a server's own limits
 RUNTIME_UID = 1000
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 GPU_TAINT = "nvidia.com/gpu"
@@ -588,6 +589,7 @@ def router_deployment(isvc: InferenceService, ctx: RenderContext) -> dict[str, A
             str(PORTS["grpc"]),
             "--grpc-backend-port",
             str(PORTS["grpc"]),
+            *router_limit_args(isvc),
             *tls_args,
             *router_cors_args(isvc),
         ],
@@ -611,14 +613,41 @@ def router_cors_args(isvc: InferenceService) -> list[str]:
     can read those: each value every variant sets alike, as a literal value."""
     args: list[str] = []
     for key in CORS_KEYS:
-        name = "TS_" + key.upper()
-        values = {
-            next((e.get("value") for e in v.runtime.env if e.get("name") == name), None)
-            for v in isvc.variants
-        }
+        values = {_literal_env(v, "TS_" + key.upper()) for v in isvc.variants}
         if len(values) == 1 and isinstance(value := values.pop(), str) and value:
             args += ["--" + key.replace("_", "-"), value]
     return args
+
+
+def router_limit_args(isvc: InferenceService) -> list[str]:
+    """The router takes and waits for what every variant's server does, so a request one
+    variant served alone is not refused once the router stands before it: request and gRPC
+    answer sizes are the largest variant's (TorchServe's `TS_MAX_REQUEST_SIZE` and
+    `TS_MAX_RESPONSE_SIZE` in `runtime.env`, as literal values), and it waits as long as a
+    server may take to answer: a queue wait and a batch, each up to `responseTimeoutSeconds`."""
+    defaults = ServerConfig()
+    variants = isvc.variants
+    request = max(_size_env(v, "max_request_size", defaults.max_request_size) for v in variants)
+    response = max(_size_env(v, "max_response_size", defaults.max_response_size) for v in variants)
+    wait = 2 * max(v.runtime.response_timeout_seconds for v in isvc.variants) + ROUTER_WAIT_MARGIN
+    return [
+        *("--max-request-bytes", str(request)),
+        *("--max-response-bytes", str(response)),
+        *("--response-timeout", str(wait)),
+    ]
+
+
+def _literal_env(variant: Variant, name: str) -> str | None:
+    """The literal value `runtime.env` gives `name` (None when unset or from a reference)."""
+    return next((e.get("value") for e in variant.runtime.env if e.get("name") == name), None)
+
+
+def _size_env(variant: Variant, key: str, default: int) -> int:
+    value = _literal_env(variant, "TS_" + key.upper())
+    try:
+        return int(value) if value else default
+    except ValueError:  # the server refuses it at start and names it; the router keeps its own
+        return default
 
 
 def service_monitor(isvc: InferenceService, ctx: RenderContext) -> dict[str, Any]:

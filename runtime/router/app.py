@@ -55,6 +55,7 @@ class RouterSettings:
     upstream_ca_reload_seconds: float = 30.0
     upstream_ca_grace_seconds: float = GRACE_SECONDS  # how long a replaced CA stays trusted
     grpc_keepalive: float = DEFAULT_KEEPALIVE_S  # a silent gRPC connection is pinged
+    grpc_max_response_bytes: int = HttpLimits.max_body_bytes  # a variant's gRPC message
     certificate: ServingCertificate | None = None  # None: the front speaks plain HTTP and gRPC
     certificate_reload_seconds: float = 30.0
 
@@ -78,6 +79,8 @@ class Router:
             self.metrics,
             tls_variants=frozenset(secure),
             root_certificates=settings.upstream_ca,
+            max_request_bytes=settings.limits.max_body_bytes,
+            max_response_bytes=settings.grpc_max_response_bytes,
         )
         self.trust: UpstreamTrust | None = None
         if tls is not None and settings.upstream_ca and settings.upstream_ca_file is not None:
@@ -162,7 +165,7 @@ async def run(settings: RouterSettings) -> int:
     if settings.grpc_port:  # before HTTP: a listening HTTP port means both are routing
         limits = GrpcLimits.of(
             settings.limits,
-            max_send_bytes=settings.limits.max_body_bytes,
+            max_send_bytes=settings.grpc_max_response_bytes,
             keepalive=settings.grpc_keepalive,
         )
         grpc_server, grpc_port = await start_server(

@@ -78,7 +78,19 @@ def parser() -> argparse.ArgumentParser:
         help="seconds an upstream may take to answer (for streams: between chunks)",
     )
     defaults = HttpLimits()
-    p.add_argument("--max-request-bytes", type=int, default=defaults.max_body_bytes)
+    p.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=defaults.max_body_bytes,
+        help="a request body at most (413 beyond); also a gRPC message from a client",
+    )
+    p.add_argument(
+        "--max-response-bytes",
+        type=int,
+        default=defaults.max_body_bytes,
+        help="a gRPC message from a variant at most (RESOURCE_EXHAUSTED beyond); HTTP answers "
+        "are passed on as they arrive, whatever their length",
+    )
     p.add_argument(
         "--max-request-head-bytes",
         type=int,
@@ -231,6 +243,7 @@ def settings_from(argv: Sequence[str], environ: Mapping[str, str]) -> RouterSett
             header: value for key, header in CORS_KEYS.items() if (value := getattr(args, key))
         },
         grpc_port=args.grpc_port,
+        grpc_max_response_bytes=_positive_int(args.max_response_bytes, "--max-response-bytes"),
         grpc_keepalive=_positive(args.grpc_keepalive, "--grpc-keepalive"),
         grpc_backends=_grpc_backends(backends, args.grpc_backend_port, args.grpc_backend),
         drain_seconds=args.drain_seconds,
@@ -300,6 +313,12 @@ def _pair(text: str, flag: str) -> tuple[str, str]:
 def _positive(value: float, flag: str) -> float:
     if not value > 0:
         raise UsageError(f"{flag} must be greater than 0, got {value:g}")
+    return value
+
+
+def _positive_int(value: int, flag: str) -> int:
+    if value <= 0:
+        raise UsageError(f"{flag} must be greater than 0, got {value}")
     return value
 
 

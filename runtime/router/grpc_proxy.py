@@ -57,17 +57,25 @@ class GrpcProxy(grpc.GenericRpcHandler):
         *,
         tls_variants: frozenset[str] = frozenset(),
         root_certificates: bytes | None = None,
+        max_request_bytes: int = 6_553_500,
+        max_response_bytes: int = 6_553_500,
     ) -> None:
         self._table = table
         self._metrics = metrics
         self._targets = dict(targets)
         self._tls_variants = tls_variants
         self._retiring: set[asyncio.Task[None]] = set()
+        # the messages the router's own port takes and gives, not gRPC's 4 MiB default
+        self._options = [
+            *_BALANCED,
+            ("grpc.max_send_message_length", max_request_bytes),
+            ("grpc.max_receive_message_length", max_response_bytes),
+        ]
         credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
         self._channels = {
-            variant: grpc.aio.secure_channel(f"dns:///{target}", credentials, _BALANCED)
+            variant: grpc.aio.secure_channel(f"dns:///{target}", credentials, self._options)
             if variant in tls_variants
-            else grpc.aio.insecure_channel(f"dns:///{target}", _BALANCED)
+            else grpc.aio.insecure_channel(f"dns:///{target}", self._options)
             for variant, target in targets.items()
         }
 
@@ -78,7 +86,7 @@ class GrpcProxy(grpc.GenericRpcHandler):
         for variant in self._tls_variants & set(self._targets):
             old = self._channels[variant]
             target = f"dns:///{self._targets[variant]}"
-            self._channels[variant] = grpc.aio.secure_channel(target, credentials, _BALANCED)
+            self._channels[variant] = grpc.aio.secure_channel(target, credentials, self._options)
             task = asyncio.get_running_loop().create_task(old.close(RETIRE_GRACE))
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)

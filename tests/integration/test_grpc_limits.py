@@ -11,6 +11,7 @@ whose network vanishes without closing its connection. A relay that stops passin
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -186,6 +187,27 @@ def test_a_message_over_the_request_size_is_resource_exhausted(
         with pytest.raises(grpc.RpcError) as refused:
             predict(request.SerializeToString(), timeout=10)
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+@pytest.mark.parametrize("where", TARGETS)
+def test_an_answer_past_grpcs_4_mib_default_reaches_the_client(
+    targets: dict[str, str], where: str
+) -> None:
+    """max_response_size (6553500 by default) bounds what the server sends, and the router
+    passes on as much (`--max-response-bytes`), where gRPC's own default is 4 MiB."""
+    pad = 5_000_000
+    options = [("grpc.max_receive_message_length", 16 << 20)]
+    with grpc.insecure_channel(targets[where], options=options) as channel:
+        predict = channel.unary_unary(
+            f"{SERVICE}/Predictions",
+            request_serializer=ts_pb2.PredictionsRequest.SerializeToString,
+            response_deserializer=ts_pb2.PredictionResponse.FromString,
+        )
+        request = ts_pb2.PredictionsRequest(
+            model_name="echo", input={"body": json.dumps({"pad": pad}).encode()}
+        )
+        answer = predict(request, timeout=30)
+    assert len(json.loads(answer.prediction)["pad"]) == pad
 
 
 class _Blackhole:

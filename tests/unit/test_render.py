@@ -483,7 +483,7 @@ def test_router_when_available() -> None:
     router = objects[("Deployment", "resnet50-router")]
     (container,) = router["spec"]["template"]["spec"]["containers"]
     assert {"name": "grpc", "containerPort": 7070, "protocol": "TCP"} in container["ports"]
-    assert container["args"][-4:] == ["--grpc-port", "7070", "--grpc-backend-port", "7070"]
+    assert container["args"][3:7] == ["--grpc-port", "7070", "--grpc-backend-port", "7070"]
     assert router["spec"]["replicas"] == 2
     assert router["spec"]["template"]["spec"]["serviceAccountName"] == "resnet50-router"
     assert ("ServiceAccount", "resnet50-router") in objects
@@ -514,7 +514,11 @@ def test_router_when_available() -> None:
     assert (box["image"], box["command"], box["args"]) == (
         "router-img",
         ["marfleet"],
-        ["router", "--isvc", "resnet50", "--grpc-port", "7070", "--grpc-backend-port", "7070"],
+        [
+            *("router", "--isvc", "resnet50", "--grpc-port", "7070", "--grpc-backend-port", "7070"),
+            *("--max-request-bytes", "6553500", "--max-response-bytes", "6553500"),
+            *("--response-timeout", "245"),  # a 120 s queue wait and a 120 s batch, and 5 s
+        ],
     )
     env = {e["name"]: e for e in box["env"]}
     assert env["MARFLEET_NAMESPACE"]["valueFrom"] == {

@@ -51,6 +51,38 @@ def test_the_router_sends_the_cors_headers_every_variant_sends() -> None:
     assert "--cors-allowed-origin" not in args and "--cors-allowed-methods" in args
 
 
+def test_the_router_takes_and_waits_for_what_the_largest_variant_does() -> None:
+    """A request a variant served alone is not refused once a second variant puts the router
+    before it: the router's sizes and wait follow the variants' servers."""
+
+    def limits(isvc: dict[str, Any]) -> dict[str, str]:
+        args = router_args(isvc)
+        flags = ("--max-request-bytes", "--max-response-bytes", "--response-timeout")
+        return {flag: args[args.index(flag) + 1] for flag in flags}
+
+    isvc = example()
+    assert limits(isvc) == {
+        "--max-request-bytes": "6553500",  # the servers' defaults
+        "--max-response-bytes": "6553500",
+        "--response-timeout": "245",
+    }
+    stable, canary = isvc["spec"]["variants"]
+    stable.setdefault("runtime", {})["env"] = [
+        {"name": "TS_MAX_REQUEST_SIZE", "value": "104857600"},
+        {"name": "TS_MAX_RESPONSE_SIZE", "valueFrom": {"configMapKeyRef": {"name": "c"}}},
+    ]
+    stable["runtime"]["responseTimeoutSeconds"] = 300
+    canary.setdefault("runtime", {})["env"] = [
+        {"name": "TS_MAX_REQUEST_SIZE", "value": "1000"},
+        {"name": "TS_MAX_RESPONSE_SIZE", "value": "not a number"},  # the server refuses it
+    ]
+    assert limits(isvc) == {
+        "--max-request-bytes": "104857600",
+        "--max-response-bytes": "6553500",  # a reference the router cannot read: the default
+        "--response-timeout": "605",
+    }
+
+
 def test_router_pods_keep_one_up_through_disruptions() -> None:
     pdb = objects()[("PodDisruptionBudget", "resnet50-router")]
     assert pdb["spec"]["maxUnavailable"] == 1
