@@ -104,21 +104,17 @@ def _ping(target: str) -> grpc.StatusCode:
 
 
 @pytest.mark.parametrize("where", TARGETS)
-def test_a_connection_that_never_speaks_is_closed_after_the_head_timeout(
-    targets: dict[str, str], where: str
+@pytest.mark.parametrize(
+    ("first_bytes", "timeout"),
+    [(b"", HEAD_TIMEOUT_S), (PREFACE, IDLE_TIMEOUT_S)],
+    ids=["never speaks: the head timeout", "opens HTTP/2, makes no call: the keepalive timeout"],
+)
+def test_a_connection_that_does_nothing_is_closed_after_its_timeout(
+    targets: dict[str, str], where: str, first_bytes: bytes, timeout: float
 ) -> None:
-    with _connect(targets[where]) as sock:
+    with _connect(targets[where], first_bytes) as sock:
         closed = _seconds_until_closed(sock, 10)
-    assert closed is not None and HEAD_TIMEOUT_S * 0.8 <= closed < HEAD_TIMEOUT_S + 3, closed
-
-
-@pytest.mark.parametrize("where", TARGETS)
-def test_a_connection_without_calls_is_closed_after_the_keepalive_timeout(
-    targets: dict[str, str], where: str
-) -> None:
-    with _connect(targets[where], PREFACE) as sock:
-        closed = _seconds_until_closed(sock, 10)
-    assert closed is not None and IDLE_TIMEOUT_S * 0.8 <= closed < IDLE_TIMEOUT_S + 3, closed
+    assert closed is not None and timeout * 0.8 <= closed < timeout + 3, closed
 
 
 @pytest.mark.parametrize("where", TARGETS)
