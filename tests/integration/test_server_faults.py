@@ -25,6 +25,7 @@ import httpx
 import pytest
 from marfleet.runtime.server.protos import inference_pb2 as ts_pb2
 
+from e2e.bench.router_procs import router
 from e2e.support import free_port
 from tests.integration.server_archives import build_store
 from tests.serving import Server, serve
@@ -136,6 +137,39 @@ def test_grpc_call_past_its_deadline_is_dropped_before_inference(server: Server)
         assert busy.result().status_code == 200
     time.sleep(0.5)
     assert rows_processed(server, "slow") - before == 1  # only the request that stayed
+
+
+def test_clients_that_leave_through_the_router_are_dropped_before_inference(
+    server: Server,
+) -> None:
+    """The same through `marfleet router` (HTTP and gRPC): a client that leaves takes its
+    request off the variant's queue too, so the model never computes an answer nobody reads."""
+    request = ts_pb2.PredictionsRequest(model_name="slow", input={"body": b'{"gone": true}'})
+    grpc_port = free_port()
+    args = ["--weights", "stable=100", "--grpc-port", str(grpc_port)]
+    with router(
+        {"stable": server.inference}, *args, f"--grpc-backend=stable={server.grpc}"
+    ) as front:
+        before = rows_processed(server, "slow")
+        with ThreadPoolExecutor(1) as pool, grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as ch:
+            busy = in_background(pool, server, "slow", {"sleep": 1.5})
+            time.sleep(0.4)
+            body = b'{"gone": true}'
+            with socket.create_connection(("127.0.0.1", front.port)) as sock:
+                sock.sendall(
+                    b"POST /predictions/slow HTTP/1.1\r\nHost: x\r\n"
+                    b"Content-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+                )
+                time.sleep(0.2)  # queued behind the busy worker; now the client leaves
+            with pytest.raises(grpc.RpcError) as gone:
+                ch.unary_unary(
+                    "/org.pytorch.serve.grpc.inference.InferenceAPIsService/Predictions"
+                )(request.SerializeToString(), timeout=0.2)
+            assert gone.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert busy.result().status_code == 200
+        time.sleep(0.5)
+        assert rows_processed(server, "slow") - before == 1  # only the request that stayed
 
 
 def test_sigkill_of_a_worker_fails_only_its_request(server: Server) -> None:
