@@ -22,7 +22,7 @@ from typing import Any
 import jinja2
 import orjson
 import yaml
-from marfleet.runtime.config import CORS_KEYS, ServerConfig
+from marfleet.runtime.config import CORS_KEYS, ConfigError, ServerConfig, load_server_config
 from marfleet.runtime.storage.uri import archive_filename, scheme_error
 
 from . import fetching, labels, traffic
@@ -619,22 +619,35 @@ def router_cors_args(isvc: InferenceService) -> list[str]:
     return args
 
 
+ROUTER_FOLLOWS = (
+    ("max_request_size", "--max-request-bytes"),
+    ("max_response_size", "--max-response-bytes"),
+    ("max_request_head_size", "--max-request-head-bytes"),
+    ("request_head_timeout_seconds", "--request-head-timeout"),
+    ("request_body_timeout_seconds", "--request-body-timeout"),
+    ("keepalive_timeout_seconds", "--keepalive-timeout"),
+    ("grpc_keepalive_seconds", "--grpc-keepalive"),
+)
+"""Server keys (`TS_<KEY>` in runtime.env) whose largest value among the variants the router
+takes as its flag of the same meaning."""
+
+
 def router_limit_args(isvc: InferenceService) -> list[str]:
     """The router takes and waits for what every variant's server does, so a request one
-    variant served alone is not refused once the router stands before it: request and gRPC
-    answer sizes are the largest variant's (TorchServe's `TS_MAX_REQUEST_SIZE` and
-    `TS_MAX_RESPONSE_SIZE` in `runtime.env`, as literal values), and it waits as long as a
-    server may take to answer: a queue wait and a batch, each up to `responseTimeoutSeconds`."""
+    variant served alone is not refused once the router stands before it: each limit of
+    `ROUTER_FOLLOWS` is the largest variant's (literal values in `runtime.env`, read by the
+    server's own config parser; given only where it differs from the default), and it waits as
+    long as a server may take to answer: a queue wait and a batch, each up to
+    `responseTimeoutSeconds`."""
     defaults = ServerConfig()
-    variants = isvc.variants
-    request = max(_size_env(v, "max_request_size", defaults.max_request_size) for v in variants)
-    response = max(_size_env(v, "max_response_size", defaults.max_response_size) for v in variants)
+    configs = [_server_settings(v) for v in isvc.variants]
+    args: list[str] = []
+    for key, flag in ROUTER_FOLLOWS:
+        value = max(getattr(config, key) for config in configs)
+        if value != getattr(defaults, key):
+            args += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
     wait = 2 * max(v.runtime.response_timeout_seconds for v in isvc.variants) + ROUTER_WAIT_MARGIN
-    return [
-        *("--max-request-bytes", str(request)),
-        *("--max-response-bytes", str(response)),
-        *("--response-timeout", str(wait)),
-    ]
+    return [*args, "--response-timeout", str(wait)]
 
 
 def _literal_env(variant: Variant, name: str) -> str | None:
@@ -642,12 +655,19 @@ def _literal_env(variant: Variant, name: str) -> str | None:
     return next((e.get("value") for e in variant.runtime.env if e.get("name") == name), None)
 
 
-def _size_env(variant: Variant, key: str, default: int) -> int:
-    value = _literal_env(variant, "TS_" + key.upper())
+def _server_settings(variant: Variant) -> ServerConfig:
+    """What the variant's servers take from the literal `TS_*` values of its env (the rendered
+    config.properties enables them); the defaults where one does not parse (the server refuses
+    it at start and names it)."""
+    env = {
+        e["name"]: e["value"]
+        for e in variant.runtime.env
+        if e.get("name", "").startswith("TS_") and isinstance(e.get("value"), str)
+    }
     try:
-        return int(value) if value else default
-    except ValueError:  # the server refuses it at start and names it; the router keeps its own
-        return default
+        return load_server_config({"enable_envvars_config": "true"}, env)
+    except ConfigError:
+        return ServerConfig()
 
 
 def service_monitor(isvc: InferenceService, ctx: RenderContext) -> dict[str, Any]:

@@ -354,7 +354,6 @@ def test_design_example_becomes_a_placed_ready_fleet(
         "7070",
         "--grpc-backend-port",
         "7070",
-        *("--max-request-bytes", "6553500", "--max-response-bytes", "6553500"),
         *("--response-timeout", "245"),
     ]
     account = f"system:serviceaccount:{namespace}:resnet50-router"

@@ -516,7 +516,6 @@ def test_router_when_available() -> None:
         ["marfleet"],
         [
             *("router", "--isvc", "resnet50", "--grpc-port", "7070", "--grpc-backend-port", "7070"),
-            *("--max-request-bytes", "6553500", "--max-response-bytes", "6553500"),
             *("--response-timeout", "245"),  # a 120 s queue wait and a 120 s batch, and 5 s
         ],
     )

@@ -53,34 +53,37 @@ def test_the_router_sends_the_cors_headers_every_variant_sends() -> None:
 
 def test_the_router_takes_and_waits_for_what_the_largest_variant_does() -> None:
     """A request a variant served alone is not refused once a second variant puts the router
-    before it: the router's sizes and wait follow the variants' servers."""
+    before it: the router's sizes, timeouts and wait follow the variants' servers."""
 
     def limits(isvc: dict[str, Any]) -> dict[str, str]:
         args = router_args(isvc)
-        flags = ("--max-request-bytes", "--max-response-bytes", "--response-timeout")
-        return {flag: args[args.index(flag) + 1] for flag in flags}
+        return {flag: args[i + 1] for i, flag in enumerate(args) if flag in FOLLOWED}
 
     isvc = example()
-    assert limits(isvc) == {
-        "--max-request-bytes": "6553500",  # the servers' defaults
-        "--max-response-bytes": "6553500",
-        "--response-timeout": "245",
-    }
+    assert limits(isvc) == {"--response-timeout": "245"}  # the rest are the servers' defaults
     stable, canary = isvc["spec"]["variants"]
     stable.setdefault("runtime", {})["env"] = [
         {"name": "TS_MAX_REQUEST_SIZE", "value": "104857600"},
+        {"name": "TS_REQUEST_BODY_TIMEOUT_SECONDS", "value": "90"},
         {"name": "TS_MAX_RESPONSE_SIZE", "valueFrom": {"configMapKeyRef": {"name": "c"}}},
     ]
     stable["runtime"]["responseTimeoutSeconds"] = 300
     canary.setdefault("runtime", {})["env"] = [
         {"name": "TS_MAX_REQUEST_SIZE", "value": "1000"},
-        {"name": "TS_MAX_RESPONSE_SIZE", "value": "not a number"},  # the server refuses it
+        {"name": "TS_MAX_RESPONSE_SIZE", "value": "20000000"},
+        {"name": "TS_KEEPALIVE_TIMEOUT_SECONDS", "value": "2.5"},  # below the default: kept
     ]
     assert limits(isvc) == {
         "--max-request-bytes": "104857600",
-        "--max-response-bytes": "6553500",  # a reference the router cannot read: the default
+        "--max-response-bytes": "20000000",  # the reference is the router's to ignore
+        "--request-body-timeout": "90",
         "--response-timeout": "605",
     }
+    canary["runtime"]["env"].append({"name": "TS_MAX_CONNECTIONS", "value": "many"})
+    assert "--max-response-bytes" not in limits(isvc)  # the canary cannot start: defaults
+
+
+FOLLOWED = {flag for _, flag in render.ROUTER_FOLLOWS} | {"--response-timeout"}
 
 
 def test_router_pods_keep_one_up_through_disruptions() -> None:
