@@ -15,7 +15,9 @@ limits onto gRPC's own mechanisms, so one config key bounds both protocols:
 - `keepalive`: a connection silent for this long is pinged, and closed with its calls when the
   ping is not answered within as long again (at most 20 s): a vanished client's calls end and
   free their places;
-- message sizes: `max_receive_bytes` and `max_send_bytes` (RESOURCE_EXHAUSTED beyond).
+- message sizes: `max_receive_bytes` and `max_send_bytes` (RESOURCE_EXHAUSTED beyond);
+- `max_head_bytes`: a call's metadata, its headers (RESOURCE_EXHAUSTED beyond; gRPC's own
+  default refuses some calls past 8 KiB and all past 16 KiB, where HTTP takes 64 KiB).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class GrpcLimits:
     max_receive_bytes: int
     max_send_bytes: int
     max_connections: int
+    max_head_bytes: int
     head_timeout: float
     idle_timeout: float
     keepalive: float = DEFAULT_KEEPALIVE_S
@@ -48,6 +51,7 @@ class GrpcLimits:
             max_receive_bytes=http.max_body_bytes,
             max_send_bytes=max_send_bytes,
             max_connections=http.max_connections,
+            max_head_bytes=http.max_head_bytes,
             head_timeout=http.head_timeout,
             idle_timeout=http.keepalive_timeout,
             keepalive=keepalive,
@@ -60,6 +64,8 @@ class GrpcLimits:
             ("grpc.max_receive_message_length", self.max_receive_bytes),
             ("grpc.max_send_message_length", self.max_send_bytes),
             ("grpc.max_allowed_incoming_connections", self.max_connections),
+            ("grpc.max_metadata_size", self.max_head_bytes),  # soft: refuses some calls
+            ("grpc.absolute_max_metadata_size", self.max_head_bytes),  # hard: refuses all
             ("grpc.server_handshake_timeout_ms", _ms(self.head_timeout)),
             ("grpc.max_connection_idle_ms", _ms(self.idle_timeout)),
             ("grpc.keepalive_time_ms", _ms(self.keepalive)),

@@ -206,6 +206,19 @@ def test_an_answer_past_grpcs_4_mib_default_reaches_the_client(
     assert len(json.loads(answer.prediction)["pad"]) == pad
 
 
+@pytest.mark.parametrize("where", TARGETS)
+def test_metadata_is_bounded_by_the_request_head_size(targets: dict[str, str], where: str) -> None:
+    """max_request_head_size (64 KiB by default) bounds a call's metadata as it bounds HTTP
+    headers: a 30 KB token passes (gRPC's own default refuses it), 100 KB is refused."""
+    options = [("grpc.max_metadata_size", 1 << 20), ("grpc.absolute_max_metadata_size", 1 << 20)]
+    with grpc.insecure_channel(targets[where], options=options) as channel:
+        ping = channel.unary_unary(f"{SERVICE}/Ping")
+        ping(b"", metadata=[("x-token", "x" * 30_000)], timeout=10)
+        with pytest.raises(grpc.RpcError) as refused:
+            ping(b"", metadata=[("x-token", "x" * 100_000)], timeout=10)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 class _Blackhole:
     """A TCP relay to `target` that, once `vanish()` is called, passes nothing on in either
     direction and keeps both connections open: what a server sees of a client whose network
