@@ -17,7 +17,9 @@ for `--duration` seconds, the same valid traffic runs next to four kinds of abus
   `max_request_size` (RESOURCE_EXHAUSTED).
 
 Valid traffic is HTTP and gRPC: the gRPC client keeps its one connection busy, as a real one
-does, and must not lose a call to the abuse on its port.
+does, and must not lose a call to the abuse on its port. With `--through-router` the traffic
+and the abuse go to a `marfleet router` before the server (its flags the server's limits), and
+the checks are the router's.
 
 Then the abuse stops and the server is given a moment to drop what it held. The run passes when
 valid traffic had 0 failures and a p99 within 2x its quiet value, the server's resident memory
@@ -41,18 +43,20 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
-from contextlib import suppress
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import grpc
 import httpx
 import psutil
+from marfleet.operator.render import ROUTER_FOLLOWS
 from marfleet.runtime.server.protos import inference_pb2 as ts_pb2
 
+from e2e.bench.router_procs import router
 from e2e.bench.servers import RunningServer, start
-from e2e.support import archiver_command
+from e2e.support import archiver_command, free_port
 
 ECHO = """
 def handle(data, context):
@@ -61,16 +65,20 @@ def handle(data, context):
 CANNOT_LOAD = """
 raise RuntimeError("this model cannot load")
 """
-SERVER_SETTINGS = [
-    "request_head_timeout_seconds=2",
-    "request_body_timeout_seconds=2",
-    "keepalive_timeout_seconds=10",
-    "max_connections=400",
-    "max_request_head_size=65536",
-    "grpc_keepalive_seconds=2",
-    "max_request_size=2000000",  # over the half-sent bodies' 1 MB, under grpc_oversized
-]
 MAX_CONNECTIONS = 400
+LIMITS = {
+    "request_head_timeout_seconds": "2",
+    "request_body_timeout_seconds": "2",
+    "keepalive_timeout_seconds": "10",
+    "max_request_head_size": "65536",
+    "grpc_keepalive_seconds": "2",
+    "max_request_size": "2000000",  # over the half-sent bodies' 1 MB, under grpc_oversized
+}
+"""The server's keys; a router before it takes the same as flags (the operator's mapping)."""
+SERVER_SETTINGS = [
+    *(f"{key}={value}" for key, value in LIMITS.items()),
+    f"max_connections={MAX_CONNECTIONS}",
+]
 SLOWLORIS_CONNECTIONS = 40
 HALF_BODIES = 10
 VALID_CLIENTS = 2
@@ -83,6 +91,7 @@ PREDICTIONS = "/org.pytorch.serve.grpc.inference.InferenceAPIsService/Prediction
 @dataclass
 class Result:
     duration_s: float
+    through_router: bool = False
     quiet_requests: int = 0
     quiet_p99_ms: float = 0.0
     valid_requests: int = 0
@@ -106,6 +115,30 @@ class Result:
         return all(self.checks.values())
 
 
+@dataclass(frozen=True)
+class Front:
+    """What the clients and the abuse aim at, and the process measured: the server itself, or
+    a `marfleet router` before it (`--through-router`)."""
+
+    http_port: int
+    grpc_port: int
+    pid: int
+
+
+@contextmanager
+def router_before(server: RunningServer) -> Iterator[Front]:
+    """A `marfleet router` before `server` (HTTP and gRPC), with the server's limits as flags."""
+    grpc_port = free_port()
+    flags = [
+        *("--weights", "stable=100", "--grpc-port", str(grpc_port)),
+        f"--grpc-backend=stable=127.0.0.1:{server.ports['grpc']}",
+        *("--max-connections", str(MAX_CONNECTIONS)),
+        *(part for key, flag in ROUTER_FOLLOWS if key in LIMITS for part in (flag, LIMITS[key])),
+    ]
+    with router({"stable": server.url("inference")}, *flags) as proc:
+        yield Front(proc.port, grpc_port, proc.process.pid)
+
+
 def build_store(root: Path) -> Path:
     store = root / "store"
     store.mkdir(parents=True)
@@ -126,9 +159,9 @@ def build_store(root: Path) -> Path:
 class Valid:
     """Clients posting small JSON predictions in a loop; every non-200 is a failure."""
 
-    def __init__(self, server: RunningServer) -> None:
-        self.url = f"{server.url('inference')}/predictions/echo"
-        self.grpc = f"127.0.0.1:{server.ports['grpc']}"
+    def __init__(self, front: Front) -> None:
+        self.url = f"http://127.0.0.1:{front.http_port}/predictions/echo"
+        self.grpc = f"127.0.0.1:{front.grpc_port}"
         self.latencies: list[float] = []
         self.failures: list[str] = []
         self.lock = threading.Lock()
@@ -187,11 +220,11 @@ class Valid:
 
 
 class Abuse:
-    def __init__(self, server: RunningServer, *, good_model_cycle: bool = True) -> None:
+    def __init__(self, front: Front, management: str, *, good_model_cycle: bool = True) -> None:
         self.good_model_cycle = good_model_cycle
-        self.port = server.ports["inference"]
-        self.grpc_port = server.ports["grpc"]
-        self.management = server.url("management")
+        self.port = front.http_port
+        self.grpc_port = front.grpc_port
+        self.management = management  # the server's, also through a router
         self.counts: Counter[str] = Counter()
         self.lock = threading.Lock()
 
@@ -369,19 +402,19 @@ def p99_ms(latencies: list[float]) -> float:
     return statistics.quantiles(latencies, n=100)[98] * 1000
 
 
-def measure(server: RunningServer) -> tuple[float, int]:
-    process = psutil.Process(server.process.pid)
+def measure(pid: int) -> tuple[float, int]:
+    process = psutil.Process(pid)
     return process.memory_info().rss / (1 << 20), process.num_fds()
 
 
-def rss_peaks(server: RunningServer, duration: float) -> tuple[float, float]:
-    """The server's highest resident memory in the first and in the second half of the next
+def rss_peaks(pid: int, duration: float) -> tuple[float, float]:
+    """The process's highest resident memory in the first and in the second half of the next
     `duration` seconds, MiB, sampled every second."""
     peaks = [0.0, 0.0]
     started = time.monotonic()
     while (elapsed := time.monotonic() - started) < duration:
         half = 0 if elapsed < duration / 2 else 1
-        peaks[half] = max(peaks[half], measure(server)[0])
+        peaks[half] = max(peaks[half], measure(pid)[0])
         time.sleep(min(1.0, max(0.0, duration - elapsed)))
     return peaks[0], peaks[1] or peaks[0]
 
@@ -397,19 +430,26 @@ def run(
     *,
     settle: float = 6.0,
     good_model_cycle: bool = True,
+    through_router: bool = False,
 ) -> Result:
     """Soak one server for `duration` s after `quiet` s of valid traffic alone; with
-    `good_model_cycle` the archive loop also registers and removes a model that loads."""
-    result = Result(duration_s=duration)
+    `good_model_cycle` the archive loop also registers and removes a model that loads; with
+    `through_router`, traffic and abuse go to a `marfleet router` before the server (the same
+    limits as flags), whose memory and descriptors are the ones checked."""
+    result = Result(duration_s=duration, through_router=through_router)
     store = build_store(workdir)
     tmp = workdir / "tmp"
     tmp.mkdir()
     server = start(
         "marfleet", store, workdir / "server", extra=SERVER_SETTINGS, env={"TMPDIR": str(tmp)}
     )
+    stack = ExitStack()
     try:
         server.register("echo.mar", "echo", batch_size=1, max_batch_delay=1)
-        valid = Valid(server)
+        front = Front(server.ports["inference"], server.ports["grpc"], server.process.pid)
+        if through_router:
+            front = stack.enter_context(router_before(server))
+        valid = Valid(front)
         stop_valid = threading.Event()
         clients = [
             threading.Thread(target=target, args=(stop_valid,), daemon=True)
@@ -423,10 +463,10 @@ def run(
         result.quiet_p99_ms = p99_ms(latencies)
         result.valid_failures += len(failures)
         result.failure_examples += failures[:5]
-        result.rss_start_mib, result.fds_start = measure(server)
+        result.rss_start_mib, result.fds_start = measure(front.pid)
         result.tmp_entries_start = tmp_entries(tmp)
 
-        abuse = Abuse(server, good_model_cycle=good_model_cycle)
+        abuse = Abuse(front, server.url("management"), good_model_cycle=good_model_cycle)
         stop_abuse = threading.Event()
         kinds: list[Callable[[threading.Event], None]] = [
             abuse.slowloris,
@@ -443,7 +483,7 @@ def run(
         ]
         for thread in attackers:
             thread.start()
-        halves = rss_peaks(server, duration)
+        halves = rss_peaks(front.pid, duration)
         result.rss_first_half_peak_mib, result.rss_second_half_peak_mib = halves
         latencies, failures = valid.take()
         stop_abuse.set()
@@ -457,9 +497,10 @@ def run(
         result.p99_ratio = result.mixed_p99_ms / max(result.quiet_p99_ms, 1e-9)
         result.abuse = dict(abuse.counts)
         time.sleep(settle)  # head/body timeouts (2 s) and lingering closes let go
-        result.rss_end_mib, result.fds_end = measure(server)
+        result.rss_end_mib, result.fds_end = measure(front.pid)
         result.tmp_entries_end = tmp_entries(tmp)
     finally:
+        stack.close()
         server.stop()
     result.checks = {
         "no_failures": result.valid_failures == 0,
@@ -480,9 +521,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--duration", type=float, default=300, help="seconds of abuse")
     parser.add_argument("--quiet", type=float, default=20, help="seconds of quiet baseline")
     parser.add_argument("--out", type=Path, default=Path("bench-results/soak.json"))
+    parser.add_argument(
+        "--through-router",
+        action="store_true",
+        help="aim traffic and abuse at a marfleet router before the server, and check it",
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="marfleet-soak-") as root:
-        result = run(args.duration, args.quiet, Path(root))
+        result = run(args.duration, args.quiet, Path(root), through_router=args.through_router)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({**asdict(result), "passed": result.passed}, indent=2) + "\n")
     print(json.dumps({**asdict(result), "passed": result.passed}, indent=2))
