@@ -236,34 +236,18 @@ class Abuse:
         return socket.create_connection(("127.0.0.1", port or self.port), timeout=10)
 
     def slowloris(self, stop: threading.Event) -> None:
-        sockets: list[socket.socket] = []
-        try:
-            while not stop.is_set():
-                while len(sockets) < SLOWLORIS_CONNECTIONS:
-                    sock = self._connect()
-                    sock.setblocking(False)
-                    with suppress(OSError):
-                        sock.send(b"GET /ping HTTP/1.1\r\nHost: x\r\n")
-                    sockets.append(sock)
-                    self.count("slowloris_opened")
-                for sock in list(sockets):
-                    try:
-                        sock.send(b"X")
-                        answer = sock.recv(4096)
-                        if answer.startswith(b"HTTP/1.1 408") or answer == b"":
-                            self.count("slowloris_timed_out")
-                            sockets.remove(sock)
-                            sock.close()
-                    except BlockingIOError:
-                        pass
-                    except OSError:
-                        self.count("slowloris_timed_out")
-                        sockets.remove(sock)
-                        sock.close()
-                stop.wait(0.5)
-        finally:
-            for sock in sockets:
-                sock.close()
+        """Heads that never end: a header byte every half second (the head timeout's 408)."""
+        head = b"GET /ping HTTP/1.1\r\nHost: x\r\n"
+        self._hold(
+            stop,
+            "slowloris",
+            SLOWLORIS_CONNECTIONS,
+            self.port,
+            head,
+            poke=b"X",
+            every=0.5,
+            closed="timed_out",
+        )
 
     def oversized_heads(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -320,34 +304,55 @@ class Abuse:
                 self.count("register_remove_ok" if ok else "register_remove_other")
                 stop.wait(3)
 
-    def _held_grpc(self, stop: threading.Event, count: int, first: bytes, what: str) -> None:
-        """`count` gRPC connections at a time that send `first` and nothing more; each the
-        server closes is counted as `what` and replaced."""
+    def _hold(
+        self,
+        stop: threading.Event,
+        kind: str,
+        count: int,
+        port: int,
+        first: bytes,
+        *,
+        poke: bytes = b"",
+        every: float = 0.25,
+        closed: str = "closed",
+    ) -> None:
+        """`count` connections to `port` at a time that send `first`, then `poke` (if any)
+        every `every` seconds; each is counted as `<kind>_opened`, and once the server closes
+        it as `<kind>_<closed>`, and replaced."""
         sockets: list[socket.socket] = []
         try:
             while not stop.is_set():
                 while len(sockets) < count:
-                    sock = self._connect(self.grpc_port)
+                    sock = self._connect(port)
                     if first:
                         with suppress(OSError):
                             sock.sendall(first)
                     sock.setblocking(False)
                     sockets.append(sock)
+                    self.count(f"{kind}_opened")
                 for sock in list(sockets):
-                    if _closed_by_peer(sock):
-                        self.count(what)
+                    poked = True
+                    if poke:
+                        try:
+                            sock.send(poke)
+                        except BlockingIOError:
+                            pass
+                        except OSError:
+                            poked = False
+                    if not poked or _closed_by_peer(sock):
+                        self.count(f"{kind}_{closed}")
                         sockets.remove(sock)
                         sock.close()
-                stop.wait(0.25)
+                stop.wait(every)
         finally:
             for sock in sockets:
                 sock.close()
 
     def grpc_silent(self, stop: threading.Event) -> None:
-        self._held_grpc(stop, GRPC_SILENT, b"", "grpc_silent_closed")
+        self._hold(stop, "grpc_silent", GRPC_SILENT, self.grpc_port, b"")
 
     def grpc_idle(self, stop: threading.Event) -> None:
-        self._held_grpc(stop, GRPC_IDLE, HTTP2_PREFACE, "grpc_idle_closed")
+        self._hold(stop, "grpc_idle", GRPC_IDLE, self.grpc_port, HTTP2_PREFACE)
 
     def grpc_over_cap(self, stop: threading.Event) -> None:
         """Bursts of connections until the port closes new ones at once, then let go."""
