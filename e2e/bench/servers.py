@@ -200,22 +200,29 @@ def _log_tail(server: RunningServer, chars: int = 1500) -> str:
 
 
 def _wait_ready(server: RunningServer, ready: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(
-                f"{server.name} exited with {server.process.returncode}; the end of "
-                f"{server.workdir / 'server.log'}:\n{_log_tail(server)}"
-            )
-        with suppress(httpx.TransportError):
-            if ready():
-                return
-        time.sleep(0.5)
-    server.stop()
-    raise TimeoutError(
-        f"{server.name} was not ready within {timeout:.0f} s; the end of "
-        f"{server.workdir / 'server.log'}:\n{_log_tail(server)}"
-    )
+    """Return once `ready()`; otherwise, however waiting ends (an exit, the timeout, an
+    interrupt), the server is stopped before the error goes up: a caller that tries again must
+    not leave the first server running."""
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if server.process.poll() is not None:
+                raise RuntimeError(
+                    f"{server.name} exited with {server.process.returncode}; the end of "
+                    f"{server.workdir / 'server.log'}:\n{_log_tail(server)}"
+                )
+            # ValueError: a key_file.json read while the server is still writing it
+            with suppress(httpx.TransportError, ValueError):
+                if ready():
+                    return
+            time.sleep(0.5)
+        raise TimeoutError(
+            f"{server.name} was not ready within {timeout:.0f} s; the end of "
+            f"{server.workdir / 'server.log'}:\n{_log_tail(server)}"
+        )
+    except BaseException:
+        server.stop()
+        raise
 
 
 def start_peer(
