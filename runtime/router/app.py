@@ -167,6 +167,9 @@ async def run(settings: RouterSettings) -> int:
             settings.limits,
             max_send_bytes=settings.grpc_max_response_bytes,
             keepalive=settings.grpc_keepalive,
+            # the router reads a request stream while it relays the answers: the variant
+            # bounds the pauses in it
+            bound_streams=False,
         )
         grpc_server, grpc_port = await start_server(
             [router.grpc],

@@ -195,6 +195,7 @@ class ModelServer:
             limits,
             max_send_bytes=config.max_response_size,
             keepalive=config.grpc_keepalive_seconds,
+            bound_streams=True,
         )
         certificate = serving_certificate(config)
         tls = certificate.context if certificate is not None else None

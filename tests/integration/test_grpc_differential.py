@@ -4,7 +4,8 @@ and management ports on, token authorization on, the model API enabled) and to `
 
 Inference calls: Ping; Predictions with a JSON model (TinyMLP rows) and with an image model (the
 MNIST-like digit classifier, PNG bytes); StreamPredictions with a handler that sends intermediate
-responses; errors: an unknown model, input the handler cannot use, a missing token.
+responses; errors: an unknown model, input the handler cannot use, a missing token, a call
+ended without its request message.
 Management calls, in an order that builds on itself: ListModels (a page that ends exactly at the
 last model, and no limit), DescribeModel, RegisterModel of a second version, ScaleWorker,
 SetDefault, UnregisterModel, and their errors (unknown model or version, no url, an archive
@@ -163,6 +164,14 @@ def _inference_calls(target: str, token: str) -> dict[str, Outcome]:
         outcomes["unknown model"] = predict("nope", b"{}")
         outcomes["bad input"] = predict("mlp", b"[1, 2]")
         outcomes["missing token"] = predict("mlp", json.dumps(ROW).encode(), metadata=[])
+        # a unary call the client ends without sending its one message (grpcio alone never
+        # answers it)
+        empty = channel.stream_unary(f"{SERVICE}/Predictions")
+        try:
+            empty(iter(()), metadata=auth, timeout=60)
+            outcomes["no request message"] = Outcome(grpc.StatusCode.OK, [])
+        except grpc.RpcError as error:
+            outcomes["no request message"] = Outcome(error.code(), [], error.details() or "")
         stream = channel.unary_stream(
             f"{SERVICE}/StreamPredictions",
             request_serializer=ts_pb2.PredictionsRequest.SerializeToString,
@@ -236,6 +245,7 @@ CASES = [
     "unknown model",
     "bad input",
     "missing token",
+    "no request message",
     *(label for label, _ in _management_steps()),
     "management without a key",
     "management with the inference key",
@@ -280,6 +290,7 @@ def test_the_cases_are_not_vacuous(outcomes: dict[str, dict[str, Outcome]]) -> N
     assert len(theirs["stream"].payloads) == 4
     assert theirs["unknown model"].code != grpc.StatusCode.OK
     assert theirs["missing token"].code != grpc.StatusCode.OK
+    assert theirs["no request message"].code == grpc.StatusCode.INTERNAL
     assert theirs["list to the last model"].payloads[0]["nextPageToken"] == "3"
     assert len(theirs["describe the new default"].payloads[0][0]) == 26
     assert theirs["describe the new default"].payloads[0][0]["modelVersion"] == "2.0"

@@ -3,9 +3,10 @@
 limits from the same keys as HTTP (docs/operations.md#limits).
 
 Every test drives the real processes over real sockets: raw TCP for connections that never
-speak or only open HTTP/2, grpcio for calls. One fault cannot be caused on loopback: a client
-whose network vanishes without closing its connection. A relay that stops passing bytes on
-(`_Blackhole`) stands in for it, and the test says so.
+speak or only open HTTP/2 (and hand-made HTTP/2 frames for a message begun and never
+finished, which no gRPC client sends), grpcio for calls. One fault cannot be caused on
+loopback: a client whose network vanishes without closing its connection. A relay that stops
+passing bytes on (`_Blackhole`) stands in for it, and the test says so.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack, suppress
+from typing import Any
 
 import grpc
 import pytest
@@ -30,6 +32,7 @@ MAX_CONNECTIONS = 4
 HEAD_TIMEOUT_S = 1.0
 IDLE_TIMEOUT_S = 1.5
 KEEPALIVE_S = 1.0
+MESSAGE_TIMEOUT_S = 4.0  # past a vanished client's keepalive cut-off, so each test sees its own
 MAX_MESSAGE = 64 * 1024
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # + SETTINGS
 SERVICE = "/org.pytorch.serve.grpc.inference.InferenceAPIsService"
@@ -45,6 +48,7 @@ def targets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
         "request_head_timeout_seconds": str(HEAD_TIMEOUT_S),
         "keepalive_timeout_seconds": str(IDLE_TIMEOUT_S),
         "grpc_keepalive_seconds": str(KEEPALIVE_S),
+        "request_body_timeout_seconds": str(MESSAGE_TIMEOUT_S),
         "max_request_size": str(MAX_MESSAGE),
     }
     with ExitStack() as stack:
@@ -61,6 +65,7 @@ def targets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
                 *("--request-head-timeout", str(HEAD_TIMEOUT_S)),
                 *("--keepalive-timeout", str(IDLE_TIMEOUT_S)),
                 *("--grpc-keepalive", str(KEEPALIVE_S)),
+                *("--request-body-timeout", str(MESSAGE_TIMEOUT_S)),
                 *("--max-request-bytes", str(MAX_MESSAGE)),
             )
         )
@@ -291,6 +296,163 @@ def test_a_client_that_vanishes_mid_call_is_cut_off_by_keepalive(
         return took
 
     took = asyncio.run(scenario())
-    # pinged after KEEPALIVE_S of silence, closed KEEPALIVE_S later without an answer
-    assert took is not None and took < 2 * KEEPALIVE_S + 4, took
+    # pinged after KEEPALIVE_S of silence, closed KEEPALIVE_S later without an answer (the
+    # stream's wait for a message would end at MESSAGE_TIMEOUT_S, its connection 1.5 s later)
+    assert took is not None and took < MESSAGE_TIMEOUT_S + 0.5, took
     assert _ping(targets[where]) == grpc.StatusCode.OK  # its call no longer holds a place
+
+
+async def _never_sends() -> AsyncIterator[bytes]:
+    await asyncio.sleep(3600)
+    yield b""
+
+
+async def _sends_nothing() -> AsyncIterator[bytes]:
+    return
+    yield b""
+
+
+async def _call_outcome(call: Any) -> tuple[grpc.StatusCode, str, float]:
+    started = time.monotonic()
+    try:
+        await call
+    except grpc.aio.AioRpcError as error:
+        return error.code(), error.details() or "", time.monotonic() - started
+    return grpc.StatusCode.OK, "", time.monotonic() - started
+
+
+@pytest.mark.parametrize("where", TARGETS)
+def test_a_unary_call_whose_message_never_comes_ends_after_the_body_timeout(
+    targets: dict[str, str], where: str
+) -> None:
+    """A client that opens a Predictions call and answers every ping but never sends the
+    request: DEADLINE_EXCEEDED after request_body_timeout_seconds (grpcio alone, and
+    TorchServe, keep the call as long as the client does), and its place is free again."""
+
+    async def scenario() -> tuple[grpc.StatusCode, str, float]:
+        async with grpc.aio.insecure_channel(targets[where]) as channel:
+            call = channel.stream_unary(f"{SERVICE}/Predictions")(_never_sends(), timeout=60)
+            return await _call_outcome(call)
+
+    code, details, took = asyncio.run(scenario())
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED, (code, details)
+    assert "request_body_timeout_seconds" in details
+    assert MESSAGE_TIMEOUT_S * 0.9 <= took < MESSAGE_TIMEOUT_S + 2, took
+    assert _ping(targets[where]) == grpc.StatusCode.OK
+
+
+@pytest.mark.parametrize("where", TARGETS)
+def test_a_unary_call_ended_without_its_message_is_internal_as_torchserve(
+    targets: dict[str, str], where: str
+) -> None:
+    """TorchServe (grpc-java) answers INTERNAL "Half-closed without a request"; grpcio alone
+    would never answer."""
+
+    async def scenario() -> tuple[grpc.StatusCode, str, float]:
+        async with grpc.aio.insecure_channel(targets[where]) as channel:
+            call = channel.stream_unary(f"{SERVICE}/Ping")(_sends_nothing(), timeout=10)
+            return await _call_outcome(call)
+
+    code, details, _ = asyncio.run(scenario())
+    assert code == grpc.StatusCode.INTERNAL
+    assert details.startswith("Half-closed without a request")
+
+
+@pytest.mark.parametrize("where", TARGETS)
+def test_a_stream_that_stops_sending_ends_after_the_body_timeout(
+    targets: dict[str, str], where: str
+) -> None:
+    """StreamPredictions2: one request answered, then nothing: the wait for the next one is
+    bounded as the first one's is (through the router, the server's bound reaches the
+    client)."""
+
+    async def scenario() -> tuple[list[bytes], grpc.StatusCode, str, float]:
+        stop = asyncio.Event()
+
+        async def one_then_silence() -> AsyncIterator[ts_pb2.PredictionsRequest]:
+            yield ts_pb2.PredictionsRequest(model_name="echo", input={"body": b'{"a": 1}'})
+            await stop.wait()
+
+        async with grpc.aio.insecure_channel(targets[where]) as channel:
+            stream = channel.stream_stream(
+                f"{SERVICE}/StreamPredictions2",
+                request_serializer=ts_pb2.PredictionsRequest.SerializeToString,
+                response_deserializer=ts_pb2.PredictionResponse.FromString,
+            )(one_then_silence(), timeout=60)
+            answers = [(await stream.read()).prediction]
+            started = time.monotonic()
+            code = await stream.code()
+            took = time.monotonic() - started
+            stop.set()
+            return answers, code, await stream.details() or "", took
+
+    answers, code, details, took = asyncio.run(scenario())
+    assert json.loads(answers[0])["batch"] == 1  # the echo handler's answer to the one request
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED, (code, details)
+    assert "request_body_timeout_seconds" in details
+    assert MESSAGE_TIMEOUT_S * 0.8 <= took < MESSAGE_TIMEOUT_S + 2, took
+
+
+def _frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
+    return (
+        len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+    )
+
+
+def _header(name: str, value: str) -> bytes:
+    """HPACK: a literal header field, not indexed, new name, no Huffman coding (< 127 bytes)."""
+    return bytes([0, len(name)]) + name.encode() + bytes([len(value)]) + value.encode()
+
+
+DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY = 0, 1, 3, 4, 6, 7
+END_STREAM, END_HEADERS, ACK = 0x1, 0x4, 0x1
+
+
+@pytest.mark.parametrize("where", TARGETS)
+def test_a_message_begun_and_never_finished_ends_after_the_body_timeout(
+    targets: dict[str, str], where: str
+) -> None:
+    """A client that sends a Predictions call's headers and the first 10 bytes of a message
+    announced as 1,000, then nothing, while it acknowledges every ping: the call is ended
+    (its trailers or a reset) after request_body_timeout_seconds."""
+    headers = b"".join(
+        _header(name, value)
+        for name, value in [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", f"{SERVICE}/Predictions"),
+            (":authority", targets[where]),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ]
+    )
+    begun = b"\0" + (1000).to_bytes(4, "big") + bytes(10)
+    with _connect(
+        targets[where],
+        PREFACE + _frame(HEADERS, END_HEADERS, 1, headers) + _frame(DATA, 0, 1, begun),
+    ) as sock:
+        started = time.monotonic()
+        ended: float | None = None
+        buffered = b""
+        sock.settimeout(0.2)
+        while ended is None and time.monotonic() - started < MESSAGE_TIMEOUT_S + 5:
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                continue
+            assert data, "the connection was closed before the call was ended"
+            buffered += data
+            while len(buffered) >= 9 and len(buffered) >= 9 + int.from_bytes(buffered[:3], "big"):
+                size = int.from_bytes(buffered[:3], "big")
+                kind, flags, stream = buffered[3], buffered[4], int.from_bytes(buffered[5:9], "big")
+                payload, buffered = buffered[9 : 9 + size], buffered[9 + size :]
+                if kind == SETTINGS and not flags & ACK:
+                    sock.sendall(_frame(SETTINGS, ACK, 0, b""))
+                elif kind == PING and not flags & ACK:
+                    sock.sendall(_frame(PING, ACK, 0, payload))
+                elif stream == 1 and (
+                    kind == RST_STREAM or (kind == HEADERS and flags & END_STREAM)
+                ):
+                    ended = time.monotonic() - started
+    assert ended is not None and MESSAGE_TIMEOUT_S * 0.9 <= ended < MESSAGE_TIMEOUT_S + 2, ended
+    assert _ping(targets[where]) == grpc.StatusCode.OK
