@@ -84,6 +84,7 @@ HALF_BODIES = 10
 VALID_CLIENTS = 2
 GRPC_SILENT = 30
 GRPC_IDLE = 10
+GRPC_STALLED = 20
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
 PREDICTIONS = "/org.pytorch.serve.grpc.inference.InferenceAPIsService/Predictions"
 
@@ -375,6 +376,24 @@ class Abuse:
                     sock.close()
             stop.wait(2)
 
+    def grpc_stalled(self, stop: threading.Event) -> None:
+        """Rounds of calls whose request message never comes (the client answers pings): each
+        must end DEADLINE_EXCEEDED after request_body_timeout_seconds."""
+        limit = float(LIMITS["request_body_timeout_seconds"])
+        with grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}") as channel:
+            predict = channel.stream_unary(PREDICTIONS)
+            while not stop.is_set():
+                round_over = threading.Event()
+                calls = [
+                    predict.future(_waits_for(round_over), timeout=limit + 30)
+                    for _ in range(GRPC_STALLED)
+                ]
+                for call in calls:
+                    error = call.exception()
+                    ended = error is not None and error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                    self.count("grpc_stalled_ended" if ended else "grpc_stalled_other")
+                round_over.set()  # lets the requests' sending threads go
+
     def grpc_oversized(self, stop: threading.Event) -> None:
         request = ts_pb2.PredictionsRequest(model_name="echo", input={"body": bytes(2_500_000)})
         with grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}") as channel:
@@ -387,6 +406,13 @@ class Abuse:
                     exhausted = error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
                     self.count("grpc_oversized_refused" if exhausted else "grpc_oversized_other")
                 stop.wait(0.2)
+
+
+def _waits_for(event: threading.Event) -> Iterator[bytes]:
+    """A request stream that sends nothing until `event` is set."""
+    event.wait()
+    return
+    yield b""
 
 
 def _closed_by_peer(sock: socket.socket) -> bool:
@@ -482,6 +508,7 @@ def run(
             abuse.grpc_idle,
             abuse.grpc_over_cap,
             abuse.grpc_oversized,
+            abuse.grpc_stalled,
         ]
         attackers = [
             threading.Thread(target=kind, args=(stop_abuse,), daemon=True) for kind in kinds
