@@ -18,13 +18,14 @@ limits onto gRPC's own mechanisms, so one config key bounds both protocols:
 - message sizes: `max_receive_bytes` and `max_send_bytes` (RESOURCE_EXHAUSTED beyond);
 - `max_head_bytes`: a call's metadata, its headers (RESOURCE_EXHAUSTED beyond; gRPC's own
   default refuses some calls past 8 KiB and all past 16 KiB, where HTTP takes 64 KiB);
-- `message_timeout`: a request message must arrive whole within this long of the listener
-  waiting for it (DEADLINE_EXCEEDED, and the call's place is free again): a unary call's one
-  message from the call's start, each message of a request stream from when the service asks
-  for the next. grpcio itself waits forever for a message that was begun and never finished,
-  or never begun, however often the client answers pings. Where a service reads a request
-  stream at the same time as it answers (the router relays both ways at once), only the
-  unary messages are bounded here (`bound_streams`): the variant behind bounds the stream.
+- `message_timeout`: a unary call's one request message must arrive whole within this long
+  of the call's start, and `idle_timeout` bounds a request stream's wait for its next message
+  from when the service asks for it (a stream between two requests is idle, as a keep-alive
+  connection between two requests is): DEADLINE_EXCEEDED beyond, and the call's place is free
+  again. grpcio itself waits forever for a message that was begun and never finished, or never
+  begun, however often the client answers pings. Where a service reads a request stream at the
+  same time as it answers (the router relays both ways at once), only the unary messages are
+  bounded here (`bound_streams`): the variant behind bounds the stream.
 """
 
 from __future__ import annotations
@@ -107,8 +108,9 @@ class _MessageDeadlines:
     measured); an entry in a dictionary costs next to nothing, and a wait ended up to half a
     second late bounds it as well."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, late: str) -> None:
         self.seconds = seconds
+        self._late = late  # what DEADLINE_EXCEEDED says
         self._waiting: dict[asyncio.Task[Any], float] = {}
         self._expired: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
@@ -128,11 +130,7 @@ class _MessageDeadlines:
                 raise
             self._expired.discard(task)
             task.uncancel()
-            await context.abort(
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                f"The request message did not arrive within {self.seconds:g} s "
-                "(request_body_timeout_seconds)",
-            )
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, self._late)
             raise AssertionError("abort returned") from None  # abort always raises
         finally:
             self._waiting.pop(task, None)
@@ -175,12 +173,22 @@ class _Bounded(grpc.GenericRpcHandler):
     that, so each method taking one message is served as one taking a stream (the same bytes
     on the wire) that reads its message itself."""
 
-    def __init__(
-        self, inner: grpc.GenericRpcHandler, deadlines: _MessageDeadlines, bound_streams: bool
-    ) -> None:
+    def __init__(self, inner: grpc.GenericRpcHandler, limits: GrpcLimits) -> None:
         self._inner = inner
-        self._deadlines = deadlines
-        self._bound_streams = bound_streams
+        self._unary = _MessageDeadlines(
+            limits.message_timeout,
+            f"The request message did not arrive within {limits.message_timeout:g} s "
+            "(request_body_timeout_seconds)",
+        )
+        self._streams = (
+            _MessageDeadlines(
+                limits.idle_timeout,
+                f"No request message came on this stream for {limits.idle_timeout:g} s "
+                "(keepalive_timeout_seconds)",
+            )
+            if limits.bound_streams
+            else None
+        )
 
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         handler = self._inner.service(details)
@@ -188,7 +196,7 @@ class _Bounded(grpc.GenericRpcHandler):
             return None
         deserialize, serialize = handler.request_deserializer, handler.response_serializer
         if handler.request_streaming:
-            if not self._bound_streams or not handler.response_streaming:
+            if self._streams is None or not handler.response_streaming:
                 return handler
             return grpc.stream_stream_rpc_method_handler(
                 partial(self._stream, handler.stream_stream), deserialize, serialize
@@ -204,12 +212,12 @@ class _Bounded(grpc.GenericRpcHandler):
     async def _one_to_one(
         self, method: Callable[[Any, Context], Awaitable[Any]], _: Any, context: Context
     ) -> Any:
-        return await method(await self._deadlines.one(context), context)
+        return await method(await self._unary.one(context), context)
 
     async def _one_to_stream(
         self, method: Callable[[Any, Context], AsyncIterator[Any]], _: Any, context: Context
     ) -> AsyncIterator[Any]:
-        async for reply in method(await self._deadlines.one(context), context):
+        async for reply in method(await self._unary.one(context), context):
             yield reply
 
     async def _stream(
@@ -218,7 +226,8 @@ class _Bounded(grpc.GenericRpcHandler):
         _: Any,
         context: Context,
     ) -> AsyncIterator[Any]:
-        async for reply in method(self._deadlines.each(context), context):
+        assert self._streams is not None
+        async for reply in method(self._streams.each(context), context):
             yield reply
 
 
@@ -234,10 +243,7 @@ async def start_server(
     server = grpc.aio.server(
         options=limits.options(), maximum_concurrent_rpcs=limits.max_connections
     )
-    deadlines = _MessageDeadlines(limits.message_timeout)
-    server.add_generic_rpc_handlers(
-        [_Bounded(handler, deadlines, limits.bound_streams) for handler in handlers]
-    )
+    server.add_generic_rpc_handlers([_Bounded(handler, limits) for handler in handlers])
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         if credentials is None:

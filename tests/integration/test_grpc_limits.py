@@ -30,7 +30,7 @@ from tests.serving import serve
 
 MAX_CONNECTIONS = 4
 HEAD_TIMEOUT_S = 1.0
-IDLE_TIMEOUT_S = 1.5
+IDLE_TIMEOUT_S = 1.5  # a connection without calls; also a request stream's pauses
 KEEPALIVE_S = 1.0
 MESSAGE_TIMEOUT_S = 4.0  # past a vanished client's keepalive cut-off, so each test sees its own
 MAX_MESSAGE = 64 * 1024
@@ -279,7 +279,8 @@ def test_a_client_that_vanishes_mid_call_is_cut_off_by_keepalive(
         await relay.start()
         stop = asyncio.Event()
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{relay.port}")
-        stream = channel.stream_stream(f"{SERVICE}/StreamPredictions2")(_waiting_requests(stop))
+        # a Predictions call whose message is still to come (bounded by MESSAGE_TIMEOUT_S)
+        stream = channel.stream_unary(f"{SERVICE}/Predictions")(_waiting_requests(stop))
         await stream.wait_for_connection()
         await asyncio.sleep(0.3)
         relay.vanish()
@@ -297,7 +298,7 @@ def test_a_client_that_vanishes_mid_call_is_cut_off_by_keepalive(
 
     took = asyncio.run(scenario())
     # pinged after KEEPALIVE_S of silence, closed KEEPALIVE_S later without an answer (the
-    # stream's wait for a message would end at MESSAGE_TIMEOUT_S, its connection 1.5 s later)
+    # call's wait for its message would end at MESSAGE_TIMEOUT_S, its connection later still)
     assert took is not None and took < MESSAGE_TIMEOUT_S + 0.5, took
     assert _ping(targets[where]) == grpc.StatusCode.OK  # its call no longer holds a place
 
@@ -359,12 +360,12 @@ def test_a_unary_call_ended_without_its_message_is_internal_as_torchserve(
 
 
 @pytest.mark.parametrize("where", TARGETS)
-def test_a_stream_that_stops_sending_ends_after_the_body_timeout(
+def test_a_stream_that_stops_sending_ends_after_the_keepalive_timeout(
     targets: dict[str, str], where: str
 ) -> None:
-    """StreamPredictions2: one request answered, then nothing: the wait for the next one is
-    bounded as the first one's is (through the router, the server's bound reaches the
-    client)."""
+    """StreamPredictions2: one request answered, then nothing: a stream between requests is
+    idle, and its wait for the next one ends after keepalive_timeout_seconds (through the
+    router, the server's bound reaches the client)."""
 
     async def scenario() -> tuple[list[bytes], grpc.StatusCode, str, float]:
         stop = asyncio.Event()
@@ -389,8 +390,8 @@ def test_a_stream_that_stops_sending_ends_after_the_body_timeout(
     answers, code, details, took = asyncio.run(scenario())
     assert json.loads(answers[0])["batch"] == 1  # the echo handler's answer to the one request
     assert code == grpc.StatusCode.DEADLINE_EXCEEDED, (code, details)
-    assert "request_body_timeout_seconds" in details
-    assert MESSAGE_TIMEOUT_S * 0.8 <= took < MESSAGE_TIMEOUT_S + 2, took
+    assert "keepalive_timeout_seconds" in details
+    assert IDLE_TIMEOUT_S * 0.8 <= took < IDLE_TIMEOUT_S + 2, took
 
 
 def _frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
