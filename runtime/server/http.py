@@ -18,6 +18,10 @@ config keys in docs/operations.md): the request head is cut off at `max_head_byt
 reaches the parser (431, or 414 when the URL is what grew), so parsing cost stays linear; a head
 must complete within `head_timeout` and a body must keep arriving (`body_timeout` between reads),
 else 408; a listener holds at most `max_connections`, and the next one gets 503 and is closed.
+Answers wait for the client to read them: while the transport's buffer is over its high-water
+mark no further pipelined request is served (a client that sends requests and reads nothing
+would otherwise make the server hold every answer), and a client that leaves its answer
+unread for `body_timeout` has its connection aborted, the buffered answer dropped.
 Refusals use a lingering close (answer, half-close, discard input for a moment), so a client
 that is still sending reads the answer instead of a reset. Response headers are checked before
 they are written: a value with CR/LF or outside latin-1 becomes a 500 that says which header.
@@ -46,10 +50,13 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import ssl
+import struct
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from http import HTTPStatus
@@ -124,7 +131,7 @@ class HttpLimits:
     max_body_bytes: int = 6_553_500
     max_head_bytes: int = 64 * 1024  # request line + headers
     head_timeout: float = 10.0  # from the first byte of a head (or the connection) to its end
-    body_timeout: float = 30.0  # longest pause between two reads of a body
+    body_timeout: float = 30.0  # longest pause between two reads of a body, or of an answer
     keepalive_timeout: float = 75.0
     max_connections: int = 1000  # per listener
     max_buffered_body_bytes: int = 512 * 1024 * 1024  # bodies still arriving, per listener
@@ -137,6 +144,7 @@ class InvalidHeader(ValueError):
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 _DIRECT_WRITE_BYTES = 64 * 1024
 _LINGER_S = 1.0  # after a refusal: how long input is read and dropped before closing
+_RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close sends RST, drops the rest
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _UNSAFE_VALUE = re.compile(r"[\r\n\x00]")
 _SUPPORTED_VERSIONS = ("1.1", "1.0")
@@ -279,6 +287,7 @@ class _Connection(asyncio.Protocol):
         self._deadline = 0.0
         self._on_deadline: Callable[[], object] | None = None
         self._writable: asyncio.Event | None = None  # made by the first pause_writing()
+        self._unread: asyncio.TimerHandle | None = None  # while writing is paused
         self.closing = False
 
     # asyncio.Protocol
@@ -333,10 +342,35 @@ class _Connection(asyncio.Protocol):
         if self._writable is None:
             self._writable = asyncio.Event()
         self._writable.clear()
+        if self._unread is None:
+            loop = asyncio.get_running_loop()
+            self._unread = loop.call_later(self._limits.body_timeout, self._answer_unread)
 
     def resume_writing(self) -> None:
+        if self._unread is not None:
+            self._unread.cancel()
+            self._unread = None
         if self._writable is not None:
             self._writable.set()
+        if self._task is None and self._pending and self._transport is not None:
+            self._transport.resume_reading()
+            self._start_next()  # a pipelined request that waited for its turn to be read
+
+    def _writing(self) -> bool:
+        """Whether the client reads what is written (writing is not paused)."""
+        return self._writable is None or self._writable.is_set()
+
+    def _answer_unread(self) -> None:
+        """The client has read nothing of its answer for body_timeout: drop it, and what the
+        kernel still holds for it (a reset, not a close that would wait to deliver it)."""
+        self._unread = None
+        if self._transport is None:
+            return
+        sock = self._transport.get_extra_info("socket")
+        if sock is not None:
+            with suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+        self._transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
@@ -344,6 +378,9 @@ class _Connection(asyncio.Protocol):
         self._transport = None
         if self._writable is not None:
             self._writable.set()
+        if self._unread is not None:
+            self._unread.cancel()
+            self._unread = None
         self._cancel_timer()
         if self._timer is not None:
             self._timer.cancel()  # nothing is due any more: do not keep the connection alive
@@ -448,7 +485,7 @@ class _Connection(asyncio.Protocol):
         )
         self._body = []
         self._pending.append((request, self._parser.should_keep_alive()))
-        if self._task is None:
+        if self._task is None and self._writing():
             self._start_next()
         elif len(self._pending) > 1 and self._transport is not None:
             self._transport.pause_reading()  # bound what one pipelining client can buffer
@@ -564,8 +601,9 @@ class _Connection(asyncio.Protocol):
         if self._transport is None or self._transport.is_closing():
             return
         if self._pending:
-            self._transport.resume_reading()
-            self._start_next()
+            if self._writing():  # else resume_writing serves it once the client reads
+                self._transport.resume_reading()
+                self._start_next()
         elif self.closing:
             self._transport.close()
         elif not self._head_started:

@@ -7,6 +7,7 @@ with short limits, so a hang shows up as a socket timeout of a few seconds, not 
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import closing
@@ -27,7 +28,14 @@ LIMITS = HttpLimits(
 )
 
 
+BIG = 1_000_000
+served: list[str] = []  # paths the app answered, in order
+
+
 async def app(request: Request) -> Response:
+    served.append(request.path)
+    if request.path == "/big":
+        return Response(200, b"x" * BIG)
     if request.path == "/raise":
         raise RuntimeError("secret detail")
     if request.path == "/crlf":
@@ -221,3 +229,39 @@ def test_pipelined_requests_are_answered_in_order(server: Running) -> None:
         buffer = bytearray()
         paths = [json.loads(read_response(sock, buffer)[2])["path"] for _ in range(3)]
     assert paths == ["/p0", "/p1", "/p2"]
+
+
+def _receiving_little(server: Running, size: int) -> socket.socket:
+    sock = server.connect()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)  # the kernel keeps little for us
+    return sock
+
+
+def test_a_client_that_reads_no_answers_gets_no_more_served(server: Running) -> None:
+    """50 pipelined requests for 1 MB answers, none read: the server answers what the socket
+    buffers take, then serves no more (it would otherwise hold 50 MB for a client that reads
+    nothing), and drops the connection once nothing was read for the body timeout."""
+    served.clear()
+    with closing(_receiving_little(server, 4096)) as sock:
+        sock.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n" * 50)
+        time.sleep(LIMITS.body_timeout + 1.0)
+        assert 1 <= len(served) <= 10, served  # what the kernel's buffers took, not 50
+        assert not server.server.connections  # aborted, its buffered answers dropped
+        sock.settimeout(5)
+        with pytest.raises(ConnectionResetError):
+            while sock.recv(1 << 20):
+                pass
+
+
+def test_a_slow_reader_gets_every_answer(server: Running) -> None:
+    """Backpressure, not a cut: a client that reads its pipelined answers, if slowly, gets
+    every one."""
+    served.clear()
+    with closing(_receiving_little(server, 65536)) as sock:
+        sock.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n" * 8)  # more than kernels hold
+        buffer = bytearray()
+        sizes = []
+        for _ in range(8):
+            time.sleep(LIMITS.body_timeout / 2)  # slower than the server, quicker than its limit
+            sizes.append(len(read_response(sock, buffer)[2]))
+    assert sizes == [BIG] * 8
