@@ -20,8 +20,9 @@ must complete within `head_timeout` and a body must keep arriving (`body_timeout
 else 408; a listener holds at most `max_connections`, and the next one gets 503 and is closed.
 Answers wait for the client to read them: while the transport's buffer is over its high-water
 mark no further pipelined request is served (a client that sends requests and reads nothing
-would otherwise make the server hold every answer), and a client that leaves its answer
-unread for `body_timeout` has its connection aborted, the buffered answer dropped.
+would otherwise make the server hold every answer), and a client that reads nothing of its
+answer for `body_timeout` has its connection reset, the answer dropped (one that reads slowly
+keeps it).
 Refusals use a lingering close (answer, half-close, discard input for a moment), so a client
 that is still sending reads the answer instead of a reset. Response headers are checked before
 they are written: a value with CR/LF or outside latin-1 becomes a 500 that says which header.
@@ -49,10 +50,12 @@ responses this way, and the router relays an upstream's streamed answer through 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import re
 import socket
 import ssl
 import struct
+import termios
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -131,7 +134,7 @@ class HttpLimits:
     max_body_bytes: int = 6_553_500
     max_head_bytes: int = 64 * 1024  # request line + headers
     head_timeout: float = 10.0  # from the first byte of a head (or the connection) to its end
-    body_timeout: float = 30.0  # longest pause between two reads of a body, or of an answer
+    body_timeout: float = 30.0  # longest pause in reading a body, or in the client reading ours
     keepalive_timeout: float = 75.0
     max_connections: int = 1000  # per listener
     max_buffered_body_bytes: int = 512 * 1024 * 1024  # bodies still arriving, per listener
@@ -253,6 +256,19 @@ def _checked_header_line(name: str, value: str) -> bytes:
         ) from None
 
 
+def _unsent(transport: asyncio.Transport) -> int:
+    """Bytes written and not yet taken by the client: the transport's buffer and the kernel's
+    send queue (the kernel takes more from the transport only once half its queue is free, so
+    a slow reader's progress shows there first)."""
+    unsent = transport.get_write_buffer_size()
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with suppress(OSError):
+            queued = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+            unsent += struct.unpack("i", queued)[0]
+    return unsent
+
+
 class _Connection(asyncio.Protocol):
     """One client connection: parses requests and answers them in order (pipelining safe).
 
@@ -288,6 +304,7 @@ class _Connection(asyncio.Protocol):
         self._on_deadline: Callable[[], object] | None = None
         self._writable: asyncio.Event | None = None  # made by the first pause_writing()
         self._unread: asyncio.TimerHandle | None = None  # while writing is paused
+        self._unsent = 0  # bytes waiting to be sent when _unread was armed
         self.closing = False
 
     # asyncio.Protocol
@@ -342,7 +359,8 @@ class _Connection(asyncio.Protocol):
         if self._writable is None:
             self._writable = asyncio.Event()
         self._writable.clear()
-        if self._unread is None:
+        if self._unread is None and self._transport is not None:
+            self._unsent = _unsent(self._transport)
             loop = asyncio.get_running_loop()
             self._unread = loop.call_later(self._limits.body_timeout, self._answer_unread)
 
@@ -361,10 +379,17 @@ class _Connection(asyncio.Protocol):
         return self._writable is None or self._writable.is_set()
 
     def _answer_unread(self) -> None:
-        """The client has read nothing of its answer for body_timeout: drop it, and what the
-        kernel still holds for it (a reset, not a close that would wait to deliver it)."""
+        """body_timeout after writing paused: if the client has read some of its answer since
+        (less of it waits), it gets as long again; if nothing, the answer is dropped, and what
+        the kernel still holds for it (a reset, not a close that would wait to deliver it)."""
         self._unread = None
         if self._transport is None:
+            return
+        unsent = _unsent(self._transport)
+        if unsent < self._unsent:  # while paused nothing is added: less means it was read
+            self._unsent = unsent
+            loop = asyncio.get_running_loop()
+            self._unread = loop.call_later(self._limits.body_timeout, self._answer_unread)
             return
         sock = self._transport.get_extra_info("socket")
         if sock is not None:

@@ -29,6 +29,7 @@ LIMITS = HttpLimits(
 
 
 BIG = 1_000_000
+MEDIUM = 6_000_000  # more than the kernel's send queue takes, so writing pauses
 served: list[str] = []  # paths the app answered, in order
 
 
@@ -36,6 +37,8 @@ async def app(request: Request) -> Response:
     served.append(request.path)
     if request.path == "/big":
         return Response(200, b"x" * BIG)
+    if request.path == "/medium":
+        return Response(200, b"x" * MEDIUM)
     if request.path == "/raise":
         raise RuntimeError("secret detail")
     if request.path == "/crlf":
@@ -265,3 +268,21 @@ def test_a_slow_reader_gets_every_answer(server: Running) -> None:
             time.sleep(LIMITS.body_timeout / 2)  # slower than the server, quicker than its limit
             sizes.append(len(read_response(sock, buffer)[2]))
     assert sizes == [BIG] * 8
+
+
+def test_an_answer_read_slowly_for_longer_than_the_body_timeout_arrives_whole(
+    server: Running,
+) -> None:
+    """The timeout is for a client that reads nothing: one that keeps reading, if slowly,
+    gets its answer however long that takes."""
+    with closing(_receiving_little(server, 65536)) as sock:
+        sock.sendall(b"GET /medium HTTP/1.1\r\nHost: x\r\n\r\n")
+        started = time.monotonic()
+        data = bytearray()
+        while b"\r\n\r\n" not in data or len(data) < data.index(b"\r\n\r\n") + 4 + MEDIUM:
+            chunk = sock.recv(65536)
+            assert chunk, f"closed after {len(data)} bytes"
+            data += chunk
+            time.sleep(0.04)
+        took = time.monotonic() - started
+    assert took > 3 * LIMITS.body_timeout, took  # the answer was paused long enough to count
