@@ -627,6 +627,7 @@ ROUTER_FOLLOWS = (
     ("request_body_timeout_seconds", "--request-body-timeout"),
     ("keepalive_timeout_seconds", "--keepalive-timeout"),
     ("grpc_keepalive_seconds", "--grpc-keepalive"),
+    ("grpc_max_connection_age_seconds", "--grpc-max-connection-age"),
 )
 """Server keys (`TS_<KEY>` in runtime.env) whose largest value among the variants the router
 takes as its flag of the same meaning."""

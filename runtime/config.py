@@ -98,6 +98,7 @@ class ServerConfig:
     grpc_inference_port: int = 0
     grpc_management_port: int = 0
     grpc_keepalive_seconds: float = 60.0  # a silent connection is pinged (grpc_listener.py)
+    grpc_max_connection_age_seconds: float = 300.0  # then GOAWAY, as long again for its calls
     # TLS (TorchServe's keys): https:// addresses and enable_grpc_ssl use this pair of PEM files
     certificate_file: Path | None = None
     private_key_file: Path | None = None
@@ -147,6 +148,7 @@ _FLOAT_KEYS = {
     "download_stall_timeout_seconds",
     "certificate_reload_interval_seconds",
     "grpc_keepalive_seconds",
+    "grpc_max_connection_age_seconds",
 }
 _OPTIONAL_INT_KEYS = {"default_workers_per_model", "number_of_gpu", "max_workers_per_model"}
 _BOOL_KEYS = {
@@ -303,6 +305,7 @@ _POSITIVE_KEYS = (
     "keepalive_timeout_seconds",
     "certificate_reload_interval_seconds",
     "grpc_keepalive_seconds",
+    "grpc_max_connection_age_seconds",
 )
 
 

@@ -26,7 +26,12 @@ from marfleet.runtime.router.trust import GRACE_SECONDS, UpstreamTrust
 from marfleet.runtime.router.upstream import Timeouts, UpstreamPool, upstream_tls
 from marfleet.runtime.server.certificates import ServingCertificate
 from marfleet.runtime.server.errors import error_response, kserve_errors
-from marfleet.runtime.server.grpc_listener import DEFAULT_KEEPALIVE_S, GrpcLimits, start_server
+from marfleet.runtime.server.grpc_listener import (
+    DEFAULT_KEEPALIVE_S,
+    DEFAULT_MAX_AGE_S,
+    GrpcLimits,
+    start_server,
+)
 from marfleet.runtime.server.http import HttpLimits, HttpServer, Request, Response
 
 log = logging.getLogger("marfleet.router")
@@ -55,6 +60,7 @@ class RouterSettings:
     upstream_ca_reload_seconds: float = 30.0
     upstream_ca_grace_seconds: float = GRACE_SECONDS  # how long a replaced CA stays trusted
     grpc_keepalive: float = DEFAULT_KEEPALIVE_S  # a silent gRPC connection is pinged
+    grpc_max_connection_age: float = DEFAULT_MAX_AGE_S  # then GOAWAY; as long again to close
     grpc_max_response_bytes: int = HttpLimits.max_body_bytes  # a variant's gRPC message
     certificate: ServingCertificate | None = None  # None: the front speaks plain HTTP and gRPC
     certificate_reload_seconds: float = 30.0
@@ -167,6 +173,7 @@ async def run(settings: RouterSettings) -> int:
             settings.limits,
             max_send_bytes=settings.grpc_max_response_bytes,
             keepalive=settings.grpc_keepalive,
+            max_age=settings.grpc_max_connection_age,
             # the router reads a request stream while it relays the answers: the variant
             # bounds the pauses in it
             bound_streams=False,

@@ -30,7 +30,7 @@ from marfleet.runtime.router.table import Mirror, Routing
 from marfleet.runtime.router.trust import GRACE_SECONDS
 from marfleet.runtime.router.upstream import Timeouts
 from marfleet.runtime.server.certificates import CertificateError, ServingCertificate, read_pem
-from marfleet.runtime.server.grpc_listener import DEFAULT_KEEPALIVE_S
+from marfleet.runtime.server.grpc_listener import DEFAULT_KEEPALIVE_S, DEFAULT_MAX_AGE_S
 from marfleet.runtime.server.http import HttpLimits
 from marfleet.runtime.server.logs import configure_logging
 
@@ -151,6 +151,13 @@ def parser() -> argparse.ArgumentParser:
         "does not answer within as long again (at most 20 s) is closed with its calls",
     )
     p.add_argument(
+        "--grpc-max-connection-age",
+        type=float,
+        default=DEFAULT_MAX_AGE_S,
+        help="seconds after which a gRPC client connection is sent GOAWAY (clients reconnect "
+        "for their next calls); it is closed, with what its calls hold, as long again later",
+    )
+    p.add_argument(
         "--certificate-file",
         default=None,
         metavar="FILE",
@@ -245,6 +252,9 @@ def settings_from(argv: Sequence[str], environ: Mapping[str, str]) -> RouterSett
         grpc_port=args.grpc_port,
         grpc_max_response_bytes=_positive_int(args.max_response_bytes, "--max-response-bytes"),
         grpc_keepalive=_positive(args.grpc_keepalive, "--grpc-keepalive"),
+        grpc_max_connection_age=_positive(
+            args.grpc_max_connection_age, "--grpc-max-connection-age"
+        ),
         grpc_backends=_grpc_backends(backends, args.grpc_backend_port, args.grpc_backend),
         drain_seconds=args.drain_seconds,
         log_level=args.log_level,

@@ -195,6 +195,7 @@ class ModelServer:
             limits,
             max_send_bytes=config.max_response_size,
             keepalive=config.grpc_keepalive_seconds,
+            max_age=config.grpc_max_connection_age_seconds,
             bound_streams=True,
         )
         certificate = serving_certificate(config)

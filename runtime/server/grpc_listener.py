@@ -15,6 +15,11 @@ limits onto gRPC's own mechanisms, so one config key bounds both protocols:
 - `keepalive`: a connection silent for this long is pinged, and closed with its calls when the
   ping is not answered within as long again (at most 20 s): a vanished client's calls end and
   free their places;
+- `max_age`: a connection this old is sent GOAWAY (clients open a new one for their next
+  calls, which also spreads long-lived clients over pods added since) and closed, with what its
+  calls still hold, once as long again has passed: the one bound on an answer the client never
+  reads, which gRPC's flow control keeps in the server's memory (a grpcio server cannot reset
+  one stream), however often the client answers pings;
 - message sizes: `max_receive_bytes` and `max_send_bytes` (RESOURCE_EXHAUSTED beyond);
 - `max_head_bytes`: a call's metadata, its headers (RESOURCE_EXHAUSTED beyond; gRPC's own
   default refuses some calls past 8 KiB and all past 16 KiB, where HTTP takes 64 KiB);
@@ -40,6 +45,7 @@ import grpc
 from marfleet.runtime.server.http import HttpLimits
 
 DEFAULT_KEEPALIVE_S = 60.0
+DEFAULT_MAX_AGE_S = 300.0
 _MAX_PING_WAIT_S = 20.0
 _SWEEP_S = 0.5
 
@@ -58,11 +64,18 @@ class GrpcLimits:
     idle_timeout: float
     message_timeout: float
     keepalive: float = DEFAULT_KEEPALIVE_S
+    max_age: float = DEFAULT_MAX_AGE_S
     bound_streams: bool = True
 
     @classmethod
     def of(
-        cls, http: HttpLimits, *, max_send_bytes: int, keepalive: float, bound_streams: bool
+        cls,
+        http: HttpLimits,
+        *,
+        max_send_bytes: int,
+        keepalive: float,
+        max_age: float,
+        bound_streams: bool,
     ) -> GrpcLimits:
         """The gRPC side of a listener's HTTP limits."""
         return cls(
@@ -74,6 +87,7 @@ class GrpcLimits:
             idle_timeout=http.keepalive_timeout,
             message_timeout=http.body_timeout,
             keepalive=keepalive,
+            max_age=max_age,
             bound_streams=bound_streams,
         )
 
@@ -92,6 +106,8 @@ class GrpcLimits:
             ("grpc.keepalive_timeout_ms", ping_wait),
             ("grpc.http2.ping_timeout_ms", ping_wait),  # what grpcio >= 1.6x waits for an ack
             ("grpc.http2.max_pings_without_data", 0),  # keep pinging a stream that sends nothing
+            ("grpc.max_connection_age_ms", _ms(self.max_age)),
+            ("grpc.max_connection_age_grace_ms", _ms(self.max_age)),
         ]
 
 

@@ -405,7 +405,7 @@ def _header(name: str, value: str) -> bytes:
     return bytes([0, len(name)]) + name.encode() + bytes([len(value)]) + value.encode()
 
 
-DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY = 0, 1, 3, 4, 6, 7
+DATA, HEADERS, RST_STREAM, SETTINGS, PING = 0, 1, 3, 4, 6
 END_STREAM, END_HEADERS, ACK = 0x1, 0x4, 0x1
 
 
@@ -457,3 +457,108 @@ def test_a_message_begun_and_never_finished_ends_after_the_body_timeout(
                     ended = time.monotonic() - started
     assert ended is not None and MESSAGE_TIMEOUT_S * 0.9 <= ended < MESSAGE_TIMEOUT_S + 2, ended
     assert _ping(targets[where]) == grpc.StatusCode.OK
+
+
+AGE_S = 1.0
+
+
+@pytest.fixture(scope="module")
+def aging(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A server and a router before it whose gRPC connections age out after AGE_S."""
+    root = tmp_path_factory.mktemp("grpc-age")
+    with ExitStack() as stack:
+        server = stack.enter_context(
+            serve(
+                build_store(root),
+                root / "run",
+                models=["echo.mar"],
+                properties={"grpc_max_connection_age_seconds": str(AGE_S)},
+            )
+        )
+        grpc_port = free_port()
+        stack.enter_context(
+            router(
+                {"stable": server.inference},
+                *("--weights", "stable=100", "--grpc-port", str(grpc_port)),
+                f"--grpc-backend=stable={server.grpc}",
+                *("--grpc-max-connection-age", str(AGE_S)),
+            )
+        )
+        yield {"server": server.grpc, "router": f"127.0.0.1:{grpc_port}"}
+
+
+@pytest.mark.parametrize("where", TARGETS)
+def test_answers_never_read_are_dropped_with_their_connection_at_its_age(
+    aging: dict[str, str], where: str
+) -> None:
+    """Ten Predictions calls for 1 MB answers on a connection that never opens its flow-control
+    window, while it acknowledges every ping: gRPC keeps the answers in the server's memory
+    until the connection closes, which it does twice its age after it opened."""
+    message = ts_pb2.PredictionsRequest(
+        model_name="echo", input={"body": json.dumps({"pad": 1_000_000}).encode()}
+    ).SerializeToString()
+    call = b"".join(
+        _header(name, value)
+        for name, value in [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", f"{SERVICE}/Predictions"),
+            (":authority", aging[where]),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ]
+    )
+    first = PREFACE
+    for stream in range(1, 21, 2):
+        first += _frame(HEADERS, END_HEADERS, stream, call)
+        first += _frame(DATA, END_STREAM, stream, b"\0" + len(message).to_bytes(4, "big") + message)
+    with _connect(aging[where], first) as sock:
+        closed = _acknowledging_until_closed(sock, 4 * AGE_S + 5)
+    assert closed is not None and AGE_S <= closed < 2 * AGE_S + 3, closed
+    assert _ping(aging[where]) == grpc.StatusCode.OK
+
+
+def _acknowledging_until_closed(sock: socket.socket, limit: float) -> float | None:
+    """Seconds until the peer closes `sock`, acknowledging its SETTINGS and pings meanwhile
+    and never sending a WINDOW_UPDATE; None if it is still open after `limit`."""
+    started = time.monotonic()
+    buffered = b""
+    sock.settimeout(0.1)
+    while time.monotonic() - started < limit:
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            continue
+        except OSError:
+            return time.monotonic() - started
+        if not data:
+            return time.monotonic() - started
+        buffered += data
+        while len(buffered) >= 9 and len(buffered) >= 9 + int.from_bytes(buffered[:3], "big"):
+            size = int.from_bytes(buffered[:3], "big")
+            kind, flags = buffered[3], buffered[4]
+            payload, buffered = buffered[9 : 9 + size], buffered[9 + size :]
+            if kind == SETTINGS and not flags & ACK:
+                sock.sendall(_frame(SETTINGS, ACK, 0, b""))
+            elif kind == PING and not flags & ACK:
+                sock.sendall(_frame(PING, ACK, 0, payload))
+    return None
+
+
+@pytest.mark.parametrize("where", TARGETS)
+def test_a_client_calls_on_across_its_connections_ages(aging: dict[str, str], where: str) -> None:
+    """One grpcio channel calling without a pause for four connection ages (each call takes
+    the echo model's 300 ms batch delay): every call is answered, the client moving to a new
+    connection after each GOAWAY."""
+    with grpc.insecure_channel(aging[where]) as channel:
+        predict = channel.unary_unary(
+            f"{SERVICE}/Predictions",
+            request_serializer=ts_pb2.PredictionsRequest.SerializeToString,
+            response_deserializer=ts_pb2.PredictionResponse.FromString,
+        )
+        request = ts_pb2.PredictionsRequest(model_name="echo", input={"body": b'{"a": 1}'})
+        answered, started = 0, time.monotonic()
+        while time.monotonic() - started < 4 * AGE_S:
+            predict(request, timeout=10)
+            answered += 1
+    assert answered >= 8
