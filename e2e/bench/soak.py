@@ -54,6 +54,7 @@ import psutil
 from marfleet.operator.render import ROUTER_FOLLOWS
 from marfleet.runtime.server.protos import inference_pb2 as ts_pb2
 
+from e2e import h2raw
 from e2e.bench.router_procs import router
 from e2e.bench.servers import RunningServer, start
 from e2e.support import archiver_command, free_port
@@ -85,7 +86,6 @@ VALID_CLIENTS = 2
 GRPC_SILENT = 30
 GRPC_IDLE = 10
 GRPC_STALLED = 20
-HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
 PREDICTIONS = "/org.pytorch.serve.grpc.inference.InferenceAPIsService/Predictions"
 
 
@@ -353,7 +353,7 @@ class Abuse:
         self._hold(stop, "grpc_silent", GRPC_SILENT, self.grpc_port, b"")
 
     def grpc_idle(self, stop: threading.Event) -> None:
-        self._hold(stop, "grpc_idle", GRPC_IDLE, self.grpc_port, HTTP2_PREFACE)
+        self._hold(stop, "grpc_idle", GRPC_IDLE, self.grpc_port, h2raw.PREFACE)
 
     def grpc_over_cap(self, stop: threading.Event) -> None:
         """Bursts of connections until the port closes new ones at once, then let go."""
@@ -363,7 +363,7 @@ class Abuse:
             try:
                 for _ in range(MAX_CONNECTIONS + 50):
                     sock = self._connect(self.grpc_port)
-                    sock.sendall(HTTP2_PREFACE)
+                    sock.sendall(h2raw.PREFACE)
                     sockets.append(sock)
                 stop.wait(0.5)
                 refused = 0

@@ -23,6 +23,7 @@ import grpc
 import pytest
 from marfleet.runtime.server.protos import inference_pb2 as ts_pb2
 
+from e2e import h2raw
 from e2e.bench.router_procs import router
 from e2e.support import free_port
 from tests.integration.server_archives import build_store
@@ -34,7 +35,6 @@ IDLE_TIMEOUT_S = 1.5  # a connection without calls; also a request stream's paus
 KEEPALIVE_S = 1.0
 MESSAGE_TIMEOUT_S = 4.0  # past a vanished client's keepalive cut-off, so each test sees its own
 MAX_MESSAGE = 64 * 1024
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # + SETTINGS
 SERVICE = "/org.pytorch.serve.grpc.inference.InferenceAPIsService"
 
 
@@ -111,7 +111,7 @@ def _ping(target: str) -> grpc.StatusCode:
 @pytest.mark.parametrize("where", TARGETS)
 @pytest.mark.parametrize(
     ("first_bytes", "timeout"),
-    [(b"", HEAD_TIMEOUT_S), (PREFACE, IDLE_TIMEOUT_S)],
+    [(b"", HEAD_TIMEOUT_S), (h2raw.PREFACE, IDLE_TIMEOUT_S)],
     ids=["never speaks: the head timeout", "opens HTTP/2, makes no call: the keepalive timeout"],
 )
 def test_a_connection_that_does_nothing_is_closed_after_its_timeout(
@@ -128,9 +128,10 @@ def test_connections_beyond_max_connections_are_closed_at_once(
 ) -> None:
     with ExitStack() as stack:
         held = [
-            stack.enter_context(_connect(targets[where], PREFACE)) for _ in range(MAX_CONNECTIONS)
+            stack.enter_context(_connect(targets[where], h2raw.PREFACE))
+            for _ in range(MAX_CONNECTIONS)
         ]
-        one_more = stack.enter_context(_connect(targets[where], PREFACE))
+        one_more = stack.enter_context(_connect(targets[where], h2raw.PREFACE))
         assert _seconds_until_closed(one_more, 0.5) is not None  # refused
         for sock in held:  # while those within the limit stay open
             sock.setblocking(False)
@@ -394,21 +395,6 @@ def test_a_stream_that_stops_sending_ends_after_the_keepalive_timeout(
     assert IDLE_TIMEOUT_S * 0.8 <= took < IDLE_TIMEOUT_S + 2, took
 
 
-def _frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
-    return (
-        len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
-    )
-
-
-def _header(name: str, value: str) -> bytes:
-    """HPACK: a literal header field, not indexed, new name, no Huffman coding (< 127 bytes)."""
-    return bytes([0, len(name)]) + name.encode() + bytes([len(value)]) + value.encode()
-
-
-DATA, HEADERS, RST_STREAM, SETTINGS, PING = 0, 1, 3, 4, 6
-END_STREAM, END_HEADERS, ACK = 0x1, 0x4, 0x1
-
-
 @pytest.mark.parametrize("where", TARGETS)
 def test_a_message_begun_and_never_finished_ends_after_the_body_timeout(
     targets: dict[str, str], where: str
@@ -416,46 +402,14 @@ def test_a_message_begun_and_never_finished_ends_after_the_body_timeout(
     """A client that sends a Predictions call's headers and the first 10 bytes of a message
     announced as 1,000, then nothing, while it acknowledges every ping: the call is ended
     (its trailers or a reset) after request_body_timeout_seconds."""
-    headers = b"".join(
-        _header(name, value)
-        for name, value in [
-            (":method", "POST"),
-            (":scheme", "http"),
-            (":path", f"{SERVICE}/Predictions"),
-            (":authority", targets[where]),
-            ("content-type", "application/grpc"),
-            ("te", "trailers"),
-        ]
-    )
-    begun = b"\0" + (1000).to_bytes(4, "big") + bytes(10)
-    with _connect(
-        targets[where],
-        PREFACE + _frame(HEADERS, END_HEADERS, 1, headers) + _frame(DATA, 0, 1, begun),
-    ) as sock:
-        started = time.monotonic()
-        ended: float | None = None
-        buffered = b""
-        sock.settimeout(0.2)
-        while ended is None and time.monotonic() - started < MESSAGE_TIMEOUT_S + 5:
-            try:
-                data = sock.recv(65536)
-            except TimeoutError:
-                continue
-            assert data, "the connection was closed before the call was ended"
-            buffered += data
-            while len(buffered) >= 9 and len(buffered) >= 9 + int.from_bytes(buffered[:3], "big"):
-                size = int.from_bytes(buffered[:3], "big")
-                kind, flags, stream = buffered[3], buffered[4], int.from_bytes(buffered[5:9], "big")
-                payload, buffered = buffered[9 : 9 + size], buffered[9 + size :]
-                if kind == SETTINGS and not flags & ACK:
-                    sock.sendall(_frame(SETTINGS, ACK, 0, b""))
-                elif kind == PING and not flags & ACK:
-                    sock.sendall(_frame(PING, ACK, 0, payload))
-                elif stream == 1 and (
-                    kind == RST_STREAM or (kind == HEADERS and flags & END_STREAM)
-                ):
-                    ended = time.monotonic() - started
-    assert ended is not None and MESSAGE_TIMEOUT_S * 0.9 <= ended < MESSAGE_TIMEOUT_S + 2, ended
+    begun = h2raw.frame(h2raw.DATA, 0, 1, b"\0" + (1000).to_bytes(4, "big") + bytes(10))
+    headers = h2raw.call_headers(f"{SERVICE}/Predictions", targets[where])
+    opening = h2raw.frame(h2raw.HEADERS, h2raw.END_HEADERS, 1, headers)
+    with _connect(targets[where], h2raw.PREFACE + opening + begun) as sock:
+        outcome = h2raw.watch(sock, MESSAGE_TIMEOUT_S + 5, stream=1)
+    assert outcome is not None, "the call was not ended"
+    how, took = outcome
+    assert how == "ended" and MESSAGE_TIMEOUT_S * 0.9 <= took < MESSAGE_TIMEOUT_S + 2, outcome
     assert _ping(targets[where]) == grpc.StatusCode.OK
 
 
@@ -497,52 +451,17 @@ def test_answers_never_read_are_dropped_with_their_connection_at_its_age(
     message = ts_pb2.PredictionsRequest(
         model_name="echo", input={"body": json.dumps({"pad": 1_000_000}).encode()}
     ).SerializeToString()
-    call = b"".join(
-        _header(name, value)
-        for name, value in [
-            (":method", "POST"),
-            (":scheme", "http"),
-            (":path", f"{SERVICE}/Predictions"),
-            (":authority", aging[where]),
-            ("content-type", "application/grpc"),
-            ("te", "trailers"),
-        ]
+    headers = h2raw.call_headers(f"{SERVICE}/Predictions", aging[where])
+    calls = b"".join(
+        h2raw.frame(h2raw.HEADERS, h2raw.END_HEADERS, stream, headers)
+        + h2raw.frame(h2raw.DATA, h2raw.END_STREAM, stream, h2raw.grpc_message(message))
+        for stream in range(1, 21, 2)
     )
-    first = PREFACE
-    for stream in range(1, 21, 2):
-        first += _frame(HEADERS, END_HEADERS, stream, call)
-        first += _frame(DATA, END_STREAM, stream, b"\0" + len(message).to_bytes(4, "big") + message)
-    with _connect(aging[where], first) as sock:
-        closed = _acknowledging_until_closed(sock, 4 * AGE_S + 5)
-    assert closed is not None and AGE_S <= closed < 2 * AGE_S + 3, closed
+    with _connect(aging[where], h2raw.PREFACE + calls) as sock:
+        outcome = h2raw.watch(sock, 4 * AGE_S + 5)
+    assert outcome is not None and outcome[0] == "closed", outcome
+    assert AGE_S <= outcome[1] < 2 * AGE_S + 3, outcome
     assert _ping(aging[where]) == grpc.StatusCode.OK
-
-
-def _acknowledging_until_closed(sock: socket.socket, limit: float) -> float | None:
-    """Seconds until the peer closes `sock`, acknowledging its SETTINGS and pings meanwhile
-    and never sending a WINDOW_UPDATE; None if it is still open after `limit`."""
-    started = time.monotonic()
-    buffered = b""
-    sock.settimeout(0.1)
-    while time.monotonic() - started < limit:
-        try:
-            data = sock.recv(65536)
-        except TimeoutError:
-            continue
-        except OSError:
-            return time.monotonic() - started
-        if not data:
-            return time.monotonic() - started
-        buffered += data
-        while len(buffered) >= 9 and len(buffered) >= 9 + int.from_bytes(buffered[:3], "big"):
-            size = int.from_bytes(buffered[:3], "big")
-            kind, flags = buffered[3], buffered[4]
-            payload, buffered = buffered[9 : 9 + size], buffered[9 + size :]
-            if kind == SETTINGS and not flags & ACK:
-                sock.sendall(_frame(SETTINGS, ACK, 0, b""))
-            elif kind == PING and not flags & ACK:
-                sock.sendall(_frame(PING, ACK, 0, payload))
-    return None
 
 
 @pytest.mark.parametrize("where", TARGETS)
