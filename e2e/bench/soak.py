@@ -73,6 +73,8 @@ LIMITS = {
     "keepalive_timeout_seconds": "10",
     "max_request_head_size": "65536",
     "grpc_keepalive_seconds": "2",
+    # past the run: a reconnect during a burst at the connection cap would be refused
+    "grpc_max_connection_age_seconds": "3600",
     "max_request_size": "2000000",  # over the half-sent bodies' 1 MB, under grpc_oversized
 }
 """The server's keys; a router before it takes the same as flags (the operator's mapping)."""
