@@ -16,11 +16,13 @@ import json
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import ExitStack, suppress
+from contextlib import ExitStack, contextmanager, suppress
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from marfleet.operator.render import ROUTER_FOLLOWS
 from marfleet.runtime.server.protos import inference_pb2 as ts_pb2
 
 from e2e import h2raw
@@ -38,19 +40,19 @@ MAX_MESSAGE = 64 * 1024
 SERVICE = "/org.pytorch.serve.grpc.inference.InferenceAPIsService"
 
 
-@pytest.fixture(scope="module")
-def targets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """host:port of the server's gRPC inference port and of a router's gRPC port before it,
-    each with the same small limits."""
-    root = tmp_path_factory.mktemp("grpc-limits")
-    properties = {
-        "max_connections": str(MAX_CONNECTIONS),
-        "request_head_timeout_seconds": str(HEAD_TIMEOUT_S),
-        "keepalive_timeout_seconds": str(IDLE_TIMEOUT_S),
-        "grpc_keepalive_seconds": str(KEEPALIVE_S),
-        "request_body_timeout_seconds": str(MESSAGE_TIMEOUT_S),
-        "max_request_size": str(MAX_MESSAGE),
-    }
+@contextmanager
+def _server_and_router(root: Path, properties: dict[str, str]) -> Iterator[dict[str, str]]:
+    """host:port of a server's gRPC inference port with `properties`, and of a router's gRPC
+    port before it with the same limits as flags (the operator's mapping, and
+    max_connections)."""
+    flags = [
+        part
+        for key, flag in ROUTER_FOLLOWS
+        if key in properties
+        for part in (flag, properties[key])
+    ]
+    if "max_connections" in properties:
+        flags += ["--max-connections", properties["max_connections"]]
     with ExitStack() as stack:
         server = stack.enter_context(
             serve(build_store(root), root / "run", models=["echo.mar"], properties=properties)
@@ -61,15 +63,25 @@ def targets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
                 {"stable": server.inference},
                 *("--weights", "stable=100", "--grpc-port", str(grpc_port)),
                 f"--grpc-backend=stable={server.grpc}",
-                *("--max-connections", str(MAX_CONNECTIONS)),
-                *("--request-head-timeout", str(HEAD_TIMEOUT_S)),
-                *("--keepalive-timeout", str(IDLE_TIMEOUT_S)),
-                *("--grpc-keepalive", str(KEEPALIVE_S)),
-                *("--request-body-timeout", str(MESSAGE_TIMEOUT_S)),
-                *("--max-request-bytes", str(MAX_MESSAGE)),
+                *flags,
             )
         )
         yield {"server": server.grpc, "router": f"127.0.0.1:{grpc_port}"}
+
+
+@pytest.fixture(scope="module")
+def targets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """The server and the router before it, each with the same small limits."""
+    properties = {
+        "max_connections": str(MAX_CONNECTIONS),
+        "request_head_timeout_seconds": str(HEAD_TIMEOUT_S),
+        "keepalive_timeout_seconds": str(IDLE_TIMEOUT_S),
+        "grpc_keepalive_seconds": str(KEEPALIVE_S),
+        "request_body_timeout_seconds": str(MESSAGE_TIMEOUT_S),
+        "max_request_size": str(MAX_MESSAGE),
+    }
+    with _server_and_router(tmp_path_factory.mktemp("grpc-limits"), properties) as found:
+        yield found
 
 
 TARGETS = ["server", "router"]
@@ -419,26 +431,9 @@ AGE_S = 1.0
 @pytest.fixture(scope="module")
 def aging(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A server and a router before it whose gRPC connections age out after AGE_S."""
-    root = tmp_path_factory.mktemp("grpc-age")
-    with ExitStack() as stack:
-        server = stack.enter_context(
-            serve(
-                build_store(root),
-                root / "run",
-                models=["echo.mar"],
-                properties={"grpc_max_connection_age_seconds": str(AGE_S)},
-            )
-        )
-        grpc_port = free_port()
-        stack.enter_context(
-            router(
-                {"stable": server.inference},
-                *("--weights", "stable=100", "--grpc-port", str(grpc_port)),
-                f"--grpc-backend=stable={server.grpc}",
-                *("--grpc-max-connection-age", str(AGE_S)),
-            )
-        )
-        yield {"server": server.grpc, "router": f"127.0.0.1:{grpc_port}"}
+    properties = {"grpc_max_connection_age_seconds": str(AGE_S)}
+    with _server_and_router(tmp_path_factory.mktemp("grpc-age"), properties) as found:
+        yield found
 
 
 @pytest.mark.parametrize("where", TARGETS)
