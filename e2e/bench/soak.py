@@ -34,6 +34,7 @@ the five-minute run is `make soak`, not part of `make test`.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import socket
 import statistics
@@ -61,7 +62,15 @@ from e2e.support import archiver_command, free_port
 
 ECHO = """
 def handle(data, context):
-    return None if data is None else [row.get("body") for row in data]
+    if data is None:
+        return None
+    answers = []
+    for row in data:
+        body = row.get("body")
+        if isinstance(body, dict) and "pad" in body:  # {"pad": N}: an answer of N bytes
+            body = "x" * int(body["pad"])
+        answers.append(body)
+    return answers
 """
 CANNOT_LOAD = """
 raise RuntimeError("this model cannot load")
@@ -84,6 +93,7 @@ SERVER_SETTINGS = [
 ]
 SLOWLORIS_CONNECTIONS = 40
 HALF_BODIES = 10
+UNREAD = 5  # connections at a time that ask for twenty 500 KB answers and read none
 VALID_CLIENTS = 2
 GRPC_SILENT = 30
 GRPC_IDLE = 10
@@ -283,6 +293,42 @@ class Abuse:
             stop.wait(0.2)
         for thread in threads:
             thread.join(15)
+
+    def unread_answers(self, stop: threading.Event) -> None:
+        """Pipelined requests for large answers, none read: the server answers what the socket
+        buffers take, serves no more, and resets the connection once nothing was read for the
+        body timeout; the kernel here keeps little (a small receive buffer)."""
+        limit = float(LIMITS["request_body_timeout_seconds"])
+        body = json.dumps({"pad": 500_000}).encode()
+        request = (
+            b"POST /predictions/echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%b" % (len(body), body)
+        )
+
+        def one() -> None:
+            with socket.socket() as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                sock.settimeout(10)
+                sock.connect(("127.0.0.1", self.port))
+                with suppress(OSError):
+                    sock.sendall(request * 20)
+                deadline = time.monotonic() + limit + 10
+                while time.monotonic() < deadline:
+                    # the reset, seen without reading (queued data would come before it)
+                    error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    if error:
+                        reset = error == errno.ECONNRESET
+                        self.count("unread_reset" if reset else "unread_other")
+                        return
+                    time.sleep(0.25)
+                self.count("unread_other")
+
+        while not stop.is_set():
+            threads = [threading.Thread(target=one, daemon=True) for _ in range(UNREAD)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
 
     def bad_archives(self, stop: threading.Event) -> None:
         cycle = 0
@@ -505,6 +551,7 @@ def run(
             abuse.slowloris,
             abuse.oversized_heads,
             abuse.half_bodies,
+            abuse.unread_answers,
             abuse.bad_archives,
             abuse.grpc_silent,
             abuse.grpc_idle,

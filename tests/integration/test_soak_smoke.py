@@ -29,7 +29,7 @@ def test_a_short_soak_serves_every_valid_request_and_lets_go_of_the_abuse(
     assert result.valid_requests > 0
     expected = {"slowloris_timed_out", "head_431", "body_408", "cannotload_500", "broken_400"}
     expected |= {"grpc_silent_closed", "grpc_over_cap_closed", "grpc_oversized_refused"}
-    expected |= {"grpc_stalled_ended"}
+    expected |= {"grpc_stalled_ended", "unread_reset"}
     assert expected <= set(result.abuse), result.abuse
     assert result.checks["abuse_answered"], result.abuse
     assert result.checks["tmp_clean"], (result.tmp_entries_start, result.tmp_entries_end)
