@@ -93,7 +93,7 @@ SERVER_SETTINGS = [
 ]
 SLOWLORIS_CONNECTIONS = 40
 HALF_BODIES = 10
-UNREAD = 5  # connections at a time that ask for twenty 500 KB answers and read none
+UNREAD = 2  # connections at a time that ask for twenty 500 KB answers and read none
 VALID_CLIENTS = 2
 GRPC_SILENT = 30
 GRPC_IDLE = 10
