@@ -627,7 +627,12 @@ def test_https_to_s3_waits_for_the_storage_secret_then_rolls_the_variant(
 
     cond = wait_for(lambda: missing().get("reason") == "StorageSecretMissing" and missing(), 30, "")
     assert f"Secret {namespace}/model-store-credentials" in cond["message"]
-    assert any(e[1] == "StorageSecretMissing" for e in events(api, namespace, "store"))
+    # The event is recorded just after the status write that carries the condition.
+    wait_for(
+        lambda: [e for e in events(api, namespace, "store") if e[1] == "StorageSecretMissing"],
+        10,
+        "the StorageSecretMissing event",
+    )
     unchanged = deployment(api, namespace, "store-main")
     assert unchanged is not None
     assert unchanged["metadata"]["generation"] == before["metadata"]["generation"]

@@ -392,7 +392,11 @@ def test_a_canary_whose_handler_starts_failing_is_rolled_back(rollout: Rollout) 
     ratio = re.search(r"error ratio (\d\.\d{4}) > 0.05", aborted["message"])
     assert ratio is not None and float(ratio.group(1)) >= 0.9, aborted
     wait_for(lambda: rollout.weights() == {"stable": 100, "canary": 0}, 10, "weights 100/0")
-    warnings = [(t, m) for t, reason, m in rollout.events() if reason == "RolloutAborted"]
+    warnings = wait_for(
+        lambda: [(t, m) for t, reason, m in rollout.events() if reason == "RolloutAborted"],
+        10,
+        "the abort's event",
+    )
     assert warnings and warnings[0][0] == "Warning" and "error ratio" in warnings[0][1]
     # The router stops sending the canary anything.
     moment = time.monotonic() + 2
@@ -526,8 +530,13 @@ def test_each_version_is_judged_on_its_own_answers_whichever_pods_still_answer(
         # Its own pods take over: judged on their answers, it is promoted.
         versions.answer_with(FIXED)
         wait_for(lambda: rollout.phase() == "Succeeded", 30, f"{FIXED} to be promoted")
-        advanced = [m for _, reason, m in rollout.events() if reason == "RolloutStepAdvanced"]
-        assert advanced and "error ratio 0.0000" in advanced[-1], advanced
+        # (each event is recorded just after the status write that it reports)
+        advanced = wait_for(
+            lambda: [m for _, reason, m in rollout.events() if reason == "RolloutStepAdvanced"],
+            10,
+            "the step's event",
+        )
+        assert all("error ratio 0.0000" in m for m in advanced), advanced
 
 
 def test_unreadable_metrics_are_loud_at_once_and_can_abort(

@@ -471,7 +471,11 @@ def test_a_server_error_becomes_a_condition_and_backs_off(tenancy: Tenancy) -> N
     ready = tenancy.wait_condition("broken", "ApplyFailed")
     assert "Deployment broken-main:" in ready["message"]
     assert "failed calling webhook" in ready["message"]
-    assert any("failed calling webhook" in e for e in tenancy.events("broken", "ApplyFailed"))
+    wait_for(
+        lambda: any("failed calling webhook" in e for e in tenancy.events("broken", "ApplyFailed")),
+        10,
+        "the ApplyFailed event",
+    )
     time.sleep(4)
     retries = [
         entry["retry_in"]
