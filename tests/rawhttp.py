@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import threading
 from contextlib import suppress
 from typing import Any
@@ -52,10 +53,20 @@ def send_quietly(sock: socket.socket, data: bytes) -> None:
 
 class Running:
     """An `HttpServer` serving `app` on a loopback port in a thread of its own (its own event
-    loop), for tests that speak to the HTTP core in-process; `options` go to HttpServer."""
+    loop: asyncio's, or `loop`), for tests that speak to the HTTP core in-process; with `tls`
+    it speaks HTTPS; `options` go to HttpServer."""
 
-    def __init__(self, app: Handler, limits: HttpLimits, **options: Any) -> None:
-        self.loop = asyncio.new_event_loop()
+    def __init__(
+        self,
+        app: Handler,
+        limits: HttpLimits,
+        *,
+        tls: ssl.SSLContext | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+        **options: Any,
+    ) -> None:
+        self.loop = loop or asyncio.new_event_loop()
+        self.tls = tls
         self.server = HttpServer(
             app, limits, error_response=lambda s, m: error_response(s, m), **options
         )
@@ -63,7 +74,9 @@ class Running:
 
     def __enter__(self) -> Running:
         self.thread.start()
-        asyncio.run_coroutine_threadsafe(self.server.start("127.0.0.1", 0), self.loop).result(5)
+        asyncio.run_coroutine_threadsafe(
+            self.server.start("127.0.0.1", 0, tls=self.tls), self.loop
+        ).result(5)
         self.port = self.server.port
         return self
 

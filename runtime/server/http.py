@@ -27,7 +27,10 @@ Refusals use a lingering close (answer, half-close, discard input for a moment),
 that is still sending reads the answer instead of a reset. Response headers are checked before
 they are written: a value with CR/LF or outside latin-1 becomes a 500 that says which header.
 
-With an `ssl.SSLContext` (`start(..., tls=...)`) the listener speaks HTTPS only.
+With an `ssl.SSLContext` (`start(..., tls=...)`) the listener speaks HTTPS only. A connection
+counts against `max_connections` from its accept, while its handshake runs too (which must end
+within `head_timeout`), so connections that never finish one are bounded as plain ones are;
+one over the limit is closed at once (no answer can be read before a handshake).
 
 A server can add the same headers to every answer it writes (`extra_headers`: TorchServe's
 no-cache and CORS headers on `marfleet serve`'s ports), a handler's own header of the same name
@@ -269,6 +272,21 @@ def _unsent(transport: asyncio.Transport) -> int:
     return unsent
 
 
+def _hand_over(protocol: asyncio.BaseProtocol, data: bytes) -> None:
+    """Give `data` to `protocol` as its transport would have (buffered protocols too)."""
+    if not hasattr(protocol, "buffer_updated"):
+        cast(asyncio.Protocol, protocol).data_received(data)
+        return
+    buffered = cast(asyncio.BufferedProtocol, protocol)
+    view = memoryview(data)
+    while view:
+        buffer = memoryview(buffered.get_buffer(len(view)))
+        size = min(len(buffer), len(view))
+        buffer[:size] = view[:size]
+        buffered.buffer_updated(size)
+        view = view[size:]
+
+
 class _Connection(asyncio.Protocol):
     """One client connection: parses requests and answers them in order (pipelining safe).
 
@@ -305,6 +323,9 @@ class _Connection(asyncio.Protocol):
         self._writable: asyncio.Event | None = None  # made by the first pause_writing()
         self._unread: asyncio.TimerHandle | None = None  # while writing is paused
         self._unsent = 0  # bytes waiting to be sent when _unread was armed
+        self._handshake: asyncio.Task[None] | None = None  # TLS: while the handshake runs
+        self._hello: list[bytes] | None = None  # TLS: raw input before start_tls took over
+        self._early: list[bytes] | None = None  # TLS: what arrived before start_tls returned
         self.closing = False
 
     # asyncio.Protocol
@@ -316,6 +337,9 @@ class _Connection(asyncio.Protocol):
         server = self._server
         if len(server.connections) >= self._limits.max_connections:
             server.refused_connections += 1
+            if server.tls is not None:  # no answer can be read before a handshake
+                self._transport.abort()
+                return
             self._reject(
                 503,
                 f"This listener already holds {self._limits.max_connections} connections "
@@ -324,9 +348,64 @@ class _Connection(asyncio.Protocol):
             )
             return
         server.connections.add(self)
+        if server.tls is not None:
+            self._hello, self._early = [], []
+            self._handshake = asyncio.get_running_loop().create_task(self._start_tls(server.tls))
+            return
         self._arm(self._limits.head_timeout, self._head_timed_out)
 
+    async def _start_tls(self, tls: ssl.SSLContext) -> None:
+        """The handshake, on a connection that already counts against max_connections (so a
+        flood of connections that never finish theirs is bounded as plain ones are), within
+        head_timeout; then the head's own head_timeout begins.
+
+        The loop starts reading as soon as connection_made returns, so the client's first
+        bytes may reach this protocol before start_tls has put its TLS protocol on the
+        transport: they are kept (reading paused) and handed to that protocol, which buffers
+        them until its handshake begins."""
+        raw = self._transport
+        assert raw is not None
+        loop = asyncio.get_running_loop()
+        starting = loop.create_task(
+            loop.start_tls(
+                raw, self, tls, server_side=True, ssl_handshake_timeout=self._limits.head_timeout
+            )
+        )
+        try:
+            await asyncio.sleep(0)  # callbacks run in order: start_tls has taken the transport
+            hello, self._hello = self._hello or [], None
+            if hello and not starting.done():
+                _hand_over(raw.get_protocol(), b"".join(hello))
+            secure = await starting
+        except asyncio.CancelledError:
+            self._handshake_failed(raw)
+            raise
+        except Exception:  # refused by either side, timed out, or closed at shutdown
+            self._handshake_failed(raw)
+            return
+        self._handshake = None
+        if self._transport is None:  # lost meanwhile
+            return
+        self._transport = cast(asyncio.Transport, secure)
+        early, self._early = self._early or [], None
+        self._arm(self._limits.head_timeout, self._head_timed_out)
+        for data in early:
+            self.data_received(data)
+
+    def _handshake_failed(self, raw: asyncio.Transport) -> None:
+        self._handshake = None
+        raw.abort()
+        self.connection_lost(None)
+
     def data_received(self, data: bytes) -> None:
+        if self._early is not None:  # TLS, before start_tls has returned
+            if self._hello is not None:  # raw bytes, before start_tls took the transport
+                self._hello.append(data)
+                if self._transport is not None:
+                    self._transport.pause_reading()
+                return
+            self._early.append(data)  # decrypted, after the handshake
+            return
         if self._rejecting:
             return  # lingering after a refusal: input is dropped
         self._last_read = asyncio.get_running_loop().time()
@@ -398,7 +477,9 @@ class _Connection(asyncio.Protocol):
         self._transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        """Also called by _start_tls when a handshake fails: everything here may run twice."""
         self._server.connections.discard(self)
+        self._hello = self._early = None
         self._release_body()
         self._transport = None
         if self._writable is not None:
@@ -789,6 +870,7 @@ class HttpServer:
         self.on_complete = on_complete
         self._on_unhandled = on_unhandled
         self._server: asyncio.Server | None = None
+        self.tls: ssl.SSLContext | None = None
         self.connections: set[_Connection] = set()
         self.refused_connections = 0  # over max_connections, since start
         self.buffered_body_bytes = 0  # of requests whose bodies are still arriving
@@ -796,16 +878,12 @@ class HttpServer:
 
     async def start(self, host: str, port: int, *, tls: ssl.SSLContext | None = None) -> None:
         """Listen on host:port; with `tls`, HTTPS only (a plain-HTTP client's connection is
-        closed when its handshake fails, before any request is read)."""
+        closed when its handshake fails, before any request is read). A connection counts
+        against max_connections from its accept, its handshake included."""
+        self.tls = tls
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _Connection(self),
-            host,
-            port,
-            reuse_address=True,
-            backlog=2048,
-            ssl=tls,
-            ssl_handshake_timeout=self.limits.head_timeout if tls is not None else None,
+            lambda: _Connection(self), host, port, reuse_address=True, backlog=2048
         )
 
     @property

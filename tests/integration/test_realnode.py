@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from e2e import images
 from e2e.localcluster import LocalCluster, realnode
+from e2e.support import wait_for
 from tests.realnode import SharedRealNode
 
 pytestmark = pytest.mark.slow
@@ -96,15 +96,6 @@ spec:
       busybox wget -q -O- http://web/ && echo --- &&
       ! getent hosts example.com
 """
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def run_pod(cluster: LocalCluster, manifest: str, name: str) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import ssl
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from marfleet.runtime.server.protos import management_pb2
 
 from e2e.bench.router_procs import router
 from e2e.support import free_port, wait_for
+from tests.certificates import self_signed
 from tests.integration.server_archives import HANDLERS
 from tests.serving import Server, archive, serve
 
@@ -30,24 +30,11 @@ PREDICT = "/org.pytorch.serve.grpc.inference.InferenceAPIsService/Predictions"
 MANAGEMENT = "/org.pytorch.serve.grpc.management.ManagementAPIsService"
 
 
-def make_certificate(cert: Path, key: Path) -> None:
-    """A self-signed certificate for 127.0.0.1 and its key (PEM)."""
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
-            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"),
-            *("-addext", "subjectAltName=IP:127.0.0.1"),
-        ],
-        check=True,
-        capture_output=True,
-    )
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("server-tls")
     cert, key = root / "cert.pem", root / "key.pem"
-    make_certificate(cert, key)
+    self_signed(cert, key)
     store = root / "store"
     store.mkdir()
     archive(store, "echo", HANDLERS / "behaviour.py")
@@ -233,7 +220,7 @@ def test_a_renewed_certificate_is_served_and_trusted_without_a_restart(
         router({"stable": server.inference}, *front_args) as front,
     ):
         renewed_key, renewed_cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-        make_certificate(renewed_cert, renewed_key)
+        self_signed(renewed_cert, renewed_key)
         key_file = Path(str(server.certificate)).with_name("key.pem")
         os.replace(renewed_key, key_file)
         os.replace(renewed_cert, Path(str(server.certificate)))

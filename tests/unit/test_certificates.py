@@ -8,25 +8,18 @@ import asyncio
 import logging
 import socket
 import ssl
-import subprocess
 from pathlib import Path
 
 import grpc
 import pytest
 from marfleet.runtime.server.certificates import MAX_PEM_BYTES, CertificateError, ServingCertificate
 
+from tests.certificates import self_signed
+
 
 def make_pair(directory: Path, name: str) -> tuple[bytes, bytes]:
     key, cert = directory / f"{name}.key", directory / f"{name}.crt"
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
-            *("-keyout", str(key), "-out", str(cert), "-subj", f"/CN={name}"),
-            *("-addext", "subjectAltName=IP:127.0.0.1"),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    self_signed(cert, key, name=name)
     return cert.read_bytes(), key.read_bytes()
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-import subprocess
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,22 +18,15 @@ from marfleet.runtime.router.trust import MAX_BUNDLES, UpstreamTrust
 from marfleet.runtime.router.upstream import Timeouts, UpstreamError, UpstreamPool, upstream_tls
 from marfleet.runtime.server.certificates import MAX_PEM_BYTES
 
+from tests.certificates import self_signed
+
 REQUEST = b"GET / HTTP/1.1\r\nHost: variant\r\n\r\n"
 
 
 def certificate(directory: Path, name: str) -> bytes:
     """A self-signed certificate for 127.0.0.1 (its own CA); its key beside it."""
     cert, key = directory / f"{name}.crt", directory / f"{name}.key"
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt"),
-            *("ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj", f"/CN={name}"),
-            *("-addext", "subjectAltName=IP:127.0.0.1"),
-            *("-keyout", str(key), "-out", str(cert)),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    self_signed(cert, key, name=name, ec=True)
     return cert.read_bytes()
 
 
