@@ -30,6 +30,7 @@ from google.protobuf import empty_pb2
 from marfleet.runtime.server.errors import speaks_kserve
 from marfleet.runtime.server.protos import inference_pb2
 
+from e2e.bench.router_procs import limit_open_files
 from e2e.support import archiver_command, free_port
 
 
@@ -155,6 +156,7 @@ def serve(
     tls: tuple[Path, Path] | None = None,
     inference_port: int | None = None,
     healthy: bool = True,
+    open_files: tuple[int, int] | None = None,
 ) -> Iterator[Server]:
     """Start `marfleet serve --foreground`, wait until /ping is healthy (with `healthy=False`:
     until it answers at all), always end it.
@@ -162,6 +164,7 @@ def serve(
     Like the operator's pods, the inference API needs no token unless `properties` says
     `disable_inference_token_authorization=false`; the management API needs its key.
     `inference_port`: a port chosen beforehand, for a caller that must name the URL early.
+    `open_files`: the (soft, hard) open-file limit it starts with.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     names = ("inference", "management", "metrics", "grpc", "grpc_management")
@@ -198,6 +201,7 @@ def serve(
             # its own TMPDIR: what it unpacks stays in the test's directory even if it is killed
             env={**os.environ, "TMPDIR": str(scratch), **(env or {})},
             start_new_session=True,
+            preexec_fn=None if open_files is None else lambda: limit_open_files(open_files),
         )
     server = Server(process, workdir, ports, None if tls is None else tls[0])
     try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -73,9 +74,27 @@ def _wait_listening(proc: Proc, timeout: float) -> None:
     raise TimeoutError(f"nothing listened on port {proc.port} in {timeout} s:\n{proc.log_tail()}")
 
 
+def limit_open_files(limits: tuple[int, int]) -> None:
+    """(In a child before exec) set its (soft, hard) open-file limit."""
+    resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+
+
+def open_file_limits(pid: int) -> tuple[int, int]:
+    """The (soft, hard) open-file limit process `pid` runs with."""
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            return int(soft), int(hard)
+    raise LookupError(f"no open-file limit in /proc/{pid}/limits")
+
+
 @contextmanager
 def _started(
-    command: Sequence[str], port: int, metrics_port: int, env: Mapping[str, str] | None
+    command: Sequence[str],
+    port: int,
+    metrics_port: int,
+    env: Mapping[str, str] | None,
+    open_files: tuple[int, int] | None = None,
 ) -> Iterator[Proc]:
     log = Path(tempfile.mkstemp(prefix="marfleet-router-", suffix=".log")[1])
     with log.open("wb") as out:
@@ -85,6 +104,7 @@ def _started(
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
             start_new_session=True,
+            preexec_fn=None if open_files is None else lambda: limit_open_files(open_files),
         )
     proc = Proc(process, port, log, metrics_port)
     try:
@@ -111,15 +131,17 @@ def router(
     *args: str,
     env: Mapping[str, str] | None = None,
     metrics_port: int | None = None,
+    open_files: tuple[int, int] | None = None,
 ) -> Iterator[Proc]:
     """`marfleet router` on loopback with `--backend` per variant and the extra `args`;
-    ready once its inference port listens (in watch mode: once it has weights)."""
+    ready once its inference port listens (in watch mode: once it has weights).
+    `open_files`: the (soft, hard) open-file limit it starts with."""
     port = free_port()
     metrics_port = metrics_port or free_port()
     command = [*ROUTER_COMMAND, "--host", "127.0.0.1", "--port", str(port)]
     command += ["--metrics-port", str(metrics_port)]
     command += [f"--backend={name}={url}" for name, url in backends.items()]
-    with _started([*command, *args], port, metrics_port, env) as proc:
+    with _started([*command, *args], port, metrics_port, env, open_files) as proc:
         yield proc
 
 

@@ -9,6 +9,7 @@ finish (up to `drain_seconds`), then close the upstream connections.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 from collections.abc import Awaitable, Mapping
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+from marfleet.runtime.fdlimit import fit_max_connections
 from marfleet.runtime.metrics import CONTENT_TYPE
 from marfleet.runtime.router import grpc_proxy
 from marfleet.runtime.router.metrics import RouterMetrics
@@ -138,12 +140,19 @@ class Router:
 
 
 async def run(settings: RouterSettings) -> int:
+    # each client connection may hold one to a variant too; the metrics port is one more
+    holders = (4 if settings.grpc_port else 2) + 1
+    fitted = fit_max_connections(settings.limits.max_connections, holders, log)
+    settings = dataclasses.replace(
+        settings, limits=dataclasses.replace(settings.limits, max_connections=fitted)
+    )
     router = Router(settings)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    metrics = HttpServer(router.metrics_endpoint, HttpLimits(), error_response=error_response)
+    metrics_limits = HttpLimits(max_connections=min(fitted, HttpLimits.max_connections))
+    metrics = HttpServer(router.metrics_endpoint, metrics_limits, error_response=error_response)
     await metrics.start(settings.host, settings.metrics_port)
     if settings.static is not None:
         router.apply(settings.static)

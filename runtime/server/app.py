@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import shutil
 import socket
@@ -26,6 +27,7 @@ from urllib.parse import parse_qsl
 
 import grpc
 from marfleet.runtime.config import CORS_KEYS, ConfigError, ModelSource, ServerConfig
+from marfleet.runtime.fdlimit import fit_max_connections
 from marfleet.runtime.host_metrics import GpuSampler, HostSampler
 from marfleet.runtime.metrics import CONTENT_TYPE, RuntimeMetrics
 from marfleet.runtime.server import grpc_api, grpc_listener, grpc_management
@@ -191,6 +193,9 @@ class ModelServer:
     async def start(self) -> None:
         config = self.config
         limits = http_limits(config)
+        listeners = 3 + bool(config.grpc_inference_port) + bool(config.grpc_management_port)
+        fitted = fit_max_connections(limits.max_connections, listeners, log)
+        limits = dataclasses.replace(limits, max_connections=fitted)
         grpc_limits = grpc_listener.GrpcLimits.of(
             limits,
             max_send_bytes=config.max_response_size,

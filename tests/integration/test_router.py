@@ -18,7 +18,7 @@ from contextlib import closing
 import pytest
 
 from e2e.bench.procs import free_port
-from e2e.bench.router_procs import Client, Proc, metric, router, upstream
+from e2e.bench.router_procs import Client, Proc, metric, open_file_limits, router, upstream
 from tests.rawhttp import read_response, send_quietly
 
 
@@ -321,5 +321,39 @@ def test_the_router_bounds_what_a_client_can_make_it_hold(stable: Proc) -> None:
                 sock.close()
         deadline = time.monotonic() + 5
         while answer(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n") != 200:  # slots free again
+            assert time.monotonic() < deadline, "the closed connections still count"
+            time.sleep(0.1)
+
+
+def test_a_low_open_file_limit_lowers_max_connections_to_fit(stable: Proc) -> None:
+    """Started with open-file limits 200 (soft) and 400 (hard): the router raises the soft one
+    to 400 and, as 400 cannot hold 1000 client connections, each with one to a variant, plus
+    its metrics port's, lowers --max-connections to fit, and says so; a flood of idle
+    connections then meets 503 past that, while the metrics port still answers."""
+    room = (400 - 256) // 3  # fdlimit.RESERVE kept free; clients, their upstreams, metrics
+    with router({"stable": stable.url}, "--weights", "stable=100", open_files=(200, 400)) as proc:
+        assert open_file_limits(proc.process.pid) == (400, 400)
+        (warning,) = [
+            json.loads(line)
+            for line in proc.log.read_text().splitlines()
+            if "open-file limit" in line
+        ]
+        assert (warning["lowered_to"], warning["listeners"]) == (room, 3), warning
+        flood = [socket.create_connection(("127.0.0.1", proc.port), timeout=5) for _ in range(room)]
+        try:
+            time.sleep(0.3)
+            with closing(socket.create_connection(("127.0.0.1", proc.port), timeout=5)) as sock:
+                sock.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert read_response(sock)[0] == 503
+            assert "marfleet_router" in scrape(proc)
+        finally:
+            for sock in flood:
+                sock.close()
+        deadline = time.monotonic() + 5
+        while True:  # the slots are free again
+            with closing(socket.create_connection(("127.0.0.1", proc.port), timeout=5)) as sock:
+                sock.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+                if read_response(sock)[0] == 200:
+                    break
             assert time.monotonic() < deadline, "the closed connections still count"
             time.sleep(0.1)

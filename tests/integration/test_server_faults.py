@@ -25,7 +25,7 @@ import httpx
 import pytest
 from marfleet.runtime.server.protos import inference_pb2 as ts_pb2
 
-from e2e.bench.router_procs import router
+from e2e.bench.router_procs import open_file_limits, router
 from e2e.support import free_port
 from tests.integration.server_archives import build_store
 from tests.serving import Server, serve
@@ -308,3 +308,45 @@ def test_default_version_from_the_models_json(store: Path, tmp_path: Path) -> No
         (default,) = httpx.get(f"{srv.management}/models/echo").json()
         assert default["modelVersion"] == "2.0"
         assert "model refused" not in srv.log()
+
+
+def test_a_low_open_file_limit_is_raised_and_a_flood_cannot_starve_other_ports(
+    store: Path, tmp_path: Path
+) -> None:
+    """Started with a soft open-file limit of 200 and a hard one of 600 (a shell's 1024 is as
+    short for 1000 connections per port): the server raises the soft limit to the hard one,
+    and since 600 still cannot hold five listeners' 1000 connections, it lowers each
+    listener's max_connections to fit and says so. A flood of idle connections on the
+    inference port then takes its share only: the management and metrics ports answer, a
+    worker can be added, and inference is served again once the flood is gone. (Before:
+    1,100 connections at the limit of 1024 left the other ports answering nothing.)"""
+    room = (600 - 256) // 5  # fdlimit.RESERVE kept free; inference, management, metrics, 2 gRPC
+    with serve(
+        store, tmp_path, models=["echo.mar"], properties=PROPERTIES, open_files=(200, 600)
+    ) as srv:
+        assert open_file_limits(srv.process.pid) == (600, 600)
+        (warning,) = [
+            json.loads(line) for line in srv.log().splitlines() if "open-file limit" in line
+        ]
+        assert (warning["lowered_to"], warning["max_connections"]) == (room, 1000), warning
+        address = ("127.0.0.1", srv.ports["inference"])
+        flood = [socket.create_connection(address, timeout=5) for _ in range(room)]
+        try:
+            time.sleep(0.3)
+            with contextlib.closing(socket.create_connection(address, timeout=5)) as extra:
+                extra.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+                status = extra.recv(65536).split(b"\r\n", 1)[0]
+                assert status.startswith(b"HTTP/1.1 503"), status
+            assert httpx.get(f"{srv.management}/models", timeout=10).status_code == 200
+            assert httpx.get(f"{srv.metrics}/metrics", timeout=10).status_code == 200
+            scaled = httpx.put(
+                f"{srv.management}/models/echo?min_worker=2&synchronous=true", timeout=60
+            )
+            assert scaled.status_code == 200, scaled.text
+        finally:
+            for sock in flood:
+                sock.close()
+        deadline = time.monotonic() + 10
+        while post(srv, "echo", {"x": 1}, timeout=10).status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
