@@ -364,7 +364,8 @@ class _Connection(asyncio.Protocol):
         transport: they are kept (reading paused) and handed to that protocol, which buffers
         them until its handshake begins."""
         raw = self._transport
-        assert raw is not None
+        if raw is None:  # gone before the handshake could begin
+            return
         loop = asyncio.get_running_loop()
         starting = loop.create_task(
             loop.start_tls(
@@ -373,6 +374,9 @@ class _Connection(asyncio.Protocol):
         )
         try:
             await asyncio.sleep(0)  # callbacks run in order: start_tls has taken the transport
+            if self._transport is None:  # lost just before: no TLS protocol will hear of it
+                starting.cancel()
+                return
             hello, self._hello = self._hello or [], None
             if hello and not starting.done():
                 _hand_over(raw.get_protocol(), b"".join(hello))

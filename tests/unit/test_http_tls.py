@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import struct
 import time
 from collections.abc import Iterator
 from contextlib import closing
@@ -101,4 +102,27 @@ def test_plain_http_on_the_tls_port_is_closed_and_frees_its_slot(
     while server.server.connections and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not server.server.connections
+    assert https_get(server, certificate) == 200
+
+
+def test_clients_that_reset_at_once_leave_nothing_behind(
+    server: Running, certificate: tuple[Path, Path]
+) -> None:
+    """A connection reset before its handshake could begin (a flood's usual shape) must not
+    leave a handshake waiting forever (on uvloop each one left two tasks pending)."""
+
+    async def pending() -> int:
+        return len(asyncio.all_tasks())
+
+    before = asyncio.run_coroutine_threadsafe(pending(), server.loop).result(5)
+    for _ in range(200):
+        sock = server.connect()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+    deadline = time.monotonic() + 3
+    while server.server.connections and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    assert not server.server.connections
+    assert asyncio.run_coroutine_threadsafe(pending(), server.loop).result(5) <= before
     assert https_get(server, certificate) == 200
