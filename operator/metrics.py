@@ -6,10 +6,11 @@ take over; `marfleet_operator_leader` says which one acts.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
-from aiohttp import web
+from marfleet.runtime.server.errors import error_response
+from marfleet.runtime.server.http import HttpLimits, HttpServer, Request, Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
@@ -80,8 +81,13 @@ class OperatorMetrics:
         child.inc()
 
 
+HEALTH_LIMITS = HttpLimits(max_body_bytes=64 * 1024, max_connections=100)
+"""Probes and scrapes send no bodies and come from a few clients."""
+
+
 class HealthServer:
-    """Serves /metrics always, /healthz while `alive()`, /readyz while `ready()`."""
+    """Serves /metrics always, /healthz while `alive()`, /readyz while `ready()`, on the
+    runtime's HTTP core (the server's and the router's), with its limits."""
 
     def __init__(
         self,
@@ -97,29 +103,27 @@ class HealthServer:
         self.port = port
         self.alive = alive
         self.ready = ready
-        self._runner: web.AppRunner | None = None
+        self._server: HttpServer | None = None
 
     async def start(self) -> None:
-        app = web.Application()
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/healthz", self._probe(self.alive))
-        app.router.add_get("/readyz", self._probe(self.ready))
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port).start()
+        self._server = HttpServer(self._serve, HEALTH_LIMITS, error_response=error_response)
+        await self._server.start(self.host, self.port)
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        if self._server is not None:
+            self._server.begin_shutdown()
+            await self._server.wait_closed(timeout=5)
 
-    async def _metrics(self, _: web.Request) -> web.Response:
-        body = generate_latest(self.metrics.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    @staticmethod
-    def _probe(check: Callable[[], bool]) -> Callable[[web.Request], Awaitable[web.Response]]:
-        async def handler(_: web.Request) -> web.Response:
-            ok = check()
-            return web.Response(status=200 if ok else 503, text="ok\n" if ok else "not ok\n")
-
-        return handler
+    async def _serve(self, request: Request) -> Response:
+        if request.method not in ("GET", "HEAD"):
+            return error_response(405, f"{request.method} is not allowed here: use GET")
+        if request.path == "/metrics":
+            body = generate_latest(self.metrics.registry)
+            return Response(200, body, CONTENT_TYPE_LATEST)
+        probes = {"/healthz": self.alive, "/readyz": self.ready}
+        if request.path in probes:
+            ok = probes[request.path]()
+            return Response(200 if ok else 503, b"ok\n" if ok else b"not ok\n", "text/plain")
+        return error_response(
+            404, f"{request.path} is not served: try /metrics, /healthz or /readyz"
+        )
