@@ -1,8 +1,14 @@
 """`marfleet serve`: TorchServe's `torchserve --start` for marfleet's model server.
 
-    marfleet serve --model-store DIR [--models name=x.mar ...] [--ts-config config.properties]
-                   [--foreground] [--disable-token-auth] [--enable-model-api]
+    marfleet serve [--start] --model-store DIR [--models name=x.mar ...]
+                   [--ts-config config.properties] [--foreground] [--disable-token-auth]
+                   [--enable-model-api] [--ncs]
     marfleet serve --stop
+    marfleet serve --version
+
+torchserve's command lines work unchanged: its other options (`--log-config`, `--plugins-path`,
+`--workflow-store`, `--cpp-log-config`) are for parts marfleet does not have, and are accepted
+with a warning.
 
 As with torchserve, the server runs in the background unless `--foreground` is given (pods
 and tests use `--foreground`); the background server writes `marfleet.pid` and `marfleet.log`
@@ -26,7 +32,7 @@ from pathlib import Path
 import uvloop
 from marfleet.runtime.config import ConfigError, ServerConfig, load_server_config, parse_properties
 from marfleet.runtime.metrics_config import MetricsConfigError, load_metrics_config
-from marfleet.runtime.server.app import ModelServer
+from marfleet.runtime.server.app import ModelServer, server_version
 from marfleet.runtime.server.logs import configure_logging
 
 log = logging.getLogger("marfleet.serve")
@@ -34,6 +40,16 @@ log = logging.getLogger("marfleet.serve")
 PID_FILE = Path("marfleet.pid")
 LOG_FILE = Path("marfleet.log")
 KEY_FILE = Path("key_file.json")
+
+
+TORCHSERVE_ONLY = (
+    ("--log-config",),  # log4j2: marfleet logs JSON lines (docs/operations.md)
+    ("--cpp-log-config",),  # the C++ backend's
+    ("--plugins-path", "--ppath"),  # Java plugin jars
+    ("--workflow-store",),  # workflows are not provided
+)
+"""torchserve options for parts marfleet does not have: a command line that passes them still
+starts the server, and a warning names each one."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,12 +65,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--ts-config", type=Path, help="a TorchServe config.properties (default: $TS_CONFIG_FILE)"
     )
     parser.add_argument("--foreground", action="store_true", help="run in this process")
-    parser.add_argument("--stop", action="store_true", help="stop the background server")
-    parser.add_argument("--disable-token-auth", action="store_true", help="no management token")
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument(
+        "--start", action="store_true", help="start the server (the default; as torchserve's)"
+    )
+    action.add_argument("--stop", action="store_true", help="stop the background server")
+    action.add_argument("-v", "--version", action="store_true", help="print the version")
+    parser.add_argument(
+        "--disable-token-auth", "--dt", action="store_true", help="no management token"
+    )
     parser.add_argument(
         "--enable-model-api", action="store_true", help="allow registering/unregistering models"
     )
-    parser.add_argument("--ncs", action="store_true", help="accepted for torchserve parity")
+    parser.add_argument(
+        "--no-config-snapshots",
+        "--ncs",
+        action="store_true",
+        help="accepted: marfleet writes no config snapshots",
+    )
+    for flag, *aliases in TORCHSERVE_ONLY:
+        parser.add_argument(
+            flag,
+            *aliases,
+            metavar="PATH",
+            help="torchserve's; accepted and ignored, with a warning",
+        )
     return parser
 
 
@@ -88,10 +123,18 @@ def load_config(args: argparse.Namespace, env: dict[str, str]) -> ServerConfig:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    if args.version:
+        print(f"marfleet {server_version()}")
+        return 0
     if args.stop:
         return stop_background()
     env = dict(os.environ)
     configure_logging()
+    for flag, *_ in TORCHSERVE_ONLY:
+        if getattr(args, flag.removeprefix("--").replace("-", "_")) is not None:
+            log.warning(
+                "torchserve option not supported by marfleet; ignored", extra={"option": flag}
+            )
     try:
         config = load_config(args, env)
     except ConfigError as error:

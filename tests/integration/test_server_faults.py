@@ -235,15 +235,20 @@ def test_background_server_starts_and_stops_like_torchserve(store: Path, tmp_pat
     config = tmp_path / "config.properties"
     config.write_text("".join(f"{n}_address=http://127.0.0.1:{p}\n" for n, p in ports.items()))
     marfleet = [sys.executable, "-m", "marfleet.runtime.cli", "serve"]
+    # torchserve's own command line, options for parts marfleet lacks included
     started = subprocess.run(
         [
             *marfleet,
+            "--start",
+            "--ncs",
             "--model-store",
             str(store),
             "--ts-config",
             str(config),
             "--models",
             "echo.mar",
+            "--log-config",
+            str(tmp_path / "log4j2.xml"),
         ],
         cwd=tmp_path,
         capture_output=True,
@@ -251,6 +256,8 @@ def test_background_server_starts_and_stops_like_torchserve(store: Path, tmp_pat
         timeout=60,
     )
     assert started.returncode == 0, started.stderr
+    (warning,) = [json.loads(line) for line in started.stderr.splitlines() if "option" in line]
+    assert warning["option"] == "--log-config" and "ignored" in warning["message"]
     pid = int((tmp_path / "marfleet.pid").read_text())
     try:
         deadline = time.monotonic() + 90
