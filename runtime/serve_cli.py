@@ -12,7 +12,9 @@ with a warning.
 
 As with torchserve, the server runs in the background unless `--foreground` is given (pods
 and tests use `--foreground`); the background server writes `marfleet.pid` and `marfleet.log`
-in the working directory and `--stop` ends it gracefully. SIGTERM or SIGINT: report unhealthy,
+in the working directory, a second start while it runs is refused, and `--stop` ends it
+gracefully (nothing running is not an error). The pid file is trusted only while its process
+is a `marfleet serve`: a pid the system has since given to another program is never signalled. SIGTERM or SIGINT: report unhealthy,
 stop accepting, finish in-flight requests within `shutdown_grace_seconds`, exit 0.
 """
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -40,6 +43,7 @@ log = logging.getLogger("marfleet.serve")
 PID_FILE = Path("marfleet.pid")
 LOG_FILE = Path("marfleet.log")
 KEY_FILE = Path("key_file.json")
+STOP_WAIT_S = 120  # --stop's wait for the server to finish (shutdown_grace_seconds is 30)
 
 
 TORCHSERVE_ONLY = (
@@ -128,6 +132,12 @@ def main(argv: list[str]) -> int:
         return 0
     if args.stop:
         return stop_background()
+    if not args.foreground and (pid := running_server()) is not None:
+        print(
+            f"marfleet serve is already running (pid {pid}); stop it with `marfleet serve --stop`",
+            file=sys.stderr,
+        )
+        return 1
     env = dict(os.environ)
     configure_logging()
     for flag, *_ in TORCHSERVE_ONLY:
@@ -181,24 +191,47 @@ def start_background(argv: list[str]) -> int:
 
 
 def stop_background() -> int:
+    """torchserve --stop: SIGTERM the background server and wait for it to finish its
+    in-flight work; its key file goes with it. Nothing running is not an error."""
+    pid = running_server()
+    if pid is None:
+        print("marfleet serve is not currently running")
+        return 0
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_WAIT_S
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            print(
+                f"marfleet serve: process {pid} did not stop within {STOP_WAIT_S} s; "
+                "it is still running",
+                file=sys.stderr,
+            )
+            return 1
+        time.sleep(0.2)
+    PID_FILE.unlink(missing_ok=True)
+    KEY_FILE.unlink(missing_ok=True)
+    print("marfleet serve stopped")
+    return 0
+
+
+def running_server() -> int | None:
+    """The pid in marfleet.pid when that process is a `marfleet serve` still running; a stale
+    file (its process gone, or its pid now another program's) is removed, so neither --stop
+    nor a new start acts on a process that is not ours."""
     try:
         pid = int(PID_FILE.read_text())
     except (OSError, ValueError):
-        print(
-            f"marfleet serve: no {PID_FILE} here; is a background server running?", file=sys.stderr
-        )
-        return 1
+        return None
     try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        PID_FILE.unlink(missing_ok=True)
-        print(f"marfleet serve: process {pid} is not running", file=sys.stderr)
-        return 1
-    while _alive(pid):
-        time.sleep(0.2)
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        command = []
+    if b"marfleet.runtime.cli" in command and b"serve" in command:
+        return pid
     PID_FILE.unlink(missing_ok=True)
-    print("marfleet serve stopped")
-    return 0
+    print(f"removed a stale {PID_FILE}: process {pid} is not a running marfleet serve")
+    return None
 
 
 def _alive(pid: int) -> bool:

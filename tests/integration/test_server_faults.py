@@ -274,13 +274,36 @@ def test_background_server_starts_and_stops_like_torchserve(store: Path, tmp_pat
                     break
             assert time.monotonic() < deadline, (tmp_path / "marfleet.log").read_text()[-3000:]
             time.sleep(0.2)
+        # as torchserve: a second start while it runs is refused, naming the way to stop it
+        again = subprocess.run(
+            [*marfleet, "--model-store", str(store), "--ts-config", str(config)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert again.returncode == 1 and f"already running (pid {pid})" in again.stderr
+        assert int((tmp_path / "marfleet.pid").read_text()) == pid
         stopped = subprocess.run(
             [*marfleet, "--stop"], cwd=tmp_path, capture_output=True, text=True, timeout=60
         )
         assert stopped.returncode == 0, stopped.stderr
         assert not (tmp_path / "marfleet.pid").exists()
+        assert not (tmp_path / "key_file.json").exists()  # its keys are no use any more
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+        # nothing running is not an error (scripts stop before they start)
+        idle = subprocess.run(
+            [*marfleet, "--stop"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
+        assert (idle.returncode, idle.stdout) == (0, "marfleet serve is not currently running\n")
+        # a pid file naming another program's process (a pid reused) is not acted on
+        (tmp_path / "marfleet.pid").write_text(str(os.getpid()))
+        stale = subprocess.run(
+            [*marfleet, "--stop"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
+        assert stale.returncode == 0 and "removed a stale marfleet.pid" in stale.stdout
+        assert not (tmp_path / "marfleet.pid").exists()
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
