@@ -14,8 +14,9 @@ As with torchserve, the server runs in the background unless `--foreground` is g
 and tests use `--foreground`); the background server writes `marfleet.pid` and `marfleet.log`
 in the working directory, a second start while it runs is refused, and `--stop` ends it
 gracefully (nothing running is not an error). The pid file is trusted only while its process
-is a `marfleet serve`: a pid the system has since given to another program is never signalled. SIGTERM or SIGINT: report unhealthy,
-stop accepting, finish in-flight requests within `shutdown_grace_seconds`, exit 0.
+is a `marfleet serve`: a pid the system has since given to another program is never signalled.
+SIGTERM or SIGINT: report unhealthy, stop accepting, finish in-flight requests within
+`shutdown_grace_seconds`, exit 0.
 """
 
 from __future__ import annotations
